@@ -1,0 +1,1 @@
+"""Simulation: embedded and public datasets, the federation runner and benchmarks."""

@@ -1,0 +1,94 @@
+"""Generate a multi-site federation as real NIfTI files in the BraTS layout + a FeTS partition CSV.
+
+Layout: ``ROOT/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, ``ROOT/partitioning.csv``
+(``Partition_ID,Subject_ID``) and ``ROOT/federation.json`` (site profiles: modalities, label protocol).
+Whole-tumour-only sites write the tumour as label 2 everywhere and declare ``labels: "wt"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from .anatomy import deform, smooth_field, tissue_maps
+from .lesions import ED, ET, NCR, insert_lesions
+from .profiles import TISSUE_INTENSITY, SiteProfile, make_site_profile
+
+PARTITION_CSV = "partitioning.csv"
+FEDERATION_JSON = "federation.json"
+
+
+def render(tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profile: SiteProfile,
+           rng: np.random.Generator) -> np.ndarray:
+    """One contrast of one subject as seen by the site's scanner (skull-stripped, float32)."""
+    ti = TISSUE_INTENSITY[modality]
+    img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
+    for label, key, mix in ((ED, "ed", 0.75), (ET, "et", 1.0), (NCR, "ncr", 1.0)):
+        region = seg == label
+        img[region] = mix * ti[key] + (1 - mix) * img[region]
+    brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5
+    img = np.clip(img, 0, None) ** profile.gamma[modality]
+    img *= 1.0 + profile.bias * smooth_field(rng, img.shape, coarse=3)
+    if profile.blur or profile.slice_blur:
+        img = ndimage.gaussian_filter(img, sigma=(profile.blur, profile.blur, profile.blur + profile.slice_blur))
+    sigma = profile.noise
+    img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+    return (img * profile.scale[modality] * brain).astype(np.float32)
+
+
+def write_case(root: Path, case: str, tissue: dict, seg: np.ndarray, affine: np.ndarray, profile: SiteProfile,
+               rng: np.random.Generator) -> None:
+    folder = root / case
+    folder.mkdir(parents=True, exist_ok=True)
+    for modality in profile.modalities:
+        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng), affine)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, folder / f"{case}_{modality}.nii.gz")
+    labels = seg if profile.labels == "full" else np.where(seg > 0, ED, 0).astype(np.uint8)
+    seg_img = nib.Nifti1Image(labels.astype(np.uint8), affine)
+    seg_img.header.set_xyzt_units("mm")
+    nib.save(seg_img, folder / f"{case}_seg.nii.gz")
+
+
+def generate_federation(out: str | Path, sites: int = 4, cases_per_site: int = 8, seed: int = 0,
+                        spacing: float = 3.0, first_site: int = 0, progress: bool = True,
+                        profiles: list[SiteProfile] | None = None) -> dict:
+    """Write the federation under ``out``; returns its description (also saved as federation.json).
+
+    ``first_site`` offsets the site indices, so ``first_site=sites`` of an existing federation yields
+    new, unseen sites with different profiles from the same seed.
+    """
+    if sites < 1 or cases_per_site < 1:
+        raise ValueError(f"need at least one site and one case per site, got sites={sites}, cases={cases_per_site}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    base, affine = tissue_maps(float(spacing))
+    profiles = profiles or [make_site_profile(seed, first_site + i) for i in range(sites)]
+    rows, description = [], {"seed": seed, "spacing_mm": spacing, "sites": {}}
+    bar = tqdm(total=len(profiles) * cases_per_site, desc="synthesizing cases", unit="case", disable=not progress)
+    for p_idx, profile in enumerate(profiles):
+        for c in range(cases_per_site):
+            rng = np.random.default_rng([seed, first_site + p_idx, c, 104729])
+            case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
+            tissue = deform(base, rng)
+            seg = insert_lesions(tissue, profile.lesion, spacing, rng)
+            write_case(out, case, tissue, seg, affine, profile, rng)
+            rows.append((first_site + p_idx + 1, case))
+            bar.update(1)
+        description["sites"][str(first_site + p_idx + 1)] = profile.to_dict()
+    bar.close()
+    with open(out / PARTITION_CSV, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Partition_ID", "Subject_ID"])
+        writer.writerows(rows)
+    description["seconds"] = round(time.time() - t0, 2)
+    (out / FEDERATION_JSON).write_text(json.dumps(description, indent=2))
+    return description

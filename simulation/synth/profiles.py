@@ -1,0 +1,57 @@
+"""Per-institution scanner and labelling profiles, deterministic from (seed, site index)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+# Relative tissue intensities per contrast: CSF, GM, WM, necrosis, oedema, enhancing.
+TISSUE_INTENSITY = {
+    "t1": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.30, ed=0.50, et=0.55),
+    "t1ce": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.20, ed=0.50, et=1.25),
+    "t2": dict(csf=1.00, gm=0.65, wm=0.45, ncr=0.95, ed=0.85, et=0.70),
+    "flair": dict(csf=0.15, gm=0.60, wm=0.45, ncr=0.60, ed=1.00, et=0.75),
+}
+LABEL_PROTOCOLS = ("full", "wt")  # full sub-regions, or whole tumour only
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """How one institution's scanner and annotators turn anatomy into images and labels."""
+
+    name: str
+    scale: dict[str, float]  # scanner units per relative intensity
+    gamma: dict[str, float]  # non-linear contrast curve exponent
+    bias: float  # amplitude of the smooth multiplicative bias field
+    noise: float  # Rician noise sigma (relative to the WM intensity)
+    blur: float  # in-plane blur sigma (voxels)
+    slice_blur: float  # extra through-plane blur sigma (voxels): thick slices
+    modalities: tuple[str, ...] = MODALITIES
+    labels: str = "full"
+    lesion: str = "glioma"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_site_profile(seed: int, index: int, name: str | None = None) -> SiteProfile:
+    """Deterministic, measurably different profile per site. Site index i cycles through: glioma vs
+    metastasis lesions (i even/odd), a site without T1 (i % 4 == 2) and a whole-tumour-only labelling
+    site (i % 4 == 3); scanner parameters are drawn from ``seed`` and ``index``."""
+    rng = np.random.default_rng([seed, index, 7919])
+    missing = {"t1"} if index % 4 == 2 else set()
+    return SiteProfile(
+        name=name or f"site-{index + 1}",
+        scale={m: float(rng.choice([100.0, 500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in MODALITIES},
+        gamma={m: float(rng.uniform(0.7, 1.4)) for m in MODALITIES},
+        bias=float(rng.uniform(0.05, 0.35)),
+        noise=float(rng.uniform(0.01, 0.06)),
+        blur=float(rng.uniform(0.0, 0.8)),
+        slice_blur=float(rng.choice([0.0, 0.0, 1.0, 1.8])),
+        modalities=tuple(m for m in MODALITIES if m not in missing),
+        labels="wt" if index % 4 == 3 else "full",
+        lesion="glioma" if index % 2 == 0 else "metastasis",
+    )
