@@ -1,0 +1,88 @@
+"""Read and validate one case: every problem becomes a DataError that names the file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+
+from .federation import MODALITIES, MSD_CHANNELS, Case, DataError
+from .regions import LABEL_MAPS
+
+_LOADER = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=False, dtype=np.float32)
+
+
+def _load(path: str) -> MetaTensor:
+    if not path or not os.path.exists(path):
+        raise DataError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(path, "empty file")
+    try:
+        img = _LOADER(path)
+    except Exception as exc:  # nibabel/MONAI raise many types for corrupt files
+        raise DataError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    if not torch.isfinite(img).all():
+        raise DataError(path, "contains NaN or Inf voxels")
+    return img
+
+
+def _same_grid(ref: MetaTensor, ref_path: str, img: MetaTensor, path: str) -> None:
+    if tuple(img.shape[-3:]) != tuple(ref.shape[-3:]):
+        raise DataError(path, f"shape {tuple(img.shape)} differs from {tuple(ref.shape)} of {ref_path}")
+    if not np.allclose(np.asarray(img.affine), np.asarray(ref.affine), atol=1e-3):
+        raise DataError(path, f"affine differs from that of {ref_path}")
+
+
+def read_case(case: Case) -> dict:
+    """Load a case as ``{"image": (4, X, Y, Z) MetaTensor, "present": (4,) bool, "label": (1, ...)}``.
+
+    Modalities the site does not acquire are zero-filled with ``present`` False. A modality the case is
+    expected to have but whose file is missing is an error (the case is skipped in federation mode).
+    """
+    channels: dict[str, MetaTensor] = {}
+    ref = ref_path = None
+    if case.image4d is not None:
+        img4 = _load(case.image4d)
+        if img4.dim() != 4 or img4.shape[-1] != len(MSD_CHANNELS):
+            raise DataError(case.image4d, f"expected a 4-D image with {len(MSD_CHANNELS)} channels, got {tuple(img4.shape)}")
+        ref, ref_path = img4[..., 0], case.image4d
+        for i, m in enumerate(MSD_CHANNELS):
+            channels[m] = img4[..., i]
+    else:
+        for m in case.modalities:
+            path = case.images[m]
+            if not os.path.exists(path):
+                raise DataError(path, f"missing modality file ({m}) of case {case.case_id}")
+            img = _load(path)
+            if img.dim() != 3:
+                raise DataError(path, f"expected a 3-D image, got shape {tuple(img.shape)}")
+            if ref is None:
+                ref, ref_path = img, path
+            else:
+                _same_grid(ref, ref_path, img, path)
+            channels[m] = img
+    if ref is None:
+        raise DataError(case.case_id, "case has no modality")
+    zeros = torch.zeros(ref.shape[-3:], dtype=torch.float32)
+    image = torch.stack([torch.as_tensor(channels[m]) if m in channels else zeros for m in MODALITIES])
+    out = {
+        "case_id": case.case_id,
+        "image": MetaTensor(image, affine=ref.affine),
+        "present": torch.tensor([m in channels for m in MODALITIES]),
+        "protocol": case.label_map,
+    }
+    if case.label is not None:
+        lab = _load(case.label)
+        if lab.dim() != 3:
+            raise DataError(case.label, f"expected a 3-D label map, got shape {tuple(lab.shape)}")
+        _same_grid(ref, ref_path, lab, case.label)
+        allowed = LABEL_MAPS[case.label_map]["values"]
+        values = torch.unique(lab)
+        bad = sorted({float(v) for v in values.tolist()} - {float(a) for a in allowed})
+        if bad:
+            raise DataError(case.label, f"label values {bad} outside the dataset's set {list(allowed)}")
+        out["label"] = MetaTensor(lab.unsqueeze(0), affine=ref.affine)
+    return out

@@ -1,0 +1,104 @@
+"""Typed run configuration, parsed once from Flower's ``[tool.flwr.app.config]`` (kebab-case keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+STRATEGIES = ("uharmony", "fedavg", "fedprox", "fedbn", "local", "centralized")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_server_rounds: int = 4
+    strategy: str = "uharmony"
+    arch: str = "dynunet"
+    norm: str = "auto"  # auto: uharmony for strategy uharmony, else instance
+    poly_order: int = 2
+    site_local: str = "stats"
+    harmonize_layers: int = -1  # -1: all normalization layers
+    filters: tuple[int, ...] = (16, 32, 64, 128)
+    local_steps: int = 40
+    batch_size: int = 2
+    patch_size: int = 32
+    lr: float = 2e-3
+    proximal_mu: float = 0.01
+    eval_every: int = 1
+    data_root: str = ""
+    data_kind: str = "synthetic"
+    partition: str = ""
+    synth_sites: int = 4
+    synth_cases_per_site: int = 8
+    synth_spacing: float = 3.0
+    spacing: float = 3.0
+    seed: int = 0
+    run_dir: str = "runs/latest"
+    resume: bool = False
+    min_sites: int = 1
+    update_norm_factor: float = 10.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_flwr(cls, run_config: dict) -> "RunConfig":
+        """Parse Flower's run config; unknown keys or wrong types raise ValueError naming the key."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        values = {}
+        for key, raw in dict(run_config).items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ValueError(f"run config: unknown key {key!r} (known: {sorted(k.replace('_', '-') for k in fields)})")
+            default = fields[name].default
+            try:
+                if isinstance(default, bool):
+                    value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+                elif isinstance(default, tuple):
+                    value = tuple(int(v) for v in str(raw).split(",") if v.strip()) if isinstance(raw, str) else tuple(raw)
+                elif isinstance(default, int):
+                    if isinstance(raw, float) and not raw.is_integer():
+                        raise ValueError
+                    value = int(raw)
+                elif isinstance(default, float):
+                    value = float(raw)
+                else:
+                    value = str(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"run config: {key!r} must be {type(default).__name__}, got {raw!r}") from None
+            values[name] = value
+        cfg = cls(**values)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"run config: 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.norm not in ("auto", "uharmony", "instance", "batch"):
+            raise ValueError(f"run config: 'norm' must be auto|uharmony|instance|batch, got {self.norm!r}")
+        for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"run config: {key.replace('_', '-')!r} must be >= 1")
+        if self.patch_size % 8:
+            raise ValueError("run config: 'patch-size' must be a multiple of 8")
+
+    @property
+    def model_norm(self) -> str:
+        if self.norm != "auto":
+            return self.norm
+        return "uharmony" if self.strategy == "uharmony" else "instance"
+
+    @property
+    def head(self) -> str:
+        return "gated" if self.strategy == "uharmony" else "plain"
+
+    @property
+    def local_norm(self) -> bool:
+        """FedBN: every normalization layer stays at the site."""
+        return self.strategy == "fedbn"
+
+    def model_kwargs(self) -> dict:
+        kw = dict(arch=self.arch, in_channels=4, out_channels=3, norm=self.model_norm, head=self.head)
+        if self.arch == "dynunet":
+            kw["filters"] = self.filters
+        if self.model_norm == "uharmony":
+            kw.update(order=self.poly_order, site_local=self.site_local,
+                      harmonize_layers=None if self.harmonize_layers < 0 else self.harmonize_layers)
+        return kw
