@@ -35,6 +35,8 @@ class RunConfig:
     run_dir: str = "runs/latest"
     resume: bool = False
     min_sites: int = 1
+    num_domains: int = 0  # 0: one per site of the simulated federation
+    round_timeout: float = 3600.0
     update_norm_factor: float = 10.0
     extra: dict = field(default_factory=dict)
 

@@ -204,3 +204,43 @@ def _msd_sites(root: Path) -> list[Site]:
         image, label = root / e["image"], root / e["label"]
         site.cases.append(Case(Path(e["image"]).name.split(".")[0], {}, str(label), "msd", MODALITIES, str(image)))
     return [site]
+
+
+def load_site_folder(path, site_id: str, domain: int = 0, label_map: str = "brats2021",
+                     val_fraction: float = 0.25, seed: int = 0) -> Site:
+    """One hospital's data folder (deployment): case folders in BraTS 2021 naming
+    (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``) or BraTS 2023 naming (``-t1n`` ... ``-seg``).
+
+    An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt"}`` for sites
+    that do not acquire every modality or annotate whole tumour only.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(root, "site data folder does not exist")
+    if not site_id:
+        raise ValueError("site-id must be a non-empty string")
+    meta = {}
+    if (root / "site.json").is_file():
+        try:
+            meta = json.loads((root / "site.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(root / "site.json", f"invalid JSON ({exc})") from exc
+    modalities = tuple(meta.get("modalities", MODALITIES))
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise DataError(root / "site.json", f"unknown modalities {unknown}; known: {list(MODALITIES)}")
+    if meta.get("labels") == "wt":
+        label_map = "wt"
+    site = Site(str(site_id), domain, [], label_map, modalities)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (folder / f"{folder.name}_seg.nii.gz").exists() or (folder / f"{folder.name}_flair.nii.gz").exists():
+            site.cases.append(_brats_case(root, folder.name, label_map, modalities))
+        elif (folder / f"{folder.name}-seg.nii.gz").exists() or (folder / f"{folder.name}-t2f.nii.gz").exists():
+            lm = "wt" if label_map == "wt" else "brats2023"
+            site.cases.append(_brats_case(root, folder.name, lm, modalities, BRATS23_SUFFIX))
+        else:
+            site.skipped.append({"case": folder.name, "reason": f"{folder}: no BraTS-named image files"})
+    if not site.cases:
+        raise DataError(root, "no case folders with BraTS-named files found")
+    _split(site, val_fraction, seed)
+    return site

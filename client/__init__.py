@@ -1,0 +1,1 @@
+"""Flower ClientApp (site side): thin glue over uharmony and simulation.datasets."""

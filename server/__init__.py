@@ -1,0 +1,1 @@
+"""Flower ServerApp (coordinator side): role-aware aggregation, checkpoints, run logs."""

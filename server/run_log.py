@@ -1,0 +1,69 @@
+"""Run folder outputs: ``metrics.jsonl`` (per round, per site, per region) and a Dice-per-round PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+REGIONS = ("et", "tc", "wt")
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+    def evaluation(self, server_round: int, strategy: str, per_site: dict[str, dict]) -> dict:
+        """One line per (site, mode, region); returns mean Dice per mode over sites (annotated regions)."""
+        summary: dict[str, list[float]] = {}
+        for site, m in sorted(per_site.items()):
+            for mode in ("oracle", "gated"):
+                for region in REGIONS:
+                    dice = m.get(f"dice-{region}-{mode}")
+                    if dice is None or dice < 0:
+                        continue  # region not annotated at this site
+                    hd = m.get(f"hd95-{region}-{mode}")
+                    self.write({"round": server_round, "strategy": strategy, "site": site, "mode": mode,
+                                "region": region.upper(), "dice": dice, "hd95": hd if hd is not None and hd >= 0 else None,
+                                "val_cases": m.get("num-examples")})
+                    summary.setdefault(mode, []).append(dice)
+        return {mode: sum(v) / len(v) for mode, v in summary.items()}
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def plot(self, png: str | Path | None = None) -> Path | None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.records() if "dice" in r]
+        if not rows:
+            return None
+        series: dict[tuple[str, str], dict[int, list[float]]] = {}
+        for r in rows:
+            series.setdefault((r["site"], r["mode"]), {}).setdefault(r["round"], []).append(r["dice"])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for (site, mode), by_round in sorted(series.items()):
+            rounds = sorted(by_round)
+            ax.plot(rounds, [sum(by_round[x]) / len(by_round[x]) for x in rounds],
+                    marker="o", linestyle="-" if mode == "gated" else "--", label=f"site {site} ({mode})")
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean Dice over annotated regions")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        png = Path(png or self.dir / "dice_per_round.png")
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        return png

@@ -1,0 +1,133 @@
+"""Flower ServerApp: builds the model, runs the rounds with the role-aware strategy, logs, checkpoints.
+
+The loop mirrors ``Strategy.start`` but can resume from a checkpoint (continuing the round count),
+writes per-site metrics every evaluation round and a checkpoint every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from client.data import federation_root
+from client.records import nbytes, to_record
+from simulation.datasets import SiteData, load_federation
+from uharmony import build_model
+from uharmony import protocol as P
+from uharmony.config import RunConfig
+from uharmony.federated import ModelRoles, to_numpy
+from uharmony.training import train_steps
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .run_log import RunLog
+from .strategy import RoleAwareFedAvg
+
+log = logging.getLogger("uharmony.server")
+
+
+def _say(text: str) -> None:
+    print(f"[uharmony] {text}", flush=True)
+
+
+def initial_model(cfg: RunConfig) -> tuple[torch.nn.Module, int]:
+    """Build the run's model; in simulation the federation is generated (if needed) and counted."""
+    num_domains = cfg.num_domains
+    if num_domains <= 0:
+        fed = load_federation(federation_root(cfg), cfg.data_kind, cfg.partition or None, seed=cfg.seed)
+        num_domains = len(fed.sites)
+    torch.manual_seed(cfg.seed)
+    kw = cfg.model_kwargs()
+    return build_model(kw.pop("arch"), kw.pop("in_channels"), kw.pop("out_channels"), num_domains, kw.pop("norm"), **kw), num_domains
+
+
+def _centralized_round(cfg: RunConfig, model, pooled: SiteData, server_round: int, num_sites: int) -> dict:
+    """Pooled training with the same budget as a federated round (sites x local steps)."""
+    steps = cfg.local_steps * num_sites
+    seed = cfg.seed * 100_003 + server_round * 1009
+    torch.manual_seed(seed)
+    return train_steps(model, pooled.batches(cfg.batch_size, steps, seed), None, cfg.lr)
+
+
+def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> dict:
+    cfg = RunConfig.from_flwr({**run_config, **(overrides or {})})
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    model, num_domains = initial_model(cfg)
+    spec = model.spec
+    roles = ModelRoles(model, cfg.strategy if cfg.strategy != "centralized" else "fedavg")
+    state = to_numpy(model.state_dict(), roles.global_keys())
+    start = 1
+    if cfg.resume:
+        blob = load_checkpoint(ckpt_dir, spec=spec)
+        state, start = blob["state"], int(blob["round"]) + 1
+        _say(f"resuming from {ckpt_dir} after round {blob['round']}")
+    runlog = RunLog(run_dir)
+    (run_dir / "config.json").write_text(json.dumps({**run_config, **(overrides or {})}, indent=2, default=str))
+    full_bytes = nbytes(to_numpy(model.state_dict(), model.state_dict().keys()))
+    strategy = RoleAwareFedAvg(roles, state, min_sites=cfg.min_sites, update_norm_factor=cfg.update_norm_factor,
+                               proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+                               min_train_nodes=cfg.min_sites, min_evaluate_nodes=cfg.min_sites,
+                               min_available_nodes=cfg.min_sites)
+    pooled = None
+    if cfg.strategy == "centralized":
+        fed = load_federation(federation_root(cfg), cfg.data_kind, cfg.partition or None, seed=cfg.seed)
+        pooled = SiteData(fed.pooled(), cfg.spacing, cfg.patch_size)
+        num_sites = len(fed.sites)
+    _say(f"strategy={cfg.strategy} arch={cfg.arch} norm={cfg.model_norm} head={cfg.head} domains={num_domains} "
+         f"rounds {start}..{cfg.num_server_rounds}; run folder {run_dir}")
+    base = {P.MODEL_SPEC: json.dumps(spec), P.STRATEGY: cfg.strategy}
+    summary = {}
+    for rnd in range(start, cfg.num_server_rounds + 1):
+        t0 = time.time()
+        if pooled is not None:
+            model.load_state_dict({**model.state_dict(), **{k: torch.as_tensor(v) for k, v in strategy.global_state.items()}})
+            stats = _centralized_round(cfg, model, pooled, rnd, num_sites)
+            strategy.global_state = to_numpy(model.state_dict(), roles.global_keys())
+            train_info = {"train-loss": stats["loss"], "sites": ["pooled"], "rejected": []}
+        else:
+            train_cfg = ConfigRecord({**base, P.LR: cfg.lr, P.LOCAL_STEPS: cfg.local_steps, P.SEED: cfg.seed})
+            replies = grid.send_and_receive(strategy.configure_train(rnd, to_record(strategy.global_state), train_cfg, grid),
+                                            timeout=cfg.round_timeout)
+            _, metrics = strategy.aggregate_train(rnd, replies)
+            rep = strategy.last_report
+            train_info = {"train-loss": metrics.get("train-loss") if metrics else None, "sites": rep["accepted"],
+                          "rejected": rep["rejected"],
+                          "update-bytes": {s: m.get(P.UPDATE_BYTES) for s, m in rep["sites"].items()},
+                          "skipped-cases": {s: m.get(P.SKIPPED) for s, m in rep["sites"].items()}}
+        runlog.write({"round": rnd, "event": "train", "strategy": cfg.strategy, "full-model-bytes": full_bytes,
+                      "seconds": round(time.time() - t0, 2), **train_info})
+        line = f"round {rnd}/{cfg.num_server_rounds}: train loss {train_info['train-loss'] if train_info['train-loss'] is None else round(train_info['train-loss'], 4)}"
+        line += f", {len(train_info['sites'])} sites, {len(train_info['rejected'])} rejected"
+        if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+            eval_cfg = ConfigRecord({**base, P.SEED: cfg.seed})
+            replies = grid.send_and_receive(strategy.configure_evaluate(rnd, to_record(strategy.global_state), eval_cfg, grid),
+                                            timeout=cfg.round_timeout)
+            strategy.aggregate_evaluate(rnd, replies)
+            summary = runlog.evaluation(rnd, cfg.strategy, strategy.last_report["sites"])
+            line += " | mean Dice " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+        save_checkpoint(ckpt_dir, rnd, spec, strategy.global_state, {"strategy": cfg.strategy})
+        _say(f"{line} ({time.time() - t0:.1f} s)")
+    final = save_checkpoint(run_dir, cfg.num_server_rounds, spec, strategy.global_state, {"strategy": cfg.strategy}, name="final_model.pt")
+    png = runlog.plot()
+    runlog.write({"event": "done", "rounds": cfg.num_server_rounds, "final-mean-dice": summary})
+    _say(f"done: {final}, metrics {runlog.path}, plot {png}")
+    return {"run_dir": str(run_dir), "summary": summary}
+
+
+def make_app(overrides: dict | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, dict(context.run_config), overrides)
+
+    return app
+
+
+app = make_app()

@@ -1,0 +1,74 @@
+"""Federation-side model bookkeeping without Flower: what a site sends, keeps and receives.
+
+All decisions go through :func:`uharmony.param_roles` (module types, never names).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .roles import DOMAIN, LOCAL, SHARED, _roles_and_domains
+
+
+class ModelRoles:
+    """Roles of a model's state entries under a strategy.
+
+    ``strategy="local"`` makes everything local; ``"fedbn"`` makes every normalization layer local.
+    """
+
+    def __init__(self, model: torch.nn.Module, strategy: str = "uharmony") -> None:
+        roles, domains = _roles_and_domains(model, local_norm=strategy == "fedbn")
+        if strategy == "local":
+            roles = dict.fromkeys(roles, LOCAL)
+        self.roles = roles
+        self.domain_of = domains
+
+    def keys(self, role: str) -> list[str]:
+        return [k for k, r in self.roles.items() if r == role]
+
+    def global_keys(self) -> list[str]:
+        """Entries the server holds (everything but site-local ones)."""
+        return [k for k, r in self.roles.items() if r != LOCAL]
+
+    def outgoing_keys(self, domain: int | None) -> list[str]:
+        """What a site of ``domain`` sends after training: shared entries + its own domain's head parts."""
+        return [k for k, r in self.roles.items()
+                if r == SHARED or (r == DOMAIN and domain is not None and self.domain_of[k] == domain)]
+
+    def domain_keys(self, domain: int) -> list[str]:
+        return [k for k, d in self.domain_of.items() if d == domain and self.roles[k] == DOMAIN]
+
+
+def to_numpy(state: dict[str, torch.Tensor], keys) -> dict[str, np.ndarray]:
+    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+
+
+def load_global_and_local(model: torch.nn.Module, roles: ModelRoles, global_arrays: dict[str, np.ndarray],
+                          local_state: dict[str, torch.Tensor] | None) -> None:
+    """Load the server's entries and the site's own local entries (strict: every key accounted for).
+
+    Without a saved local state (first round at this site) the local entries keep their
+    initialization, i.e. fresh harmonization statistics.
+    """
+    expected = set(roles.global_keys())
+    got = set(global_arrays)
+    if got != expected:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise ValueError(f"global model entries do not match this model: missing {missing[:5]}, unexpected {extra[:5]}")
+    state = model.state_dict()
+    new = {k: torch.as_tensor(np.asarray(v)).to(state[k].dtype) for k, v in global_arrays.items()}
+    local_keys = roles.keys(LOCAL)
+    if local_state is not None:
+        if set(local_state) != set(local_keys):
+            raise ValueError("saved site state does not match the model's site-local entries "
+                             f"({len(local_state)} saved vs {len(local_keys)} expected)")
+        new.update(local_state)
+    else:
+        new.update({k: state[k] for k in local_keys})
+    model.load_state_dict(new, strict=True)
+
+
+def local_state_of(model: torch.nn.Module, roles: ModelRoles) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().clone() for k in roles.keys(LOCAL)}
