@@ -10,7 +10,7 @@ STRATEGIES = ("uharmony", "fedavg", "fedprox", "fedbn", "local", "centralized")
 
 @dataclass(frozen=True)
 class RunConfig:
-    num_server_rounds: int = 4
+    num_server_rounds: int = 10
     strategy: str = "uharmony"
     arch: str = "dynunet"
     norm: str = "auto"  # auto: uharmony for strategy uharmony, else instance

@@ -67,7 +67,7 @@ def read_case(case: Case) -> dict:
     if ref is None:
         raise DataError(case.case_id, "case has no modality")
     zeros = torch.zeros(ref.shape[-3:], dtype=torch.float32)
-    image = torch.stack([torch.as_tensor(channels[m]) if m in channels else zeros for m in MODALITIES])
+    image = torch.stack([channels[m].as_tensor() if m in channels else zeros for m in MODALITIES])
     out = {
         "case_id": case.case_id,
         "image": MetaTensor(image, affine=ref.affine),

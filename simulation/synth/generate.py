@@ -67,10 +67,10 @@ def generate_federation(out: str | Path, sites: int = 4, cases_per_site: int = 8
     """
     if sites < 1 or cases_per_site < 1:
         raise ValueError(f"need at least one site and one case per site, got sites={sites}, cases={cases_per_site}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     base, affine = tissue_maps(float(spacing))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     profiles = profiles or [make_site_profile(seed, first_site + i) for i in range(sites)]
     rows, description = [], {"seed": seed, "spacing_mm": spacing, "sites": {}}
     bar = tqdm(total=len(profiles) * cases_per_site, desc="synthesizing cases", unit="case", disable=not progress)

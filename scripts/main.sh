@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the main job: `flwr run .` on the embedded federation (generated on first
+# use). Extra arguments go to `flwr run`, e.g.  bash scripts/main.sh -c "strategy='fedavg'"
+# Exits non-zero unless the run's final status is finished:completed and its metrics were written.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export FLWR_HOME="$PWD/.flwr" PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg
+port=${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}
+ours() { pgrep -f "flower-superlink.*--log-file $FLWR_HOME/" || true; }
+if [ -z "$(ours)" ] && python - "$port" <<'PY'
+import socket, sys
+s = socket.socket(); s.settimeout(0.5)
+sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
+PY
+then
+  echo "error: a SuperLink that this checkout did not start listens on 127.0.0.1:$port;" >&2
+  echo "       flwr run would submit to it. Stop it first (pkill -f flower-superlink) and retry." >&2
+  exit 1
+fi
+trap 'pids=$(ours); [ -n "$pids" ] && kill $pids 2>/dev/null || true' EXIT
+started=$(date -u +%s)
+flwr run . --stream "$@"
+python - "$started" <<'PY'
+import json, subprocess, sys
+from pathlib import Path
+out = subprocess.run(["flwr", "ls", "--format", "json"], capture_output=True, text=True, check=True).stdout
+runs = json.loads(out)["runs"]
+if not runs:
+    sys.exit("error: flwr ls shows no run")
+run = max(runs, key=lambda r: r["pending-at"])
+print(f"run {run['run-id']}: status {run['status']} after {run['elapsed']:.0f} s")
+if run["status"] != "finished:completed":
+    sys.exit(f"error: the run did not complete ({run['status']}: {run['status-details']})")
+fresh = [p for p in Path(".").glob("runs/**/metrics.jsonl") if p.stat().st_mtime >= float(sys.argv[1])]
+done = [json.loads(x) for p in fresh for x in p.read_text().splitlines() if '"done"' in x]
+done = [d for d in done if d["time"] >= float(sys.argv[1])]
+if not done:
+    sys.exit("error: no metrics.jsonl under runs/ has a completion record from this run")
+run_dir = max(fresh, key=lambda p: p.stat().st_mtime).parent
+print(f"results: {run_dir}/metrics.jsonl, {run_dir}/dice_per_round.png, {run_dir}/final_model.pt")
+print("final mean Dice over sites and annotated regions:", json.dumps(done[-1]["final-mean-dice"]))
+PY

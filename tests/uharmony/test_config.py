@@ -1,0 +1,35 @@
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from uharmony.config import RunConfig
+
+
+def test_pyproject_run_config_matches_the_typed_defaults():
+    toml = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    cfg_toml = toml["tool"]["flwr"]["app"]["config"]
+    parsed = RunConfig.from_flwr(cfg_toml)
+    assert parsed == RunConfig()
+    names = {f.name.replace("_", "-") for f in dataclasses.fields(RunConfig) if f.name != "extra"}
+    assert set(cfg_toml) == names
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"num-rounds": 3}, "unknown key 'num-rounds'"),
+    ({"local-steps": "many"}, "'local-steps' must be int"),
+    ({"strategy": "fedsgd"}, "'strategy' must be one of"),
+    ({"patch-size": 30}, "multiple of 8"),
+    ({"norm": "layer"}, "'norm'"),
+])
+def test_bad_run_config_names_the_key(entry, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_flwr(entry)
+
+
+def test_strategy_decides_model_defaults():
+    assert RunConfig.from_flwr({"strategy": "fedavg"}).model_kwargs()["norm"] == "instance"
+    assert RunConfig.from_flwr({"strategy": "uharmony"}).model_kwargs()["head"] == "gated"
+    assert RunConfig.from_flwr({"strategy": "fedbn"}).local_norm
+    assert RunConfig.from_flwr({"filters": "8,16"}).filters == (8, 16)
