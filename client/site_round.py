@@ -19,10 +19,12 @@ from .site_state import load_local_state, save_local_state
 
 class SiteRound:
     def __init__(self, node_config: dict, cfg: RunConfig, spec_json: str, strategy: str,
-                 saved: dict[str, torch.Tensor] | None = None) -> None:
+                 saved: dict[str, torch.Tensor] | None = None, device: str = "cpu") -> None:
         self.cfg = cfg
+        self.device = device
         self.site, self.state_dir = resolve_site(node_config, cfg)
         self.data = site_data(self.site, cfg)
+        torch.manual_seed(cfg.seed)  # identical initial weights at every site (matters for strategy=local)
         self.model = model_from_spec(json.loads(spec_json))
         self.roles = ModelRoles(self.model, strategy)
         self.strategy = strategy
@@ -44,12 +46,14 @@ class SiteRound:
         t0 = time.time()
         reference = None
         if proximal_mu > 0:
-            reference = {k: v.detach().clone() for k, v in self.model.state_dict().items()
+            reference = {k: v.detach().clone().to(self.device) for k, v in self.model.state_dict().items()
                          if k in set(self.roles.outgoing_keys(self.domain))}
         seed = self.cfg.seed * 100_003 + server_round * 1009 + self.site.domain
         torch.manual_seed(seed)
-        stats = train_steps(self.model, self.data.batches(self.cfg.batch_size, local_steps, seed),
-                            self.domain, lr, proximal_mu, reference)
+        stats = train_steps(self.model, self.data.batches(self.cfg.batch_size, local_steps, seed, self.cfg.neg_ratio),
+                            self.domain, lr, proximal_mu, reference, device=self.device,
+                            optimizer=self.cfg.optimizer)
+        self.model.cpu()
         local = local_state_of(self.model, self.roles)
         save_local_state(self.state_dir, local, {"round": server_round, "site": self.site.name})
         out = to_numpy(self.model.state_dict(), self.roles.outgoing_keys(self.domain))
@@ -63,7 +67,7 @@ class SiteRound:
             return metrics
         modes = {"oracle": self.site.domain, "gated": None} if self.model.gated else {"oracle": None}
         for mode, dom in modes.items():
-            for k, v in evaluate_cases(self.model, self.data.val, dom, self.cfg.patch_size).items():
+            for k, v in evaluate_cases(self.model, self.data.val, dom, self.cfg.patch_size, self.device).items():
                 metrics[f"{k}-{mode}"] = v
         if not self.model.gated:  # one head: dataset-free and oracle coincide
             metrics.update({k.replace("-oracle", "-gated"): v for k, v in list(metrics.items()) if k.endswith("-oracle")})

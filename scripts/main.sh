@@ -6,7 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FLWR_HOME="$PWD/.flwr" PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg
+# Run the app in this venv: Flower would otherwise `uv sync` the app's dependencies into a fresh
+# environment per run, pulling the CUDA build of torch (GBs) on a CPU machine.
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 port=${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}
+# Flower >= 1.41 keeps connections in $FLWR_HOME/config.toml: a managed local SuperLink running the
+# simulation engine with one SuperNode per site of the embedded federation.
+mkdir -p "$FLWR_HOME"
+[ -f "$FLWR_HOME/config.toml" ] || cat > "$FLWR_HOME/config.toml" <<'TOML'
+[superlink]
+default = "local-simulation"
+
+[superlink.local-simulation]
+address = ":local:"
+options.num-supernodes = 4
+options.backend.name = "ray"
+options.backend.client-resources.num-cpus = 2
+TOML
 ours() { pgrep -f "flower-superlink.*--log-file $FLWR_HOME/" || true; }
 if [ -z "$(ours)" ] && python - "$port" <<'PY'
 import socket, sys

@@ -51,7 +51,8 @@ def _centralized_round(cfg: RunConfig, model, pooled: SiteData, server_round: in
     steps = cfg.local_steps * num_sites
     seed = cfg.seed * 100_003 + server_round * 1009
     torch.manual_seed(seed)
-    return train_steps(model, pooled.batches(cfg.batch_size, steps, seed), None, cfg.lr)
+    return train_steps(model, pooled.batches(cfg.batch_size, steps, seed, cfg.neg_ratio), None, cfg.lr,
+                       optimizer=cfg.optimizer)
 
 
 def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> dict:

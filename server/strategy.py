@@ -81,16 +81,21 @@ class RoleAwareFedAvg(FedAvg):
 
     # -- aggregation ----------------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        accepted, rejected = [], []
+        updates, rejected = [], []
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 rejected.append({"node": node, "reason": f"client error: {msg.error.reason}"})
                 continue
             try:
-                accepted.append((node, *self.check_reply(msg.content)))
+                updates.append((node, *self.check_reply(msg.content)))
             except RejectedUpdate as exc:
                 rejected.append({"node": node, "reason": str(exc)})
+        return self.aggregate_updates(server_round, updates, rejected)
+
+    def aggregate_updates(self, server_round: int, updates: list[tuple], rejected: list[dict] | None = None):
+        """Aggregate checked updates ``(node, arrays, weight, metrics, identity)``; updates ``global_state``."""
+        accepted, rejected = list(updates), list(rejected or [])
         if len(accepted) >= 3 and self.update_norm_factor > 0:
             norms = [self.update_norm(a[1]) for a in accepted]
             median = float(np.median(norms))
@@ -104,19 +109,20 @@ class RoleAwareFedAvg(FedAvg):
             accepted = keep
         for r in rejected:
             log.warning("round %d: rejected reply from node %s: %s", server_round, r["node"], r["reason"])
-        self.last_report = {"accepted": [a[4].get(P.SITE_ID, str(a[0])) for a in accepted], "rejected": rejected,
-                            "sites": {a[4].get(P.SITE_ID, str(a[0])): a[3] for a in accepted}}
-        if len(accepted) < self.min_sites or not accepted:
+        self.last_report = {"accepted": [str(a[4].get(P.SITE_ID, a[0])) for a in accepted], "rejected": rejected,
+                            "sites": {str(a[4].get(P.SITE_ID, a[0])): a[3] for a in accepted}}
+        if not accepted or len(accepted) < self.min_sites:
             log.warning("round %d: %d usable replies (< %d): global model unchanged", server_round,
                         len(accepted), max(self.min_sites, 1))
             return None, None
         new_state = dict(self.global_state)
         groups = {"shared": self.roles.keys("shared")}
-        for d in sorted({int(a[4][P.DOMAIN_ID]) for a in accepted if P.DOMAIN_ID in a[4]}) if self._gated else []:
-            groups[f"domain-{d}"] = self.roles.domain_keys(d)
-        for name, keys in groups.items():
+        if self._gated:
+            for d in sorted({int(a[4][P.DOMAIN_ID]) for a in accepted if P.DOMAIN_ID in a[4]}):
+                groups[f"domain-{d}"] = self.roles.domain_keys(d)
+        for keys in groups.values():
             members = [a for a in accepted if keys and set(keys) <= set(a[1])]
-            if not members or not keys:
+            if not members:
                 continue
             records = [RecordDict({P.ARRAYS: to_record({k: a[1][k] for k in keys}),
                                    P.METRICS: MetricRecord({P.NUM_EXAMPLES: a[2]})}) for a in members]

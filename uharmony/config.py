@@ -22,6 +22,8 @@ class RunConfig:
     batch_size: int = 2
     patch_size: int = 32
     lr: float = 2e-3
+    optimizer: str = "adam"  # adam | sgd (nesterov, momentum 0.99, as nnU-Net)
+    neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
     eval_every: int = 1
     data_root: str = ""
@@ -78,6 +80,10 @@ class RunConfig:
         for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run config: {key.replace('_', '-')!r} must be >= 1")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"run config: 'optimizer' must be adam or sgd, got {self.optimizer!r}")
+        if self.neg_ratio < 0:
+            raise ValueError("run config: 'neg-ratio' must be >= 0")
         if self.patch_size % 8:
             raise ValueError("run config: 'patch-size' must be a multiple of 8")
 

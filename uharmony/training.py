@@ -40,10 +40,14 @@ def proximal_term(model: torch.nn.Module, reference: dict[str, torch.Tensor]) ->
 
 
 def train_steps(model, batches, domain, lr: float, proximal_mu: float = 0.0, reference=None,
-                device: str = "cpu", weight_decay: float = 1e-5) -> dict:
-    """Run the given batches through one optimizer (Adam); returns mean loss and step count."""
+                device: str = "cpu", weight_decay: float = 1e-5, optimizer: str = "adam") -> dict:
+    """Run the given batches through a fresh optimizer; returns mean loss and step count."""
     model.to(device).train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     losses = []
     for batch in batches:
@@ -56,10 +60,10 @@ def train_steps(model, batches, domain, lr: float, proximal_mu: float = 0.0, ref
         if proximal_mu > 0 and reference:
             loss = loss + proximal_mu * proximal_term(model, reference)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {float(loss)}")
+            raise FloatingPointError(f"non-finite training loss {loss.item()}")
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses)}
 
 

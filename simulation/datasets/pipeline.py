@@ -39,11 +39,11 @@ def preprocess_transform(spacing: float, with_label: bool = True) -> Compose:
     return Compose(steps)
 
 
-def train_transform(patch: int, samples: int = 1) -> Compose:
+def train_transform(patch: int, samples: int = 1, neg_ratio: float = 1.0) -> Compose:
     keys = ["image", "label"]
     return Compose([
         SpatialPadd(keys=keys, spatial_size=(patch,) * 3),
-        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=(patch,) * 3, pos=1, neg=1,
+        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=(patch,) * 3, pos=1, neg=neg_ratio,
                                num_samples=samples, image_key="image", image_threshold=0, allow_smaller=False),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
@@ -86,12 +86,12 @@ class SiteData:
     def num_train_cases(self) -> int:
         return len(self.train)
 
-    def batches(self, batch_size: int, steps: int, seed: int) -> Iterator[dict]:
+    def batches(self, batch_size: int, steps: int, seed: int, neg_ratio: float = 1.0) -> Iterator[dict]:
         """``steps`` random-patch batches (cycling through the training cases)."""
         if not self.train:
             raise DataError(self.site.name, "site has no usable training case")
         ds = Dataset([{k: v for k, v in it.items() if k in ("image", "label", "present", "regions")}
-                      for it in self.train], transform=train_transform(self.patch))
+                      for it in self.train], transform=train_transform(self.patch, neg_ratio=neg_ratio))
         ds.transform.set_random_state(seed=seed % (2**32))
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, generator=gen, drop_last=False)

@@ -84,5 +84,5 @@ def read_case(case: Case) -> dict:
         bad = sorted({float(v) for v in values.tolist()} - {float(a) for a in allowed})
         if bad:
             raise DataError(case.label, f"label values {bad} outside the dataset's set {list(allowed)}")
-        out["label"] = MetaTensor(lab.unsqueeze(0), affine=ref.affine)
+        out["label"] = MetaTensor(lab.as_tensor().unsqueeze(0), affine=ref.affine)
     return out
