@@ -26,11 +26,12 @@ class RunLog:
             for mode in ("oracle", "gated"):
                 for region in REGIONS:
                     dice = m.get(f"dice-{region}-{mode}")
-                    if dice is None or dice < 0:
+                    if dice is None or dice < 0 or dice != dice:  # -1 / NaN: not annotated here
                         continue  # region not annotated at this site
                     hd = m.get(f"hd95-{region}-{mode}")
+                    hd = hd if hd is not None and hd == hd and hd >= 0 else None
                     self.write({"round": server_round, "strategy": strategy, "site": site, "mode": mode,
-                                "region": region.upper(), "dice": dice, "hd95": hd if hd is not None and hd >= 0 else None,
+                                "region": region.upper(), "dice": dice, "hd95": hd,
                                 "val_cases": m.get("num-examples")})
                     summary.setdefault(mode, []).append(dice)
         return {mode: sum(v) / len(v) for mode, v in summary.items()}

@@ -161,8 +161,9 @@ def build_model(
     head: str = "gated",
     stem_channels: int = 16,
     harmonize_layers=None,
-    order: int = 2,
+    order: int = 1,
     site_local: str = "stats",
+    restore: str = "ratio",
     temperature: float = 0.05,
     **options,
 ) -> UHarmonyNet:
@@ -188,14 +189,14 @@ def build_model(
     spec = dict(arch=arch, in_channels=in_channels, out_channels=out_channels, num_domains=num_domains,
                 norm=norm, spatial_dims=spatial_dims, modalities=modalities, head=head,
                 stem_channels=stem_channels, harmonize_layers=harmonize_layers, order=order,
-                site_local=site_local, temperature=temperature, **options)
+                site_local=site_local, restore=restore, temperature=temperature, **options)
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
     if options:
         raise ValueError(f"build_model: unknown options for {arch}: {sorted(options)}")
     if norm == "uharmony":
-        harmonize(backbone, harmonize_layers, order=order, site_local=site_local)
+        harmonize(backbone, harmonize_layers, order=order, site_local=site_local, restore=restore)
     if head == "gated":
         head_module = DomainGatedHead(spatial_dims, feat, out_channels, num_domains, temperature=temperature)
     else:

@@ -3,10 +3,10 @@
 Stage 1 (stated by the paper): per-sample, per-channel standardization over all spatial positions,
     x_hat = (x - mu_inst) / sqrt(var_inst + eps)
 Stage 2 (our reconstruction; the paper's formula is not public, see docs/method.md):
-    y = (sum_k a_k * He_k(x_hat) / sqrt(k!)) * s_site + m_site
+    y = sum_k a_k * He_k(x_hat) / sqrt(k!)  +  g * clamp(m_site / s_site, -c, c)      (restore="ratio")
 where He_k are the probabilists' Hermite polynomials (orthogonal for standard-normal inputs, which is
 what stage 1 produces, so the basis is well conditioned), a = (0, 1, 0, ...) at initialization
-(identity), and (m_site, s_site) are the site's *harmonization statistics*: running estimates of the
+(identity), g = 0 at initialization, and (m_site, s_site) are the site's *harmonization statistics*: running estimates of the
 typical per-instance feature mean and standard deviation at this site, learned without labels like
 BatchNorm running statistics, but of instance statistics. They are buffers and never leave the site.
 """
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SITE_LOCAL_OPTIONS = ("stats", "stats+coefficients")
+RESTORE_MODES = ("ratio", "affine", "none")
 
 
 def hermite_basis(x: torch.Tensor, order: int) -> list[torch.Tensor]:
@@ -40,7 +41,13 @@ class UHarmonyNorm(nn.Module):
             coefficients are shared by the federation); ``"stats+coefficients"`` keeps both local.
         momentum: update rate of the running harmonization statistics.
         eps: numerical floor of the instance variance.
-        restore_stats: if False, stage 2 is the polynomial only (no statistics re-injection).
+        restore: how the site statistics re-enter (see docs/method.md):
+            ``"ratio"`` (default) adds ``g * clamp(m_site / s_site)`` per channel with a learnable gain
+            ``g`` (zero at initialization): the site's typical offset-to-scale ratio, which stage 1
+            removed, comes back as a bounded, scale-free signal;
+            ``"affine"`` computes ``y * s_site + m_site`` (the literal reading; it feeds each layer's
+            input scale back into its output and trained unstably in our measurements);
+            ``"none"``: the polynomial only.
         clip: bounds the polynomial terms of order >= 2 for outliers, so rare extreme values cannot
             explode through high powers: for K = 2 the quadratic term is x_hat * clamp(x_hat, -clip,
             clip) (exactly He_2 inside the range, linear outside; one fused op less); for K > 2 the
@@ -50,11 +57,11 @@ class UHarmonyNorm(nn.Module):
     def __init__(
         self,
         num_features: int,
-        order: int = 2,
+        order: int = 1,
         site_local: str = "stats",
         momentum: float = 0.1,
         eps: float = 1e-5,
-        restore_stats: bool = True,
+        restore: str = "ratio",
         clip: float = 4.0,
     ) -> None:
         super().__init__()
@@ -66,6 +73,8 @@ class UHarmonyNorm(nn.Module):
             raise ValueError(f"UHarmonyNorm: site_local must be one of {SITE_LOCAL_OPTIONS}, got {site_local!r}")
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"UHarmonyNorm: momentum must be in (0, 1], got {momentum!r}")
+        if restore not in RESTORE_MODES:
+            raise ValueError(f"UHarmonyNorm: restore must be one of {RESTORE_MODES}, got {restore!r}")
         if eps <= 0 or clip <= 0:
             raise ValueError("UHarmonyNorm: eps and clip must be positive")
         self.num_features = num_features
@@ -73,15 +82,20 @@ class UHarmonyNorm(nn.Module):
         self.site_local = site_local
         self.momentum = momentum
         self.eps = eps
-        self.restore_stats = restore_stats
+        self.restore_mode = restore
         self.clip = clip
         coeffs = torch.zeros(num_features, order + 1)
         coeffs[:, 1] = 1.0  # identity initialization
         self.coefficients = nn.Parameter(coeffs)
+        self.restore_gain = nn.Parameter(torch.zeros(num_features))
         # Site harmonization statistics (site-local buffers, label-free running estimates).
         self.register_buffer("site_mean", torch.zeros(num_features))
         self.register_buffer("site_std", torch.ones(num_features))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def restore_stats(self) -> bool:
+        return self.restore_mode != "none"
 
     @property
     def coefficients_are_local(self) -> bool:
@@ -116,9 +130,11 @@ class UHarmonyNorm(nn.Module):
         if self.order == 2:  # He_2(t)/sqrt(2) = (t^2 - 1)/sqrt(2): fold the constant into the shift
             higher = higher / math.sqrt(2.0)
             shift = shift - higher[:, 0]
-        if self.restore_stats:
-            s, m = self.site_std.to(c.dtype), self.site_mean.to(c.dtype)
+        s, m = self.site_std.to(c.dtype), self.site_mean.to(c.dtype)
+        if self.restore_mode == "affine":
             return scale * s, shift * s + m, higher * s.unsqueeze(1)
+        if self.restore_mode == "ratio":
+            shift = shift + self.restore_gain * (m / s.clamp_min(self.eps)).clamp(-self.clip, self.clip)
         return scale, shift, higher
 
     def restore(self, x_hat: torch.Tensor) -> torch.Tensor:
@@ -143,7 +159,7 @@ class UHarmonyNorm(nn.Module):
             raise ValueError(
                 f"UHarmonyNorm expects (B, {self.num_features}, *spatial), got {tuple(x.shape)}"
             )
-        if self.training and self.restore_stats:
+        if self.training and self.restore_mode != "none":
             with torch.no_grad():  # label-free running estimate; a 2x-strided subsample is plenty
                 sub = x[(slice(None), slice(None)) + tuple(slice(None, None, 2 if n >= 8 else 1) for n in x.shape[2:])]
                 var, mean = torch.var_mean(sub, dim=tuple(range(2, x.dim())), unbiased=False)

@@ -39,10 +39,17 @@ def test_site_statistics_track_instance_statistics_without_labels():
     assert torch.allclose(norm.site_mean, torch.tensor([5.0, -3.0]), atol=0.3)
     assert torch.allclose(norm.site_std, torch.tensor([2.0, 7.0]), rtol=0.1)
     assert int(norm.num_updates) == 20
-    # the restored output carries the site's typical statistics back
+    # the restored output carries the site's typical statistics back: ratio mode adds g * m/s
     norm.eval()
+    with torch.no_grad():
+        norm.restore_gain.fill_(1.0)
     out = norm(x)
-    assert torch.allclose(out.mean(dim=(0, 2, 3, 4)), norm.site_mean, atol=1e-3)
+    ratio = (norm.site_mean / norm.site_std).clamp(-norm.clip, norm.clip)
+    assert torch.allclose(out.mean(dim=(0, 2, 3, 4)), ratio, atol=1e-3)
+    affine = UHarmonyNorm(2, momentum=0.5, restore="affine")
+    affine.load_state_dict(norm.state_dict())
+    affine.eval()
+    assert torch.allclose(affine(x).mean(dim=(0, 2, 3, 4)), norm.site_mean, atol=1e-3)
 
 
 def test_hermite_basis_is_orthonormal_for_standard_normal():
@@ -56,8 +63,11 @@ def test_hermite_basis_is_orthonormal_for_standard_normal():
 def test_gradients_reach_coefficients():
     norm = UHarmonyNorm(2, order=3)
     x = torch.randn(2, 2, 5, 5, 5, requires_grad=True)
+    norm.train()
+    norm(x)  # first step sets non-zero site statistics
     (norm(x) ** 2).sum().backward()
     assert norm.coefficients.grad is not None and norm.coefficients.grad.abs().sum() > 0
+    assert norm.restore_gain.grad is not None and norm.restore_gain.grad.abs().sum() > 0
     assert x.grad is not None
 
 
@@ -68,6 +78,7 @@ def test_gradients_reach_coefficients():
         (dict(num_features=2, order=0), "order"),
         (dict(num_features=2, site_local="everything"), "site_local"),
         (dict(num_features=2, momentum=0.0), "momentum"),
+        (dict(num_features=2, restore="mean"), "restore"),
     ],
 )
 def test_bad_arguments(kwargs, match):
