@@ -101,8 +101,8 @@ def _backbone(arch: str, spatial_dims: int, in_channels: int, norm: str, options
     norm_name = "batch" if norm == "batch" else ("instance", {"affine": True})
     if arch == "dynunet":
         filters = list(options.pop("filters", (16, 32, 64, 128)))
-        if len(filters) < 2:
-            raise ValueError(f"build_model: dynunet needs at least 2 filter levels, got {filters}")
+        if len(filters) < 3:
+            raise ValueError(f"build_model: dynunet needs at least 3 filter levels, got {filters}")
         strides = [1] + [2] * (len(filters) - 1)
         net = DynUNet(
             spatial_dims, in_channels, filters[0], kernel_size=[3] * len(filters), strides=strides,

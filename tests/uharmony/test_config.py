@@ -32,4 +32,4 @@ def test_strategy_decides_model_defaults():
     assert RunConfig.from_flwr({"strategy": "fedavg"}).model_kwargs()["norm"] == "instance"
     assert RunConfig.from_flwr({"strategy": "uharmony"}).model_kwargs()["head"] == "gated"
     assert RunConfig.from_flwr({"strategy": "fedbn"}).local_norm
-    assert RunConfig.from_flwr({"filters": "8,16"}).filters == (8, 16)
+    assert RunConfig.from_flwr({"filters": "8,16,32"}).filters == (8, 16, 32)

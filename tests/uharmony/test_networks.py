@@ -124,6 +124,7 @@ def test_class_and_domain_adaptation_keep_old_behaviour():
         (("dynunet", 4, 3), {"norm": "instance", "harmonize_layers": 2}, "harmonize_layers"),
         (("swinunetr", 4, 3), {"feature_size": 10}, "multiple of 12"),
         (("dynunet", 4, 3), {"colour": "red"}, "unknown options"),
+        (("dynunet", 4, 3), {"filters": (8, 16)}, "at least 3 filter levels"),
     ],
 )
 def test_bad_arguments(args, kwargs, match):
