@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from client.data import federation_root
-from client.records import nbytes, to_record
+from client.records import from_record, nbytes, to_record
 from simulation.datasets import SiteData, load_federation
 from uharmony import build_model
 from uharmony import protocol as P
@@ -75,6 +76,11 @@ def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> d
                                proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
                                min_train_nodes=cfg.min_sites, min_evaluate_nodes=cfg.min_sites,
                                min_available_nodes=cfg.min_sites)
+    outer = strategy
+    if cfg.dp_noise_multiplier > 0:
+        outer = DifferentialPrivacyServerSideFixedClipping(
+            strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm,
+            num_sampled_clients=cfg.min_sites if cfg.min_sites > 1 else num_domains)
     pooled = None
     if cfg.strategy == "centralized":
         fed = load_federation(federation_root(cfg), cfg.data_kind, cfg.partition or None, seed=cfg.seed)
@@ -93,9 +99,11 @@ def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> d
             train_info = {"train-loss": stats["loss"], "sites": ["pooled"], "rejected": []}
         else:
             train_cfg = ConfigRecord({**base, P.LR: cfg.lr, P.LOCAL_STEPS: cfg.local_steps, P.SEED: cfg.seed})
-            replies = grid.send_and_receive(strategy.configure_train(rnd, to_record(strategy.global_state), train_cfg, grid),
+            replies = grid.send_and_receive(outer.configure_train(rnd, to_record(strategy.global_state), train_cfg, grid),
                                             timeout=cfg.round_timeout)
-            _, metrics = strategy.aggregate_train(rnd, replies)
+            arrays, metrics = outer.aggregate_train(rnd, replies)
+            if arrays is not None:  # the DP wrapper adds its noise to what the inner strategy returned
+                strategy.global_state = {k: v.astype(strategy.global_state[k].dtype) for k, v in from_record(arrays).items()}
             rep = strategy.last_report
             train_info = {"train-loss": metrics.get("train-loss") if metrics else None, "sites": rep["accepted"],
                           "rejected": rep["rejected"],

@@ -41,6 +41,8 @@ class RunConfig:
     num_domains: int = 0  # 0: one per site of the simulated federation
     round_timeout: float = 3600.0
     update_norm_factor: float = 10.0
+    dp_noise_multiplier: float = 0.0  # > 0: Flower's server-side fixed-clipping DP wrapper
+    dp_clipping_norm: float = 1.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -85,6 +87,11 @@ class RunConfig:
             raise ValueError(f"run config: 'optimizer' must be adam or sgd, got {self.optimizer!r}")
         if self.neg_ratio < 0:
             raise ValueError("run config: 'neg-ratio' must be >= 0")
+        if self.dp_noise_multiplier < 0 or self.dp_clipping_norm <= 0:
+            raise ValueError("run config: 'dp-noise-multiplier' must be >= 0 and 'dp-clipping-norm' > 0")
+        if self.dp_noise_multiplier > 0 and self.strategy in ("uharmony", "local", "centralized"):
+            raise ValueError(f"run config: differential privacy works with fedavg, fedprox and fedbn, not "
+                             f"{self.strategy!r} (Flower's DP wrapper needs identical update keys from every site)")
         if self.patch_size % 8:
             raise ValueError("run config: 'patch-size' must be a multiple of 8")
 

@@ -80,10 +80,13 @@ def test_resume_continues_with_identical_weights(tiny_federation, tmp_path):
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedbn", "local", "centralized"])
-def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy):
+@pytest.mark.parametrize("strategy, extra", [
+    ("fedavg", {}), ("fedprox", {}), ("fedbn", {}), ("local", {}), ("centralized", {}),
+    ("fedavg", {"dp_noise_multiplier": 0.1, "dp_clipping_norm": 5.0}),  # Flower's DP wrapper
+])
+def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra):
     run_dir = tmp_path / strategy
-    result = run(tiny_overrides(tiny_federation, run_dir, strategy=strategy, num_server_rounds=1))
+    result = run(tiny_overrides(tiny_federation, run_dir, strategy=strategy, num_server_rounds=1, **extra))
     recs = _records(run_dir)
     train = [r for r in recs if r.get("event") == "train"][0]
     assert train["rejected"] == []

@@ -22,6 +22,7 @@ def test_pyproject_run_config_matches_the_typed_defaults():
     ({"strategy": "fedsgd"}, "'strategy' must be one of"),
     ({"patch-size": 30}, "multiple of 8"),
     ({"norm": "layer"}, "'norm'"),
+    ({"dp-noise-multiplier": 0.5}, "differential privacy works with fedavg"),
 ])
 def test_bad_run_config_names_the_key(entry, match):
     with pytest.raises(ValueError, match=match):

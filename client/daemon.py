@@ -1,0 +1,116 @@
+"""``uharmony-site``: a hospital's pre-flight check and its Flower SuperNode.
+
+    uharmony-site preflight --data /data/brats-site --site-id hospital-a
+    uharmony-site start --config site.toml
+
+``site.toml``::
+
+    [site]
+    site-id = "hospital-a"
+    domain-id = 0                       # assigned by the coordinator
+    data = "/data/brats-site"           # case folders in BraTS naming (+ optional site.json)
+    state-dir = "/var/lib/uharmony"     # site-local parameters + harmonization statistics
+    superlink = "superlink.example.org:9092"
+    ca = "/etc/uharmony/ca.crt"
+    key = "/etc/uharmony/auth.key"      # from `uharmony-pki site-key`; never leaves the site
+    port = 9094                         # local ClientApp API port
+
+``start`` validates the data folder first, then execs the real ``flower-supernode`` with TLS, the
+site's authentication key and ``--node-config`` (data-path, site-id, domain-id, state-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+from simulation.datasets import DataError
+from simulation.datasets.federation import load_site_folder
+from simulation.datasets.reading import read_case
+
+REQUIRED = ("site-id", "data", "superlink", "ca", "key")
+
+
+def preflight(data: Path, site_id: str) -> dict:
+    """Read every case once: cases found, modalities, label values, problems (file + reason)."""
+    site = load_site_folder(data, site_id)
+    report = {"site": site_id, "data": str(data), "declared_modalities": list(site.modalities),
+              "label_protocol": site.label_map, "cases": len(site.cases), "usable": 0, "label_values": [],
+              "problems": list(site.skipped)}
+    values: set[int] = set()
+    for case in site.cases:
+        try:
+            item = read_case(case)
+        except DataError as exc:
+            report["problems"].append({"case": case.case_id, "file": exc.path, "reason": exc.reason})
+            continue
+        report["usable"] += 1
+        if "label" in item:
+            values.update(int(v) for v in item["label"].unique().tolist())
+    report["label_values"] = sorted(values)
+    return report
+
+
+def load_site_config(path: Path) -> dict:
+    try:
+        cfg = tomllib.loads(path.read_text()).get("site", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read site config ({exc})") from None
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise ValueError(f"{path}: [site] lacks {missing}")
+    for key in ("ca", "key"):
+        if not Path(cfg[key]).is_file():
+            raise ValueError(f"{path}: {key} = {cfg[key]!r} is not a file")
+    return cfg
+
+
+def supernode_command(cfg: dict) -> list[str]:
+    exe = shutil.which("flower-supernode")
+    if exe is None:
+        raise ValueError("flower-supernode not found on PATH (activate the project's .venv)")
+    state = cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))
+    node_config = (f"data-path='{Path(cfg['data']).resolve()}' site-id='{cfg['site-id']}' "
+                   f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{Path(state).resolve()}'")
+    return [exe, "--superlink", cfg["superlink"], "--root-certificates", str(cfg["ca"]),
+            "--auth-supernode-private-key", str(cfg["key"]), "--node-config", node_config,
+            "--port", str(int(cfg.get("port", 9094))), "--max-retries", str(int(cfg.get("max-retries", 10)))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="uharmony-site", description="Hospital-side commands")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("preflight", help="validate a site's data folder and print a report")
+    f.add_argument("--data", type=Path, required=True)
+    f.add_argument("--site-id", default="site")
+    s = sub.add_parser("start", help="pre-flight, then exec flower-supernode")
+    s.add_argument("--config", type=Path, required=True)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "preflight":
+            report = preflight(a.data, a.site_id)
+        else:
+            cfg = load_site_config(a.config)
+            report = preflight(Path(cfg["data"]), cfg["site-id"])
+        print(json.dumps(report, indent=2), flush=True)
+        if report["usable"] == 0:
+            print("uharmony-site: error: no usable case; fix the problems above", file=sys.stderr)
+            return 1
+        if a.cmd == "start":
+            cmd = supernode_command(cfg)
+            env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+            print(" ".join(cmd), flush=True)
+            os.execve(cmd[0], cmd, env)
+    except (ValueError, DataError) as exc:
+        print(f"uharmony-site: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Real SuperLink + SuperNodes on 127.0.0.1 with the project's PKI, TLS and SuperNode authentication."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulation.synth import generate_federation
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp):
+    return dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", FLWR_HOME=str(tmp / "flwr-home"),
+                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONWARNINGS="ignore")
+
+
+def _cmd(tmp, *args, timeout=120, check=True):
+    res = subprocess.run([str(BIN / args[0]), *args[1:]], env=_env(tmp), cwd=tmp, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def _site_folders(tmp) -> list[Path]:
+    fed = generate_federation(tmp / "fed", sites=3, cases_per_site=3, seed=0, spacing=6.0, progress=False)
+    folders = []
+    for line in (tmp / "fed" / "partitioning.csv").read_text().splitlines()[1:]:
+        pid, case = line.split(",")
+        site = tmp / "data" / f"s{pid}"
+        site.mkdir(parents=True, exist_ok=True)
+        (site / case).symlink_to(tmp / "fed" / case)
+        prof = fed["sites"][pid]
+        (site / "site.json").write_text(json.dumps({"modalities": prof["modalities"], "labels": prof["labels"]}))
+        if site not in folders:
+            folders.append(site)
+    return folders
+
+
+def _site_config(tmp, name, domain, data, key, superlink_port) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
+                    f'state-dir = "{tmp / ("state-" + name)}"\nsuperlink = "127.0.0.1:{superlink_port}"\n'
+                    f'ca = "{tmp / "pki" / "ca.crt"}"\nkey = "{key}"\nport = {_free_port()}\nmax-retries = 2\n')
+    return path
+
+
+def test_tls_federation_with_authenticated_supernodes(tmp_path):
+    tmp = tmp_path
+    procs: list[subprocess.Popen] = []
+
+    def spawn(name, *args):
+        log = open(tmp / f"{name}.log", "w")
+        p = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=_env(tmp), cwd=tmp, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        _cmd(tmp, "uharmony-pki", "init-ca", "--dir", "pki")
+        _cmd(tmp, "uharmony-pki", "server-cert", "--dir", "pki", "--ip", "127.0.0.1", "--dns", "localhost")
+        _cmd(tmp, "uharmony-pki", "site-key", "--dir", "pki", "--site", "s1", "--site", "s2", "--site", "s3")
+        _cmd(tmp, "uharmony-pki", "site-key", "--dir", "rogue", "--site", "intruder")  # never registered
+        port = _free_port()
+        spawn("superlink", "uharmony-coordinator", "start", "--pki", "pki", "--state", "state",
+              "--host", "127.0.0.1", "--port", str(port))
+        for _ in range(30):  # wait until the SuperLink accepts registrations
+            res = _cmd(tmp, "uharmony-coordinator", "register", "--pki", "pki", "--state", "state", check=False)
+            if res.returncode == 0:
+                break
+            time.sleep(1)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.count("registered") == 3
+
+        folders = _site_folders(tmp)
+        for i, folder in enumerate(folders):
+            name = folder.name
+            cfg = _site_config(tmp, name, i, folder, tmp / "pki" / "sites" / name / "auth.key", port)
+            spawn(name, "uharmony-site", "start", "--config", str(cfg))
+
+        t0 = time.time()
+        run = _cmd(tmp, "uharmony-coordinator", "run", "--state", "state", "--app", str(REPO), "-c",
+                   "num-server-rounds=2 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1 "
+                   f"num-domains=3 min-sites=3 run-dir='{tmp / 'run'}'", timeout=900, check=False)
+        elapsed = time.time() - t0
+        assert run.returncode == 0, run.stdout + run.stderr + (tmp / "superlink.log").read_text()[-3000:]
+        status = json.loads(run.stdout.strip().splitlines()[-1])
+        assert status["status"] == "finished:completed"
+        recs = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        trains = [r for r in recs if r.get("event") == "train"]
+        assert [r["round"] for r in trains] == [1, 2]
+        assert all(sorted(r["sites"]) == ["s1", "s2", "s3"] and not r["rejected"] for r in trains)
+        assert {r["site"] for r in recs if "dice" in r} == {"s1", "s2", "s3"}
+        print(f"TLS deployment: 2 rounds in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
+
+        # a SuperNode whose key was never registered is refused
+        bad = _site_config(tmp, "intruder", 0, folders[0], tmp / "rogue" / "sites" / "intruder" / "auth.key", port)
+        res = _cmd(tmp, "uharmony-site", "start", "--config", str(bad), timeout=120, check=False)
+        assert res.returncode != 0
+        assert "failed to activate supernode" in (res.stdout + res.stderr).lower()
+
+        # a plaintext connection to the TLS SuperLink fails
+        res = _cmd(tmp, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+                   str(_free_port()), "--max-retries", "2", "--max-wait-time", "15", timeout=120, check=False)
+        assert res.returncode != 0
+        assert "failed to initialize the connection" in (res.stdout + res.stderr).lower()
+    finally:
+        for p in procs:  # stop every process this test started (and their children), by process id
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
