@@ -1,6 +1,7 @@
 """``uharmony-data``: create the embedded synthetic federation.
 
     uharmony-data synth --out DIR --sites N --cases-per-site M --seed S [--spacing MM] [--first-site K]
+    uharmony-data stats --root DIR
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .generate import generate_federation
 from .montage import site_montage
+from .stats import write_stats
 
 
 def main(argv=None) -> int:
@@ -26,7 +28,18 @@ def main(argv=None) -> int:
     s.add_argument("--first-site", type=int, default=0,
                    help="index of the first site; use the site count of an existing federation to make unseen sites")
     s.add_argument("--no-montage", action="store_true")
+    t = sub.add_parser("stats", help="per-site mean intensity per contrast and lesion volume (prints + site_stats.jsonl)")
+    t.add_argument("--root", type=Path, required=True)
     a = parser.parse_args(argv)
+    if a.command == "stats":
+        try:
+            out = write_stats(a.root)
+        except (OSError, KeyError) as exc:
+            print(f"uharmony-data: error: {exc}", file=sys.stderr)
+            return 2
+        for line in out.read_text().splitlines():
+            print(line)
+        return 0
     try:
         desc = generate_federation(a.out, a.sites, a.cases_per_site, a.seed, a.spacing, a.first_site)
     except ValueError as exc:

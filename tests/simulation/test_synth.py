@@ -72,6 +72,9 @@ def test_cli_writes_federation_and_montage(tmp_path, capsys):
     assert synth_cli(["synth", "--out", str(out), "--sites", "2", "--cases-per-site", "1", "--spacing", "6"]) == 0
     assert (out / "montage.png").stat().st_size > 1000
     assert len(_case_dirs(out)) == 2
+    assert synth_cli(["stats", "--root", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "site_stats.jsonl").read_text().splitlines()]
+    assert [r["site"] for r in rows] == ["1", "2"] and all(r["lesion_ml_mean"] > 0 for r in rows)
     assert synth_cli(["synth", "--out", str(tmp_path / "bad"), "--sites", "0"]) == 2
     assert "at least one site" in capsys.readouterr().err
 
