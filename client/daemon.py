@@ -14,6 +14,8 @@
     ca = "/etc/uharmony/ca.crt"
     key = "/etc/uharmony/auth.key"      # from `uharmony-pki site-key`; never leaves the site
     port = 9094                         # local ClientApp API port
+    max-retries = 10                    # connection attempts before giving up (optional)
+    max-wait-time = 300                 # seconds of retrying before giving up (optional)
 
 ``start`` validates the data folder first, then execs the real ``flower-supernode`` with TLS, the
 site's authentication key and ``--node-config`` (data-path, site-id, domain-id, state-dir).
@@ -79,7 +81,8 @@ def supernode_command(cfg: dict) -> list[str]:
                    f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{Path(state).resolve()}'")
     return [exe, "--superlink", cfg["superlink"], "--root-certificates", str(cfg["ca"]),
             "--auth-supernode-private-key", str(cfg["key"]), "--node-config", node_config,
-            "--port", str(int(cfg.get("port", 9094))), "--max-retries", str(int(cfg.get("max-retries", 10)))]
+            "--port", str(int(cfg.get("port", 9094))), "--max-retries", str(int(cfg.get("max-retries", 10)))] + (
+                ["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
 
 
 def main(argv=None) -> int:

@@ -67,7 +67,13 @@ def register(pki: Path, state: Path) -> dict[str, str]:
         res = subprocess.run(["flwr", "supernode", "register", str(pub), CONNECTION, "--name", site],
                              env=flwr_env(state), capture_output=True, text=True)
         text = (res.stdout + res.stderr).strip()
-        out[site] = "registered" if res.returncode == 0 else (text.splitlines()[-1] if text else f"exit {res.returncode}")
+        if res.returncode == 0:
+            out[site] = "registered"
+        elif "already in use" in text.lower():  # idempotent: registering twice is not an error
+            out[site] = "already registered"
+        else:
+            errors = [line.strip("│ ") for line in text.splitlines() if line.strip("│╭╰─ ")]
+            out[site] = errors[-1] if errors else f"exit {res.returncode}"
     return out
 
 
@@ -120,7 +126,7 @@ def main(argv=None) -> int:
             results = register(a.pki, a.state)
             for site, outcome in results.items():
                 print(f"{site}: {outcome}")
-            return 0 if all(v == "registered" for v in results.values()) else 1
+            return 0 if all(v.endswith("registered") for v in results.values()) else 1
         else:
             run = submit_and_wait(a.app, a.state, a.run_config)
             print(json.dumps({k: run.get(k) for k in ("run-id", "status", "status-details", "elapsed")}))

@@ -56,7 +56,7 @@ def _site_config(tmp, name, domain, data, key, superlink_port) -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
                     f'state-dir = "{tmp / ("state-" + name)}"\nsuperlink = "127.0.0.1:{superlink_port}"\n'
-                    f'ca = "{tmp / "pki" / "ca.crt"}"\nkey = "{key}"\nport = {_free_port()}\nmax-retries = 2\n')
+                    f'ca = "{tmp / "pki" / "ca.crt"}"\nkey = "{key}"\nport = {_free_port()}\nmax-retries = 2\nmax-wait-time = 20\n')
     return path
 
 
@@ -110,19 +110,22 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
 
         # a SuperNode whose key was never registered is refused
         bad = _site_config(tmp, "intruder", 0, folders[0], tmp / "rogue" / "sites" / "intruder" / "auth.key", port)
-        res = _cmd(tmp, "uharmony-site", "start", "--config", str(bad), timeout=120, check=False)
-        assert res.returncode != 0
-        assert "failed to activate supernode" in (res.stdout + res.stderr).lower()
+        # (the daemons' children keep pipes open, so their output goes to log files)
+        intruder = spawn("intruder", "uharmony-site", "start", "--config", str(bad))
+        assert intruder.wait(timeout=180) != 0
+        assert "failed to activate supernode" in (tmp / "intruder.log").read_text().lower()
 
         # a plaintext connection to the TLS SuperLink fails
-        res = _cmd(tmp, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
-                   str(_free_port()), "--max-retries", "2", "--max-wait-time", "15", timeout=120, check=False)
-        assert res.returncode != 0
-        assert "failed to initialize the connection" in (res.stdout + res.stderr).lower()
+        plain = spawn("plaintext", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+                      str(_free_port()), "--max-retries", "2", "--max-wait-time", "15")
+        assert plain.wait(timeout=180) != 0
+        assert "failed to initialize the connection" in (tmp / "plaintext.log").read_text().lower()
     finally:
         for p in procs:  # stop every process this test started (and their children), by process id
-            if p.poll() is None:
+            try:
                 os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in procs:
             try:
                 p.wait(timeout=20)
