@@ -1,0 +1,72 @@
+"""Hospital tools on a tiny synthetic case: calibration from unlabeled scans and segmentation."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from client.segment_cli import main_calibrate, main_segment
+from client.site_state import load_local_state
+from server.checkpoint import save_checkpoint
+from uharmony import build_model
+from uharmony.federated import ModelRoles, to_numpy
+from uharmony.inference import calibrate, regions_to_brats
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("dynunet", 4, 3, 4, "uharmony", filters=(8, 16, 32))
+    roles = ModelRoles(model, "uharmony")
+    save_checkpoint(tmp_path / "run", 1, model.spec, to_numpy(model.state_dict(), roles.global_keys()), name="final_model.pt")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"spacing": 6.0, "patch-size": 16}))
+    return tmp_path / "run" / "final_model.pt"
+
+
+def test_calibration_from_unlabeled_scans(tiny_federation, checkpoint, tmp_path, capsys):
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for case in ("SYN_003_000", "SYN_003_001"):  # the site without T1
+        (unlabeled / case).mkdir()
+        for f in (tiny_federation / case).glob("*.nii.gz"):
+            if not f.name.endswith("_seg.nii.gz"):
+                (unlabeled / case / f.name).symlink_to(f)
+    assert main_calibrate(["--model", str(checkpoint), "--input", str(unlabeled), "--state-dir", str(tmp_path / "state")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scans"] == 2 and report["updates"] > 0
+    state, info = load_local_state(tmp_path / "state")
+    assert info["calibrated_on"] == 2
+    means = [v for k, v in state.items() if k.endswith("site_mean")]
+    assert means and any(float(m.abs().sum()) > 0 for m in means)  # statistics moved off their init
+
+
+def test_segment_writes_labels_on_the_input_grid(tiny_federation, checkpoint, tmp_path, capsys):
+    case = tiny_federation / "SYN_002_000"
+    out = tmp_path / "seg.nii.gz"
+    assert main_segment(["--model", str(checkpoint), "--input", str(case), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ref = nib.load(case / "SYN_002_000_flair.nii.gz")
+    seg = nib.load(out)
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert set(report["volumes_ml"]) == {"ET", "TC", "WT"}
+
+
+def test_segment_bad_input(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty_case").mkdir()
+    assert main_segment(["--model", str(checkpoint), "--input", str(tmp_path / "empty_case"), "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert "no modality file" in capsys.readouterr().err
+
+
+def test_regions_to_brats_nesting():
+    r = torch.zeros(3, 2, 1, 1)
+    r[0, 0] = 1  # ET only -> also TC and WT -> label 4
+    r[2, 1] = 1  # WT only -> oedema
+    assert regions_to_brats(r).flatten().tolist() == [4, 2]
+
+
+def test_calibrate_needs_uharmony():
+    with pytest.raises(ValueError, match="no UHarmonyNorm"):
+        calibrate(build_model("dynunet", 4, 3, 1, "instance", filters=(8, 16, 32)), [(torch.zeros(4, 8, 8, 8), torch.ones(4))], 8)

@@ -1,0 +1,64 @@
+"""Inference on whole scans without Flower: site calibration and dataset-free segmentation.
+
+Calibration runs the network in training mode without gradients over a site's unlabeled, preprocessed
+scans, which updates only the UHarmonyNorm harmonization statistics (the head's prototypes change only
+when a domain id is given, and here none is). Weights are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .norm import UHarmonyNorm
+from .training import predict
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, images: list[tuple[torch.Tensor, torch.Tensor]], roi: int,
+              passes: int = 2, device: str = "cpu") -> int:
+    """Estimate the site statistics from ``(image (C, ...), present (C,))`` pairs; returns the updates made.
+
+    Each pass visits every scan with non-overlapping ``roi``-sized windows, as training would.
+    """
+    norms = [m for m in model.modules() if isinstance(m, UHarmonyNorm)]
+    if not norms:
+        raise ValueError("calibrate: the model has no UHarmonyNorm layer (norm must be 'uharmony')")
+    if not images:
+        raise ValueError("calibrate: no scan given")
+    for m in norms:  # start the site's running averages afresh
+        m.site_mean.zero_()
+        m.site_std.fill_(1.0)
+        m.num_updates.zero_()
+    model.to(device)
+    was_training = model.training
+    model.train()
+    for _ in range(passes):
+        for image, present in images:
+            x = torch.as_tensor(image).to(device)
+            pad = [(-s) % roi for s in x.shape[1:]]
+            x = torch.nn.functional.pad(x, [p for d in reversed(pad) for p in (0, d)])
+            pres = torch.as_tensor(present).view(1, -1).to(device)
+            for i in range(0, x.shape[1], roi):
+                for j in range(0, x.shape[2], roi):
+                    for k in range(0, x.shape[3], roi):
+                        patch = x[:, i:i + roi, j:j + roi, k:k + roi].unsqueeze(0)
+                        if bool(patch.any()):
+                            model(patch, domain=None, present=pres)
+    model.train(was_training)
+    return int(norms[0].num_updates)
+
+
+def regions_to_brats(regions: torch.Tensor) -> torch.Tensor:
+    """(3, ...) binary ET/TC/WT -> BraTS 2021 labels: 1 necrotic core, 2 oedema, 4 enhancing."""
+    et, tc, wt = (regions > 0.5)
+    tc, wt = tc | et, wt | tc | et  # enforce the nesting ET within TC within WT
+    out = torch.zeros(regions.shape[1:], dtype=torch.uint8)
+    out[wt] = 2
+    out[tc] = 1
+    out[et] = 4
+    return out
+
+
+def segment(model, image: torch.Tensor, present: torch.Tensor, roi: int, device: str = "cpu") -> torch.Tensor:
+    """Dataset-free (gated) region probabilities (3, ...) for one preprocessed case."""
+    return predict(model, image, present, None, roi, device=device)[0].cpu()
