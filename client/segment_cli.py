@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
+from tqdm import tqdm
 
 from server.checkpoint import CheckpointError, load_checkpoint
 from simulation.datasets.federation import BRATS23_SUFFIX, MODALITIES, Case, DataError
@@ -91,38 +92,86 @@ def main_calibrate(argv=None) -> int:
     return 0
 
 
+def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path, out: Path,
+                 png: Path | None = None) -> dict:
+    """Segment one case folder; writes ``out`` (and ``png``); returns its report."""
+    case = case_from_folder(folder)
+    pre = preprocess_transform(spacing, with_label=False)
+    item = pre(read_case(case))
+    ref = nib.load(next(iter(case.images.values())))
+    if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
+        calibrate(model, [(item["image"].as_tensor(), item["present"])], roi)  # this scan's own statistics
+        model.eval()
+    prob = segment(model, item["image"].as_tensor(), item["present"], roi)
+    pred = MetaTensor(prob)
+    pred.copy_meta_from(item["image"])
+    inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
+    labels = regions_to_brats(torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"])).numpy()
+    if labels.shape != ref.shape[:3]:
+        raise DataError(folder, f"output shape {labels.shape} differs from the input's {ref.shape}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine), out)
+    voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
+    volumes = {"ET": (labels == 4).sum(), "TC": np.isin(labels, (1, 4)).sum(), "WT": (labels > 0).sum()}
+    if png is not None:
+        _overlay(np.asarray(ref.dataobj), labels, png)
+    return {"case": folder.name, "out": str(out), "modalities": list(case.images),
+            "volumes_ml": {k: round(float(v) * voxel_ml, 2) for k, v in volumes.items()},
+            "site_statistics": "state-dir" if calibrated else "this scan"}
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax((labels > 0).sum(axis=(0, 1)))) if labels.any() else labels.shape[2] // 2
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
+    ax.imshow(np.rot90(np.ma.masked_equal(labels[:, :, z], 0)), cmap="autumn", alpha=0.5, vmin=0, vmax=4)
+    ax.set_title(f"slice {z}: 1 core, 2 oedema, 4 enhancing", fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def main_segment(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="uharmony-segment", description="Segment a case with the federated model")
+    p = argparse.ArgumentParser(prog="uharmony-segment", description="Segment cases with the federated model")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--input", type=Path, required=True, help="case folder (BraTS naming, any modality subset)")
-    p.add_argument("--out", type=Path, required=True, help="output .nii.gz")
+    p.add_argument("--input", type=Path, required=True,
+                   help="a case folder (BraTS naming, any modality subset) or a folder of case folders (batch)")
+    p.add_argument("--out", type=Path, required=True, help="output .nii.gz (one case) or folder (batch)")
     p.add_argument("--state-dir", type=Path, default=None, help="site statistics from uharmony-calibrate")
+    p.add_argument("--png", action="store_true", help="also write a PNG overlay next to each output")
     a = p.parse_args(argv)
     try:
-        model, roles, spacing, roi, calibrated = load_model(a.model, a.state_dir)
-        pre = preprocess_transform(spacing, with_label=False)
-        raw = read_case(case_from_folder(a.input))
-        ref = nib.load(next(iter(case_from_folder(a.input).images.values())))
-        item = pre(raw)
-        if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
-            calibrate(model, [(item["image"].as_tensor(), item["present"])], roi)
-            model.eval()
-        prob = segment(model, item["image"].as_tensor(), item["present"], roi)
-        pred = MetaTensor(prob)
-        pred.copy_meta_from(item["image"])
-        inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
-        prob_orig = inv({"pred": pred, "image": item["image"]})["pred"]
-        labels = regions_to_brats(torch.as_tensor(prob_orig)).numpy()
+        model, _, spacing, roi, calibrated = load_model(a.model, a.state_dir)
+        if not a.input.is_dir():
+            raise DataError(a.input, "not a folder")
     except (DataError, ValueError) as exc:
         print(f"uharmony-segment: error: {exc}", file=sys.stderr)
         return 2
-    if labels.shape != ref.shape[:3]:
-        print(f"uharmony-segment: error: output shape {labels.shape} differs from input {ref.shape}", file=sys.stderr)
-        return 2
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine), a.out)
-    voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
-    volumes = {"ET": float((labels == 4).sum()), "TC": float(np.isin(labels, (1, 4)).sum()), "WT": float((labels > 0).sum())}
-    print(json.dumps({"out": str(a.out), "volumes_ml": {k: round(v * voxel_ml, 2) for k, v in volumes.items()},
-                      "modalities": list(case_from_folder(a.input).images), "site_statistics": "state-dir" if calibrated else "this scan"}))
-    return 0
+    folders = _cases(a.input)
+    batch = folders != [a.input] and bool(folders)
+    folders = folders or [a.input]  # an empty folder is a case without files: reported as such
+    reports, skipped = [], []
+    for folder in tqdm(folders, desc="segmenting", unit="case", disable=not batch):
+        out = a.out / f"{folder.name}_seg.nii.gz" if batch else a.out
+        try:
+            reports.append(segment_case(model, spacing, roi, calibrated, folder, out,
+                                        out.with_name(out.name.replace(".nii.gz", ".png")) if a.png else None))
+        except (DataError, ValueError) as exc:
+            skipped.append(str(exc))
+            print(f"uharmony-segment: skipping {folder}: {exc}", file=sys.stderr)
+    if batch:
+        a.out.mkdir(parents=True, exist_ok=True)
+        with open(a.out / "volumes.jsonl", "w") as f:
+            for r in reports:
+                f.write(json.dumps(r) + "\n")
+        print(json.dumps({"cases": len(reports), "skipped": skipped, "volumes": str(a.out / "volumes.jsonl")}))
+    elif reports:
+        print(json.dumps(reports[0]))
+    return 0 if reports else 2

@@ -54,6 +54,20 @@ def test_segment_writes_labels_on_the_input_grid(tiny_federation, checkpoint, tm
     assert set(report["volumes_ml"]) == {"ET", "TC", "WT"}
 
 
+def test_batch_mode_skips_and_counts_bad_cases(tiny_federation, checkpoint, tmp_path, capsys):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for case in ("SYN_001_000", "SYN_004_001"):
+        (batch / case).symlink_to(tiny_federation / case)
+    (batch / "BROKEN").mkdir()
+    (batch / "BROKEN" / "BROKEN_flair.nii.gz").write_bytes(b"not nifti")
+    assert main_segment(["--model", str(checkpoint), "--input", str(batch), "--out", str(tmp_path / "out"), "--png"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["cases"] == 2 and len(report["skipped"]) == 1 and "BROKEN_flair.nii.gz" in report["skipped"][0]
+    assert (tmp_path / "out" / "SYN_004_001_seg.nii.gz").exists() and (tmp_path / "out" / "SYN_004_001_seg.png").exists()
+    assert len((tmp_path / "out" / "volumes.jsonl").read_text().splitlines()) == 2
+
+
 def test_segment_bad_input(checkpoint, tmp_path, capsys):
     (tmp_path / "empty_case").mkdir()
     assert main_segment(["--model", str(checkpoint), "--input", str(tmp_path / "empty_case"), "--out", str(tmp_path / "o.nii.gz")]) == 2
