@@ -132,7 +132,8 @@ def load_federation(root, kind: str, partition: str | None = None, val_fraction:
     """Discover a federation's sites and cases (no image is read here; see ``pipeline``).
 
     ``partition``: for ``brats2021`` the FeTS CSV (path or name under ``root``; default
-    ``partitioning_1.csv``); for ``synthetic`` defaults to ``partitioning.csv``. With ``strict=False``
+    ``partitioning_1.csv``); for ``synthetic`` defaults to ``partitioning.csv``. In federation mode
+    (``strict`` off, the default)
     subjects the CSV names but the tree lacks are skipped and recorded in ``site.skipped``.
     """
     root = Path(root)
