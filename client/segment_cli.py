@@ -54,7 +54,8 @@ def load_model(path: Path, state_dir: Path | None):
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])
     roles = ModelRoles(model, "uharmony")
-    saved = load_local_state(state_dir)[0] if state_dir and load_local_state(state_dir) else None
+    on_disk = load_local_state(state_dir) if state_dir else None
+    saved = on_disk[0] if on_disk else None
     load_global_and_local(model, roles, blob["state"], saved)
     cfg_path = path.parent / "config.json"
     run_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
