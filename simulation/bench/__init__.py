@@ -1,0 +1,1 @@
+"""``uharmony-bench``: the evidence behind docs/results.md (methods, unseen site, ablations, costs, scale)."""

@@ -1,0 +1,120 @@
+"""Turn ``results.jsonl`` into ``results.md`` and PNG plots. Every figure in the page comes from the records.
+
+Scores: a site's score is the mean Dice over the regions it annotates (site 4 of the embedded federation
+labels only the whole tumour); a method's score for one seed is the mean over sites; tables give
+mean ± sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+REGIONS = ("ET", "TC", "WT")
+LABELS = {"local": "Local only", "centralized": "Centralized (pooled)", "fedavg": "FedAvg", "fedprox": "FedProx",
+          "fedbn": "FedBN", "uharmony/oracle": "U-Harmony, oracle head", "uharmony/gated": "U-Harmony, gated (dataset-free)"}
+ORDER = list(LABELS)
+
+
+def site_score(d: dict) -> float | None:
+    vals = [v for v in d.values() if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def mean_over_sites(per_site: dict) -> float:
+    scores = [s for s in (site_score(d) for d in per_site.values()) if s is not None]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    vals = [v for v in values if v is not None and v == v]
+    if not vals:
+        return "–"
+    m = statistics.fmean(vals) * scale
+    if len(vals) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}"
+
+
+def method_rows(records: list[dict]) -> dict[str, list[dict]]:
+    """{"fedavg": [per-site final dict per seed], "uharmony/gated": [...], ...}"""
+    rows: dict[str, list[dict]] = {}
+    for r in records:
+        if r["kind"] != "method":
+            continue
+        for mode in r["modes"]:
+            key = f"{r['method']}/{mode}" if r["method"] == "uharmony" else r["method"]
+            rows.setdefault(key, []).append({"seed": r["seed"], "final": r["final"][mode],
+                                             "curve": [(c["round"], mean_over_sites(c[mode])) for c in r["curve"]]})
+    return {k: rows[k] for k in ORDER if k in rows}
+
+
+def _score(rows: dict, key: str) -> float | None:
+    if key not in rows:
+        return None
+    return statistics.fmean(mean_over_sites(x["final"]) for x in rows[key])
+
+
+def plot_curves(rows: dict, png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for key, runs in rows.items():
+        rounds = sorted({r for x in runs for r, _ in x["curve"]})
+        per = np.array([[dict(x["curve"]).get(r, np.nan) for r in rounds] for x in runs])
+        mean, std = np.nanmean(per, 0), np.nanstd(per, 0)
+        ax.plot(rounds, mean, marker="o", label=LABELS[key], linestyle="--" if key == "uharmony/oracle" else "-")
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("round")
+    ax.set_ylabel("Dice, mean over sites (annotated regions)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Dice per round, mean ± std over {max(len(r) for r in rows.values())} seeds")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_overlays(files: dict[str, Path], png: Path) -> Path | None:
+    """Rows: sites; columns: FLAIR, ground truth, then each method's dataset-free prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    data = {m: dict(np.load(f)) for m, f in files.items() if Path(f).exists()}
+    if not data:
+        return None
+    first = next(iter(data.values()))
+    sites = sorted({k.split("__")[0] for k in first}, key=lambda s: (len(s), s))
+    cols = ["FLAIR", "ground truth", *data]
+    cmap = ListedColormap(["#e41a1c", "#4daf4a", "#ffd92f"])  # necrotic core, oedema, enhancing
+    fig, axes = plt.subplots(len(sites), len(cols), figsize=(2.2 * len(cols), 2.2 * len(sites)), squeeze=False)
+    for i, site in enumerate(sites):
+        img = first[f"{site}__image"]
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            ax.imshow(np.rot90(img), cmap="gray")
+            lab = None if j == 0 else first[f"{site}__truth"] if j == 1 else data[col].get(f"{site}__pred")
+            if lab is not None:
+                idx = np.select([lab == 1, lab == 2, lab == 4], [0, 1, 2], default=-1).astype(float)
+                ax.imshow(np.rot90(np.ma.masked_less(idx, 0)), cmap=cmap, vmin=0, vmax=2, alpha=0.6, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(LABELS.get(col, col).replace(", gated (dataset-free)", " (gated)"), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"site {site}", fontsize=8)
+    fig.suptitle("Validation case per site (red: necrotic core, green: oedema, yellow: enhancing)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
