@@ -21,6 +21,7 @@ import torch
 
 from client.records import nbytes
 from client.site_round import SiteRound
+from server.run_log import RunLog
 from server.server_app import initial_model
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, to_numpy
@@ -160,7 +161,7 @@ def flower_ratio_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> 
     t0 = time.time()
     flower = flower_run({**over, "run-dir": _fresh(flower_dir)})
     wall = time.time() - t0
-    recs = [json.loads(x) for x in (flower_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    recs = RunLog(flower_dir).records()
     train = [r for r in recs if r.get("event") == "train"]
     f_s = [float(r["seconds"]) for r in train]
     b_s = [r["train_seconds"] for r in bare["rounds"]]
@@ -200,7 +201,7 @@ def scale_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> dict:
     t0 = time.time()
     res = flower_run(over, num_supernodes=size.scale_sites)
     wall = time.time() - t0
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    recs = RunLog(run_dir).records()
     train = next(r for r in recs if r.get("event") == "train")
     evaluated = {r["site"] for r in recs if "dice" in r}
     sent = [v for v in (train.get("update-bytes") or {}).values() if v]

@@ -6,7 +6,7 @@ import os
 import statistics
 from pathlib import Path
 
-from .report import LABELS, REGIONS, _score, method_rows, ms, site_score
+from .report import LABELS, REGIONS, _score, mean_over_sites as _mean, method_rows, ms, site_score
 
 TARGETS = "U-Harmony ≥ FedBN + 2 DSC and ≥ FedAvg + 4 DSC (mean over sites); gap to centralized ≤ 1 DSC; " \
           "dataset-free unseen-site Dice ≥ FedAvg's; Flower round ≤ 1.15 × bare loop"
@@ -30,12 +30,6 @@ def _methods(rows: dict) -> list[str]:
                  for s in sites]
         out.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
     return out
-
-
-def _mean(per_site: dict) -> float:
-    from .report import mean_over_sites
-
-    return mean_over_sites(per_site)
 
 
 def _targets(rows: dict, records: list[dict]) -> list[str]:
