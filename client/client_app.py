@@ -1,7 +1,8 @@
 """Flower ClientApp: converts messages to plain Python and runs :class:`client.site_round.SiteRound`.
 
 Sends only the shared entries and its own domain's head parts; site-local parameters and the
-harmonization statistics stay in ``context.state`` and the site state folder.
+harmonization statistics stay in ``context.state`` and the site state folder. Answers the server's
+profile query (``query.profile``) with names and counts only (``client/site_profile.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from uharmony import protocol as P
 from uharmony.config import RunConfig
 
 from .records import from_record, nbytes, to_record
+from .site_profile import site_profile
 from .site_round import SiteRound
 
 LOCAL_STATE = "uharmony-local-state"
@@ -56,6 +58,13 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         job = _site_round(msg, context, overrides)
         metrics = {k: (v if not (isinstance(v, float) and math.isnan(v)) else -1.0) for k, v in job.evaluate().items()}
         content = RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
+        return Message(content=content, reply_to=msg)
+
+    @app.query(P.PROFILE_ACTION)
+    def profile(msg: Message, context: Context) -> Message:
+        cfg = RunConfig.from_flwr({**dict(context.run_config), **(overrides or {})})
+        server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
+        content = RecordDict({P.PROFILE: ConfigRecord(site_profile(dict(context.node_config), cfg, server_round))})
         return Message(content=content, reply_to=msg)
 
     return app

@@ -42,12 +42,12 @@ def preflight(data: Path, site_id: str) -> dict:
     """Read every case once: cases found, modalities, label values, problems (file + reason)."""
     site = load_site_folder(data, site_id)
     report = {"site": site_id, "data": str(data), "declared_modalities": list(site.modalities),
-              "label_protocol": site.label_map, "cases": len(site.cases), "usable": 0, "label_values": [],
+              "label_protocol": site.label_map, "regions": list(site.region_names), "cases": len(site.cases), "usable": 0, "label_values": [],
               "problems": list(site.skipped)}
     values: set[int] = set()
     for case in site.cases:
         try:
-            item = read_case(case)
+            item = read_case(case, site.modalities)
         except DataError as exc:
             report["problems"].append({"case": case.case_id, "file": exc.path, "reason": exc.reason})
             continue

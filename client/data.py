@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulation.datasets import SiteData, load_federation
+from simulation.datasets import MODALITIES, REGIONS, SiteData, load_federation
 from simulation.datasets.embedded import embedded_federation
 from simulation.datasets.federation import Site, load_site_folder
 from uharmony.config import RunConfig
@@ -17,7 +17,8 @@ def federation_root(cfg: RunConfig) -> Path:
         return Path(cfg.data_root)
     if cfg.data_kind != "synthetic":
         raise ValueError(f"run config: 'data-root' is required for data-kind {cfg.data_kind!r}")
-    return embedded_federation(cfg.synth_sites, cfg.synth_cases_per_site, cfg.seed, cfg.synth_spacing)
+    return embedded_federation(cfg.synth_sites, cfg.synth_cases_per_site, cfg.seed, cfg.synth_spacing,
+                               join_sites=cfg.synth_join_sites)
 
 
 def resolve_site(node_config: dict, cfg: RunConfig) -> tuple[Site, Path]:
@@ -50,8 +51,11 @@ def resolve_site(node_config: dict, cfg: RunConfig) -> tuple[Site, Path]:
                      "'partition-id' (simulation)")
 
 
-def site_data(site: Site, cfg: RunConfig) -> SiteData:
-    key = (site.name, tuple(c.case_id for c in site.train), tuple(c.case_id for c in site.val), cfg.spacing, cfg.patch_size)
+def site_data(site: Site, cfg: RunConfig, modalities=MODALITIES, regions=REGIONS) -> SiteData:
+    """The site's preprocessed cases in the model's channel layout (``modalities`` in, ``regions`` out)."""
+    layout = (tuple(modalities), tuple(regions))
+    key = (site.name, tuple(c.case_id for c in site.train), tuple(c.case_id for c in site.val), cfg.spacing,
+           cfg.patch_size, layout)
     if key not in _SITE_DATA:
-        _SITE_DATA[key] = SiteData(site, cfg.spacing, cfg.patch_size)
+        _SITE_DATA[key] = SiteData(site, cfg.spacing, cfg.patch_size, *layout)
     return _SITE_DATA[key]

@@ -3,9 +3,10 @@
     uharmony-calibrate --model runs/latest/final_model.pt --input /data/unlabeled --state-dir /var/lib/uharmony
     uharmony-segment --model runs/latest/final_model.pt --input CASE_DIR --out seg.nii.gz [--state-dir DIR]
 
-Inputs are case folders in BraTS naming with any subset of the modalities. ``segment`` writes BraTS
-labels (1 necrotic core, 2 oedema, 4 enhancing) on the input's grid (same shape and affine) and prints
-the volume of each region in mL. Without ``--state-dir`` the case's own statistics are used
+Inputs are case folders in BraTS naming with any subset of the model's modalities (including any a
+joining site added, e.g. ``<case>_adc.nii.gz``). ``segment`` writes BraTS labels (1 necrotic core,
+2 oedema, 4 enhancing; 3 resection cavity if the model has learnt that class) on the input's grid (same
+shape and affine) and prints the volume of each region in mL. Without ``--state-dir`` the case's own statistics are used
 (calibration on that scan alone). No site label is needed: the domain-gated head decides.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -29,21 +31,23 @@ from simulation.datasets.pipeline import preprocess_transform
 from simulation.datasets.reading import read_case
 from uharmony import UHarmonyNorm, model_from_spec
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
-from uharmony.inference import calibrate, regions_to_brats, segment
+from uharmony.inference import RC_LABEL, calibrate, label_volumes, regions_to_brats, segment
 
 from .site_state import load_local_state, save_local_state
 
 
-def case_from_folder(folder: Path) -> Case:
+def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
+    """The files of ``modalities`` (the model's) that a case folder has; other files are ignored."""
     if not folder.is_dir():
         raise DataError(folder, "not a case folder")
     images = {}
-    for m in MODALITIES:
-        for name in (f"{folder.name}_{m}.nii.gz", f"{folder.name}-{BRATS23_SUFFIX[m]}.nii.gz"):
+    for m in modalities:
+        for name in (f"{folder.name}_{m}.nii.gz", f"{folder.name}-{BRATS23_SUFFIX.get(m, m)}.nii.gz"):
             if (folder / name).exists():
                 images[m] = str(folder / name)
     if not images:
-        raise DataError(folder, f"no modality file named <case>_{{{','.join(MODALITIES)}}}.nii.gz (or BraTS 2023 names)")
+        raise DataError(folder, f"no modality file named <case>_{{{','.join(modalities)}}}.nii.gz (or BraTS 2023 names) "
+                                "for the model's modalities")
     return Case(folder.name, images, None, "brats2021", tuple(images))
 
 
@@ -80,7 +84,7 @@ def main_calibrate(argv=None) -> int:
         items, skipped = [], []
         for folder in _cases(a.input):
             try:
-                item = pre(read_case(case_from_folder(folder)))
+                item = pre(read_case(case_from_folder(folder, model.modalities), model.modalities))
                 items.append((item["image"].as_tensor(), item["present"]))
             except DataError as exc:
                 skipped.append(str(exc))
@@ -95,10 +99,11 @@ def main_calibrate(argv=None) -> int:
 
 def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path, out: Path,
                  png: Path | None = None) -> dict:
-    """Segment one case folder; writes ``out`` (and ``png``); returns its report."""
-    case = case_from_folder(folder)
+    """Segment one case folder; writes ``out`` (and ``png``); returns its report (with its seconds)."""
+    t0 = time.perf_counter()
+    case = case_from_folder(folder, model.modalities)
     pre = preprocess_transform(spacing, with_label=False)
-    item = pre(read_case(case))
+    item = pre(read_case(case, model.modalities))
     ref = nib.load(next(iter(case.images.values())))
     if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
         calibrate(model, [(item["image"].as_tensor(), item["present"])], roi)  # this scan's own statistics
@@ -107,18 +112,17 @@ def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path
     pred = MetaTensor(prob)
     pred.copy_meta_from(item["image"])
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
-    labels = regions_to_brats(torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"])).numpy()
+    labels = regions_to_brats(torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"]), model.regions).numpy()
     if labels.shape != ref.shape[:3]:
         raise DataError(folder, f"output shape {labels.shape} differs from the input's {ref.shape}")
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine), out)
     voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
-    volumes = {"ET": (labels == 4).sum(), "TC": np.isin(labels, (1, 4)).sum(), "WT": (labels > 0).sum()}
     if png is not None:
         _overlay(np.asarray(ref.dataobj), labels, png)
     return {"case": folder.name, "out": str(out), "modalities": list(case.images),
-            "volumes_ml": {k: round(float(v) * voxel_ml, 2) for k, v in volumes.items()},
-            "site_statistics": "state-dir" if calibrated else "this scan"}
+            "volumes_ml": label_volumes(labels, voxel_ml, model.regions),
+            "site_statistics": "state-dir" if calibrated else "this scan", "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
@@ -131,7 +135,8 @@ def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
     ax.imshow(np.rot90(np.ma.masked_equal(labels[:, :, z], 0)), cmap="autumn", alpha=0.5, vmin=0, vmax=4)
-    ax.set_title(f"slice {z}: 1 core, 2 oedema, 4 enhancing", fontsize=8)
+    cavity = f", {RC_LABEL} cavity" if (labels == RC_LABEL).any() else ""
+    ax.set_title(f"slice {z}: 1 core, 2 oedema, 4 enhancing{cavity}", fontsize=8)
     ax.axis("off")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +177,9 @@ def main_segment(argv=None) -> int:
         with open(a.out / "volumes.jsonl", "w") as f:
             for r in reports:
                 f.write(json.dumps(r) + "\n")
-        print(json.dumps({"cases": len(reports), "skipped": skipped, "volumes": str(a.out / "volumes.jsonl")}))
+        per_case = round(sum(r["seconds"] for r in reports) / len(reports), 2) if reports else None
+        print(json.dumps({"cases": len(reports), "skipped": skipped, "seconds_per_case": per_case,
+                          "volumes": str(a.out / "volumes.jsonl")}))
     elif reports:
         print(json.dumps(reports[0]))
     return 0 if reports else 2

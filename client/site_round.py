@@ -23,9 +23,9 @@ class SiteRound:
         self.cfg = cfg
         self.device = device
         self.site, self.state_dir = resolve_site(node_config, cfg)
-        self.data = site_data(self.site, cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights at every site (matters for strategy=local)
         self.model = model_from_spec(json.loads(spec_json))
+        self.data = site_data(self.site, cfg, self.model.modalities, self.model.regions)
         self.roles = ModelRoles(self.model, strategy)
         self.strategy = strategy
         # site-local entries: from the node's in-memory state, else from the site state folder (restart)

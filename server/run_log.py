@@ -6,7 +6,17 @@ import json
 import time
 from pathlib import Path
 
-REGIONS = ("et", "tc", "wt")
+MODES = ("oracle", "gated")
+
+
+def regions_in(metrics: dict) -> list[str]:
+    """Region names (lower case) found in metric keys ``dice-<region>-<mode>``, in order of appearance."""
+    found = []
+    for key in metrics:
+        parts = key.split("-")
+        if len(parts) == 3 and parts[0] == "dice" and parts[2] in MODES and parts[1] not in found:
+            found.append(parts[1])
+    return found
 
 
 class RunLog:
@@ -19,12 +29,15 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
-    def evaluation(self, server_round: int, strategy: str, per_site: dict[str, dict]) -> dict:
-        """One line per (site, mode, region); returns mean Dice per mode over sites (annotated regions)."""
+    def evaluation(self, server_round: int, strategy: str, per_site: dict[str, dict], **tags) -> dict:
+        """One line per (site, mode, region); returns mean Dice per mode over sites (annotated regions).
+
+        ``tags`` (e.g. ``phase="after-extension"``) are written into every line.
+        """
         summary: dict[str, list[float]] = {}
         for site, m in sorted(per_site.items()):
-            for mode in ("oracle", "gated"):
-                for region in REGIONS:
+            for mode in MODES:
+                for region in regions_in(m):
                     dice = m.get(f"dice-{region}-{mode}")
                     if dice is None or dice < 0 or dice != dice:  # -1 / NaN: not annotated here
                         continue  # region not annotated at this site
@@ -32,7 +45,7 @@ class RunLog:
                     hd = hd if hd is not None and hd == hd and hd >= 0 else None
                     self.write({"round": server_round, "strategy": strategy, "site": site, "mode": mode,
                                 "region": region.upper(), "dice": dice, "hd95": hd,
-                                "val_cases": m.get("num-examples")})
+                                "val_cases": m.get("num-examples"), **tags})
                     summary.setdefault(mode, []).append(dice)
         return {mode: sum(v) / len(v) for mode, v in summary.items()}
 
@@ -47,7 +60,7 @@ class RunLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.records() if "dice" in r]
+        rows = [r for r in self.records() if "dice" in r and "phase" not in r]
         if not rows:
             return None
         series: dict[tuple[str, str], dict[int, list[float]]] = {}

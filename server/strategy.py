@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -41,11 +42,30 @@ class RoleAwareFedAvg(FedAvg):
         self.update_norm_factor = update_norm_factor
         self.proximal_mu = proximal_mu
         self.last_report: dict = {}
+        self.node_ids: list[int] | None = None  # admitted nodes; None: Flower's sampling of all connected
 
     def configure_train(self, server_round, arrays, config, grid):
         if self.proximal_mu > 0:
             config[P.PROXIMAL_MU] = self.proximal_mu
-        return super().configure_train(server_round, arrays, config, grid)
+        if self.node_ids is None:
+            return super().configure_train(server_round, arrays, config, grid)
+        return self._to_members(server_round, arrays, config, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        if self.node_ids is None:
+            return super().configure_evaluate(server_round, arrays, config, grid)
+        return self._to_members(server_round, arrays, config, MessageType.EVALUATE)
+
+    def _to_members(self, server_round, arrays, config, message_type):
+        """One message per admitted, connected node (``node_ids``, set by the server before each round)."""
+        config[P.SERVER_ROUND] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, list(self.node_ids), message_type)
+
+    def extend(self, roles: ModelRoles, global_state: dict[str, np.ndarray]) -> None:
+        """Continue with an extended model (a site joined): its roles and its global state."""
+        self.roles = roles
+        self.global_state = dict(global_state)
 
     # -- checks ---------------------------------------------------------------------------------
     def check_reply(self, content: RecordDict) -> tuple[dict[str, np.ndarray], float, dict, dict]:

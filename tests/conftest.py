@@ -34,3 +34,15 @@ def tiny_federation(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "fed"
     generate_federation(root, sites=4, cases_per_site=3, seed=0, spacing=6.0, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_join_federation(tmp_path_factory) -> Path:
+    """Sites 1-3 as in ``tiny_federation``; site 4 post-operative with ADC and BraTS 2024 labels (6 mm)."""
+    from simulation.synth import generate_federation
+    from simulation.synth.profiles import make_join_profile, make_site_profile
+
+    root = tmp_path_factory.mktemp("synth-join") / "fed"
+    profiles = [make_site_profile(0, i) for i in range(3)] + [make_join_profile(0, 3)]
+    generate_federation(root, sites=4, cases_per_site=3, seed=0, spacing=6.0, progress=False, profiles=profiles)
+    return root

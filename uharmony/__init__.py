@@ -3,15 +3,15 @@
 Importable without Flower.
 """
 
-from .adaptation import add_classes, add_domain, add_modality
+from .adaptation import add_classes, add_domain, add_modality, extend_model
 from .head import DomainExpert, DomainGatedHead
-from .networks import ARCHS, DEFAULT_MODALITIES, NORMS, UHarmonyNet, build_model, harmonize, model_from_spec
+from .networks import ARCHS, DEFAULT_MODALITIES, DEFAULT_REGIONS, NORMS, UHarmonyNet, build_model, harmonize, model_from_spec
 from .norm import UHarmonyNorm
 from .roles import DOMAIN, LOCAL, ROLES, SHARED, domain_of, param_roles, role_counts
 
 __all__ = [
-    "ARCHS", "DEFAULT_MODALITIES", "DOMAIN", "LOCAL", "NORMS", "ROLES", "SHARED",
+    "ARCHS", "DEFAULT_MODALITIES", "DEFAULT_REGIONS", "DOMAIN", "LOCAL", "NORMS", "ROLES", "SHARED",
     "DomainExpert", "DomainGatedHead", "UHarmonyNet", "UHarmonyNorm",
-    "add_classes", "add_domain", "add_modality", "build_model", "domain_of", "harmonize",
+    "add_classes", "add_domain", "add_modality", "build_model", "extend_model", "domain_of", "harmonize",
     "model_from_spec", "param_roles", "role_counts",
 ]

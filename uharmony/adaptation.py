@@ -2,13 +2,19 @@
 
 Each function extends the model in place and updates ``model.spec`` so checkpoints can be rebuilt.
 Guarantees (tested): inputs without the new modality give exactly the same outputs as before; the old
-output channels are exactly unchanged after adding classes (region outputs are independent sigmoids);
-the old domains' oracle outputs are unchanged after adding a domain.
+output channels are unchanged after adding classes up to float rounding (region outputs are
+independent sigmoids); the old domains' oracle outputs, and the gated outputs until the new domain has
+a prototype, are unchanged after adding a domain.
+
+:func:`extend_model` is what a federation server calls when a site joins: it adds whatever the site
+brings that the model lacks, and reports what it added.
 """
 
 from __future__ import annotations
 
-from .head import DomainGatedHead
+from collections.abc import Sequence
+
+from .head import DomainGatedHead, widen_conv
 from .networks import UHarmonyNet
 
 
@@ -26,17 +32,29 @@ def add_modality(model: UHarmonyNet, name: str) -> int:
     return len(model.modalities) - 1
 
 
-def add_classes(model: UHarmonyNet, n: int = 1) -> list[int]:
-    """Add ``n`` output channels (zero weights, strongly negative bias); returns their indices."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"add_classes: n must be a positive int, got {n!r}")
+def add_classes(model: UHarmonyNet, names: int | Sequence[str] = 1) -> list[int]:
+    """Add output channels, named by ``names`` (or ``n`` unnamed ones); returns their indices.
+
+    New channels start with zero weights and a strongly negative bias ("absent everywhere") in every
+    expert of a gated head, or in the plain head.
+    """
     _check(model)
-    if not isinstance(model.head, DomainGatedHead):
-        raise ValueError("add_classes: only models with head='gated' can be extended")
-    old = model.head.out_channels
-    model.head.add_output_channels(n)
-    model.spec["out_channels"] = model.head.out_channels
-    return list(range(old, old + n))
+    old = model.spec["out_channels"]
+    if isinstance(names, int):
+        if names < 1:
+            raise ValueError(f"add_classes: n must be a positive int, got {names!r}")
+        names = [f"c{old + i}" for i in range(names)]
+    names = [str(n) for n in names]
+    clash = [n for n in names if n in model.regions] or ([n for n in names if names.count(n) > 1])
+    if not names or clash:
+        raise ValueError(f"add_classes: need new, distinct region names; {clash or names} clash with {model.regions}")
+    if isinstance(model.head, DomainGatedHead):
+        model.head.add_output_channels(len(names))
+    else:
+        model.head = widen_conv(model.head, len(names))
+    model.spec["out_channels"] = old + len(names)
+    model.spec["regions"] = model.regions + names
+    return list(range(old, old + len(names)))
 
 
 def add_domain(model: UHarmonyNet) -> int:
@@ -47,3 +65,49 @@ def add_domain(model: UHarmonyNet) -> int:
     d = model.head.add_domain()
     model.spec["num_domains"] = model.head.num_domains
     return d
+
+
+def extend_model(model: UHarmonyNet, modalities: Sequence[str] = (), regions: Sequence[str] = (),
+                 domain: int | None = None) -> dict[str, list]:
+    """Make ``model`` able to serve a site with these modalities, annotated regions and domain id.
+
+    Adds, in this order, the modalities and regions the model lacks (in the site's order) and, for a
+    gated head, domain experts up to ``domain``. Returns ``{"modalities": [...], "regions": [...],
+    "domains": [...]}``: what was added (all empty when the model already fits).
+    """
+    _check(model)
+    added = {"modalities": [], "regions": [], "domains": []}
+    for name in modalities:
+        if name not in model.modalities:
+            add_modality(model, name)
+            added["modalities"].append(name)
+    new_regions = [r for r in dict.fromkeys(regions) if r not in model.regions]
+    if new_regions:
+        add_classes(model, new_regions)
+        added["regions"] = new_regions
+    if domain is not None and model.gated:
+        if not isinstance(domain, int) or domain < 0:
+            raise ValueError(f"extend_model: domain must be a non-negative int, got {domain!r}")
+        while model.head.num_domains <= domain:
+            added["domains"].append(add_domain(model))
+    return added
+
+
+EXTENDABLE = ("modalities", "in_channels", "regions", "out_channels", "num_domains")
+
+
+def spec_extends(base: dict, spec: dict) -> bool:
+    """Is ``spec`` the model of ``base`` grown by joins (more modalities, regions or domains, in order)?
+
+    Used on resume: a run whose model grew mid-run continues from its extended checkpoint.
+    """
+    from .networks import DEFAULT_REGIONS
+
+    def regions(s):
+        return list(s.get("regions") or (DEFAULT_REGIONS if s["out_channels"] == 3 else []))
+
+    if {k: v for k, v in base.items() if k not in EXTENDABLE} != {k: v for k, v in spec.items() if k not in EXTENDABLE}:
+        return False
+    mods_b, mods_s = list(base["modalities"]), list(spec["modalities"])
+    return (mods_s[:len(mods_b)] == mods_b and regions(spec)[:len(regions(base))] == regions(base)
+            and spec["num_domains"] >= base["num_domains"])

@@ -33,6 +33,7 @@ class RunConfig:
     synth_sites: int = 4
     synth_cases_per_site: int = 8
     synth_spacing: float = 3.0
+    synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
     spacing: float = 3.0
     seed: int = 0
     run_dir: str = "runs/latest"
@@ -43,6 +44,8 @@ class RunConfig:
     update_norm_factor: float = 10.0
     dp_noise_multiplier: float = 0.0  # > 0: Flower's server-side fixed-clipping DP wrapper
     dp_clipping_norm: float = 1.0
+    extend_on_join: bool = True  # a joining site with a new modality/class/domain extends the model
+    join_schedule: str = ""  # simulation only: "SITE@ROUND,..." = that site's SuperNode comes online then
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -94,6 +97,19 @@ class RunConfig:
                              f"{self.strategy!r} (Flower's DP wrapper needs identical update keys from every site)")
         if self.patch_size % 8:
             raise ValueError("run config: 'patch-size' must be a multiple of 8")
+        if self.synth_join_sites < 0 or self.synth_join_sites >= self.synth_sites:
+            raise ValueError("run config: 'synth-join-sites' must be in [0, synth-sites)")
+        self.join_rounds()  # checks the format
+
+    def join_rounds(self) -> dict[str, int]:
+        """``join-schedule`` parsed: site name -> first round its SuperNode is online (simulation)."""
+        out = {}
+        for item in filter(None, (x.strip() for x in self.join_schedule.split(","))):
+            site, sep, rnd = item.rpartition("@")
+            if not sep or not site or not rnd.isdigit() or int(rnd) < 1:
+                raise ValueError(f"run config: 'join-schedule' entries are SITE@ROUND (round >= 1), got {item!r}")
+            out[site] = int(rnd)
+        return out
 
     @property
     def model_norm(self) -> str:

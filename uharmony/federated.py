@@ -72,3 +72,35 @@ def load_global_and_local(model: torch.nn.Module, roles: ModelRoles, global_arra
 def local_state_of(model: torch.nn.Module, roles: ModelRoles) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     return {k: state[k].detach().cpu().clone() for k in roles.keys(LOCAL)}
+
+
+def model_needs(model, modalities, regions, domain: int | None) -> dict[str, list]:
+    """What :func:`uharmony.extend_model` would add for a site (dry run; the model is not changed)."""
+    new_domains = list(range(model.head.num_domains, domain + 1)) if model.gated and domain is not None else []
+    return {"modalities": [m for m in modalities if m not in model.modalities],
+            "regions": [r for r in dict.fromkeys(regions) if r not in model.regions],
+            "domains": new_domains}
+
+
+def extend_global_model(spec: dict, global_state: dict[str, np.ndarray], strategy: str, modalities, regions,
+                        domain: int | None):
+    """The server's side of a join: rebuild the model, load what was learned, extend it for the site.
+
+    Returns ``(model, roles, new global state, added)``. Every entry the old global state held keeps
+    its value, except the head entries whose shape grows with new classes (the old channels keep
+    their values). Site-local entries are not touched: they live at the sites, and no extension adds one.
+    """
+    from .adaptation import extend_model
+    from .networks import model_from_spec
+
+    if strategy == "local":
+        raise ValueError("strategy 'local' has no global model to extend")
+    model = model_from_spec(spec)
+    roles = ModelRoles(model, strategy)
+    load_global_and_local(model, roles, global_state, None)
+    local_before = set(roles.keys(LOCAL))
+    added = extend_model(model, modalities, regions, domain)
+    roles = ModelRoles(model, strategy)
+    if set(roles.keys(LOCAL)) != local_before:  # would orphan the sites' saved local state
+        raise RuntimeError("extend_global_model: the extension changed the site-local entries")
+    return model, roles, to_numpy(model.state_dict(), roles.global_keys()), added

@@ -138,14 +138,22 @@ class DomainGatedHead(nn.Module):
 
     @torch.no_grad()
     def add_output_channels(self, n: int, bias: float = -10.0) -> None:
-        """Add ``n`` output channels to every expert; old channels are untouched (exactly)."""
+        """Add ``n`` output channels to every expert; old channels keep their weights exactly."""
         for expert in self.experts:
-            old = expert.conv
-            new = Conv[Conv.CONV, self.spatial_dims](self.in_channels, self.out_channels + n, kernel_size=1)
-            new = new.to(old.weight.device)
-            new.weight.zero_()
-            new.weight[: self.out_channels].copy_(old.weight)
-            new.bias.fill_(bias)
-            new.bias[: self.out_channels].copy_(old.bias)
-            expert.conv = new
+            expert.conv = widen_conv(expert.conv, n, bias)
         self.out_channels += n
+
+
+@torch.no_grad()
+def widen_conv(conv: nn.Module, n: int, bias: float = -10.0) -> nn.Module:
+    """A copy of a 1x1 conv with ``n`` more output channels: zero weights and bias ``bias`` (a sigmoid
+    output of about 5e-5: "absent"), the old channels' weights copied exactly."""
+    if not isinstance(conv, (nn.Conv2d, nn.Conv3d)) or conv.bias is None:
+        raise ValueError(f"widen_conv: expected a Conv2d/Conv3d with bias, got {type(conv).__name__}")
+    old_out = conv.out_channels
+    new = type(conv)(conv.in_channels, old_out + n, kernel_size=conv.kernel_size).to(conv.weight.device)
+    new.weight.zero_()
+    new.weight[:old_out].copy_(conv.weight)
+    new.bias.fill_(bias)
+    new.bias[:old_out].copy_(conv.bias)
+    return new

@@ -48,17 +48,39 @@ def calibrate(model: torch.nn.Module, images: list[tuple[torch.Tensor, torch.Ten
     return int(norms[0].num_updates)
 
 
-def regions_to_brats(regions: torch.Tensor) -> torch.Tensor:
-    """(3, ...) binary ET/TC/WT -> BraTS 2021 labels: 1 necrotic core, 2 oedema, 4 enhancing."""
-    et, tc, wt = (regions > 0.5)
+RC_LABEL = 3  # resection cavity in our output maps (BraTS 2021 labels leave 3 unused)
+
+
+def regions_to_brats(regions: torch.Tensor, names=("ET", "TC", "WT")) -> torch.Tensor:
+    """(R, ...) region probabilities -> labels: 1 necrotic core, 2 oedema, 4 enhancing (BraTS 2021), and
+    3 resection cavity when the model has an ``RC`` output (a class added by a joining site).
+
+    ET within TC within WT is enforced; tumour labels take precedence over the cavity.
+    """
+    names = list(names)
+    if len(names) != regions.shape[0] or not {"ET", "TC", "WT"} <= set(names):
+        raise ValueError(f"regions_to_brats: need ET, TC and WT among the {regions.shape[0]} outputs, got {names}")
+    on = regions > 0.5
+    et, tc, wt = (on[names.index(r)] for r in ("ET", "TC", "WT"))
     tc, wt = tc | et, wt | tc | et  # enforce the nesting ET within TC within WT
     out = torch.zeros(regions.shape[1:], dtype=torch.uint8)
+    if "RC" in names:
+        out[on[names.index("RC")]] = RC_LABEL
     out[wt] = 2
     out[tc] = 1
     out[et] = 4
     return out
 
 
+def label_volumes(labels, voxel_ml: float, names=("ET", "TC", "WT")) -> dict[str, float]:
+    """Volume in mL of each output region, read back from a label map of :func:`regions_to_brats`."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    masks = {"ET": labels == 4, "TC": np.isin(labels, (1, 4)), "WT": np.isin(labels, (1, 2, 4)), "RC": labels == RC_LABEL}
+    return {r: round(float(masks[r].sum()) * voxel_ml, 2) for r in names if r in masks}
+
+
 def segment(model, image: torch.Tensor, present: torch.Tensor, roi: int, device: str = "cpu") -> torch.Tensor:
-    """Dataset-free (gated) region probabilities (3, ...) for one preprocessed case."""
+    """Dataset-free (gated) region probabilities (R, ...) for one preprocessed case."""
     return predict(model, image, present, None, roi, device=device)[0].cpu()

@@ -21,6 +21,7 @@ ARCHS = ("dynunet", "swinunetr")
 NORMS = ("uharmony", "instance", "batch")
 HEADS = ("gated", "plain")
 DEFAULT_MODALITIES = ("t1", "t1ce", "t2", "flair")
+DEFAULT_REGIONS = ("ET", "TC", "WT")  # BraTS evaluation regions: enhancing, tumour core, whole tumour
 
 
 class ModalityStems(nn.Module):
@@ -85,6 +86,11 @@ class UHarmonyNet(nn.Module):
     @property
     def modalities(self) -> list[str]:
         return list(self.stems.modalities)
+
+    @property
+    def regions(self) -> list[str]:
+        """Names of the output channels (independent sigmoids), in order."""
+        return list(self.spec["regions"])
 
     @property
     def gated(self) -> bool:
@@ -158,6 +164,7 @@ def build_model(
     *,
     spatial_dims: int = 3,
     modalities: Sequence[str] | None = None,
+    regions: Sequence[str] | None = None,
     head: str = "gated",
     stem_channels: int = 16,
     harmonize_layers=None,
@@ -184,10 +191,14 @@ def build_model(
         list(DEFAULT_MODALITIES) if in_channels == 4 else [f"ch{i}" for i in range(in_channels)])
     if len(modalities) != in_channels or len(set(modalities)) != in_channels:
         raise ValueError(f"build_model: need {in_channels} distinct modality names, got {modalities}")
+    regions = list(regions) if regions is not None else (
+        list(DEFAULT_REGIONS) if out_channels == 3 else [f"c{i}" for i in range(out_channels)])
+    if len(regions) != out_channels or len(set(regions)) != out_channels:
+        raise ValueError(f"build_model: need {out_channels} distinct region names, got {regions}")
     if norm != "uharmony" and harmonize_layers is not None:
         raise ValueError("build_model: harmonize_layers only applies to norm='uharmony'")
     spec = dict(arch=arch, in_channels=in_channels, out_channels=out_channels, num_domains=num_domains,
-                norm=norm, spatial_dims=spatial_dims, modalities=modalities, head=head,
+                norm=norm, spatial_dims=spatial_dims, modalities=modalities, regions=regions, head=head,
                 stem_channels=stem_channels, harmonize_layers=harmonize_layers, order=order,
                 site_local=site_local, restore=restore, temperature=temperature, **options)
     options = dict(options)

@@ -24,3 +24,12 @@ UPDATE_BYTES = "update-bytes"
 def metric_key(region: str, mode: str, metric: str = "dice") -> str:
     """e.g. ``dice-wt-gated`` / ``hd95-et-oracle``."""
     return f"{metric}-{region.lower()}-{mode}"
+
+# Joining: the server asks every SuperNode it has not admitted yet for its profile (a query message,
+# action PROFILE_ACTION) and extends the model for what the site brings before it trains.
+PROFILE_ACTION = "profile"  # message type "query.profile"
+PROFILE = "profile"  # ConfigRecord: client -> server, the site's declared profile (no statistics, no data)
+MODALITIES = "modalities"  # comma-separated modality names the site acquires
+REGIONS = "regions"  # comma-separated output regions its labelling protocol annotates
+TRAIN_CASES = "train-cases"
+READY = "ready"  # False: the SuperNode is up but the site does not take part yet (simulated late join)

@@ -1,6 +1,6 @@
 """Local training and evaluation (Flower-free): masked DiceCE, FedProx term, sliding-window metrics.
 
-Region outputs (ET, TC, WT) are independent sigmoids. A site whose protocol annotates only some regions
+Region outputs (ET, TC, WT by default; more after a class is added) are independent sigmoids. A site whose protocol annotates only some regions
 (e.g. whole tumour only) contributes loss and metrics on those regions alone.
 """
 
@@ -13,7 +13,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-REGIONS = ("ET", "TC", "WT")
+from .networks import DEFAULT_REGIONS as REGIONS
 
 
 def masked_dice_ce(loss_fn: DiceCELoss, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -79,8 +79,12 @@ def predict(model, image: torch.Tensor, present: torch.Tensor, domain, roi: int,
     return torch.sigmoid(torch.as_tensor(logits))
 
 
-def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cpu") -> dict:
-    """Per-region mean Dice and HD95 (voxels scaled by spacing) over ``items``; NaN where not annotated."""
+def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cpu", regions=None) -> dict:
+    """Per-region mean Dice and HD95 (voxels scaled by spacing) over ``items``; NaN where not annotated.
+
+    ``regions``: names of the output channels (default: the model's, else ET/TC/WT).
+    """
+    regions = list(regions or getattr(model, "regions", REGIONS))
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     per_case = []
@@ -94,7 +98,7 @@ def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cp
         mask = torch.as_tensor(item["regions"]).bool()
         per_case.append((torch.where(mask, d, torch.nan), torch.where(mask, h, torch.nan)))
     out = {}
-    for i, region in enumerate(REGIONS):
+    for i, region in enumerate(regions):
         ds = [float(c[0][i]) for c in per_case if not math.isnan(float(c[0][i]))]
         hs = [float(c[1][i]) for c in per_case if math.isfinite(float(c[1][i]))]
         out[f"dice-{region.lower()}"] = sum(ds) / len(ds) if ds else float("nan")

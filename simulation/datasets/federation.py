@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .regions import annotated_regions
+from .regions import LABEL_MAPS, annotated_regions, protocol_regions
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
+MODALITIES = ("t1", "t1ce", "t2", "flair")  # the BraTS four; sites may add others (e.g. "adc")
+MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 KINDS = ("synthetic", "brats2021", "brats2023", "msd")
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 BRATS23_CHALLENGES = ("GLI", "MEN", "MET", "PED", "SSA")
@@ -59,6 +61,11 @@ class Site:
     def regions(self) -> tuple[bool, ...]:
         return annotated_regions(self.label_map)
 
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """The output regions this site's labelling protocol annotates."""
+        return protocol_regions(self.label_map)
+
 
 @dataclass
 class Federation:
@@ -75,7 +82,7 @@ class Federation:
 
     def pooled(self) -> Site:
         """All sites' train/val cases as one site (the centralized baseline); keeps per-case label maps."""
-        mods = tuple(m for m in MODALITIES if any(m in s.modalities for s in self.sites))
+        mods = tuple(dict.fromkeys(m for s in self.sites for m in s.modalities))
         pooled = Site("pooled", 0, [c for s in self.sites for c in s.cases], self.sites[0].label_map, mods)
         pooled.train = [c for s in self.sites for c in s.train]
         pooled.val = [c for s in self.sites for c in s.val]
@@ -103,12 +110,34 @@ def _read_partition(csv_path: Path) -> list[tuple[str, str]]:
 
 
 def _brats_case(root: Path, subject: str, label_map: str, modalities, suffix=None) -> Case:
+    """BraTS 2021 naming (``<subject>_<m>.nii.gz``) or, with ``suffix``, BraTS 2023 naming
+    (``<subject>-<suffix[m]>.nii.gz``); a modality outside the four BraTS ones keeps its own name."""
     folder = root / subject
-    suffix = suffix or {m: m for m in MODALITIES}
-    images = {m: str(folder / f"{subject}_{suffix[m]}.nii.gz") if suffix[m] == m
-              else str(folder / f"{subject}-{suffix[m]}.nii.gz") for m in modalities}
-    seg = folder / (f"{subject}_seg.nii.gz" if suffix["t1"] == "t1" else f"{subject}-seg.nii.gz")
+    if suffix is None:
+        images = {m: str(folder / f"{subject}_{m}.nii.gz") for m in modalities}
+        seg = folder / f"{subject}_seg.nii.gz"
+    else:
+        images = {m: str(folder / f"{subject}-{suffix.get(m, m)}.nii.gz") for m in modalities}
+        seg = folder / f"{subject}-seg.nii.gz"
     return Case(subject, images, str(seg), label_map, tuple(modalities))
+
+
+def check_modality_names(names, where) -> tuple[str, ...]:
+    """Modality names are lower-case letters and digits (they become file-name parts and model inputs)."""
+    names = tuple(names)
+    bad = [m for m in names if not isinstance(m, str) or not MODALITY_NAME.fullmatch(m)]
+    if bad or not names or len(set(names)) != len(names):
+        raise DataError(where, f"modalities must be distinct, non-empty names of lower-case letters and digits "
+                               f"(the BraTS ones are {list(MODALITIES)}), got {list(names)}")
+    return names
+
+
+def protocol_label_map(labels: str, where) -> str:
+    """A site's declared ``labels``: ``full`` (BraTS 2021), ``wt`` or any protocol name of ``LABEL_MAPS``."""
+    label_map = {"full": "brats2021"}.get(labels, labels)
+    if label_map not in LABEL_MAPS:
+        raise DataError(where, f"unknown labelling protocol {labels!r}; expected full, wt or one of {sorted(LABEL_MAPS)}")
+    return label_map
 
 
 def _partitioned(root: Path, csv_path: Path, label_map_of, modalities_of, strict: bool) -> list[Site]:
@@ -155,8 +184,8 @@ def load_federation(root, kind: str, partition: str | None = None, val_fraction:
                 raise DataError(csv_path, f"partition {pid!r} has no profile in {meta_path}")
             return meta[pid]
 
-        sites = _partitioned(root, csv_path, lambda p: "brats2021" if prof(p)["labels"] == "full" else "wt",
-                             lambda p: prof(p)["modalities"], strict)
+        sites = _partitioned(root, csv_path, lambda p: protocol_label_map(prof(p)["labels"], meta_path),
+                             lambda p: check_modality_names(prof(p)["modalities"], meta_path), strict)
     elif kind == "brats2021":
         csv_path = Path(partition) if partition and Path(partition).is_absolute() else root / (partition or "partitioning_1.csv")
         sites = _partitioned(root, csv_path, lambda p: "brats2021", lambda p: MODALITIES, strict)
@@ -212,8 +241,10 @@ def load_site_folder(path, site_id: str, domain: int = 0, label_map: str = "brat
     """One hospital's data folder (deployment): case folders in BraTS 2021 naming
     (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``) or BraTS 2023 naming (``-t1n`` ... ``-seg``).
 
-    An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt"}`` for sites
-    that do not acquire every modality or annotate whole tumour only.
+    An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt" | PROTOCOL}`` for
+    sites that do not acquire every modality, acquire others (e.g. ``"adc"``, read from
+    ``<case>_adc.nii.gz``), annotate whole tumour only or follow another protocol (``"brats2024"``: post-
+    operative labels with the resection cavity).
     """
     root = Path(path)
     if not root.is_dir():
@@ -226,18 +257,16 @@ def load_site_folder(path, site_id: str, domain: int = 0, label_map: str = "brat
             meta = json.loads((root / "site.json").read_text())
         except json.JSONDecodeError as exc:
             raise DataError(root / "site.json", f"invalid JSON ({exc})") from exc
-    modalities = tuple(meta.get("modalities", MODALITIES))
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown:
-        raise DataError(root / "site.json", f"unknown modalities {unknown}; known: {list(MODALITIES)}")
-    if meta.get("labels") == "wt":
-        label_map = "wt"
+    modalities = check_modality_names(meta.get("modalities", MODALITIES), root / "site.json")
+    labels = meta.get("labels", "full")
+    if labels != "full":
+        label_map = protocol_label_map(labels, root / "site.json")
     site = Site(str(site_id), domain, [], label_map, modalities)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (folder / f"{folder.name}_seg.nii.gz").exists() or (folder / f"{folder.name}_flair.nii.gz").exists():
             site.cases.append(_brats_case(root, folder.name, label_map, modalities))
         elif (folder / f"{folder.name}-seg.nii.gz").exists() or (folder / f"{folder.name}-t2f.nii.gz").exists():
-            lm = "wt" if label_map == "wt" else "brats2023"
+            lm = "brats2023" if label_map == "brats2021" else label_map  # BraTS 2023 naming: its labels too
             site.cases.append(_brats_case(root, folder.name, lm, modalities, BRATS23_SUFFIX))
         else:
             site.skipped.append({"case": folder.name, "reason": f"{folder}: no BraTS-named image files"})

@@ -8,7 +8,7 @@ between lesion and background, left-right flips, intensity scale/shift.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from monai.data import DataLoader, Dataset
@@ -17,15 +17,15 @@ from monai.transforms import (
     RandScaleIntensityd, RandShiftIntensityd, Spacingd, SpatialPadd,
 )
 
-from .federation import Case, DataError, Site
+from .federation import MODALITIES, Case, DataError, Site
 from .reading import read_case
-from .regions import LabelToRegionsd, annotated_regions
+from .regions import REGIONS, LabelToRegionsd, annotated_regions
 
 log = logging.getLogger(__name__)
 _CACHE: dict[tuple, dict] = {}  # per process: rounds of a simulation reuse preprocessed cases
 
 
-def preprocess_transform(spacing: float, with_label: bool = True) -> Compose:
+def preprocess_transform(spacing: float, with_label: bool = True, regions: Sequence[str] = REGIONS) -> Compose:
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     steps = [
@@ -35,7 +35,7 @@ def preprocess_transform(spacing: float, with_label: bool = True) -> Compose:
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
     ]
     if with_label:
-        steps.append(LabelToRegionsd("label"))
+        steps.append(LabelToRegionsd("label", regions=regions))
     return Compose(steps)
 
 
@@ -51,23 +51,31 @@ def train_transform(patch: int, samples: int = 1, neg_ratio: float = 1.0) -> Com
     ])
 
 
-def load_preprocessed(case: Case, spacing: float) -> dict:
-    key = (case.case_id, case.label, tuple(sorted(case.images.items())), case.image4d, spacing)
+def load_preprocessed(case: Case, spacing: float, modalities: Sequence[str] = MODALITIES,
+                      regions: Sequence[str] = REGIONS) -> dict:
+    """One case read into the channel layout ``modalities`` -> ``regions`` and preprocessed (cached)."""
+    modalities, regions = tuple(modalities), tuple(regions)
+    key = (case.case_id, case.label, tuple(sorted(case.images.items())), case.image4d, spacing, modalities, regions)
     if key not in _CACHE:
-        item = read_case(case)
-        item = preprocess_transform(spacing, with_label="label" in item)(item)
-        item["regions"] = torch.tensor(annotated_regions(case.label_map))
+        item = read_case(case, modalities)
+        item = preprocess_transform(spacing, with_label="label" in item, regions=regions)(item)
+        item["regions"] = torch.tensor(annotated_regions(case.label_map, regions))
         _CACHE[key] = item
     return _CACHE[key]
 
 
 class SiteData:
-    """A site's preprocessed train/val cases; bad cases are skipped, counted and reported."""
+    """A site's preprocessed train/val cases; bad cases are skipped, counted and reported.
 
-    def __init__(self, site: Site, spacing: float = 3.0, patch: int = 32) -> None:
+    ``modalities`` and ``regions`` are the model's input and output channel order.
+    """
+
+    def __init__(self, site: Site, spacing: float = 3.0, patch: int = 32, modalities: Sequence[str] = MODALITIES,
+                 regions: Sequence[str] = REGIONS) -> None:
         self.site = site
         self.spacing = spacing
         self.patch = patch
+        self.modalities, self.regions = tuple(modalities), tuple(regions)
         self.skipped: list[dict] = list(site.skipped)
         self.train = self._prepare(site.train)
         self.val = self._prepare(site.val)
@@ -76,7 +84,7 @@ class SiteData:
         items = []
         for case in cases:
             try:
-                items.append(load_preprocessed(case, self.spacing))
+                items.append(load_preprocessed(case, self.spacing, self.modalities, self.regions))
             except DataError as exc:
                 log.warning("site %s: skipping case %s: %s", self.site.name, case.case_id, exc)
                 self.skipped.append({"case": case.case_id, "file": exc.path, "reason": exc.reason})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,12 +37,17 @@ def _same_grid(ref: MetaTensor, ref_path: str, img: MetaTensor, path: str) -> No
         raise DataError(path, f"affine differs from that of {ref_path}")
 
 
-def read_case(case: Case) -> dict:
-    """Load a case as ``{"image": (4, X, Y, Z) MetaTensor, "present": (4,) bool, "label": (1, ...)}``.
+def read_case(case: Case, modalities: Sequence[str] = MODALITIES) -> dict:
+    """Load a case as ``{"image": (M, X, Y, Z) MetaTensor, "present": (M,) bool, "label": (1, ...)}``.
 
-    Modalities the site does not acquire are zero-filled with ``present`` False. A modality the case is
-    expected to have but whose file is missing is an error (the case is skipped in federation mode).
+    Channels follow ``modalities`` (the model's input order). Modalities the case does not have are
+    zero-filled with ``present`` False; modalities the case has but the model does not know are not
+    read. A modality the case is expected to have but whose file is missing is an error (the case is
+    skipped in federation mode).
     """
+    modalities = tuple(modalities)
+    if not modalities:
+        raise ValueError("read_case: no modality requested")
     channels: dict[str, MetaTensor] = {}
     ref = ref_path = None
     if case.image4d is not None:
@@ -52,7 +58,12 @@ def read_case(case: Case) -> dict:
         for i, m in enumerate(MSD_CHANNELS):
             channels[m] = img4[..., i]
     else:
-        for m in case.modalities:
+        wanted = [m for m in case.modalities if m in modalities]
+        if case.modalities and not wanted:
+            raise DataError(case.images.get(case.modalities[0], case.case_id),
+                            f"case {case.case_id} has none of the model's modalities {list(modalities)} "
+                            f"(it has {list(case.modalities)})")
+        for m in wanted:
             path = case.images[m]
             if not os.path.exists(path):
                 raise DataError(path, f"missing modality file ({m}) of case {case.case_id}")
@@ -67,11 +78,11 @@ def read_case(case: Case) -> dict:
     if ref is None:
         raise DataError(case.case_id, "case has no modality")
     zeros = torch.zeros(ref.shape[-3:], dtype=torch.float32)
-    image = torch.stack([channels[m].as_tensor() if m in channels else zeros for m in MODALITIES])
+    image = torch.stack([channels[m].as_tensor() if m in channels else zeros for m in modalities])
     out = {
         "case_id": case.case_id,
         "image": MetaTensor(image, affine=ref.affine),
-        "present": torch.tensor([m in channels for m in MODALITIES]),
+        "present": torch.tensor([m in channels for m in modalities]),
         "protocol": case.label_map,
     }
     if case.label is not None:

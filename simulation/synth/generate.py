@@ -18,7 +18,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .anatomy import deform, smooth_field, tissue_maps
-from .lesions import ED, ET, NCR, insert_lesions
+from .lesions import ED, ET, NCR, RC, insert_lesions
 from .profiles import TISSUE_INTENSITY, SiteProfile, make_site_profile
 
 PARTITION_CSV = "partitioning.csv"
@@ -30,7 +30,7 @@ def render(tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profil
     """One contrast of one subject as seen by the site's scanner (skull-stripped, float32)."""
     ti = TISSUE_INTENSITY[modality]
     img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
-    for label, key, mix in ((ED, "ed", 0.75), (ET, "et", 1.0), (NCR, "ncr", 1.0)):
+    for label, key, mix in ((ED, "ed", 0.75), (ET, "et", 1.0), (NCR, "ncr", 1.0), (RC, "rc", 1.0)):
         region = seg == label
         img[region] = mix * ti[key] + (1 - mix) * img[region]
     brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5
@@ -43,6 +43,21 @@ def render(tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profil
     return (img * profile.scale[modality] * brain).astype(np.float32)
 
 
+def protocol_labels(seg: np.ndarray, protocol: str) -> np.ndarray:
+    """The generator's label codes (1 NCR, 2 ED, 3 RC, 4 ET) as a site's annotators write them."""
+    if protocol == "full":  # BraTS 2021: 1 NCR, 2 ED, 4 ET (no cavity in pre-operative scans)
+        if (seg == RC).any():
+            raise ValueError("the BraTS 2021 protocol has no resection-cavity label; use labels='brats2024'")
+        return seg.astype(np.uint8)
+    if protocol == "wt":  # whole tumour only, written as 2 (the cavity is not tumour)
+        return np.where((seg > 0) & (seg != RC), ED, 0).astype(np.uint8)
+    if protocol == "brats2024":  # 1 NETC, 2 SNFH, 3 ET, 4 RC
+        lut = np.zeros(5, np.uint8)
+        lut[[NCR, ED, ET, RC]] = (1, 2, 3, 4)
+        return lut[seg]
+    raise ValueError(f"unknown labelling protocol {protocol!r}")
+
+
 def write_case(root: Path, case: str, tissue: dict, seg: np.ndarray, affine: np.ndarray, profile: SiteProfile,
                rng: np.random.Generator) -> None:
     folder = root / case
@@ -51,8 +66,7 @@ def write_case(root: Path, case: str, tissue: dict, seg: np.ndarray, affine: np.
         img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng), affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, folder / f"{case}_{modality}.nii.gz")
-    labels = seg if profile.labels == "full" else np.where(seg > 0, ED, 0).astype(np.uint8)
-    seg_img = nib.Nifti1Image(labels.astype(np.uint8), affine)
+    seg_img = nib.Nifti1Image(protocol_labels(seg, profile.labels), affine)
     seg_img.header.set_xyzt_units("mm")
     nib.save(seg_img, folder / f"{case}_seg.nii.gz")
 

@@ -1,6 +1,8 @@
 """BraTS-like lesions: necrotic/non-enhancing core, enhancing rim and surrounding oedema.
 
-Labels follow BraTS 2021: 1 = necrotic / non-enhancing core (NCR), 2 = oedema (ED), 4 = enhancing (ET).
+Labels follow BraTS 2021: 1 = necrotic / non-enhancing core (NCR), 2 = oedema (ED), 4 = enhancing (ET),
+plus 3 = resection cavity (RC) for post-operative lesions (BraTS 2021 never uses 3; ``generate`` writes
+each site's own labelling protocol from these codes).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from scipy import ndimage
 
 from .anatomy import smooth_field
 
-NCR, ED, ET = 1, 2, 4
+NCR, ED, RC, ET = 1, 2, 3, 4
 # (radius mm range, necrotic fraction of the core radius, oedema extent as multiple of the radius)
 LESION_TYPES = {
     "glioma": dict(count=(1, 1), radius=(14.0, 24.0), necrosis=(0.45, 0.7), oedema=(1.5, 2.0)),
     "metastasis": dict(count=(2, 4), radius=(4.0, 9.0), necrosis=(0.0, 0.4), oedema=(2.0, 3.0)),
+    # after resection: a fluid-filled cavity (fraction of the radius), residual nodular enhancement on part
+    # of its wall, a little non-enhancing residual tumour and surrounding oedema
+    "postop": dict(count=(1, 1), radius=(16.0, 24.0), necrosis=(0.0, 0.25), oedema=(1.4, 1.9), cavity=(0.65, 0.85)),
 }
 
 
@@ -43,6 +48,15 @@ def insert_lesions(tissue: dict[str, np.ndarray], kind: str, spacing: float, rng
         oedema = rng.uniform(*spec["oedema"])
         ed = (r < oedema) & brain & (seg == 0)
         seg[ed] = ED
+        if "cavity" in spec:
+            cavity = rng.uniform(*spec["cavity"])
+            wall = (r < 1.0) & brain
+            residual = smooth_field(rng, shape, coarse=4) > 0.0  # enhancement on part of the wall only
+            seg[wall & residual] = ET
+            if necro > 0:
+                seg[wall & ~residual & (smooth_field(rng, shape, coarse=5) > 1.0 - 2 * necro)] = NCR
+            seg[(r < cavity) & brain] = RC
+            continue
         seg[(r < 1.0) & brain] = ET
         if necro > 0:
             seg[(r < necro) & brain] = NCR

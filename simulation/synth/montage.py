@@ -23,7 +23,8 @@ def site_montage(root: str | Path, out_png: str | Path) -> Path:
     for line in (root / PARTITION_CSV).read_text().splitlines()[1:]:
         pid, case = line.split(",")
         first_case.setdefault(pid, case)
-    cols = list(MODALITIES) + ["seg"]
+    extra = [m for prof in desc["sites"].values() for m in prof["modalities"] if m not in MODALITIES]
+    cols = list(MODALITIES) + list(dict.fromkeys(extra)) + ["seg"]
     fig, axes = plt.subplots(len(first_case), len(cols), figsize=(2.2 * len(cols), 2.2 * len(first_case)), squeeze=False)
     for r, (pid, case) in enumerate(first_case.items()):
         seg = np.asarray(nib.load(root / case / f"{case}_seg.nii.gz").dataobj)

@@ -7,14 +7,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
-# Relative tissue intensities per contrast: CSF, GM, WM, necrosis, oedema, enhancing.
+EXTRA_MODALITIES = ("adc",)  # acquired only by some sites (a joining site brings it)
+# Relative tissue intensities per contrast: CSF, GM, WM, necrosis, oedema, enhancing, resection cavity.
+# The cavity is fluid: CSF-like, with some FLAIR signal (proteinaceous fluid, blood products). ADC is the
+# apparent diffusion coefficient map: free water (CSF, cavity) high, cellular enhancing tumour low.
 TISSUE_INTENSITY = {
-    "t1": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.30, ed=0.50, et=0.55),
-    "t1ce": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.20, ed=0.50, et=1.25),
-    "t2": dict(csf=1.00, gm=0.65, wm=0.45, ncr=0.95, ed=0.85, et=0.70),
-    "flair": dict(csf=0.15, gm=0.60, wm=0.45, ncr=0.60, ed=1.00, et=0.75),
+    "t1": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.30, ed=0.50, et=0.55, rc=0.20),
+    "t1ce": dict(csf=0.25, gm=0.55, wm=0.80, ncr=0.20, ed=0.50, et=1.25, rc=0.22),
+    "t2": dict(csf=1.00, gm=0.65, wm=0.45, ncr=0.95, ed=0.85, et=0.70, rc=1.05),
+    "flair": dict(csf=0.15, gm=0.60, wm=0.45, ncr=0.60, ed=1.00, et=0.75, rc=0.35),
+    "adc": dict(csf=1.00, gm=0.27, wm=0.23, ncr=0.60, ed=0.45, et=0.25, rc=0.95),
 }
-LABEL_PROTOCOLS = ("full", "wt")  # full sub-regions, or whole tumour only
+# full sub-regions (BraTS 2021 labels), whole tumour only, or BraTS 2024 post-operative labels (+ cavity)
+LABEL_PROTOCOLS = ("full", "wt", "brats2024")
 
 
 @dataclass(frozen=True)
@@ -55,3 +60,16 @@ def make_site_profile(seed: int, index: int, name: str | None = None) -> SitePro
         labels="wt" if index % 4 == 3 else "full",
         lesion="glioma" if index % 2 == 0 else "metastasis",
     )
+
+
+def make_join_profile(seed: int, index: int, name: str | None = None) -> SiteProfile:
+    """A site that joins a running federation with what the federation has never seen: post-operative
+    glioma with a resection cavity labelled in the BraTS 2024 convention (a new class, RC) and an extra
+    ADC contrast (a new modality), on its own scanner profile (drawn like ``make_site_profile``)."""
+    base = make_site_profile(seed, index, name)
+    rng = np.random.default_rng([seed, index, 7919, 1])
+    scale = {**base.scale, **{m: float(rng.choice([500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in EXTRA_MODALITIES}}
+    gamma = {**base.gamma, **{m: float(rng.uniform(0.8, 1.2)) for m in EXTRA_MODALITIES}}
+    return SiteProfile(name=base.name, scale=scale, gamma=gamma, bias=base.bias, noise=base.noise, blur=base.blur,
+                       slice_blur=base.slice_blur, modalities=MODALITIES + EXTRA_MODALITIES, labels="brats2024",
+                       lesion="postop")

@@ -18,16 +18,18 @@ def site_stats(root: str | Path) -> list[dict]:
     with open(root / "partitioning.csv", newline="") as f:
         for row in csv.DictReader(f):
             by_site.setdefault(row["Partition_ID"], []).append(row["Subject_ID"])
+    desc = json.loads((root / "federation.json").read_text())["sites"] if (root / "federation.json").exists() else {}
     rows = []
     for site, cases in by_site.items():
-        means = {m: [] for m in MODALITIES}
+        mods = list(MODALITIES) + [m for m in desc.get(site, {}).get("modalities", ()) if m not in MODALITIES]
+        means = {m: [] for m in mods}
         volumes = []
         for case in cases:
             seg_img = nib.load(root / case / f"{case}_seg.nii.gz")
             seg = np.asarray(seg_img.dataobj)
             voxel_ml = float(np.prod(seg_img.header.get_zooms()[:3])) / 1000.0
             volumes.append(float((seg > 0).sum()) * voxel_ml)
-            for m in MODALITIES:
+            for m in mods:
                 path = root / case / f"{case}_{m}.nii.gz"
                 if path.exists():
                     data = np.asarray(nib.load(path).dataobj)

@@ -84,3 +84,36 @@ def test_regions_to_brats_nesting():
 def test_calibrate_needs_uharmony():
     with pytest.raises(ValueError, match="no UHarmonyNorm"):
         calibrate(build_model("dynunet", 4, 3, 1, "instance", filters=(8, 16, 32)), [(torch.zeros(4, 8, 8, 8), torch.ones(4))], 8)
+
+
+def test_segment_with_a_model_grown_by_a_join(tiny_join_federation, tmp_path, capsys):
+    """A model that learnt ADC and the resection cavity reads the ADC file and reports the cavity."""
+    from uharmony import extend_model
+
+    torch.manual_seed(0)
+    model = build_model("dynunet", 4, 3, 3, "uharmony", filters=(8, 16, 32))
+    extend_model(model, ["adc"], ["RC"], 3)
+    with torch.no_grad():  # tumour outputs off, the cavity output on: label 3 must fill the brain
+        for e in model.head.experts:
+            e.conv.weight.zero_()
+            e.conv.bias.copy_(torch.tensor([-10.0, -10.0, -10.0, 10.0]))
+    roles = ModelRoles(model, "uharmony")
+    save_checkpoint(tmp_path / "run", 1, model.spec, to_numpy(model.state_dict(), roles.global_keys()), name="final_model.pt")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"spacing": 6.0, "patch-size": 16}))
+    case = tiny_join_federation / "SYN_004_000"
+    out = tmp_path / "seg.nii.gz"
+    assert main_segment(["--model", str(tmp_path / "run" / "final_model.pt"), "--input", str(case), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["modalities"] == ["t1", "t1ce", "t2", "flair", "adc"]
+    assert set(report["volumes_ml"]) == {"ET", "TC", "WT", "RC"} and report["volumes_ml"]["RC"] > 0
+    assert report["volumes_ml"]["WT"] == 0
+    assert 3 in set(np.unique(np.asarray(nib.load(out).dataobj)).tolist()) <= {0, 3}
+
+
+def test_regions_to_brats_with_a_cavity_output():
+    r = torch.zeros(4, 3, 1, 1)
+    r[3, 0] = 1  # cavity only -> 3
+    r[3, 1] = r[2, 1] = 1  # cavity and whole tumour: tumour wins -> 2
+    assert regions_to_brats(r, ["ET", "TC", "WT", "RC"]).flatten().tolist() == [3, 2, 0]
+    with pytest.raises(ValueError, match="ET, TC and WT"):
+        regions_to_brats(r[:2], ["ET", "RC"])

@@ -1,4 +1,8 @@
-"""Real SuperLink + SuperNodes on 127.0.0.1 with the project's PKI, TLS and SuperNode authentication."""
+"""Real SuperLink + SuperNodes on 127.0.0.1 with the project's PKI, TLS and SuperNode authentication.
+
+Three hospitals start together; a fourth, post-operative one (ADC contrast, resection-cavity labels,
+a new domain) starts its SuperNode only after round 1 and joins the running federation.
+"""
 
 import json
 import os
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from simulation.synth import generate_federation
+from simulation.synth.profiles import make_join_profile
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -52,6 +57,19 @@ def _site_folders(tmp) -> list[Path]:
     return folders
 
 
+def _joining_site(tmp) -> Path:
+    """Site s4: post-operative cases with ADC and BraTS 2024 labels (what the federation has not seen)."""
+    fed = generate_federation(tmp / "fed4", 1, 3, seed=0, spacing=6.0, first_site=3, progress=False,
+                              profiles=[make_join_profile(0, 3)])
+    site = tmp / "data" / "s4"
+    site.mkdir(parents=True)
+    for case in (tmp / "fed4").glob("SYN_*"):
+        (site / case.name).symlink_to(case)
+    prof = fed["sites"]["4"]
+    (site / "site.json").write_text(json.dumps({"modalities": prof["modalities"], "labels": prof["labels"]}))
+    return site
+
+
 def _site_config(tmp, name, domain, data, key, superlink_port) -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
@@ -74,7 +92,7 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
     try:
         _cmd(tmp, "uharmony-pki", "init-ca", "--dir", "pki")
         _cmd(tmp, "uharmony-pki", "server-cert", "--dir", "pki", "--ip", "127.0.0.1", "--dns", "localhost")
-        _cmd(tmp, "uharmony-pki", "site-key", "--dir", "pki", "--site", "s1", "--site", "s2", "--site", "s3")
+        _cmd(tmp, "uharmony-pki", "site-key", "--dir", "pki", "--site", "s1", "--site", "s2", "--site", "s3", "--site", "s4")
         _cmd(tmp, "uharmony-pki", "site-key", "--dir", "rogue", "--site", "intruder")  # never registered
         port = _free_port()
         spawn("superlink", "uharmony-coordinator", "start", "--pki", "pki", "--state", "state",
@@ -85,7 +103,7 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
                 break
             time.sleep(1)
         assert res.returncode == 0, res.stdout + res.stderr
-        assert res.stdout.count("registered") == 3
+        assert res.stdout.count("registered") == 4  # s4's key is admitted by the consortium up front
 
         folders = _site_folders(tmp)
         for i, folder in enumerate(folders):
@@ -93,20 +111,40 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
             cfg = _site_config(tmp, name, i, folder, tmp / "pki" / "sites" / name / "auth.key", port)
             spawn(name, "uharmony-site", "start", "--config", str(cfg))
 
+        joiner = _joining_site(tmp)
         t0 = time.time()
-        run = _cmd(tmp, "uharmony-coordinator", "run", "--state", "state", "--app", str(REPO), "-c",
-                   "num-server-rounds=2 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1 "
-                   f"num-domains=3 min-sites=3 run-dir='{tmp / 'run'}'", timeout=900, check=False)
+        run = subprocess.Popen([str(BIN / "uharmony-coordinator"), "run", "--state", "state", "--app", str(REPO), "-c",
+                                "num-server-rounds=3 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1 "
+                                f"num-domains=3 min-sites=3 run-dir='{tmp / 'run'}'"], env=_env(tmp), cwd=tmp,
+                               stdout=open(tmp / "coordinator-run.log", "w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        procs.append(run)
+        metrics = tmp / "run" / "metrics.jsonl"
+        while '"event": "train"' not in (metrics.read_text() if metrics.exists() else ""):  # round 1 trained
+            assert run.poll() is None and time.time() - t0 < 600, "round 1 did not finish"
+            time.sleep(2)
+        cfg4 = _site_config(tmp, "s4", 3, joiner, tmp / "pki" / "sites" / "s4" / "auth.key", port)
+        spawn("s4", "uharmony-site", "start", "--config", str(cfg4))  # a hospital joins the running federation
+        run.wait(timeout=900)
+        out = (tmp / "coordinator-run.log").read_text()
         elapsed = time.time() - t0
-        assert run.returncode == 0, run.stdout + run.stderr + (tmp / "superlink.log").read_text()[-3000:]
-        status = json.loads(run.stdout.strip().splitlines()[-1])
+        assert run.returncode == 0, out + (tmp / "superlink.log").read_text()[-3000:]
+        status = json.loads(out.strip().splitlines()[-1])
         assert status["status"] == "finished:completed"
-        recs = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
-        trains = [r for r in recs if r.get("event") == "train"]
-        assert [r["round"] for r in trains] == [1, 2]
-        assert all(sorted(r["sites"]) == ["s1", "s2", "s3"] and not r["rejected"] for r in trains)
-        assert {r["site"] for r in recs if "dice" in r} == {"s1", "s2", "s3"}
-        print(f"TLS deployment: 2 rounds in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
+        recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+        trains = {r["round"]: r for r in recs if r.get("event") == "train"}
+        assert sorted(trains) == [1, 2, 3] and not any(r["rejected"] for r in trains.values())
+        assert sorted(trains[1]["sites"]) == ["s1", "s2", "s3"]
+        join = [r for r in recs if r.get("event") == "join" and r["site"] == "s4"]
+        assert len(join) == 1 and join[0]["round"] in (2, 3), join
+        assert join[0]["added"] == {"modalities": ["adc"], "regions": ["RC"], "domains": [3]}
+        assert all("s4" in trains[r]["sites"] for r in range(join[0]["round"], 4))
+        after = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("phase") == "after-extension"}
+        before = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs
+                  if r.get("round") == join[0]["round"] - 1 and "dice" in r and "phase" not in r}
+        assert before and all(abs(after[k] - v) <= 1e-6 for k, v in before.items())  # old sites unchanged
+        assert {r["region"] for r in recs if r.get("site") == "s4" and "dice" in r} == {"ET", "TC", "WT", "RC"}
+        print(f"TLS deployment: 3 rounds with a join in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
 
         # a SuperNode whose key was never registered is refused
         bad = _site_config(tmp, "intruder", 0, folders[0], tmp / "rogue" / "sites" / "intruder" / "auth.key", port)

@@ -1,0 +1,27 @@
+"""What a site tells the server when it joins (Flower-free): identity, modalities, annotated regions.
+
+The profile holds names and counts only: no image, label, statistic or parameter leaves the site
+through it. The server uses it to decide whether the model must grow (a new modality stem, a new
+output class, a new domain expert) before the site trains.
+"""
+
+from __future__ import annotations
+
+from uharmony import protocol as P
+from uharmony.config import RunConfig
+
+from .data import resolve_site
+
+
+def site_profile(node_config: dict, cfg: RunConfig, server_round: int) -> dict:
+    """The site's profile for ``server_round``.
+
+    In simulation (``partition-id``), ``join-schedule`` makes a site's SuperNode answer "not ready"
+    before its join round, as if it had not been started yet; a hospital's SuperNode is always ready.
+    """
+    site, _ = resolve_site(node_config, cfg)
+    ready = True
+    if "partition-id" in node_config:
+        ready = server_round >= cfg.join_rounds().get(site.name, 1)
+    return {P.SITE_ID: site.name, P.DOMAIN_ID: int(site.domain), P.MODALITIES: ",".join(site.modalities),
+            P.REGIONS: ",".join(site.region_names), P.TRAIN_CASES: len(site.train), P.READY: ready}

@@ -1,0 +1,93 @@
+"""Growing a trained model for a joining site: what is added, what is kept, and how resume recognizes it."""
+
+import numpy as np
+import pytest
+import torch
+
+from uharmony import build_model, extend_model, model_from_spec
+from uharmony.adaptation import spec_extends
+from uharmony.federated import ModelRoles, extend_global_model, load_global_and_local, model_needs, to_numpy
+
+TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
+
+
+def _trained_like(head="gated", norm="uharmony"):
+    """A small model whose weights, statistics and prototypes are off their initialization."""
+    torch.manual_seed(0)
+    model = build_model("dynunet", 4, 3, 3, norm, head=head, filters=(8, 16, 32), stem_channels=8)
+    model.train()
+    x = torch.randn(3, 4, 16, 16, 16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if model.gated:
+            model(x, domain=[0, 1, 2])  # sets the three prototypes and the site statistics
+    return model.eval()
+
+
+@pytest.mark.parametrize("head, strategy", [("gated", "uharmony"), ("plain", "fedavg"), ("plain", "fedbn")])
+def test_old_outputs_stay_within_tolerance_after_a_join(head, strategy):
+    model = _trained_like(head, "uharmony" if head == "gated" else "instance")
+    roles = ModelRoles(model, strategy)
+    state = to_numpy(model.state_dict(), roles.global_keys())
+    local = {k: v.clone() for k, v in model.state_dict().items() if k in roles.keys("local")}
+    x = torch.randn(2, 4, 16, 16, 16)
+    present = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    with torch.no_grad():
+        before = {d: model(x, domain=d, present=present) for d in ([None, 0, 2] if model.gated else [None])}
+
+    grown, new_roles, new_state, added = extend_global_model(model.spec, state, strategy, ["t1", "t1ce", "t2", "flair", "adc"],
+                                                             ["ET", "TC", "WT", "RC"], 3)
+    assert added == {"modalities": ["adc"], "regions": ["RC"], "domains": [3] if head == "gated" else []}
+    assert set(new_roles.keys("local")) == set(roles.keys("local"))  # the sites' saved state still fits
+    for k, v in state.items():  # what was learned is kept (grown head entries keep their old channels)
+        np.testing.assert_array_equal(new_state[k][: v.shape[0]] if new_state[k].shape != v.shape else new_state[k], v, err_msg=k)
+    site = model_from_spec(grown.spec).eval()  # what an old site rebuilds from the new spec and its own state
+    load_global_and_local(site, new_roles, new_state, local or None)
+    x5 = torch.cat([x, torch.randn(2, 1, 16, 16, 16)], 1)  # old sites have no ADC: present False
+    p5 = torch.cat([present, torch.zeros(2, 1, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        for d, out in before.items():
+            after = site(x5, domain=d, present=p5)
+            assert after.shape[1] == 4
+            assert float((after[:, :3] - out).abs().max()) <= TOL, d
+            assert float(torch.sigmoid(after[:, 3]).max()) < 1e-3  # the new class starts "absent"
+
+
+def test_extend_model_adds_only_what_is_missing_and_reports_it():
+    model = _trained_like()
+    assert extend_model(model, ["t1ce", "flair"], ["WT"], 1) == {"modalities": [], "regions": [], "domains": []}
+    assert model_needs(model, ["t1", "swi", "adc"], ["TC", "RC"], 4) == {"modalities": ["swi", "adc"], "regions": ["RC"],
+                                                                         "domains": [3, 4]}
+    assert model.spec["in_channels"] == 4 and model.head.num_domains == 3  # the dry run changed nothing
+    added = extend_model(model, ["t1", "swi", "adc"], ["TC", "RC"], 4)
+    assert added == {"modalities": ["swi", "adc"], "regions": ["RC"], "domains": [3, 4]}
+    assert model.modalities[-2:] == ["swi", "adc"] and model.regions == ["ET", "TC", "WT", "RC"]
+    rebuilt = model_from_spec(model.spec)
+    rebuilt.load_state_dict(model.state_dict())  # strict: the spec describes the grown model
+    # a new domain takes no part in the gate until it has a prototype
+    assert float(model.head.gate(torch.randn(2, 8, 4, 4, 4))[:, 3:].max()) == 0.0
+
+
+def test_spec_extends_accepts_growth_and_rejects_other_changes():
+    base = build_model("dynunet", 4, 3, 3, "uharmony", filters=(8, 16, 32)).spec
+    grown = build_model("dynunet", 4, 3, 3, "uharmony", filters=(8, 16, 32))
+    extend_model(grown, ["adc"], ["RC"], 3)
+    assert spec_extends(base, base) and spec_extends(base, grown.spec)
+    assert not spec_extends(grown.spec, base)  # shrinking is not an extension
+    assert not spec_extends(base, {**grown.spec, "filters": (8, 16, 64)})
+    assert not spec_extends(base, {**grown.spec, "modalities": ["adc", "t1", "t1ce", "t2", "flair"]})
+    old = {k: v for k, v in base.items() if k != "regions"}  # checkpoints from before regions were named
+    assert spec_extends(old, base) and spec_extends(old, grown.spec)
+
+
+def test_extension_refuses_what_it_cannot_do():
+    model = _trained_like()
+    roles = ModelRoles(model, "local")
+    with pytest.raises(ValueError, match="no global model"):
+        extend_global_model(model.spec, to_numpy(model.state_dict(), roles.global_keys()), "local", ["adc"], [], None)
+    with pytest.raises(ValueError, match="clash"):
+        from uharmony import add_classes
+        add_classes(model, ["WT"])
+    with pytest.raises(ValueError, match="non-negative"):
+        extend_model(model, [], [], -1)
