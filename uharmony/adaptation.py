@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from .head import DomainGatedHead, widen_conv
 from .networks import UHarmonyNet
 
@@ -54,7 +56,25 @@ def add_classes(model: UHarmonyNet, names: int | Sequence[str] = 1) -> list[int]
         model.head = widen_conv(model.head, len(names))
     model.spec["out_channels"] = old + len(names)
     model.spec["regions"] = model.regions + names
+    _sync_experts(model)
     return list(range(old, old + len(names)))
+
+
+def _sync_experts(model: UHarmonyNet) -> None:
+    """Record in the spec which regions each expert knows (omitted while every expert knows every region)."""
+    if not isinstance(model.head, DomainGatedHead) or bool(model.head.knows.all()):
+        model.spec.pop("expert_regions", None)
+        return
+    model.spec["expert_regions"] = [[r for r, k in zip(model.regions, row) if k] for row in model.head.knows.tolist()]
+
+
+def set_expert_regions(model: UHarmonyNet, domain: int, regions: Sequence[str]) -> None:
+    """Declare the output regions domain ``domain``'s expert is trained on (its sites' protocol)."""
+    _check(model)
+    if not isinstance(model.head, DomainGatedHead) or not 0 <= domain < model.head.num_domains:
+        raise ValueError(f"set_expert_regions: no expert for domain {domain!r}")
+    model.head.knows[domain] = torch.tensor([r in set(regions) for r in model.regions])
+    _sync_experts(model)
 
 
 def add_domain(model: UHarmonyNet) -> int:
@@ -64,6 +84,7 @@ def add_domain(model: UHarmonyNet) -> int:
         raise ValueError("add_domain: only models with head='gated' have domains")
     d = model.head.add_domain()
     model.spec["num_domains"] = model.head.num_domains
+    _sync_experts(model)
     return d
 
 
@@ -90,10 +111,12 @@ def extend_model(model: UHarmonyNet, modalities: Sequence[str] = (), regions: Se
             raise ValueError(f"extend_model: domain must be a non-negative int, got {domain!r}")
         while model.head.num_domains <= domain:
             added["domains"].append(add_domain(model))
+        if domain in added["domains"]:  # a new domain's expert learns what its site annotates
+            set_expert_regions(model, domain, regions)
     return added
 
 
-EXTENDABLE = ("modalities", "in_channels", "regions", "out_channels", "num_domains")
+EXTENDABLE = ("modalities", "in_channels", "regions", "out_channels", "num_domains", "expert_regions")
 
 
 def spec_extends(base: dict, spec: dict) -> bool:

@@ -51,6 +51,7 @@ class DomainGatedHead(nn.Module):
         num_domains: int,
         temperature: float = 0.05,
         prototype_momentum: float = 0.05,
+        knows: Sequence[Sequence[bool]] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -70,6 +71,12 @@ class DomainGatedHead(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.trunk = nn.Sequential(conv(in_channels, in_channels, kernel_size=1), nn.LeakyReLU(0.01))
         self.experts = nn.ModuleList(DomainExpert(spatial_dims, in_channels, out_channels) for _ in range(num_domains))
+        # knows[d, c]: expert d was trained on output c (its sites annotate it). Structure, not state: it
+        # comes from the model spec, so it is not in the state dict and never aggregated.
+        knows = torch.ones(num_domains, out_channels, dtype=torch.bool) if knows is None else torch.as_tensor(knows).bool()
+        if tuple(knows.shape) != (num_domains, out_channels):
+            raise ValueError(f"DomainGatedHead: knows must be ({num_domains}, {out_channels}), got {tuple(knows.shape)}")
+        self.register_buffer("knows", knows, persistent=False)
 
     @property
     def num_domains(self) -> int:
@@ -102,7 +109,9 @@ class DomainGatedHead(nn.Module):
         if domain is None:
             weights = self.gate(features)  # (B, D)
             outs = torch.stack([e(hidden) for e in self.experts], dim=1)  # (B, D, C, ...)
-            weights = weights.view(weights.shape + (1,) * (outs.dim() - 2)).to(outs.dtype)
+            if not bool(self.knows.all()):
+                weights = self.channel_weights(weights)  # (B, D, C)
+            weights = weights.view(weights.shape + (1,) * (outs.dim() - weights.dim())).to(outs.dtype)
             return (weights * outs).sum(1)
         domains = self._domain_list(domain, features.shape[0])
         if self.training:
@@ -113,6 +122,19 @@ class DomainGatedHead(nn.Module):
         if len(set(domains)) == 1:
             return self.experts[domains[0]](hidden)
         return torch.cat([self.experts[d](hidden[i : i + 1]) for i, d in enumerate(domains)], dim=0)
+
+    def channel_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Per output channel, the gate renormalized over the experts that know that channel (B, D, C).
+
+        A class added by a joining site is known only to that site's expert; mixing in the others'
+        "absent" logits would drown it. Where no expert with weight > 0 knows a channel, the plain gate
+        is used (the scan resembles none of the domains that annotate it).
+        """
+        knows = self.knows.to(weights.dtype)  # (D, C)
+        per = weights.unsqueeze(-1) * knows.unsqueeze(0)
+        total = per.sum(1, keepdim=True)
+        return torch.where(total > 0, per / total.clamp_min(torch.finfo(weights.dtype).tiny),
+                           weights.unsqueeze(-1).expand_as(per))
 
     def _domain_list(self, domain, batch: int) -> list[int]:
         if isinstance(domain, torch.Tensor):
@@ -134,6 +156,7 @@ class DomainGatedHead(nn.Module):
         new.conv.weight.copy_(torch.stack([e.conv.weight for e in self.experts]).mean(0))
         new.conv.bias.copy_(torch.stack([e.conv.bias for e in self.experts]).mean(0))
         self.experts.append(new)
+        self.knows = torch.cat([self.knows, torch.ones(1, self.out_channels, dtype=torch.bool, device=self.knows.device)])
         return self.num_domains - 1
 
     @torch.no_grad()
@@ -141,6 +164,7 @@ class DomainGatedHead(nn.Module):
         """Add ``n`` output channels to every expert; old channels keep their weights exactly."""
         for expert in self.experts:
             expert.conv = widen_conv(expert.conv, n, bias)
+        self.knows = torch.cat([self.knows, torch.zeros(self.num_domains, n, dtype=torch.bool, device=self.knows.device)], 1)
         self.out_channels += n
 
 

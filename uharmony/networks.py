@@ -172,6 +172,7 @@ def build_model(
     site_local: str = "stats",
     restore: str = "ratio",
     temperature: float = 0.05,
+    expert_regions: Sequence[Sequence[str]] | None = None,
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
@@ -209,7 +210,14 @@ def build_model(
     if norm == "uharmony":
         harmonize(backbone, harmonize_layers, order=order, site_local=site_local, restore=restore)
     if head == "gated":
-        head_module = DomainGatedHead(spatial_dims, feat, out_channels, num_domains, temperature=temperature)
+        knows = None
+        if expert_regions is not None:
+            if len(expert_regions) != num_domains or any(set(r) - set(regions) for r in expert_regions):
+                raise ValueError(f"build_model: expert_regions must list, for each of the {num_domains} domains, "
+                                 f"regions among {regions}; got {expert_regions}")
+            knows = [[r in known for r in regions] for known in expert_regions]
+            spec["expert_regions"] = [list(r) for r in expert_regions]
+        head_module = DomainGatedHead(spatial_dims, feat, out_channels, num_domains, temperature=temperature, knows=knows)
     else:
         head_module = Conv[Conv.CONV, spatial_dims](feat, out_channels, kernel_size=1)
     return UHarmonyNet(stems, backbone, head_module, spec)

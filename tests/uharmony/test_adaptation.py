@@ -91,3 +91,28 @@ def test_extension_refuses_what_it_cannot_do():
         add_classes(model, ["WT"])
     with pytest.raises(ValueError, match="non-negative"):
         extend_model(model, [], [], -1)
+
+
+def test_a_class_only_the_new_domain_knows_survives_the_gated_mix():
+    """Old experts hold "absent" (-10) for a class they never learnt; the gate must not let them drown it."""
+    model = _trained_like()
+    extend_model(model, ["adc"], ["ET", "TC", "WT", "RC"], 3)
+    assert model.spec["expert_regions"] == [["ET", "TC", "WT"]] * 3 + [["ET", "TC", "WT", "RC"]]
+    with torch.no_grad():
+        model.head.experts[3].conv.bias[3] = 10.0  # the new site's expert learnt: cavity present
+        x = torch.randn(2, 5, 16, 16, 16)
+        feats = model.backbone(model.stems(x))
+        pooled = model.head.pooled(feats)
+        model.head.experts[3].prototype.copy_(pooled[0])  # scan 0 looks like the new site
+        model.head.experts[3].count.fill_(1)
+        weights = model.head.gate(feats)
+        assert 0 < float(weights[0, 3]) < 1  # a soft gate: some weight on the old experts too
+        gated = model(x)
+        new_expert = model(x, domain=3)
+        torch.testing.assert_close(gated[0, 3], new_expert[0, 3])  # RC comes from the expert that knows it
+        plain = (weights.view(2, 4, 1, 1, 1, 1) * torch.stack([e(model.head.trunk(feats)) for e in model.head.experts], 1)).sum(1)
+        torch.testing.assert_close(gated[:, :3], plain[:, :3])  # shared regions: the ordinary gated mix
+    rebuilt = model_from_spec(model.spec)
+    assert torch.equal(rebuilt.head.knows, model.head.knows)
+    rebuilt.load_state_dict(model.state_dict())  # the mask is structure (spec), not state
+    assert "knows" not in str(list(model.state_dict()))
