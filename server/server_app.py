@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
 from client.data import federation_root
-from client.records import from_record, nbytes, to_record
+from client.records import from_record, to_record
 from simulation.datasets import SiteData, load_federation
 from uharmony import build_model, model_from_spec
 from uharmony import protocol as P
@@ -160,7 +160,7 @@ def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> d
                           "rejected": rep["rejected"],
                           "update-bytes": {s: m.get(P.UPDATE_BYTES) for s, m in rep["sites"].items()},
                           "skipped-cases": {s: m.get(P.SKIPPED) for s, m in rep["sites"].items()}}
-        full_bytes = nbytes(to_numpy(srv["model"].state_dict(), srv["model"].state_dict().keys()))
+        full_bytes = sum(v.numel() * v.element_size() for v in srv["model"].state_dict().values())
         runlog.write({"round": rnd, "event": "train", "strategy": cfg.strategy, "full-model-bytes": full_bytes,
                       "seconds": round(time.time() - t0, 2), **train_info})
         line = f"round {rnd}/{cfg.num_server_rounds}: train loss {train_info['train-loss'] if train_info['train-loss'] is None else round(train_info['train-loss'], 4)}"
