@@ -1,1 +1,1 @@
-"""Flower ClientApp (site side): thin glue over uharmony and simulation.datasets."""
+"""The hospital side: Flower ClientApp (thin glue over ``uharmony``), SuperNode launcher, hospital tools."""

@@ -31,9 +31,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from simulation.datasets import DataError
-from simulation.datasets.federation import load_site_folder
-from simulation.datasets.reading import read_case
+from uharmony.data import DataError, load_site_folder, read_case
 
 REQUIRED = ("site-id", "data", "superlink", "ca", "key")
 
@@ -41,9 +39,17 @@ REQUIRED = ("site-id", "data", "superlink", "ca", "key")
 def preflight(data: Path, site_id: str) -> dict:
     """Read every case once: cases found, modalities, label values, problems (file + reason)."""
     site = load_site_folder(data, site_id)
-    report = {"site": site_id, "data": str(data), "declared_modalities": list(site.modalities),
-              "label_protocol": site.label_map, "regions": list(site.region_names), "cases": len(site.cases), "usable": 0, "label_values": [],
-              "problems": list(site.skipped)}
+    report = {
+        "site": site_id,
+        "data": str(data),
+        "declared_modalities": list(site.modalities),
+        "label_protocol": site.label_map,
+        "regions": list(site.region_names),
+        "cases": len(site.cases),
+        "usable": 0,
+        "label_values": [],
+        "problems": list(site.skipped),
+    }
     values: set[int] = set()
     for case in site.cases:
         try:
@@ -77,12 +83,25 @@ def supernode_command(cfg: dict) -> list[str]:
     if exe is None:
         raise ValueError("flower-supernode not found on PATH (activate the project's .venv)")
     state = cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))
-    node_config = (f"data-path='{Path(cfg['data']).resolve()}' site-id='{cfg['site-id']}' "
-                   f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{Path(state).resolve()}'")
-    return [exe, "--superlink", cfg["superlink"], "--root-certificates", str(cfg["ca"]),
-            "--auth-supernode-private-key", str(cfg["key"]), "--node-config", node_config,
-            "--port", str(int(cfg.get("port", 9094))), "--max-retries", str(int(cfg.get("max-retries", 10)))] + (
-                ["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
+    node_config = (
+        f"data-path='{Path(cfg['data']).resolve()}' site-id='{cfg['site-id']}' "
+        f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{Path(state).resolve()}'"
+    )
+    return [
+        exe,
+        "--superlink",
+        cfg["superlink"],
+        "--root-certificates",
+        str(cfg["ca"]),
+        "--auth-supernode-private-key",
+        str(cfg["key"]),
+        "--node-config",
+        node_config,
+        "--port",
+        str(int(cfg.get("port", 9094))),
+        "--max-retries",
+        str(int(cfg.get("max-retries", 10))),
+    ] + (["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
 
 
 def main(argv=None) -> int:

@@ -25,15 +25,13 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 from tqdm import tqdm
 
-from server.checkpoint import CheckpointError, load_checkpoint
-from simulation.datasets.federation import BRATS23_SUFFIX, MODALITIES, Case, DataError
-from simulation.datasets.pipeline import preprocess_transform
-from simulation.datasets.reading import read_case
-from uharmony import UHarmonyNorm, model_from_spec
+from uharmony import LOCAL, UHarmonyNorm, model_from_spec
+from uharmony.checkpoint import CheckpointError, load_checkpoint
+from uharmony.data import MODALITIES, Case, DataError, preprocess_transform, read_case
+from uharmony.data.cases import BRATS23_SUFFIX
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
 from uharmony.inference import RC_LABEL, calibrate, label_volumes, regions_to_brats, segment
-
-from .site_state import load_local_state, save_local_state
+from uharmony.site_state import load_local_state, save_local_state
 
 
 def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
@@ -46,24 +44,51 @@ def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
             if (folder / name).exists():
                 images[m] = str(folder / name)
     if not images:
-        raise DataError(folder, f"no modality file named <case>_{{{','.join(modalities)}}}.nii.gz (or BraTS 2023 names) "
-                                "for the model's modalities")
+        raise DataError(
+            folder,
+            f"no modality file named <case>_{{{','.join(modalities)}}}.nii.gz (or BraTS 2023 names) "
+            "for the model's modalities",
+        )
     return Case(folder.name, images, None, "brats2021", tuple(images))
 
 
 def load_model(path: Path, state_dir: Path | None):
+    """(model, roles, spacing, patch size, site entries loaded?) of a federated model file.
+
+    The roles follow the strategy the model was trained with (recorded in the file): the site-local
+    entries (U-Harmony's statistics, FedBN's normalization layers, a local-only model) come from
+    ``state_dir``; without one they keep their initial values (U-Harmony then calibrates on each scan).
+    """
     try:
         blob = load_checkpoint(path.parent, path.name)
     except CheckpointError as exc:
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])
-    roles = ModelRoles(model, "uharmony")
+    strategy = str(blob["extra"].get("strategy", "uharmony"))
+    try:
+        roles = ModelRoles(model, strategy)
+    except ValueError as exc:
+        raise DataError(path, f"trained with an unknown strategy ({exc})") from None
     on_disk = load_local_state(state_dir) if state_dir else None
     saved = on_disk[0] if on_disk else None
+    if saved is None and not roles.global_keys():
+        raise DataError(path, f"a {strategy!r} model lives entirely at its site: give that site's --state-dir")
+    if saved is None and roles.keys(LOCAL) and not any(isinstance(m, UHarmonyNorm) for m in model.modules()):
+        print(
+            f"uharmony-segment: warning: {path} keeps {len(roles.keys(LOCAL))} entries at each site "
+            f"({strategy}); without --state-dir they keep their initial values",
+            file=sys.stderr,
+        )
     load_global_and_local(model, roles, blob["state"], saved)
     cfg_path = path.parent / "config.json"
     run_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    return model.eval(), roles, float(run_cfg.get("spacing", 3.0)), int(run_cfg.get("patch-size", 32)), saved is not None
+    return (
+        model.eval(),
+        roles,
+        float(run_cfg.get("spacing", 3.0)),
+        int(run_cfg.get("patch-size", 32)),
+        saved is not None,
+    )
 
 
 def _cases(inp: Path) -> list[Path]:
@@ -89,7 +114,9 @@ def main_calibrate(argv=None) -> int:
             except DataError as exc:
                 skipped.append(str(exc))
         updates = calibrate(model, items, roi)
-        save_local_state(a.state_dir, local_state_of(model, roles), {"calibrated_on": len(items), "model": str(a.model)})
+        save_local_state(
+            a.state_dir, local_state_of(model, roles), {"calibrated_on": len(items), "model": str(a.model)}
+        )
     except (DataError, ValueError) as exc:
         print(f"uharmony-calibrate: error: {exc}", file=sys.stderr)
         return 2
@@ -97,8 +124,9 @@ def main_calibrate(argv=None) -> int:
     return 0
 
 
-def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path, out: Path,
-                 png: Path | None = None) -> dict:
+def segment_case(
+    model, spacing: float, roi: int, calibrated: bool, folder: Path, out: Path, png: Path | None = None
+) -> dict:
     """Segment one case folder; writes ``out`` (and ``png``); returns its report (with its seconds)."""
     t0 = time.perf_counter()
     case = case_from_folder(folder, model.modalities)
@@ -112,7 +140,9 @@ def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path
     pred = MetaTensor(prob)
     pred.copy_meta_from(item["image"])
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
-    labels = regions_to_brats(torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"]), model.regions).numpy()
+    labels = regions_to_brats(
+        torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"]), model.regions
+    ).numpy()
     if labels.shape != ref.shape[:3]:
         raise DataError(folder, f"output shape {labels.shape} differs from the input's {ref.shape}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +150,14 @@ def segment_case(model, spacing: float, roi: int, calibrated: bool, folder: Path
     voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
     if png is not None:
         _overlay(np.asarray(ref.dataobj), labels, png)
-    return {"case": folder.name, "out": str(out), "modalities": list(case.images),
-            "volumes_ml": label_volumes(labels, voxel_ml, model.regions),
-            "site_statistics": "state-dir" if calibrated else "this scan", "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "case": folder.name,
+        "out": str(out),
+        "modalities": list(case.images),
+        "volumes_ml": label_volumes(labels, voxel_ml, model.regions),
+        "site_statistics": "state-dir" if calibrated else "this scan",
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
@@ -147,8 +182,12 @@ def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
 def main_segment(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-segment", description="Segment cases with the federated model")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--input", type=Path, required=True,
-                   help="a case folder (BraTS naming, any modality subset) or a folder of case folders (batch)")
+    p.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="a case folder (BraTS naming, any modality subset) or a folder of case folders (batch)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output .nii.gz (one case) or folder (batch)")
     p.add_argument("--state-dir", type=Path, default=None, help="site statistics from uharmony-calibrate")
     p.add_argument("--png", action="store_true", help="also write a PNG overlay next to each output")
@@ -167,8 +206,17 @@ def main_segment(argv=None) -> int:
     for folder in tqdm(folders, desc="segmenting", unit="case", disable=not batch):
         out = a.out / f"{folder.name}_seg.nii.gz" if batch else a.out
         try:
-            reports.append(segment_case(model, spacing, roi, calibrated, folder, out,
-                                        out.with_name(out.name.replace(".nii.gz", ".png")) if a.png else None))
+            reports.append(
+                segment_case(
+                    model,
+                    spacing,
+                    roi,
+                    calibrated,
+                    folder,
+                    out,
+                    out.with_name(out.name.replace(".nii.gz", ".png")) if a.png else None,
+                )
+            )
         except (DataError, ValueError) as exc:
             skipped.append(str(exc))
             print(f"uharmony-segment: skipping {folder}: {exc}", file=sys.stderr)
@@ -178,8 +226,16 @@ def main_segment(argv=None) -> int:
             for r in reports:
                 f.write(json.dumps(r) + "\n")
         per_case = round(sum(r["seconds"] for r in reports) / len(reports), 2) if reports else None
-        print(json.dumps({"cases": len(reports), "skipped": skipped, "seconds_per_case": per_case,
-                          "volumes": str(a.out / "volumes.jsonl")}))
+        print(
+            json.dumps(
+                {
+                    "cases": len(reports),
+                    "skipped": skipped,
+                    "seconds_per_case": per_case,
+                    "volumes": str(a.out / "volumes.jsonl"),
+                }
+            )
+        )
     elif reports:
         print(json.dumps(reports[0]))
     return 0 if reports else 2

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from uharmony import protocol as P
 from uharmony.config import RunConfig
-
-from .data import resolve_site
+from uharmony.data import resolve_site
 
 
 def site_profile(node_config: dict, cfg: RunConfig, server_round: int) -> dict:
@@ -19,9 +18,15 @@ def site_profile(node_config: dict, cfg: RunConfig, server_round: int) -> dict:
     In simulation (``partition-id``), ``join-schedule`` makes a site's SuperNode answer "not ready"
     before its join round, as if it had not been started yet; a hospital's SuperNode is always ready.
     """
-    site, _ = resolve_site(node_config, cfg)
+    site = resolve_site(node_config, cfg)[0]
     ready = True
     if "partition-id" in node_config:
         ready = server_round >= cfg.join_rounds().get(site.name, 1)
-    return {P.SITE_ID: site.name, P.DOMAIN_ID: int(site.domain), P.MODALITIES: ",".join(site.modalities),
-            P.REGIONS: ",".join(site.region_names), P.TRAIN_CASES: len(site.train), P.READY: ready}
+    return {
+        P.SITE_ID: site.name,
+        P.DOMAIN_ID: int(site.domain),
+        P.MODALITIES: ",".join(site.modalities),
+        P.REGIONS: ",".join(site.region_names),
+        P.TRAIN_CASES: len(site.train),
+        P.READY: ready,
+    }

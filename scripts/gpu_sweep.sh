@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The ablation sweep of docs/method.md: eight federated runs of the bare loop side by side (GPU) plus the
-# training-step benchmark. Usage: bash scripts/gpu_sweep.sh OUTDIR   (needs the project installed)
+# The ablation sweep of docs/method.md: eight federated runs (in-process transport) side by side on a GPU,
+# plus the training-step benchmark. Usage: bash scripts/gpu_sweep.sh OUTDIR   (needs the project installed)
 set -euo pipefail
 out=${1:-runs/gpu_sweep}
 mkdir -p "$out"
-run() { n=$1; shift; python -W ignore -m simulation.bare_loop --rounds 20 --run-dir "$out/$n" --set eval-every=2 "$@" > "$out/$n.log" 2>&1; }
+run() { n=$1; shift; uharmony-sim --rounds 20 --run-dir "$out/$n" --set eval-every=2 device=cuda "$@" > "$out/$n.log" 2>&1; }
 run uh_ratio_K2 poly-order=2 &
 run uh_ratio_K1 poly-order=1 &
 run uh_ratio_K2_localcoef poly-order=2 site-local=stats+coefficients &

@@ -10,6 +10,13 @@ export FLWR_HOME="$PWD/.flwr" PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg
 # environment per run, pulling the CUDA build of torch (GBs) on a CPU machine.
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 port=${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}
+# the run config given with -c / --run-config (the same string goes to flwr run)
+rc=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in -c|--run-config) rc="${args[i+1]:-}" ;; esac
+done
+python -m simulation.main_job prepare -c "$rc"
 # Flower >= 1.41 keeps connections in $FLWR_HOME/config.toml: a managed local SuperLink running the
 # simulation engine with one SuperNode per site of the embedded federation.
 mkdir -p "$FLWR_HOME"
@@ -37,23 +44,4 @@ fi
 trap 'pids=$(ours); [ -n "$pids" ] && kill $pids 2>/dev/null || true' EXIT
 started=$(date -u +%s)
 flwr run . --stream "$@"
-python - "$started" <<'PY'
-import json, subprocess, sys
-from pathlib import Path
-out = subprocess.run(["flwr", "ls", "--format", "json"], capture_output=True, text=True, check=True).stdout
-runs = json.loads(out)["runs"]
-if not runs:
-    sys.exit("error: flwr ls shows no run")
-run = max(runs, key=lambda r: r["pending-at"])
-print(f"run {run['run-id']}: status {run['status']} after {run['elapsed']:.0f} s")
-if run["status"] != "finished:completed":
-    sys.exit(f"error: the run did not complete ({run['status']}: {run['status-details']})")
-fresh = [p for p in Path(".").glob("runs/**/metrics.jsonl") if p.stat().st_mtime >= float(sys.argv[1])]
-done = [json.loads(x) for p in fresh for x in p.read_text().splitlines() if '"done"' in x]
-done = [d for d in done if d["time"] >= float(sys.argv[1])]
-if not done:
-    sys.exit("error: no metrics.jsonl under runs/ has a completion record from this run")
-run_dir = max(fresh, key=lambda p: p.stat().st_mtime).parent
-print(f"results: {run_dir}/metrics.jsonl, {run_dir}/dice_per_round.png, {run_dir}/final_model.pt")
-print("final mean Dice over sites and annotated regions:", json.dumps(done[-1]["final-mean-dice"]))
-PY
+python -m simulation.main_job check -c "$rc" --since "$started"

@@ -1,1 +1,1 @@
-"""Flower ServerApp (coordinator side): role-aware aggregation, checkpoints, run logs."""
+"""The coordinator side: Flower ServerApp over one round engine, role-aware aggregation, PKI, SuperLink."""

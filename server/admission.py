@@ -36,7 +36,9 @@ def _names(value, key: str, pattern: re.Pattern, limit: int) -> list[str]:
     names = [n.strip() for n in str(value).split(",") if n.strip()] if value is not None else []
     bad = [n for n in names if not pattern.fullmatch(n)]
     if not names or bad or len(set(names)) != len(names) or len(names) > limit:
-        raise BadProfile(f"profile {key!r} must list 1-{limit} distinct names matching {pattern.pattern}, got {value!r}")
+        raise BadProfile(
+            f"profile {key!r} must list 1-{limit} distinct names matching {pattern.pattern}, got {value!r}"
+        )
     return names
 
 
@@ -51,9 +53,14 @@ def parse_profile(record: dict) -> dict:
     cases = record.get(P.TRAIN_CASES)
     if isinstance(cases, bool) or not isinstance(cases, int) or cases < 0:
         raise BadProfile(f"profile {P.TRAIN_CASES!r} must be a non-negative int, got {cases!r}")
-    return {"site": site, "domain": domain, "train_cases": cases, "ready": bool(record.get(P.READY, True)),
-            "modalities": _names(record.get(P.MODALITIES), P.MODALITIES, _MODALITY, MAX_MODALITIES),
-            "regions": _names(record.get(P.REGIONS), P.REGIONS, _REGION, MAX_REGIONS)}
+    return {
+        "site": site,
+        "domain": domain,
+        "train_cases": cases,
+        "ready": bool(record.get(P.READY, True)),
+        "modalities": _names(record.get(P.MODALITIES), P.MODALITIES, _MODALITY, MAX_MODALITIES),
+        "regions": _names(record.get(P.REGIONS), P.REGIONS, _REGION, MAX_REGIONS),
+    }
 
 
 class Admission:
@@ -68,14 +75,22 @@ class Admission:
         online = set(grid.get_node_ids())
         return [n for n in self.members if n in online]
 
-    def wait_for_nodes(self, grid: Grid, minimum: int, timeout: float) -> None:
-        """Before the first admission: wait (like Flower's node sampling) for ``minimum`` connected nodes."""
-        deadline, last = time.time() + timeout, 0.0
-        while len(list(grid.get_node_ids())) < minimum and time.time() < deadline:
-            if time.time() - last > 30:
-                log.info("waiting for SuperNodes: %d connected, %d needed", len(list(grid.get_node_ids())), minimum)
-                last = time.time()
-            time.sleep(1)
+    def wait_for_nodes(self, grid: Grid, minimum: int, timeout: float, settle: float = 0.5) -> None:
+        """Before the first admission: wait (like Flower's node sampling) for ``minimum`` connected nodes, then
+        until no node has connected for ``settle`` seconds (a simulation registers its nodes after the
+        ServerApp has started; a round admitted from half of them would grow the model later)."""
+        deadline, last_log = time.time() + timeout, 0.0
+        count, stable_since = -1, time.time()
+        while time.time() < deadline:
+            now_count = len(list(grid.get_node_ids()))
+            if now_count != count:
+                count, stable_since = now_count, time.time()
+            if count >= minimum and time.time() - stable_since >= settle:
+                return
+            if count < minimum and time.time() - last_log > 30:
+                log.info("waiting for SuperNodes: %d connected, %d needed", count, minimum)
+                last_log = time.time()
+            time.sleep(0.05)
 
     def candidates(self, grid: Grid, server_round: int, timeout: float) -> tuple[list[tuple[int, dict]], list[dict]]:
         """Ask every new node for its profile. Returns (ready profiles sorted by domain and site, events)
@@ -84,8 +99,9 @@ class Admission:
         if not new:
             return [], []
         content = RecordDict({P.CONFIG: ConfigRecord({P.SERVER_ROUND: server_round})})
-        replies = grid.send_and_receive([Message(content=content, message_type=QUERY, dst_node_id=n) for n in new],
-                                        timeout=timeout)
+        replies = grid.send_and_receive(
+            [Message(content=content, message_type=QUERY, dst_node_id=n) for n in new], timeout=timeout
+        )
         ready, events = [], []
         for msg in replies:
             node = msg.metadata.src_node_id

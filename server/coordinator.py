@@ -39,8 +39,10 @@ def write_connection(state: Path, port: int, ca: Path) -> Path:
     home = state / "flwr"
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "config.toml"
-    cfg.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                   f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca.resolve()}"\n')
+    cfg.write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca.resolve()}"\n'
+    )
     return cfg
 
 
@@ -51,10 +53,24 @@ def superlink_command(pki: Path, state: Path, host: str, port: int) -> list[str]
     exe = shutil.which("flower-superlink")
     if exe is None:
         raise FileNotFoundError("flower-superlink not found on PATH (activate the project's .venv)")
-    return [exe, "--ssl-ca-certfile", str(pki / "ca.crt"), "--ssl-certfile", str(pki / "superlink.crt"),
-            "--ssl-keyfile", str(pki / "superlink.key"), "--enable-supernode-auth",
-            "--database", str(state / "superlink.db"), "--host", host, "--port", str(port),
-            "--log-file", str(state / "superlink.log")]
+    return [
+        exe,
+        "--ssl-ca-certfile",
+        str(pki / "ca.crt"),
+        "--ssl-certfile",
+        str(pki / "superlink.crt"),
+        "--ssl-keyfile",
+        str(pki / "superlink.key"),
+        "--enable-supernode-auth",
+        "--database",
+        str(state / "superlink.db"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-file",
+        str(state / "superlink.log"),
+    ]
 
 
 def register(pki: Path, state: Path) -> dict[str, str]:
@@ -64,8 +80,12 @@ def register(pki: Path, state: Path) -> dict[str, str]:
     if not keys:
         raise FileNotFoundError(f"{pki / 'sites'}: no site keys; create them with `uharmony-pki site-key`")
     for site, pub in keys.items():
-        res = subprocess.run(["flwr", "supernode", "register", str(pub), CONNECTION, "--name", site],
-                             env=flwr_env(state), capture_output=True, text=True)
+        res = subprocess.run(
+            ["flwr", "supernode", "register", str(pub), CONNECTION, "--name", site],
+            env=flwr_env(state),
+            capture_output=True,
+            text=True,
+        )
         text = (res.stdout + res.stderr).strip()
         if res.returncode == 0:
             out[site] = "registered"
@@ -88,8 +108,9 @@ def submit_and_wait(app: Path, state: Path, run_config: str = "", timeout: float
         raise RuntimeError(f"flwr run failed: {res.stdout}{res.stderr}") from None
     deadline = time.time() + timeout
     while time.time() < deadline:
-        ls = subprocess.run(["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"], env=env,
-                            capture_output=True, text=True)
+        ls = subprocess.run(
+            ["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"], env=env, capture_output=True, text=True
+        )
         try:
             runs = json.loads(ls.stdout).get("runs", [])
         except json.JSONDecodeError:

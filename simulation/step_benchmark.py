@@ -23,7 +23,9 @@ from uharmony import build_model, role_counts
 ARCH_SIZES = {"dynunet": 64, "swinunetr": 64}
 
 
-def step_times(arch: str, norm: str, size: int, repeats: int, device: str, seed: int = 0, order: int = 2) -> list[float]:
+def step_times(
+    arch: str, norm: str, size: int, repeats: int, device: str, seed: int = 0, order: int = 2
+) -> list[float]:
     torch.manual_seed(seed)
     extra = {"order": order} if norm == "uharmony" else {}
     model = build_model(arch, 4, 3, 3, norm, **extra).to(device)
@@ -56,8 +58,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", type=Path, default=Path("runs/step_benchmark"))
     a = p.parse_args(argv)
     if a.size % 32 or a.size < 64:
-        p.error("--size must be a multiple of 32 and >= 64 (SwinUNETR downsamples 5 times; InstanceNorm "
-                "cannot train on its 1-voxel bottleneck at 32)")
+        p.error(
+            "--size must be a multiple of 32 and >= 64 (SwinUNETR downsamples 5 times; InstanceNorm "
+            "cannot train on its 1-voxel bottleneck at 32)"
+        )
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
     machine = f"{platform.machine()} {torch.get_num_threads()} threads, device={a.device}"
@@ -68,8 +72,18 @@ def main(argv=None) -> list[dict]:
             t = step_times(arch, norm, a.size, a.repeats, a.device, order=a.order)
             med[norm] = statistics.median(t)
             counts = role_counts(build_model(arch, 4, 3, 3, norm))
-            rows.append(dict(arch=arch, norm=norm, order=a.order if norm == "uharmony" else None, size=a.size, step_s_median=med[norm], step_s=t,
-                             roles=counts, machine=machine))
+            rows.append(
+                dict(
+                    arch=arch,
+                    norm=norm,
+                    order=a.order if norm == "uharmony" else None,
+                    size=a.size,
+                    step_s_median=med[norm],
+                    step_s=t,
+                    roles=counts,
+                    machine=machine,
+                )
+            )
             print(f"{arch:10s} {norm:9s} median step {med[norm]:.3f}s  roles {counts}", flush=True)
         ratio = med["uharmony"] / med["instance"]
         rows.append(dict(arch=arch, order=a.order, ratio_uharmony_over_instance=ratio, size=a.size, machine=machine))

@@ -1,3 +1,5 @@
+"""Shared fixtures: tiny volumes, one generated federation and one trained tiny model per test run."""
+
 import os
 import warnings
 from pathlib import Path
@@ -9,6 +11,13 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module="monai")
+
+# Tiny-federation run settings (about a second per round on 2 cores)
+TINY = dict(synth_spacing=6.0, spacing=6.0, patch_size=16, filters="8,16,32", local_steps=2, batch_size=1)
+
+
+def tiny_overrides(root, run_dir, **extra) -> dict:
+    return {**TINY, "data_root": str(root), "run_dir": str(run_dir), **extra}
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -26,9 +35,22 @@ def tiny_label(shape=(16, 16, 16), values=(1, 2, 4)) -> np.ndarray:
     return lab
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Generated federations and preprocessed scans go to a folder of this test run, not ~/.cache."""
+    path = tmp_path_factory.mktemp("uharmony-cache")
+    old = os.environ.get("UHARMONY_CACHE")
+    os.environ["UHARMONY_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("UHARMONY_CACHE", None)
+    else:
+        os.environ["UHARMONY_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_federation(tmp_path_factory) -> Path:
-    """3 sites x 3 cases of the synthetic federation at a coarse 6 mm spacing (seconds)."""
+    """4 sites x 3 cases of the synthetic federation at a coarse 6 mm spacing (seconds)."""
     from simulation.synth import generate_federation
 
     root = tmp_path_factory.mktemp("synth") / "fed"
@@ -45,4 +67,37 @@ def tiny_join_federation(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth-join") / "fed"
     profiles = [make_site_profile(0, i) for i in range(3)] + [make_join_profile(0, 3)]
     generate_federation(root, sites=4, cases_per_site=3, seed=0, spacing=6.0, progress=False, profiles=profiles)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_federation, tmp_path_factory) -> Path:
+    """A 2-round U-Harmony run on the tiny federation (in-process transport); tests read, never write, it."""
+    from simulation.runner import run
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run(tiny_overrides(tiny_federation, run_dir, num_server_rounds=2))
+    return run_dir
+
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def brain(seed, shape=(16, 16, 16)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape, np.float32)
+    img[2:14, 2:14, 2:14] = rng.uniform(100, 200, (12, 12, 12))
+    return img
+
+
+def make_brats2021(root: Path, subjects_by_partition: dict, partition_csv: str = "partitioning_1.csv") -> Path:
+    """A tiny BraTS 2021 tree (4 modalities + seg per subject) with a FeTS partition CSV."""
+    rows = ["Partition_ID,Subject_ID"]
+    for pid, subjects in subjects_by_partition.items():
+        for s in subjects:
+            for i, m in enumerate(("t1", "t1ce", "t2", "flair")):
+                write_nifti(root / s / f"{s}_{m}.nii.gz", brain(i), AFFINE)
+            write_nifti(root / s / f"{s}_seg.nii.gz", tiny_label(values=(1, 2, 4)), AFFINE)
+            rows.append(f"{pid},{s}")
+    (root / partition_csv).write_text("\n".join(rows) + "\n")
     return root

@@ -88,8 +88,9 @@ def add_domain(model: UHarmonyNet) -> int:
     return d
 
 
-def extend_model(model: UHarmonyNet, modalities: Sequence[str] = (), regions: Sequence[str] = (),
-                 domain: int | None = None) -> dict[str, list]:
+def extend_model(
+    model: UHarmonyNet, modalities: Sequence[str] = (), regions: Sequence[str] = (), domain: int | None = None
+) -> dict[str, list]:
     """Make ``model`` able to serve a site with these modalities, annotated regions and domain id.
 
     Adds, in this order, the modalities and regions the model lacks (in the site's order) and, for a
@@ -124,7 +125,11 @@ def spec_extends(base: dict, spec: dict) -> bool:
 
     Used on resume: a run whose model grew mid-run continues from its extended checkpoint.
     """
+    import json
+
     from .networks import DEFAULT_REGIONS
+
+    base, spec = json.loads(json.dumps(base)), json.loads(json.dumps(spec))  # as stored: tuples become lists
 
     def regions(s):
         return list(s.get("regions") or (DEFAULT_REGIONS if s["out_channels"] == 3 else []))
@@ -132,5 +137,8 @@ def spec_extends(base: dict, spec: dict) -> bool:
     if {k: v for k, v in base.items() if k not in EXTENDABLE} != {k: v for k, v in spec.items() if k not in EXTENDABLE}:
         return False
     mods_b, mods_s = list(base["modalities"]), list(spec["modalities"])
-    return (mods_s[:len(mods_b)] == mods_b and regions(spec)[:len(regions(base))] == regions(base)
-            and spec["num_domains"] >= base["num_domains"])
+    return (
+        mods_s[: len(mods_b)] == mods_b
+        and regions(spec)[: len(regions(base))] == regions(base)
+        and spec["num_domains"] >= base["num_domains"]
+    )

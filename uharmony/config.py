@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-STRATEGIES = ("uharmony", "fedavg", "fedprox", "fedbn", "local", "centralized")
+from .checks import one_of
+from .strategies import STRATEGIES, Strategy, get_strategy
 
 
 @dataclass(frozen=True)
@@ -13,7 +15,7 @@ class RunConfig:
     num_server_rounds: int = 10
     strategy: str = "uharmony"
     arch: str = "dynunet"
-    norm: str = "auto"  # auto: uharmony for strategy uharmony, else instance
+    norm: str = "auto"  # auto: the strategy's (uharmony.strategies)
     poly_order: int = 1  # K=1 by our ablation: same Dice as K=2, step time within 1.10x of InstanceNorm
     site_local: str = "stats"
     restore: str = "ratio"  # ratio | affine | none: how site statistics re-enter (docs/method.md)
@@ -27,19 +29,18 @@ class RunConfig:
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
     eval_every: int = 1
-    data_root: str = ""
-    data_kind: str = "synthetic"
-    partition: str = ""
+    data_root: str = ""  # a federation manifest's folder; empty: the embedded synthetic federation
     synth_sites: int = 4
     synth_cases_per_site: int = 8
     synth_spacing: float = 3.0
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
     spacing: float = 3.0
     seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
     run_dir: str = "runs/latest"
     resume: bool = False
     min_sites: int = 1
-    num_domains: int = 0  # 0: one per site of the simulated federation
+    num_domains: int = 0  # 0: one per domain among the sites admitted in the first round
     round_timeout: float = 3600.0
     update_norm_factor: float = 10.0
     dp_noise_multiplier: float = 0.0  # > 0: Flower's server-side fixed-clipping DP wrapper
@@ -49,52 +50,39 @@ class RunConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_flwr(cls, run_config: dict) -> "RunConfig":
+    def from_flwr(cls, run_config: dict) -> RunConfig:
         """Parse Flower's run config; unknown keys or wrong types raise ValueError naming the key."""
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
         values = {}
         for key, raw in dict(run_config).items():
             name = key.replace("-", "_")
             if name not in fields:
-                raise ValueError(f"run config: unknown key {key!r} (known: {sorted(k.replace('_', '-') for k in fields)})")
-            default = fields[name].default
-            try:
-                if isinstance(default, bool):
-                    value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-                elif isinstance(default, tuple):
-                    value = tuple(int(v) for v in str(raw).split(",") if v.strip()) if isinstance(raw, str) else tuple(raw)
-                elif isinstance(default, int):
-                    if isinstance(raw, float) and not raw.is_integer():
-                        raise ValueError
-                    value = int(raw)
-                elif isinstance(default, float):
-                    value = float(raw)
-                else:
-                    value = str(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"run config: {key!r} must be {type(default).__name__}, got {raw!r}") from None
-            values[name] = value
+                raise ValueError(
+                    f"run config: unknown key {key!r} (known: {sorted(k.replace('_', '-') for k in fields)})"
+                )
+            values[name] = _convert(key, raw, fields[name].default)
         cfg = cls(**values)
         cfg.check()
         return cfg
 
     def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"run config: 'strategy' must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.norm not in ("auto", "uharmony", "instance", "batch"):
-            raise ValueError(f"run config: 'norm' must be auto|uharmony|instance|batch, got {self.norm!r}")
+        one_of("run config: 'strategy'", self.strategy, STRATEGIES)
+        one_of("run config: 'norm'", self.norm, ("auto", "uharmony", "instance", "batch"))
+        one_of("run config: 'optimizer'", self.optimizer, ("adam", "sgd"))
+        one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
         for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run config: {key.replace('_', '-')!r} must be >= 1")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"run config: 'optimizer' must be adam or sgd, got {self.optimizer!r}")
         if self.neg_ratio < 0:
             raise ValueError("run config: 'neg-ratio' must be >= 0")
         if self.dp_noise_multiplier < 0 or self.dp_clipping_norm <= 0:
             raise ValueError("run config: 'dp-noise-multiplier' must be >= 0 and 'dp-clipping-norm' > 0")
-        if self.dp_noise_multiplier > 0 and self.strategy in ("uharmony", "local", "centralized"):
-            raise ValueError(f"run config: differential privacy works with fedavg, fedprox and fedbn, not "
-                             f"{self.strategy!r} (Flower's DP wrapper needs identical update keys from every site)")
+        if self.dp_noise_multiplier > 0 and not self.strategy_spec.dp:
+            dp = sorted(n for n, s in STRATEGIES.items() if s.dp)
+            raise ValueError(
+                f"run config: differential privacy works with {', '.join(dp)}, not {self.strategy!r} "
+                "(Flower's DP wrapper needs identical update keys from every site)"
+            )
         if self.patch_size % 8:
             raise ValueError("run config: 'patch-size' must be a multiple of 8")
         if self.synth_join_sites < 0 or self.synth_join_sites >= self.synth_sites:
@@ -112,25 +100,89 @@ class RunConfig:
         return out
 
     @property
+    def strategy_spec(self) -> Strategy:
+        return get_strategy(self.strategy)
+
+    @property
     def model_norm(self) -> str:
-        if self.norm != "auto":
-            return self.norm
-        return "uharmony" if self.strategy == "uharmony" else "instance"
+        return self.strategy_spec.norm if self.norm == "auto" else self.norm
 
     @property
     def head(self) -> str:
-        return "gated" if self.strategy == "uharmony" else "plain"
+        return self.strategy_spec.head
 
     @property
-    def local_norm(self) -> bool:
-        """FedBN: every normalization layer stays at the site."""
-        return self.strategy == "fedbn"
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def model_kwargs(self) -> dict:
         kw = dict(arch=self.arch, in_channels=4, out_channels=3, norm=self.model_norm, head=self.head)
         if self.arch == "dynunet":
             kw["filters"] = self.filters
         if self.model_norm == "uharmony":
-            kw.update(order=self.poly_order, site_local=self.site_local, restore=self.restore,
-                      harmonize_layers=None if self.harmonize_layers < 0 else self.harmonize_layers)
+            kw.update(
+                order=self.poly_order,
+                site_local=self.site_local,
+                restore=self.restore,
+                harmonize_layers=None if self.harmonize_layers < 0 else self.harmonize_layers,
+            )
         return kw
+
+    def build_model(self, num_domains: int = 1):
+        """The run's model, its weights drawn from ``seed`` (the same at the server and every site)."""
+        import torch
+
+        from .networks import build_model
+
+        torch.manual_seed(self.seed)
+        kw = self.model_kwargs()
+        return build_model(
+            kw.pop("arch"), kw.pop("in_channels"), kw.pop("out_channels"), num_domains, kw.pop("norm"), **kw
+        )
+
+    def to_flwr(self) -> dict:
+        """The run config as Flower's kebab-case keys (tuples as comma-separated strings)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            out[f.name.replace("_", "-")] = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        return out
+
+
+def _convert(key: str, raw, default):
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return text in ("1", "true", "yes")
+        if isinstance(default, tuple):
+            return tuple(int(v) for v in str(raw).split(",") if v.strip()) if isinstance(raw, str) else tuple(raw)
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"run config: {key!r} must be {type(default).__name__}, got {raw!r}") from None
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["key=value", ...]`` (a command's ``--set``) -> dict; a malformed item names itself."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set entries are KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

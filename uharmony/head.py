@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-
 # A new output starts at the prior probability 0.01 (as RetinaNet's classification prior): absent at the 0.5
 # threshold, yet within reach of Adam, which moves a parameter by about lr per step (a -10 bias was not
 # learnt in 160 steps at lr 2e-3: measured with uharmony-join).
@@ -80,9 +79,13 @@ class DomainGatedHead(nn.Module):
         self.experts = nn.ModuleList(DomainExpert(spatial_dims, in_channels, out_channels) for _ in range(num_domains))
         # knows[d, c]: expert d was trained on output c (its sites annotate it). Structure, not state: it
         # comes from the model spec, so it is not in the state dict and never aggregated.
-        knows = torch.ones(num_domains, out_channels, dtype=torch.bool) if knows is None else torch.as_tensor(knows).bool()
+        knows = (
+            torch.ones(num_domains, out_channels, dtype=torch.bool) if knows is None else torch.as_tensor(knows).bool()
+        )
         if tuple(knows.shape) != (num_domains, out_channels):
-            raise ValueError(f"DomainGatedHead: knows must be ({num_domains}, {out_channels}), got {tuple(knows.shape)}")
+            raise ValueError(
+                f"DomainGatedHead: knows must be ({num_domains}, {out_channels}), got {tuple(knows.shape)}"
+            )
         self.register_buffer("knows", knows, persistent=False)
 
     @property
@@ -140,8 +143,9 @@ class DomainGatedHead(nn.Module):
         knows = self.knows.to(weights.dtype)  # (D, C)
         per = weights.unsqueeze(-1) * knows.unsqueeze(0)
         total = per.sum(1, keepdim=True)
-        return torch.where(total > 0, per / total.clamp_min(torch.finfo(weights.dtype).tiny),
-                           weights.unsqueeze(-1).expand_as(per))
+        return torch.where(
+            total > 0, per / total.clamp_min(torch.finfo(weights.dtype).tiny), weights.unsqueeze(-1).expand_as(per)
+        )
 
     def _domain_list(self, domain, batch: int) -> list[int]:
         if isinstance(domain, torch.Tensor):
@@ -163,7 +167,9 @@ class DomainGatedHead(nn.Module):
         new.conv.weight.copy_(torch.stack([e.conv.weight for e in self.experts]).mean(0))
         new.conv.bias.copy_(torch.stack([e.conv.bias for e in self.experts]).mean(0))
         self.experts.append(new)
-        self.knows = torch.cat([self.knows, torch.ones(1, self.out_channels, dtype=torch.bool, device=self.knows.device)])
+        self.knows = torch.cat(
+            [self.knows, torch.ones(1, self.out_channels, dtype=torch.bool, device=self.knows.device)]
+        )
         return self.num_domains - 1
 
     @torch.no_grad()
@@ -171,7 +177,9 @@ class DomainGatedHead(nn.Module):
         """Add ``n`` output channels to every expert; old channels keep their weights exactly."""
         for expert in self.experts:
             expert.conv = widen_conv(expert.conv, n, bias)
-        self.knows = torch.cat([self.knows, torch.zeros(self.num_domains, n, dtype=torch.bool, device=self.knows.device)], 1)
+        self.knows = torch.cat(
+            [self.knows, torch.zeros(self.num_domains, n, dtype=torch.bool, device=self.knows.device)], 1
+        )
         self.out_channels += n
 
 

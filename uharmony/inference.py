@@ -7,18 +7,27 @@ when a domain id is given, and here none is). Weights are untouched.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from monai.inferers import SlidingWindowSplitter
 
+from .networks import DEFAULT_REGIONS
 from .norm import UHarmonyNorm
 from .training import predict
 
 
 @torch.no_grad()
-def calibrate(model: torch.nn.Module, images: list[tuple[torch.Tensor, torch.Tensor]], roi: int,
-              passes: int = 2, device: str = "cpu") -> int:
+def calibrate(
+    model: torch.nn.Module,
+    images: list[tuple[torch.Tensor, torch.Tensor]],
+    roi: int,
+    passes: int = 2,
+    device: str = "cpu",
+) -> int:
     """Estimate the site statistics from ``(image (C, ...), present (C,))`` pairs; returns the updates made.
 
-    Each pass visits every scan with non-overlapping ``roi``-sized windows, as training would.
+    Each pass visits every scan with non-overlapping ``roi``-sized windows (zero-padded at the far
+    edges; all-zero windows skipped), as training would.
     """
     norms = [m for m in model.modules() if isinstance(m, UHarmonyNorm)]
     if not norms:
@@ -32,18 +41,12 @@ def calibrate(model: torch.nn.Module, images: list[tuple[torch.Tensor, torch.Ten
     model.to(device)
     was_training = model.training
     model.train()
+    windows = SlidingWindowSplitter(roi, overlap=0, filter_fn=lambda patch, location: bool(patch.any()))
     for _ in range(passes):
         for image, present in images:
-            x = torch.as_tensor(image).to(device)
-            pad = [(-s) % roi for s in x.shape[1:]]
-            x = torch.nn.functional.pad(x, [p for d in reversed(pad) for p in (0, d)])
             pres = torch.as_tensor(present).view(1, -1).to(device)
-            for i in range(0, x.shape[1], roi):
-                for j in range(0, x.shape[2], roi):
-                    for k in range(0, x.shape[3], roi):
-                        patch = x[:, i:i + roi, j:j + roi, k:k + roi].unsqueeze(0)
-                        if bool(patch.any()):
-                            model(patch, domain=None, present=pres)
+            for patch, _ in windows(torch.as_tensor(image).unsqueeze(0).to(device)):
+                model(patch, domain=None, present=pres)
     model.train(was_training)
     return int(norms[0].num_updates)
 
@@ -51,17 +54,17 @@ def calibrate(model: torch.nn.Module, images: list[tuple[torch.Tensor, torch.Ten
 RC_LABEL = 3  # resection cavity in our output maps (BraTS 2021 labels leave 3 unused)
 
 
-def regions_to_brats(regions: torch.Tensor, names=("ET", "TC", "WT")) -> torch.Tensor:
+def regions_to_brats(regions: torch.Tensor, names=DEFAULT_REGIONS) -> torch.Tensor:
     """(R, ...) region probabilities -> labels: 1 necrotic core, 2 oedema, 4 enhancing (BraTS 2021), and
     3 resection cavity when the model has an ``RC`` output (a class added by a joining site).
 
     ET within TC within WT is enforced; tumour labels take precedence over the cavity.
     """
     names = list(names)
-    if len(names) != regions.shape[0] or not {"ET", "TC", "WT"} <= set(names):
+    if len(names) != regions.shape[0] or not set(DEFAULT_REGIONS) <= set(names):
         raise ValueError(f"regions_to_brats: need ET, TC and WT among the {regions.shape[0]} outputs, got {names}")
     on = regions > 0.5
-    et, tc, wt = (on[names.index(r)] for r in ("ET", "TC", "WT"))
+    et, tc, wt = (on[names.index(r)] for r in DEFAULT_REGIONS)
     tc, wt = tc | et, wt | tc | et  # enforce the nesting ET within TC within WT
     out = torch.zeros(regions.shape[1:], dtype=torch.uint8)
     if "RC" in names:
@@ -72,12 +75,15 @@ def regions_to_brats(regions: torch.Tensor, names=("ET", "TC", "WT")) -> torch.T
     return out
 
 
-def label_volumes(labels, voxel_ml: float, names=("ET", "TC", "WT")) -> dict[str, float]:
+def label_volumes(labels, voxel_ml: float, names=DEFAULT_REGIONS) -> dict[str, float]:
     """Volume in mL of each output region, read back from a label map of :func:`regions_to_brats`."""
-    import numpy as np
-
     labels = np.asarray(labels)
-    masks = {"ET": labels == 4, "TC": np.isin(labels, (1, 4)), "WT": np.isin(labels, (1, 2, 4)), "RC": labels == RC_LABEL}
+    masks = {
+        "ET": labels == 4,
+        "TC": np.isin(labels, (1, 4)),
+        "WT": np.isin(labels, (1, 2, 4)),
+        "RC": labels == RC_LABEL,
+    }
     return {r: round(float(masks[r].sum()) * voxel_ml, 2) for r in names if r in masks}
 
 

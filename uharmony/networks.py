@@ -14,8 +14,9 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
+from .checks import one_of
 from .head import DomainGatedHead
-from .norm import UHarmonyNorm
+from .norm import INSTANCE_NORMS, UHarmonyNorm
 
 ARCHS = ("dynunet", "swinunetr")
 NORMS = ("uharmony", "instance", "batch")
@@ -46,8 +47,7 @@ class ModalityStems(nn.Module):
         m = len(self.modalities)
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != m:
             raise ValueError(
-                f"expected input (B, {m}, *{self.spatial_dims}D) for modalities {self.modalities}, "
-                f"got {tuple(x.shape)}"
+                f"expected input (B, {m}, *{self.spatial_dims}D) for modalities {self.modalities}, got {tuple(x.shape)}"
             )
         if present is None:
             present = torch.ones(x.shape[0], m, dtype=torch.bool, device=x.device)
@@ -111,8 +111,14 @@ def _backbone(arch: str, spatial_dims: int, in_channels: int, norm: str, options
             raise ValueError(f"build_model: dynunet needs at least 3 filter levels, got {filters}")
         strides = [1] + [2] * (len(filters) - 1)
         net = DynUNet(
-            spatial_dims, in_channels, filters[0], kernel_size=[3] * len(filters), strides=strides,
-            upsample_kernel_size=strides[1:], filters=filters, norm_name=norm_name,
+            spatial_dims,
+            in_channels,
+            filters[0],
+            kernel_size=[3] * len(filters),
+            strides=strides,
+            upsample_kernel_size=strides[1:],
+            filters=filters,
+            norm_name=norm_name,
             res_block=options.pop("res_block", False),
         )
         net.output_block = nn.Identity()
@@ -121,9 +127,13 @@ def _backbone(arch: str, spatial_dims: int, in_channels: int, norm: str, options
     if feature_size % 12:
         raise ValueError(f"build_model: swinunetr feature_size must be a multiple of 12, got {feature_size}")
     net = SwinUNETR(
-        in_channels=in_channels, out_channels=feature_size, feature_size=feature_size,
-        spatial_dims=spatial_dims, norm_name=norm_name,
-        depths=options.pop("depths", (2, 2, 2, 2)), num_heads=options.pop("num_heads", (3, 6, 12, 24)),
+        in_channels=in_channels,
+        out_channels=feature_size,
+        feature_size=feature_size,
+        spatial_dims=spatial_dims,
+        norm_name=norm_name,
+        depths=options.pop("depths", (2, 2, 2, 2)),
+        num_heads=options.pop("num_heads", (3, 6, 12, 24)),
         window_size=options.pop("window_size", 7),
     )
     net.out = nn.Identity()
@@ -136,8 +146,12 @@ def harmonize(module: nn.Module, layers=None, **norm_options) -> int:
     ``layers``: None = all; int N = the first N (shallowest); a sequence of indices = exactly those.
     Returns how many layers were replaced.
     """
-    found = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-             if isinstance(child, nn.modules.instancenorm._InstanceNorm)]
+    found = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, INSTANCE_NORMS)
+    ]
     if layers is None:
         chosen = set(range(len(found)))
     elif isinstance(layers, int):
@@ -176,32 +190,55 @@ def build_model(
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
-    if arch not in ARCHS:
-        raise ValueError(f"build_model: arch must be one of {ARCHS}, got {arch!r}")
-    if norm not in NORMS:
-        raise ValueError(f"build_model: norm must be one of {NORMS}, got {norm!r}")
-    if head not in HEADS:
-        raise ValueError(f"build_model: head must be one of {HEADS}, got {head!r}")
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                        ("num_domains", num_domains), ("stem_channels", stem_channels)):
+    arch, norm, head = (
+        one_of("build_model: arch", arch, ARCHS),
+        one_of("build_model: norm", norm, NORMS),
+        one_of("build_model: head", head, HEADS),
+    )
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("num_domains", num_domains),
+        ("stem_channels", stem_channels),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"build_model: {name} must be a positive int, got {value!r}")
     if spatial_dims not in (2, 3):
         raise ValueError(f"build_model: spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    modalities = list(modalities) if modalities is not None else (
-        list(DEFAULT_MODALITIES) if in_channels == 4 else [f"ch{i}" for i in range(in_channels)])
+    modalities = (
+        list(modalities)
+        if modalities is not None
+        else (list(DEFAULT_MODALITIES) if in_channels == 4 else [f"ch{i}" for i in range(in_channels)])
+    )
     if len(modalities) != in_channels or len(set(modalities)) != in_channels:
         raise ValueError(f"build_model: need {in_channels} distinct modality names, got {modalities}")
-    regions = list(regions) if regions is not None else (
-        list(DEFAULT_REGIONS) if out_channels == 3 else [f"c{i}" for i in range(out_channels)])
+    regions = (
+        list(regions)
+        if regions is not None
+        else (list(DEFAULT_REGIONS) if out_channels == 3 else [f"c{i}" for i in range(out_channels)])
+    )
     if len(regions) != out_channels or len(set(regions)) != out_channels:
         raise ValueError(f"build_model: need {out_channels} distinct region names, got {regions}")
     if norm != "uharmony" and harmonize_layers is not None:
         raise ValueError("build_model: harmonize_layers only applies to norm='uharmony'")
-    spec = dict(arch=arch, in_channels=in_channels, out_channels=out_channels, num_domains=num_domains,
-                norm=norm, spatial_dims=spatial_dims, modalities=modalities, regions=regions, head=head,
-                stem_channels=stem_channels, harmonize_layers=harmonize_layers, order=order,
-                site_local=site_local, restore=restore, temperature=temperature, **options)
+    spec = dict(
+        arch=arch,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        num_domains=num_domains,
+        norm=norm,
+        spatial_dims=spatial_dims,
+        modalities=modalities,
+        regions=regions,
+        head=head,
+        stem_channels=stem_channels,
+        harmonize_layers=harmonize_layers,
+        order=order,
+        site_local=site_local,
+        restore=restore,
+        temperature=temperature,
+        **options,
+    )
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -213,11 +250,15 @@ def build_model(
         knows = None
         if expert_regions is not None:
             if len(expert_regions) != num_domains or any(set(r) - set(regions) for r in expert_regions):
-                raise ValueError(f"build_model: expert_regions must list, for each of the {num_domains} domains, "
-                                 f"regions among {regions}; got {expert_regions}")
+                raise ValueError(
+                    f"build_model: expert_regions must list, for each of the {num_domains} domains, "
+                    f"regions among {regions}; got {expert_regions}"
+                )
             knows = [[r in known for r in regions] for known in expert_regions]
             spec["expert_regions"] = [list(r) for r in expert_regions]
-        head_module = DomainGatedHead(spatial_dims, feat, out_channels, num_domains, temperature=temperature, knows=knows)
+        head_module = DomainGatedHead(
+            spatial_dims, feat, out_channels, num_domains, temperature=temperature, knows=knows
+        )
     else:
         head_module = Conv[Conv.CONV, spatial_dims](feat, out_channels, kernel_size=1)
     return UHarmonyNet(stems, backbone, head_module, spec)
@@ -225,5 +266,11 @@ def build_model(
 
 def model_from_spec(spec: dict) -> UHarmonyNet:
     spec = dict(spec)
-    return build_model(spec.pop("arch"), spec.pop("in_channels"), spec.pop("out_channels"),
-                       spec.pop("num_domains"), spec.pop("norm"), **spec)
+    return build_model(
+        spec.pop("arch"),
+        spec.pop("in_channels"),
+        spec.pop("out_channels"),
+        spec.pop("num_domains"),
+        spec.pop("norm"),
+        **spec,
+    )

@@ -6,9 +6,10 @@ Stage 2 (our reconstruction; the paper's formula is not public, see docs/method.
     y = sum_k a_k * He_k(x_hat) / sqrt(k!)  +  g * clamp(m_site / s_site, -c, c)      (restore="ratio")
 where He_k are the probabilists' Hermite polynomials (orthogonal for standard-normal inputs, which is
 what stage 1 produces, so the basis is well conditioned), a = (0, 1, 0, ...) at initialization
-(identity), g = 0 at initialization, and (m_site, s_site) are the site's *harmonization statistics*: running estimates of the
-typical per-instance feature mean and standard deviation at this site, learned without labels like
-BatchNorm running statistics, but of instance statistics. They are buffers and never leave the site.
+(identity), g = 0 at initialization, and (m_site, s_site) are the site's *harmonization statistics*:
+running estimates of the typical per-instance feature mean and standard deviation at this site, learned
+without labels like BatchNorm running statistics, but of instance statistics. They are buffers and never
+leave the site.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checks import one_of
 
 SITE_LOCAL_OPTIONS = ("stats", "stats+coefficients")
 RESTORE_MODES = ("ratio", "affine", "none")
@@ -69,12 +72,10 @@ class UHarmonyNorm(nn.Module):
             raise ValueError(f"UHarmonyNorm: num_features must be a positive int, got {num_features!r}")
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"UHarmonyNorm: order must be an int >= 1, got {order!r}")
-        if site_local not in SITE_LOCAL_OPTIONS:
-            raise ValueError(f"UHarmonyNorm: site_local must be one of {SITE_LOCAL_OPTIONS}, got {site_local!r}")
+        one_of("UHarmonyNorm: site_local", site_local, SITE_LOCAL_OPTIONS)
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"UHarmonyNorm: momentum must be in (0, 1], got {momentum!r}")
-        if restore not in RESTORE_MODES:
-            raise ValueError(f"UHarmonyNorm: restore must be one of {RESTORE_MODES}, got {restore!r}")
+        one_of("UHarmonyNorm: restore", restore, RESTORE_MODES)
         if eps <= 0 or clip <= 0:
             raise ValueError("UHarmonyNorm: eps and clip must be positive")
         self.num_features = num_features
@@ -107,9 +108,7 @@ class UHarmonyNorm(nn.Module):
     def standardize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 1: returns (x_hat, mu_inst, std_inst) with stats of shape (B, C)."""
         if x.dim() < 3 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"UHarmonyNorm expects (B, {self.num_features}, *spatial), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"UHarmonyNorm expects (B, {self.num_features}, *spatial), got {tuple(x.shape)}")
         dims = tuple(range(2, x.dim()))
         var, mean = torch.var_mean(x, dim=dims, keepdim=True, unbiased=False)
         std = torch.sqrt(var + self.eps)
@@ -156,9 +155,7 @@ class UHarmonyNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"UHarmonyNorm expects (B, {self.num_features}, *spatial), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"UHarmonyNorm expects (B, {self.num_features}, *spatial), got {tuple(x.shape)}")
         if self.training and self.restore_mode != "none":
             with torch.no_grad():  # label-free running estimate; a 2x-strided subsample is plenty
                 sub = x[(slice(None), slice(None)) + tuple(slice(None, None, 2 if n >= 8 else 1) for n in x.shape[2:])]
@@ -173,3 +170,17 @@ class UHarmonyNorm(nn.Module):
         shape = (1, self.num_features) + (1,) * (x.dim() - 2)
         y = torch.addcmul(shift.view(shape), x_hat, scale.view(shape))
         return self._add_higher_order(y, x_hat, higher, shape)
+
+
+INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+# every normalization layer type a network of ours may hold (FedBN keeps these at the site)
+NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    *INSTANCE_NORMS,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    UHarmonyNorm,
+)

@@ -1,29 +1,43 @@
-"""Message keys shared by the ClientApp and the ServerApp (plain strings: no Flower import)."""
+"""Message keys shared by the ClientApp and the ServerApp (plain strings: no Flower import).
 
-ARRAYS = "arrays"  # ArrayRecord: model state entries
-CONFIG = "config"  # ConfigRecord: server -> client settings
-METRICS = "metrics"  # MetricRecord: client -> server numbers
-SITE = "site"  # ConfigRecord: client -> server identity (site-id, domain-id, skipped cases)
+Records of a message: ``ARRAYS`` (``flwr.app.ArrayRecord`` of model entries), ``CONFIG`` (server ->
+site settings), ``METRICS`` (site -> server numbers), ``SITE`` (site -> server identity), ``PROFILE``
+(site -> server, answer to the profile query).
+"""
 
-NUM_EXAMPLES = "num-examples"  # training cases (train) or validation cases (evaluate), never batches
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+
+# CONFIG: server -> site
 SERVER_ROUND = "server-round"
 MODEL_SPEC = "model-spec"  # JSON of uharmony.UHarmonyNet.spec: clients build the same network
-STRATEGY = "strategy"
+STRATEGY = "strategy"  # a name of uharmony.strategies: decides which entries a site keeps
 LOCAL_STEPS = "local-steps"
 LR = "lr"
-PROXIMAL_MU = "proximal-mu"
-SEED = "seed"
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; a site adds the proximal term when > 0
+SEED = "seed"  # the round's seed (the site adds its domain)
+POOLED = "pooled"  # True: this member trains on every site's data (the centralized baseline)
 
+# METRICS: site -> server
+NUM_EXAMPLES = "num-examples"  # training cases (train) or validation cases (evaluate), never batches
+TRAIN_LOSS = "train-loss"
+STEPS = "steps"
+SECONDS = "seconds"
+SKIPPED = "skipped-cases"  # how many of the site's cases were unusable
+UPDATE_BYTES = "update-bytes"
+
+# SITE: site -> server
 SITE_ID = "site-id"
 DOMAIN_ID = "domain-id"
-SKIPPED = "skipped-cases"
-TRAIN_LOSS = "train-loss"
-UPDATE_BYTES = "update-bytes"
+SKIPPED_LIST = "skipped"  # one line per skipped case: "<case>: <reason>"
 
 
 def metric_key(region: str, mode: str, metric: str = "dice") -> str:
     """e.g. ``dice-wt-gated`` / ``hd95-et-oracle``."""
     return f"{metric}-{region.lower()}-{mode}"
+
 
 # Joining: the server asks every SuperNode it has not admitted yet for its profile (a query message,
 # action PROFILE_ACTION) and extends the model for what the site brings before it trains.

@@ -1,22 +1,25 @@
 """Local training and evaluation (Flower-free): masked DiceCE, FedProx term, sliding-window metrics.
 
-Region outputs (ET, TC, WT by default; more after a class is added) are independent sigmoids. A site whose protocol annotates only some regions
-(e.g. whole tumour only) contributes loss and metrics on those regions alone.
+Region outputs (ET, TC, WT by default; more after a class is added) are independent sigmoids. A site
+whose protocol annotates only some regions (e.g. whole tumour only) contributes loss and metrics on
+those regions alone.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
 
 from .networks import DEFAULT_REGIONS as REGIONS
 
 
-def masked_dice_ce(loss_fn: DiceCELoss, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+def masked_dice_ce(
+    loss_fn: DiceCELoss, logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor
+) -> torch.Tensor:
     """DiceCE over the annotated regions of each sample (samples grouped by their region mask)."""
     regions = regions.bool().reshape(logits.shape[0], -1)
     total, count = logits.new_zeros(()), 0
@@ -39,8 +42,17 @@ def proximal_term(model: torch.nn.Module, reference: dict[str, torch.Tensor]) ->
     return 0.5 * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def train_steps(model, batches, domain, lr: float, proximal_mu: float = 0.0, reference=None,
-                device: str = "cpu", weight_decay: float = 1e-5, optimizer: str = "adam") -> dict:
+def train_steps(
+    model,
+    batches,
+    domain,
+    lr: float,
+    proximal_mu: float = 0.0,
+    reference=None,
+    device: str = "cpu",
+    weight_decay: float = 1e-5,
+    optimizer: str = "adam",
+) -> dict:
     """Run the given batches through a fresh optimizer; returns mean loss and step count."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -55,8 +67,12 @@ def train_steps(model, batches, domain, lr: float, proximal_mu: float = 0.0, ref
         present, regions = batch["present"].to(device), batch["regions"].to(device)
         opt.zero_grad(set_to_none=True)
         dom = domain if domain is None or isinstance(domain, int) else batch[domain]
-        loss = masked_dice_ce(loss_fn, model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom,
-                                             present=present), y.as_tensor() if hasattr(y, "as_tensor") else y, regions)
+        loss = masked_dice_ce(
+            loss_fn,
+            model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present),
+            y.as_tensor() if hasattr(y, "as_tensor") else y,
+            regions,
+        )
         if proximal_mu > 0 and reference:
             loss = loss + proximal_mu * proximal_term(model, reference)
         if not torch.isfinite(loss):
@@ -68,39 +84,48 @@ def train_steps(model, batches, domain, lr: float, proximal_mu: float = 0.0, ref
 
 
 @torch.no_grad()
-def predict(model, image: torch.Tensor, present: torch.Tensor, domain, roi: int, overlap: float = 0.25,
-            device: str = "cpu") -> torch.Tensor:
+def predict(
+    model, image: torch.Tensor, present: torch.Tensor, domain, roi: int, overlap: float = 0.25, device: str = "cpu"
+) -> torch.Tensor:
     """Sliding-window sigmoid probabilities (1, C, *spatial) for one preprocessed case (C, *spatial)."""
     model.to(device).eval()
     x = torch.as_tensor(image).unsqueeze(0).to(device)
     pres = torch.as_tensor(present).view(1, -1).to(device)
-    logits = sliding_window_inference(x, (roi,) * 3, sw_batch_size=2, overlap=overlap, mode="gaussian",
-                                      predictor=lambda p: model(p, domain=domain, present=pres.expand(p.shape[0], -1)))
+    logits = sliding_window_inference(
+        x,
+        (roi,) * 3,
+        sw_batch_size=2,
+        overlap=overlap,
+        mode="gaussian",
+        predictor=lambda p: model(p, domain=domain, present=pres.expand(p.shape[0], -1)),
+    )
     return torch.sigmoid(torch.as_tensor(logits))
 
 
 def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cpu", regions=None) -> dict:
-    """Per-region mean Dice and HD95 (voxels scaled by spacing) over ``items``; NaN where not annotated.
+    """Per-region mean Dice and HD95 (in mm, from the item's ``spacing``) over ``items``; NaN where no case
+    annotates the region (HD95 also skips cases where it is undefined: an empty prediction or truth).
 
     ``regions``: names of the output channels (default: the model's, else ET/TC/WT).
     """
     regions = list(regions or getattr(model, "regions", REGIONS))
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    per_case = []
+    dices, hds = [], []
     for item in items:
         prob = predict(model, item["image"], item["present"], domain, roi, device=device)
         pred = (prob > 0.5).float().cpu()
         target = torch.as_tensor(item["label"]).unsqueeze(0).float()
-        d = dice(pred, target)[0]
-        spacing = [float(s) for s in torch.as_tensor(item["image"].pixdim)] if hasattr(item["image"], "pixdim") else None
-        h = hd(pred, target, spacing=spacing)[0] if spacing else hd(pred, target)[0]
+        spacing = [float(s) for s in item["spacing"]] if "spacing" in item else None
         mask = torch.as_tensor(item["regions"]).bool()
-        per_case.append((torch.where(mask, d, torch.nan), torch.where(mask, h, torch.nan)))
+        dices.append(torch.where(mask, dice(pred, target)[0], torch.nan))
+        h = hd(pred, target, spacing=spacing)[0]
+        hds.append(torch.where(mask & torch.isfinite(h), h, torch.nan))
     out = {}
-    for i, region in enumerate(regions):
-        ds = [float(c[0][i]) for c in per_case if not math.isnan(float(c[0][i]))]
-        hs = [float(c[1][i]) for c in per_case if math.isfinite(float(c[1][i]))]
-        out[f"dice-{region.lower()}"] = sum(ds) / len(ds) if ds else float("nan")
-        out[f"hd95-{region.lower()}"] = sum(hs) / len(hs) if hs else float("nan")
+    if not items:
+        return out
+    for name, per_case in (("dice", dices), ("hd95", hds)):
+        values, counts = do_metric_reduction(torch.stack(per_case).float(), MetricReduction.MEAN_BATCH)
+        for i, region in enumerate(regions):
+            out[f"{name}-{region.lower()}"] = float(values[i]) if counts[i] > 0 else float("nan")
     return out

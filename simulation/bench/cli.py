@@ -23,6 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
+from uharmony.files import append_jsonl, read_jsonl
+
 from .sizes import ABLATIONS, METHODS, SIZES, UNSEEN_METHODS, BenchSize
 
 PARTS = ("costs", "scale", "methods", "unseen", "ablations")
@@ -33,8 +35,11 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
     """(job key, call arguments) in the order they run; keys identify finished jobs on --resume."""
     jobs = []
     if "costs" in parts:
-        jobs += [("bytes", ("bytes",)), ("flower_ratio", ("flower_ratio",)),
-                 *((f"memory/{m}", ("memory", m)) for m in ("fedavg", "uharmony"))]
+        jobs += [
+            ("bytes", ("bytes",)),
+            ("flower_ratio", ("flower_ratio",)),
+            *((f"memory/{m}", ("memory", m)) for m in ("fedavg", "uharmony")),
+        ]
     if "scale" in parts:
         jobs.append(("scale", ("scale",)))
     if "methods" in parts:
@@ -51,7 +56,9 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
 
     kind = call[0]
     if kind == "method":
-        return J.method_job(size, call[1], call[2], out, overlay=call[2] == size.seeds[0] and call[1] in OVERLAY_METHODS)
+        return J.method_job(
+            size, call[1], call[2], out, overlay=call[2] == size.seeds[0] and call[1] in OVERLAY_METHODS
+        )
     if kind == "unseen":
         return J.unseen_job(size, call[1], call[2], out)
     if kind == "ablation":
@@ -90,18 +97,16 @@ def software() -> str:
     return ", ".join(f"{p} {version(p)}" for p in ("torch", "monai", "flwr", "numpy"))
 
 
-def load_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny size: a few minutes, every part exercised")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench or runs/bench-quick)")
-    p.add_argument("--results-md", type=Path, default=None,
-                   help="Markdown page to write (default docs/results.md; with --quick, OUT/results.md)")
+    p.add_argument(
+        "--results-md",
+        type=Path,
+        default=None,
+        help="Markdown page to write (default docs/results.md; with --quick, OUT/results.md)",
+    )
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the size's seeds")
     p.add_argument("--resume", action="store_true", help="keep results.jsonl and skip jobs already recorded")
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
     jsonl = out / "results.jsonl"
     if not a.resume and jsonl.exists():
         jsonl.unlink()
-    records = load_records(jsonl)
+    records = read_jsonl(jsonl)
     done = {r["job"] for r in records}
     todo = [(k, c) for k, c in plan(size, tuple(a.parts)) if k not in done]
     t_start = time.time()
@@ -128,13 +133,15 @@ def main(argv=None) -> int:
         print(f"[bench] job {i}/{len(todo)}: {key}", flush=True)
         rec = {"job": key, **run_job(size, call, out), "job_seconds": None}
         rec["job_seconds"] = round(time.time() - t0, 1)
-        with open(jsonl, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(jsonl, rec)
         records.append(rec)
         elapsed = time.time() - t_start
         eta = elapsed / i * (len(todo) - i)
-        print(f"[bench] job {i}/{len(todo)} done in {rec['job_seconds']:.0f} s; elapsed {elapsed / 60:.1f} min, "
-              f"about {eta / 60:.1f} min left", flush=True)
+        print(
+            f"[bench] job {i}/{len(todo)} done in {rec['job_seconds']:.0f} s; elapsed {elapsed / 60:.1f} min, "
+            f"about {eta / 60:.1f} min left",
+            flush=True,
+        )
     from .report import method_rows, plot_curves, plot_overlays
     from .results_md import write_results
 
@@ -143,12 +150,24 @@ def main(argv=None) -> int:
     shutil.copyfile(jsonl, art / "results.jsonl")
     rows = method_rows(records)
     curves = plot_curves(rows, art / "dice_per_round.png") if rows else None
-    overlay = plot_overlays({m if m != "uharmony" else "uharmony/gated": out / "overlays" / f"{m}-seed{size.seeds[0]}.npz"
-                             for m in OVERLAY_METHODS}, art / "overlays.png")
+    overlay = plot_overlays(
+        {
+            m if m != "uharmony" else "uharmony/gated": out / "overlays" / f"{m}-seed{size.seeds[0]}.npz"
+            for m in OVERLAY_METHODS
+        },
+        art / "overlays.png",
+    )
     wall = sum(r.get("job_seconds") or 0 for r in records) / 60
-    meta = {"command": "uharmony-bench" + (" --quick" if a.quick else "") + (f" --seeds {' '.join(map(str, a.seeds))}" if a.seeds else ""),
-            "date": dt.date.today().isoformat(), "machine": machine(), "software": software(), "size": size.to_dict(),
-            "wall_minutes": wall}
+    meta = {
+        "command": "uharmony-bench"
+        + (" --quick" if a.quick else "")
+        + (f" --seeds {' '.join(map(str, a.seeds))}" if a.seeds else ""),
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "software": software(),
+        "size": size.to_dict(),
+        "wall_minutes": wall,
+    }
     (art / "meta.json").write_text(json.dumps(meta, indent=2))
     write_results(records, meta, md, curves, overlay)
     print(f"[bench] wrote {md} and {art}/ (results.jsonl, PNG plots, meta.json)", flush=True)

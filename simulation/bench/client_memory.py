@@ -24,24 +24,33 @@ def main(argv=None) -> int:
     overrides = json.loads(argv[0])
     import torch  # noqa: F401  (counted in the baseline)
 
-    from client.site_round import SiteRound
-    from server.server_app import initial_model
+    from simulation.embedded import ensure_federation
     from uharmony.config import RunConfig
-    from uharmony.federated import ModelRoles, to_numpy
+    from uharmony.data import load_federation
+    from uharmony.federated import ModelRoles, global_state_of
+    from uharmony.site_round import SiteRound
 
     after_import = _rss_mib()
     cfg = RunConfig.from_flwr(overrides)
-    model, _ = initial_model(cfg)
-    roles = ModelRoles(model, cfg.strategy)
-    job = SiteRound({"partition-id": 0}, cfg, json.dumps(model.spec), cfg.strategy, None)
-    job.load(to_numpy(model.state_dict(), roles.global_keys()))
+    model = cfg.build_model(len(load_federation(ensure_federation(cfg, progress=False)).sites))
+    job = SiteRound({"partition-id": 0}, cfg, model.spec, cfg.strategy)
+    job.load(global_state_of(model, ModelRoles(model, cfg.strategy)))
     after_setup = _rss_mib()
-    job.train(1, cfg.lr, cfg.local_steps, 0.0)
+    job.train(1, cfg.lr, cfg.local_steps, 0.0, cfg.seed)
     job.evaluate()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rss_after_imports_mib": round(after_import, 1), "rss_after_setup_mib": round(after_setup, 1),
-                      "peak_rss_mib": round(peak, 1), "train_cases": job.data.num_train_cases,
-                      "patch": cfg.patch_size, "batch": cfg.batch_size}))
+    print(
+        json.dumps(
+            {
+                "rss_after_imports_mib": round(after_import, 1),
+                "rss_after_setup_mib": round(after_setup, 1),
+                "peak_rss_mib": round(peak, 1),
+                "train_cases": job.data.num_train_cases,
+                "patch": cfg.patch_size,
+                "batch": cfg.batch_size,
+            }
+        )
+    )
     return 0
 
 

@@ -1,8 +1,9 @@
 """The benchmark's jobs. Each returns one JSON-ready record for ``results.jsonl``.
 
-Training goes through :func:`simulation.bare_loop.bare_run` (the library code of a Flower run, without
-the runtime), so every method gets the same federation, seed, rounds and local steps; the Flower
-runtime's own cost is measured separately (:func:`flower_ratio_job`).
+Training goes through :func:`simulation.runner.run` with the in-process transport: the product's round
+engine and ClientApp, without the Flower runtime, so every method gets the same federation, seed, rounds
+and local steps, and a bench number is a product number. What the runtime adds is measured separately
+(:func:`flower_ratio_job`). Every figure is read back from the run folder the product writes.
 """
 
 from __future__ import annotations
@@ -18,29 +19,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
-from client.records import nbytes
-from client.site_round import SiteRound
-from server.run_log import RunLog
-from server.server_app import initial_model
+from uharmony.checkpoint import load_checkpoint
 from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, to_numpy
+from uharmony.data import federation_root, load_federation
+from uharmony.federated import ModelRoles, subset
 from uharmony.inference import calibrate, regions_to_brats
+from uharmony.networks import DEFAULT_REGIONS as REGIONS
+from uharmony.norm import INSTANCE_NORMS
+from uharmony.runlog import RunLog
+from uharmony.site_round import SiteRound
+from uharmony.strategies import STRATEGIES
 from uharmony.training import evaluate_cases, predict
 
-from ..bare_loop import bare_run
+from ..runner import run
 from .sizes import BenchSize
-
-REGIONS = ("ET", "TC", "WT")
 
 
 def _clean(v) -> float | None:
     return None if v is None or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 else round(float(v), 4)
-
-
-def site_dice(metrics: dict, mode: str) -> dict[str, float | None]:
-    """{ET, TC, WT} Dice of one site's evaluation metrics; None where the site does not annotate the region."""
-    return {r: _clean(metrics.get(f"dice-{r.lower()}-{mode}")) for r in REGIONS}
 
 
 def _dice(evaluated: dict) -> dict[str, float | None]:
@@ -52,18 +50,36 @@ def _fresh(run_dir: Path) -> str:
     return str(run_dir)
 
 
+def run_curve(run_dir: Path, modes=("gated",)) -> tuple[list[dict], list[float]]:
+    """From a run's ``metrics.jsonl``: per evaluation round ``{"round", mode: {site: {ET, TC, WT}}}`` (None
+    where a site does not annotate a region), and the seconds of each training round."""
+    records = RunLog(run_dir).records()
+    curve: dict[int, dict] = {}
+    for r in records:
+        if "dice" in r and "phase" not in r and r["mode"] in modes and r["region"] in REGIONS:
+            point = curve.setdefault(r["round"], {"round": r["round"], **{m: {} for m in modes}})
+            point[r["mode"]].setdefault(r["site"], dict.fromkeys(REGIONS))[r["region"]] = _clean(r["dice"])
+    seconds = [float(r["seconds"]) for r in records if r.get("event") == "train"]
+    return [curve[k] for k in sorted(curve)], seconds
+
+
 def method_job(size: BenchSize, strategy: str, seed: int, out: Path, overlay: bool = False) -> dict:
     run_dir = out / "runs" / f"{strategy}-seed{seed}"
-    res = bare_run({**size.base_overrides(seed), "strategy": strategy, "run-dir": _fresh(run_dir)},
-                   label=f"{strategy} seed {seed}")
-    modes = ("oracle", "gated") if strategy == "uharmony" else ("gated",)
-    curve = [{"round": r["round"], **{m: {s: site_dice(v, m) for s, v in r["per_site"].items()} for m in modes}}
-             for r in res["rounds"] if r["per_site"]]
-    rec = {"kind": "method", "method": strategy, "seed": seed, "modes": list(modes), "final": curve[-1],
-           "curve": curve, "train_seconds_per_round": [round(r["train_seconds"], 2) for r in res["rounds"]],
-           "run_dir": str(run_dir)}
+    run({**size.base_overrides(seed), "strategy": strategy, "run-dir": _fresh(run_dir)})
+    modes = ("oracle", "gated") if STRATEGIES[strategy].head == "gated" else ("gated",)
+    curve, seconds = run_curve(run_dir, modes)
+    rec = {
+        "kind": "method",
+        "method": strategy,
+        "seed": seed,
+        "modes": list(modes),
+        "final": curve[-1],
+        "curve": curve,
+        "train_seconds_per_round": [round(s, 2) for s in seconds],
+        "run_dir": str(run_dir),
+    }
     if overlay:
-        rec["overlay"] = str(save_overlay(res, out / "overlays" / f"{strategy}-seed{seed}.npz"))
+        rec["overlay"] = str(save_overlay(run_dir, out / "overlays" / f"{strategy}-seed{seed}.npz"))
     return rec
 
 
@@ -73,18 +89,37 @@ def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path)
         change["harmonize-layers"] = norm_layer_count(size) // 2
     slug = "".join(c if c.isalnum() else "-" for c in name)[:40]
     run_dir = out / "runs" / f"ablation-{slug}-seed{seed}"
-    over = {**size.base_overrides(seed), "strategy": "uharmony", "eval-every": size.rounds, "run-dir": _fresh(run_dir), **change}
-    res = bare_run(over, label=f"ablation {name} seed {seed}")
-    final = res["rounds"][-1]["per_site"]
-    return {"kind": "ablation", "variant": name, "change": change, "seed": seed,
-            "final": {m: {s: site_dice(v, m) for s, v in final.items()} for m in ("oracle", "gated")},
-            "train_seconds_per_round": [round(r["train_seconds"], 2) for r in res["rounds"]]}
+    run(
+        {
+            **size.base_overrides(seed),
+            "strategy": "uharmony",
+            "eval-every": size.rounds,
+            "run-dir": _fresh(run_dir),
+            **change,
+        }
+    )
+    curve, seconds = run_curve(run_dir, ("oracle", "gated"))
+    return {
+        "kind": "ablation",
+        "variant": name,
+        "change": change,
+        "seed": seed,
+        "final": {m: curve[-1][m] for m in ("oracle", "gated")},
+        "train_seconds_per_round": [round(s, 2) for s in seconds],
+    }
 
 
 def norm_layer_count(size: BenchSize) -> int:
-    cfg = RunConfig.from_flwr({**size.base_overrides(0), "strategy": "fedavg", "num-domains": 1})
-    model, _ = initial_model(cfg)
-    return sum(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) for m in model.modules())
+    model = RunConfig.from_flwr({**size.base_overrides(0), "strategy": "fedavg"}).build_model()
+    return sum(isinstance(m, INSTANCE_NORMS) for m in model.modules())
+
+
+def _site_job(run_dir: Path, partition_id: int, cfg: RunConfig) -> SiteRound:
+    """A site's view of a finished run: the final global model and the site's own saved entries."""
+    final = load_checkpoint(run_dir, "final_model.pt")
+    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy)
+    job.load(final["state"])
+    return job
 
 
 def unseen_job(size: BenchSize, strategy: str, seed: int, out: Path) -> dict:
@@ -94,32 +129,40 @@ def unseen_job(size: BenchSize, strategy: str, seed: int, out: Path) -> dict:
     scans (``uharmony.inference.calibrate``: no label, no gradient); FedAvg's global model is used as is.
     """
     run_dir = out / "runs" / f"unseen-{strategy}-seed{seed}"
-    train = [p for p in range(size.sites) if p != size.held_out]
-    over = {**size.base_overrides(seed), "strategy": strategy, "eval-every": size.rounds, "run-dir": _fresh(run_dir),
-            "num-domains": size.sites}
-    res = bare_run(over, train_sites=train, label=f"unseen {strategy} seed {seed}")
-    cfg = res["config"]
-    job = SiteRound({"partition-id": size.held_out}, cfg, res["spec"], strategy, None)
-    job.load(res["global_state"])
-    rec = {"kind": "unseen", "method": strategy, "seed": seed, "held_out": job.site.name,
-           "val_cases": len(job.data.val), "calibration_scans": len(job.data.train)}
-    if strategy == "uharmony":
+    over = {
+        **size.base_overrides(seed),
+        "strategy": strategy,
+        "eval-every": size.rounds,
+        "run-dir": _fresh(run_dir),
+        "num-domains": size.sites,
+    }
+    run(over, node_configs=[{"partition-id": p} for p in range(size.sites) if p != size.held_out])
+    cfg = RunConfig.from_flwr(over)
+    job = _site_job(run_dir, size.held_out, cfg)
+    rec = {
+        "kind": "unseen",
+        "method": strategy,
+        "seed": seed,
+        "held_out": job.site.name,
+        "val_cases": len(job.data.val),
+        "calibration_scans": len(job.data.train),
+    }
+    if job.model.gated:
         rec["uncalibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
         t0 = time.time()
         calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
         rec["calibration_seconds"] = round(time.time() - t0, 2)
     rec["dice"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
-    rec["training_sites_final"] = {s: site_dice(v, "gated") for s, v in res["rounds"][-1]["per_site"].items()}
+    rec["training_sites_final"] = dict(run_curve(run_dir)[0][-1]["gated"])
     return rec
 
 
-def save_overlay(res: dict, path: Path) -> Path:
+def save_overlay(run_dir: Path, path: Path) -> Path:
     """Mid-lesion axial slice of each site's first validation case: FLAIR, ground truth, dataset-free prediction."""
-    cfg = res["config"]
+    cfg = RunConfig.from_flwr(json.loads((run_dir / "config.json").read_text()))
     arrays = {}
-    for pid in res["train_sites"]:
-        job = SiteRound({"partition-id": pid}, cfg, res["spec"], cfg.strategy, res["local"].get(pid))
-        job.load(res["global_state"])
+    for pid in range(len(load_federation(federation_root(cfg)).sites)):
+        job = _site_job(run_dir, pid, cfg)
         if not job.data.val:
             continue
         item = job.data.val[0]
@@ -137,46 +180,57 @@ def save_overlay(res: dict, path: Path) -> Path:
 
 
 def bytes_job(size: BenchSize) -> dict:
-    """Bytes a site sends per round under each strategy (what RoleAwareFedAvg expects to receive)."""
+    """Bytes a site sends per round under each strategy: the ArrayRecord of the entries its roles let leave."""
     rows = {}
     for strategy in ("fedavg", "fedprox", "fedbn", "uharmony", "local"):
         cfg = RunConfig.from_flwr({**size.base_overrides(0), "strategy": strategy})
-        model, _ = initial_model(cfg)
-        roles = ModelRoles(model, strategy)
-        full = nbytes(to_numpy(model.state_dict(), model.state_dict().keys()))
-        sent = nbytes(to_numpy(model.state_dict(), roles.outgoing_keys(0 if model.gated else None)))
+        model = cfg.build_model(size.sites)
+        roles, state = ModelRoles(model, strategy), model.state_dict()
+        full = ArrayRecord(subset(state, state.keys())).count_bytes()
+        sent = ArrayRecord(subset(state, roles.outgoing_keys(0 if model.gated else None))).count_bytes()
         rows[strategy] = {"sent_bytes": sent, "full_model_bytes": full}
     return {"kind": "bytes", "per_strategy": rows}
 
 
 def flower_ratio_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> dict:
-    """Per-round training time of a real Flower simulation (run_simulation, Ray workers, messages) over
-    the bare in-process loop doing the same local work (same seed, sites, steps)."""
-    from simulation.runner import run as flower_run
-
-    over = {**size.base_overrides(size.seeds[0]), "strategy": strategy, "num-server-rounds": size.flower_rounds,
-            "eval-every": size.flower_rounds}
-    bare = bare_run({**over, "run-dir": _fresh(out / "runs" / f"ratio-bare-{strategy}")}, label="ratio bare")
-    flower_dir = out / "runs" / f"ratio-flower-{strategy}"
+    """Per-round training time under Flower's simulation runtime (Ray workers, messages) over the in-process
+    transport doing the same work: the same round engine and ClientApp, the same seed, sites and steps."""
+    over = {
+        **size.base_overrides(size.seeds[0]),
+        "strategy": strategy,
+        "num-server-rounds": size.flower_rounds,
+        "eval-every": size.flower_rounds,
+    }
+    bare_dir, flower_dir = out / "runs" / f"ratio-inprocess-{strategy}", out / "runs" / f"ratio-flower-{strategy}"
+    bare = run({**over, "run-dir": _fresh(bare_dir)})
     t0 = time.time()
-    flower = flower_run({**over, "run-dir": _fresh(flower_dir)})
+    flower = run({**over, "run-dir": _fresh(flower_dir)}, transport="flower")
     wall = time.time() - t0
-    recs = RunLog(flower_dir).records()
-    train = [r for r in recs if r.get("event") == "train"]
-    f_s = [float(r["seconds"]) for r in train]
-    b_s = [r["train_seconds"] for r in bare["rounds"]]
+    train = [r for r in RunLog(flower_dir).records() if r.get("event") == "train"]
+    f_s, b_s = run_curve(flower_dir)[1], run_curve(bare_dir)[1]
     sent = [v for r in train for v in (r.get("update-bytes") or {}).values() if v]
-    return {"kind": "flower_ratio", "strategy": strategy, "rounds": size.flower_rounds,
-            "flower_round_seconds": [round(x, 2) for x in f_s], "bare_round_seconds": [round(x, 2) for x in b_s],
-            "ratio_median": round(float(np.median(f_s) / np.median(b_s)), 3),
-            "ratio_after_first": round(float(np.median(f_s[1:]) / np.median(b_s[1:])), 3) if len(f_s) > 1 else None,
-            "flower_wall_seconds": round(wall, 1), "update_bytes_per_site": int(np.median(sent)) if sent else None,
-            "dice_flower": flower["summary"], "dice_bare": bare["summary"]}
+    return {
+        "kind": "flower_ratio",
+        "strategy": strategy,
+        "rounds": size.flower_rounds,
+        "flower_round_seconds": [round(x, 2) for x in f_s],
+        "bare_round_seconds": [round(x, 2) for x in b_s],
+        "ratio_median": round(float(np.median(f_s) / np.median(b_s)), 3),
+        "ratio_after_first": round(float(np.median(f_s[1:]) / np.median(b_s[1:])), 3) if len(f_s) > 1 else None,
+        "flower_wall_seconds": round(wall, 1),
+        "update_bytes_per_site": int(np.median(sent)) if sent else None,
+        "dice_flower": flower["summary"],
+        "dice_bare": bare["summary"],
+    }
 
 
 def memory_job(size: BenchSize, strategy: str, out: Path) -> dict:
     """Peak resident memory of a fresh client process doing one site's round (``client_memory``)."""
-    over = {**size.base_overrides(size.seeds[0]), "strategy": strategy, "run-dir": str(out / "runs" / f"memory-{strategy}")}
+    over = {
+        **size.base_overrides(size.seeds[0]),
+        "strategy": strategy,
+        "run-dir": str(out / "runs" / f"memory-{strategy}"),
+    }
     cmd = [sys.executable, "-m", "simulation.bench.client_memory", json.dumps(over)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
@@ -186,26 +240,45 @@ def memory_job(size: BenchSize, strategy: str, out: Path) -> dict:
 
 def scale_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> dict:
     """One Flower round (train + evaluate) with the FeTS partitioning_1 site count on the generator."""
-    from simulation.datasets.embedded import embedded_federation
-    from simulation.runner import run as flower_run
+    from simulation.embedded import embedded_federation
 
     seed = size.seeds[0]
     t0 = time.time()
-    embedded_federation(size.scale_sites, size.scale_cases, seed, size.scale_spacing)
+    embedded_federation(size.scale_sites, size.scale_cases, seed, size.scale_spacing, progress=False)
     gen_s = time.time() - t0
     run_dir = out / "runs" / f"scale-{size.scale_sites}-sites"
-    over = {"seed": seed, "synth-sites": size.scale_sites, "synth-cases-per-site": size.scale_cases,
-            "synth-spacing": size.scale_spacing, "spacing": size.scale_spacing, "num-server-rounds": 1,
-            "local-steps": size.scale_steps, "patch-size": size.patch_size, "filters": size.filters,
-            "strategy": strategy, "run-dir": _fresh(run_dir)}
+    over = {
+        "seed": seed,
+        "synth-sites": size.scale_sites,
+        "synth-cases-per-site": size.scale_cases,
+        "synth-spacing": size.scale_spacing,
+        "spacing": size.scale_spacing,
+        "num-server-rounds": 1,
+        "local-steps": size.scale_steps,
+        "patch-size": size.patch_size,
+        "filters": size.filters,
+        "strategy": strategy,
+        "run-dir": _fresh(run_dir),
+    }
     t0 = time.time()
-    res = flower_run(over, num_supernodes=size.scale_sites)
+    res = run(over, transport="flower")
     wall = time.time() - t0
     recs = RunLog(run_dir).records()
     train = next(r for r in recs if r.get("event") == "train")
     evaluated = {r["site"] for r in recs if "dice" in r}
     sent = [v for v in (train.get("update-bytes") or {}).values() if v]
-    return {"kind": "scale", "strategy": strategy, "sites": size.scale_sites, "cases_per_site": size.scale_cases,
-            "local_steps": size.scale_steps, "generation_seconds": round(gen_s, 1), "round_wall_seconds": round(wall, 1),
-            "train_round_seconds": train["seconds"], "accepted": len(train["sites"]), "rejected": len(train["rejected"]),
-            "evaluated_sites": len(evaluated), "bytes_received_by_server": int(sum(sent)), "dice": res["summary"]}
+    return {
+        "kind": "scale",
+        "strategy": strategy,
+        "sites": size.scale_sites,
+        "cases_per_site": size.scale_cases,
+        "local_steps": size.scale_steps,
+        "generation_seconds": round(gen_s, 1),
+        "round_wall_seconds": round(wall, 1),
+        "train_round_seconds": train["seconds"],
+        "accepted": len(train["sites"]),
+        "rejected": len(train["rejected"]),
+        "evaluated_sites": len(evaluated),
+        "bytes_received_by_server": int(sum(sent)),
+        "dice": res["summary"],
+    }

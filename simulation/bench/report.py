@@ -12,9 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-REGIONS = ("ET", "TC", "WT")
-LABELS = {"local": "Local only", "centralized": "Centralized (pooled)", "fedavg": "FedAvg", "fedprox": "FedProx",
-          "fedbn": "FedBN", "uharmony/oracle": "U-Harmony, oracle head", "uharmony/gated": "U-Harmony, gated (dataset-free)"}
+LABELS = {
+    "local": "Local only",
+    "centralized": "Centralized (pooled)",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "fedbn": "FedBN",
+    "uharmony/oracle": "U-Harmony, oracle head",
+    "uharmony/gated": "U-Harmony, gated (dataset-free)",
+}
 ORDER = list(LABELS)
 
 
@@ -46,8 +52,13 @@ def method_rows(records: list[dict]) -> dict[str, list[dict]]:
             continue
         for mode in r["modes"]:
             key = f"{r['method']}/{mode}" if r["method"] == "uharmony" else r["method"]
-            rows.setdefault(key, []).append({"seed": r["seed"], "final": r["final"][mode],
-                                             "curve": [(c["round"], mean_over_sites(c[mode])) for c in r["curve"]]})
+            rows.setdefault(key, []).append(
+                {
+                    "seed": r["seed"],
+                    "final": r["final"][mode],
+                    "curve": [(c["round"], mean_over_sites(c[mode])) for c in r["curve"]],
+                }
+            )
     return {k: rows[k] for k in ORDER if k in rows}
 
 
@@ -106,7 +117,9 @@ def plot_overlays(files: dict[str, Path], png: Path) -> Path | None:
             lab = None if j == 0 else first[f"{site}__truth"] if j == 1 else data[col].get(f"{site}__pred")
             if lab is not None:
                 idx = np.select([lab == 1, lab == 2, lab == 4], [0, 1, 2], default=-1).astype(float)
-                ax.imshow(np.rot90(np.ma.masked_less(idx, 0)), cmap=cmap, vmin=0, vmax=2, alpha=0.6, interpolation="nearest")
+                ax.imshow(
+                    np.rot90(np.ma.masked_less(idx, 0)), cmap=cmap, vmin=0, vmax=2, alpha=0.6, interpolation="nearest"
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

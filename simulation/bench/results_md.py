@@ -6,10 +6,13 @@ import os
 import statistics
 from pathlib import Path
 
-from .report import LABELS, REGIONS, _score, mean_over_sites as _mean, method_rows, ms, site_score
+from .report import LABELS, REGIONS, _score, method_rows, ms, site_score
+from .report import mean_over_sites as _mean
 
-TARGETS = "U-Harmony ≥ FedBN + 2 DSC and ≥ FedAvg + 4 DSC (mean over sites); gap to centralized ≤ 1 DSC; " \
-          "dataset-free unseen-site Dice ≥ FedAvg's; Flower round ≤ 1.15 × bare loop"
+TARGETS = (
+    "U-Harmony ≥ FedBN + 2 DSC and ≥ FedAvg + 4 DSC (mean over sites); gap to centralized ≤ 1 DSC; "
+    "dataset-free unseen-site Dice ≥ FedAvg's; Flower round ≤ 1.15 × in-process round"
+)
 
 
 def _rel(path: Path, md: Path) -> str:
@@ -18,16 +21,25 @@ def _rel(path: Path, md: Path) -> str:
 
 def _methods(rows: dict) -> list[str]:
     sites = sorted({s for runs in rows.values() for x in runs for s in x["final"]}, key=lambda s: (len(s), s))
-    out = ["| method | " + " | ".join(f"site {s}" for s in sites) + " | mean over sites |",
-           "|---|" + "---|" * (len(sites) + 1)]
+    out = [
+        "| method | " + " | ".join(f"site {s}" for s in sites) + " | mean over sites |",
+        "|---|" + "---|" * (len(sites) + 1),
+    ]
     for key, runs in rows.items():
         cells = [ms([site_score(x["final"][s]) for x in runs if s in x["final"]]) for s in sites]
         out.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | **{ms([_mean(x['final']) for x in runs])}** |")
-    out += ["", "Per region (ET / TC / WT; – where the site does not annotate the region):", "",
-            "| method | " + " | ".join(f"site {s}" for s in sites) + " |", "|---|" + "---|" * len(sites)]
+    out += [
+        "",
+        "Per region (ET / TC / WT; – where the site does not annotate the region):",
+        "",
+        "| method | " + " | ".join(f"site {s}" for s in sites) + " |",
+        "|---|" + "---|" * len(sites),
+    ]
     for key, runs in rows.items():
-        cells = [" / ".join(ms([x["final"][s][r] for x in runs if s in x["final"]], digits=0) for r in REGIONS)
-                 for s in sites]
+        cells = [
+            " / ".join(ms([x["final"][s][r] for x in runs if s in x["final"]], digits=0) for r in REGIONS)
+            for s in sites
+        ]
         out.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
     return out
 
@@ -52,9 +64,12 @@ def _targets(rows: dict, records: list[dict]) -> list[str]:
     ratio = [r for r in records if r["kind"] == "flower_ratio"]
     if ratio:
         r = ratio[-1]
-        line("Flower round / bare-loop round ≤ 1.15 (rounds after the first)", f"{r['ratio_after_first']:.3f} "
-             f"(first round {r['flower_round_seconds'][0]:.1f} s vs {r['bare_round_seconds'][0]:.1f} s)",
-             r["ratio_after_first"] <= 1.15)
+        line(
+            "Flower round / in-process round ≤ 1.15 (rounds after the first)",
+            f"{r['ratio_after_first']:.3f} "
+            f"(first round {r['flower_round_seconds'][0]:.1f} s vs {r['bare_round_seconds'][0]:.1f} s)",
+            r["ratio_after_first"] <= 1.15,
+        )
     return out
 
 
@@ -71,17 +86,27 @@ def _unseen(records: list[dict]) -> list[str]:
     if not recs:
         return []
     site = recs[0]["held_out"]
-    out = [f"Site {site} is left out of training (the others train for the same rounds and steps); its "
-           f"{recs[0]['val_cases']} validation scans are then segmented without a site label. U-Harmony first "
-           f"computes the site's harmonization statistics from its {recs[0]['calibration_scans']} unlabeled training "
-           "scans (`uharmony-calibrate`'s routine: forward passes, no labels, no gradients).", "",
-           "| method | ET | TC | WT | mean |", "|---|---|---|---|---|"]
-    for method, key, name in (("fedavg", "dice", "FedAvg"), ("uharmony", "uncalibrated", "U-Harmony, gated, no calibration"),
-                              ("uharmony", "dice", "U-Harmony, gated, calibrated")):
+    out = [
+        f"Site {site} is left out of training (the others train for the same rounds and steps); its "
+        f"{recs[0]['val_cases']} validation scans are then segmented without a site label. U-Harmony first "
+        f"computes the site's harmonization statistics from its {recs[0]['calibration_scans']} unlabeled training "
+        "scans (`uharmony-calibrate`'s routine: forward passes, no labels, no gradients).",
+        "",
+        "| method | ET | TC | WT | mean |",
+        "|---|---|---|---|---|",
+    ]
+    for method, key, name in (
+        ("fedavg", "dice", "FedAvg"),
+        ("uharmony", "uncalibrated", "U-Harmony, gated, no calibration"),
+        ("uharmony", "dice", "U-Harmony, gated, calibrated"),
+    ):
         sel = [r for r in recs if r["method"] == method and key in r]
         if sel:
-            out.append(f"| {name} | " + " | ".join(ms([r[key][g] for r in sel]) for g in REGIONS)
-                       + f" | **{ms([site_score(r[key]) for r in sel])}** |")
+            out.append(
+                f"| {name} | "
+                + " | ".join(ms([r[key][g] for r in sel]) for g in REGIONS)
+                + f" | **{ms([site_score(r[key]) for r in sel])}** |"
+            )
     return out
 
 
@@ -92,16 +117,24 @@ def _ablations(records: list[dict], rows: dict) -> list[str]:
     seeds = sorted({r["seed"] for r in recs})
     base = [x for x in rows.get("uharmony/gated", []) if x["seed"] in seeds]
     base_o = [x for x in rows.get("uharmony/oracle", []) if x["seed"] in seeds]
-    out = [f"U-Harmony variants, one setting changed each, seed(s) {seeds}, same budget. The default is K=1, "
-           "site-local = stats, every normalization layer harmonized, restore = ratio.", "",
-           "| variant | gated | oracle | s / round |", "|---|---|---|---|"]
+    out = [
+        f"U-Harmony variants, one setting changed each, seed(s) {seeds}, same budget. The default is K=1, "
+        "site-local = stats, every normalization layer harmonized, restore = ratio.",
+        "",
+        "| variant | gated | oracle | s / round |",
+        "|---|---|---|---|",
+    ]
     if base:
-        out.append(f"| default | {ms([_mean(x['final']) for x in base])} | {ms([_mean(x['final']) for x in base_o])} | – |")
+        out.append(
+            f"| default | {ms([_mean(x['final']) for x in base])} | {ms([_mean(x['final']) for x in base_o])} | – |"
+        )
     for name in dict.fromkeys(r["variant"] for r in recs):
         sel = [r for r in recs if r["variant"] == name]
         t = statistics.median(s for r in sel for s in r["train_seconds_per_round"])
-        out.append(f"| {name} | {ms([_mean(r['final']['gated']) for r in sel])} | "
-                   f"{ms([_mean(r['final']['oracle']) for r in sel])} | {t:.1f} |")
+        out.append(
+            f"| {name} | {ms([_mean(r['final']['gated']) for r in sel])} | "
+            f"{ms([_mean(r['final']['oracle']) for r in sel])} | {t:.1f} |"
+        )
     return out
 
 
@@ -115,21 +148,33 @@ def _costs(records: list[dict]) -> list[str]:
         out.append(f"| {LABELS.get(m, LABELS.get(m + '/gated', m))} | {statistics.median(t):.1f} |")
     for r in records:
         if r["kind"] == "flower_ratio":
-            out += ["", f"**Flower vs bare loop** ({r['strategy']}, {r['rounds']} rounds, same seed and local work): "
-                    f"Flower simulation rounds {r['flower_round_seconds']} s, bare-loop rounds {r['bare_round_seconds']} s; "
-                    f"ratio of the medians over the rounds after the first **{r['ratio_after_first']:.3f}** (over all rounds "
-                    f"{r['ratio_median']:.3f}; the first Flower round also starts the Ray worker and imports torch and MONAI in it). "
-                    f"Whole Flower run {r['flower_wall_seconds']} s wall, including Ray start-up and evaluation. "
-                    f"Final Dice Flower {_fmt(r['dice_flower'])} vs bare {_fmt(r['dice_bare'])}."]
+            out += [
+                "",
+                f"**Flower vs in-process transport** ({r['strategy']}, {r['rounds']} rounds, same engine, seed and "
+                f"local work): Flower simulation rounds {r['flower_round_seconds']} s, in-process rounds "
+                f"{r['bare_round_seconds']} s; ratio of the medians over the rounds after the first "
+                f"**{r['ratio_after_first']:.3f}** (over all rounds {r['ratio_median']:.3f}; the first Flower round "
+                "also starts the Ray worker and imports torch and MONAI in it). "
+                f"Whole Flower run {r['flower_wall_seconds']} s wall, including Ray start-up and evaluation. "
+                f"Final Dice Flower {_fmt(r['dice_flower'])} vs in-process {_fmt(r['dice_bare'])}.",
+            ]
         if r["kind"] == "bytes":
             out += ["", "| strategy | bytes sent per site per round | full model |", "|---|---|---|"]
             out += [f"| {k} | {v['sent_bytes']:,} | {v['full_model_bytes']:,} |" for k, v in r["per_strategy"].items()]
     mem = [r for r in records if r["kind"] == "memory"]
     if mem:
-        out += ["", "Client memory (fresh process: site data, model, one training round and one evaluation):", "",
-                "| strategy | RSS after imports | after data + model | peak |", "|---|---|---|---|"]
-        out += [f"| {r['strategy']} | {r['rss_after_imports_mib']:.0f} MiB | {r['rss_after_setup_mib']:.0f} MiB | "
-                f"**{r['peak_rss_mib']:.0f} MiB** |" for r in mem]
+        out += [
+            "",
+            "Client memory (fresh process: site data, model, one training round and one evaluation):",
+            "",
+            "| strategy | RSS after imports | after data + model | peak |",
+            "|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['strategy']} | {r['rss_after_imports_mib']:.0f} MiB | {r['rss_after_setup_mib']:.0f} MiB | "
+            f"**{r['peak_rss_mib']:.0f} MiB** |"
+            for r in mem
+        ]
     return out
 
 
@@ -141,42 +186,65 @@ def _scale(records: list[dict]) -> list[str]:
     out = []
     for r in records:
         if r["kind"] == "scale":
-            out.append(f"One Flower simulation round ({r['strategy']}, train + evaluate) with **{r['sites']} SuperNodes** "
-                       f"(the FeTS partitioning_1 institution count; {r['cases_per_site']} generated cases each, "
-                       f"{r['local_steps']} local steps): {r['accepted']} updates accepted, {r['rejected']} rejected, "
-                       f"{r['evaluated_sites']} sites evaluated; training round {r['train_round_seconds']} s, whole run "
-                       f"{r['round_wall_seconds']} s wall; the server received {r['bytes_received_by_server']:,} bytes. "
-                       f"Generating the federation took {r['generation_seconds']} s.")
+            out.append(
+                f"One Flower simulation round ({r['strategy']}, train + evaluate) with **{r['sites']} SuperNodes** "
+                f"(the FeTS partitioning_1 institution count; {r['cases_per_site']} generated cases each, "
+                f"{r['local_steps']} local steps): {r['accepted']} updates accepted, {r['rejected']} rejected, "
+                f"{r['evaluated_sites']} sites evaluated; training round {r['train_round_seconds']} s, whole run "
+                f"{r['round_wall_seconds']} s wall; the server received {r['bytes_received_by_server']:,} bytes. "
+                f"Generating the federation took {r['generation_seconds']} s."
+            )
     return out
 
 
 def write_results(records: list[dict], meta: dict, md: Path, curves_png: Path | None, overlay_png: Path | None) -> Path:
     rows = method_rows(records)
     size = meta["size"]
-    lines = ["# Results", "",
-             f"Generated by `{meta['command']}` on {meta['date']} — do not edit by hand; rerun the command.", "",
-             f"- Machine: {meta['machine']}.",
-             f"- Software: {meta['software']}.",
-             f"- Size `{size['name']}`: seeds {list(size['seeds'])} (the seed also generates the federation); "
-             f"{size['sites']} sites × {size['cases_per_site']} cases at {size['spacing']:g} mm (25% of each site's cases "
-             f"held out for validation); {size['rounds']} rounds × {size['local_steps']} local steps per site, batch 2, "
-             f"patch {size['patch_size']}³, DynUNet filters {size['filters']}. Centralized training takes "
-             f"sites × local steps per round on the pooled data, local-only training the same steps per site alone.",
-             f"- Wall time of this benchmark: {meta['wall_minutes']:.1f} min.",
-             "- Dice: a site's score is the mean over the regions it annotates (site 4 of the generator labels only the whole tumour); "
-             "a method's score is the mean over sites; cells are mean ± sample std over seeds, in DSC points (×100).",
-             "", "## Targets", "", f"Targets from the issue: {TARGETS}.", "", *_targets(rows, records), "",
-             "## Methods", "", *_methods(rows), ""]
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']} — do not edit by hand; rerun the command.",
+        "",
+        f"- Machine: {meta['machine']}.",
+        f"- Software: {meta['software']}.",
+        f"- Size `{size['name']}`: seeds {list(size['seeds'])} (the seed also generates the federation); "
+        f"{size['sites']} sites × {size['cases_per_site']} cases at {size['spacing']:g} mm (25% of each site's cases "
+        f"held out for validation); {size['rounds']} rounds × {size['local_steps']} local steps per site, batch 2, "
+        f"patch {size['patch_size']}³, DynUNet filters {size['filters']}. Centralized training takes "
+        f"sites × local steps per round on the pooled data, local-only training the same steps per site alone.",
+        f"- Wall time of this benchmark: {meta['wall_minutes']:.1f} min.",
+        "- Dice: a site's score is the mean over the regions it annotates (site 4 of the generator labels only the "
+        "whole tumour); a method's score is the mean over sites; cells are mean ± sample std over seeds, "
+        "in DSC points (×100).",
+        "",
+        "## Targets",
+        "",
+        f"Targets from the issue: {TARGETS}.",
+        "",
+        *_targets(rows, records),
+        "",
+        "## Methods",
+        "",
+        *_methods(rows),
+        "",
+    ]
     if curves_png:
         lines += [f"![Dice per round]({_rel(curves_png, md)})", ""]
     if overlay_png:
         lines += [f"![Predictions per site]({_rel(overlay_png, md)})", ""]
-    for title, part in (("Unseen site (leave one site out)", _unseen(records)), ("Ablations", _ablations(records, rows)),
-                        ("Costs", _costs(records)), ("Scale", _scale(records))):
+    for title, part in (
+        ("Unseen site (leave one site out)", _unseen(records)),
+        ("Ablations", _ablations(records, rows)),
+        ("Costs", _costs(records)),
+        ("Scale", _scale(records)),
+    ):
         if part:
             lines += [f"## {title}", "", *part, ""]
-    lines += [f"Raw records: `{md.stem}/results.jsonl` (one JSON object per job); per-run `metrics.jsonl` "
-              "under the benchmark's work folder (`runs/bench/runs/`).", ""]
+    lines += [
+        f"Raw records: `{md.stem}/results.jsonl` (one JSON object per job); per-run `metrics.jsonl` "
+        "under the benchmark's work folder (`runs/bench/runs/`).",
+        "",
+    ]
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines))
     return md

@@ -37,19 +37,59 @@ class BenchSize:
 
     def base_overrides(self, seed: int) -> dict:
         """Run-config entries shared by every training job of ``seed`` (same data, budget, model)."""
-        return {"seed": seed, "synth-sites": self.sites, "synth-cases-per-site": self.cases_per_site,
-                "synth-spacing": self.spacing, "spacing": self.spacing, "num-server-rounds": self.rounds,
-                "local-steps": self.local_steps, "eval-every": self.eval_every, "patch-size": self.patch_size,
-                "filters": self.filters}
+        return {
+            "seed": seed,
+            "synth-sites": self.sites,
+            "synth-cases-per-site": self.cases_per_site,
+            "synth-spacing": self.spacing,
+            "spacing": self.spacing,
+            "num-server-rounds": self.rounds,
+            "local-steps": self.local_steps,
+            "eval-every": self.eval_every,
+            "patch-size": self.patch_size,
+            "filters": self.filters,
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-DEFAULT = BenchSize(name="default", seeds=(0, 1, 2), sites=4, cases_per_site=8, spacing=3.0, rounds=6,
-                    local_steps=15, eval_every=2, patch_size=32, filters="16,32,64,128", ablation_seeds=(0,),
-                    held_out=0, flower_rounds=4, scale_sites=23, scale_cases=2, scale_spacing=3.0, scale_steps=5)
-QUICK = BenchSize(name="quick", seeds=(0, 1), sites=3, cases_per_site=4, spacing=6.0, rounds=2, local_steps=2,
-                  eval_every=1, patch_size=16, filters="8,16,32", ablation_seeds=(0,), held_out=0,
-                  flower_rounds=3, scale_sites=23, scale_cases=2, scale_spacing=6.0, scale_steps=1)
+DEFAULT = BenchSize(
+    name="default",
+    seeds=(0, 1, 2),
+    sites=4,
+    cases_per_site=8,
+    spacing=3.0,
+    rounds=6,
+    local_steps=15,
+    eval_every=2,
+    patch_size=32,
+    filters="16,32,64,128",
+    ablation_seeds=(0,),
+    held_out=0,
+    flower_rounds=4,
+    scale_sites=23,
+    scale_cases=2,
+    scale_spacing=3.0,
+    scale_steps=5,
+)
+QUICK = BenchSize(
+    name="quick",
+    seeds=(0, 1),
+    sites=3,
+    cases_per_site=4,
+    spacing=6.0,
+    rounds=2,
+    local_steps=2,
+    eval_every=1,
+    patch_size=16,
+    filters="8,16,32",
+    ablation_seeds=(0,),
+    held_out=0,
+    flower_rounds=3,
+    scale_sites=23,
+    scale_cases=2,
+    scale_spacing=6.0,
+    scale_steps=1,
+)
 SIZES = {"default": DEFAULT, "quick": QUICK}

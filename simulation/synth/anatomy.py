@@ -28,7 +28,7 @@ def tissue_maps(spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     brain = (maps["csf"] + maps["gm"] + maps["wm"]) > 0.3
     idx = np.argwhere(brain)
     lo, hi = np.maximum(idx.min(0) - 2, 0), idx.max(0) + 3
-    maps = {k: np.ascontiguousarray(v[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) for k, v in maps.items()}
+    maps = {k: np.ascontiguousarray(v[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) for k, v in maps.items()}
     affine = gm_img.affine.copy()
     affine[:3, :3] = np.diag([spacing] * 3)
     affine[:3, 3] = gm_img.affine[:3, 3] + lo * spacing
@@ -43,8 +43,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int =
     return field / (np.abs(field).max() + 1e-6)
 
 
-def deform(maps: dict[str, np.ndarray], rng: np.random.Generator, magnitude: float = 2.0,
-           scale_jitter: float = 0.05) -> dict[str, np.ndarray]:
+def deform(
+    maps: dict[str, np.ndarray], rng: np.random.Generator, magnitude: float = 2.0, scale_jitter: float = 0.05
+) -> dict[str, np.ndarray]:
     """Per-subject anatomy: random global scaling and a smooth elastic displacement (voxels)."""
     shape = next(iter(maps.values())).shape
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")

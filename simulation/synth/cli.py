@@ -1,7 +1,9 @@
-"""``uharmony-data``: create the embedded synthetic federation.
+"""``uharmony-data``: make the federations a simulation runs on.
 
-    uharmony-data synth --out DIR --sites N --cases-per-site M --seed S [--spacing MM] [--first-site K] [--join-sites J]
-    uharmony-data stats --root DIR
+uharmony-data synth --out DIR --sites N --cases-per-site M --seed S [--spacing MM] [--first-site K] [--join-sites J]
+uharmony-data embedded [--run-config "seed=1 synth-sites=4"]    # the run's embedded federation (cached)
+uharmony-data partition KIND --root DATASET --out DIR [--csv partitioning_1.csv] [--strict]
+uharmony-data stats --root DIR
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from uharmony.data import DataError
+
+from ..embedded import ensure_federation
+from ..main_job import run_config
+from ..partition import KINDS, partition
 from .generate import generate_federation
 from .montage import site_montage
 from .profiles import make_join_profile, make_site_profile
@@ -26,15 +33,43 @@ def main(argv=None) -> int:
     s.add_argument("--cases-per-site", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm (1-6)")
-    s.add_argument("--first-site", type=int, default=0,
-                   help="index of the first site; use the site count of an existing federation to make unseen sites")
-    s.add_argument("--join-sites", type=int, default=0,
-                   help="make the last N sites post-operative joiners: extra ADC contrast, BraTS 2024 labels "
-                        "with the resection cavity (a modality and a class the others lack)")
+    s.add_argument(
+        "--first-site",
+        type=int,
+        default=0,
+        help="index of the first site; use the site count of an existing federation to make unseen sites",
+    )
+    s.add_argument(
+        "--join-sites",
+        type=int,
+        default=0,
+        help="make the last N sites post-operative joiners: extra ADC contrast, BraTS 2024 labels "
+        "with the resection cavity (a modality and a class the others lack)",
+    )
     s.add_argument("--no-montage", action="store_true")
-    t = sub.add_parser("stats", help="per-site mean intensity per contrast and lesion volume (prints + site_stats.jsonl)")
+    t = sub.add_parser(
+        "stats", help="per-site mean intensity per contrast and lesion volume (prints + site_stats.jsonl)"
+    )
     t.add_argument("--root", type=Path, required=True)
+    e = sub.add_parser("embedded", help="generate (once) the embedded federation a run config uses; prints its folder")
+    e.add_argument("--run-config", "-c", default="", help="run-config entries as for `flwr run -c`")
+    q = sub.add_parser("partition", help="partition a public dataset by institution into a federation manifest")
+    q.add_argument("kind", choices=KINDS)
+    q.add_argument("--root", type=Path, required=True, help="the dataset's folder")
+    q.add_argument("--out", type=Path, required=True, help="folder for federation.json (the run's data-root)")
+    q.add_argument("--csv", default=None, help="brats2021: FeTS partition CSV (default partitioning_1.csv)")
+    q.add_argument("--strict", action="store_true", help="a subject the CSV names but the tree lacks is an error")
     a = parser.parse_args(argv)
+    if a.command in ("embedded", "partition"):
+        try:
+            if a.command == "embedded":
+                print(ensure_federation(run_config(a.run_config)))
+            else:
+                print(partition(a.kind, a.root, a.out, a.csv, a.strict).parent)
+        except (ValueError, DataError) as exc:
+            print(f"uharmony-data: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if a.command == "stats":
         try:
             out = write_stats(a.root)
@@ -48,8 +83,9 @@ def main(argv=None) -> int:
         if not 0 <= a.join_sites <= a.sites:
             raise ValueError(f"--join-sites must be in [0, --sites], got {a.join_sites}")
         idx = [a.first_site + i for i in range(a.sites)]
-        profiles = [make_site_profile(a.seed, i) for i in idx[:a.sites - a.join_sites]] + [
-            make_join_profile(a.seed, i) for i in idx[a.sites - a.join_sites:]]
+        profiles = [make_site_profile(a.seed, i) for i in idx[: a.sites - a.join_sites]] + [
+            make_join_profile(a.seed, i) for i in idx[a.sites - a.join_sites :]
+        ]
         desc = generate_federation(a.out, a.sites, a.cases_per_site, a.seed, a.spacing, a.first_site, profiles=profiles)
     except ValueError as exc:
         print(f"uharmony-data: error: {exc}", file=sys.stderr)

@@ -1,14 +1,13 @@
-"""Generate a multi-site federation as real NIfTI files in the BraTS layout + a FeTS partition CSV.
+"""Generate a multi-site federation as real NIfTI files in the BraTS layout, with its manifest.
 
-Layout: ``ROOT/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, ``ROOT/partitioning.csv``
-(``Partition_ID,Subject_ID``) and ``ROOT/federation.json`` (site profiles: modalities, label protocol).
-Whole-tumour-only sites write the tumour as label 2 everywhere and declare ``labels: "wt"``.
+Layout: ``ROOT/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` and ``ROOT/federation.json`` (the
+federation manifest of ``uharmony.data.manifest``: each site's cases, modalities, label protocol and
+the scanner profile it was drawn with). Whole-tumour-only sites write the tumour as label 2 everywhere
+and declare ``labels: "wt"``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 
@@ -17,16 +16,17 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from uharmony.data.cases import protocol_label_map
+from uharmony.data.manifest import write_manifest
+
 from .anatomy import deform, smooth_field, tissue_maps
 from .lesions import ED, ET, NCR, RC, insert_lesions
 from .profiles import TISSUE_INTENSITY, SiteProfile, make_site_profile
 
-PARTITION_CSV = "partitioning.csv"
-FEDERATION_JSON = "federation.json"
 
-
-def render(tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profile: SiteProfile,
-           rng: np.random.Generator) -> np.ndarray:
+def render(
+    tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profile: SiteProfile, rng: np.random.Generator
+) -> np.ndarray:
     """One contrast of one subject as seen by the site's scanner (skull-stripped, float32)."""
     ti = TISSUE_INTENSITY[modality]
     img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
@@ -58,8 +58,15 @@ def protocol_labels(seg: np.ndarray, protocol: str) -> np.ndarray:
     raise ValueError(f"unknown labelling protocol {protocol!r}")
 
 
-def write_case(root: Path, case: str, tissue: dict, seg: np.ndarray, affine: np.ndarray, profile: SiteProfile,
-               rng: np.random.Generator) -> None:
+def write_case(
+    root: Path,
+    case: str,
+    tissue: dict,
+    seg: np.ndarray,
+    affine: np.ndarray,
+    profile: SiteProfile,
+    rng: np.random.Generator,
+) -> None:
     folder = root / case
     folder.mkdir(parents=True, exist_ok=True)
     for modality in profile.modalities:
@@ -71,10 +78,17 @@ def write_case(root: Path, case: str, tissue: dict, seg: np.ndarray, affine: np.
     nib.save(seg_img, folder / f"{case}_seg.nii.gz")
 
 
-def generate_federation(out: str | Path, sites: int = 4, cases_per_site: int = 8, seed: int = 0,
-                        spacing: float = 3.0, first_site: int = 0, progress: bool = True,
-                        profiles: list[SiteProfile] | None = None) -> dict:
-    """Write the federation under ``out``; returns its description (also saved as federation.json).
+def generate_federation(
+    out: str | Path,
+    sites: int = 4,
+    cases_per_site: int = 8,
+    seed: int = 0,
+    spacing: float = 3.0,
+    first_site: int = 0,
+    progress: bool = True,
+    profiles: list[SiteProfile] | None = None,
+) -> dict:
+    """Write the federation under ``out``; returns its description (the manifest's content).
 
     ``first_site`` offsets the site indices, so ``first_site=sites`` of an existing federation yields
     new, unseen sites with different profiles from the same seed.
@@ -86,23 +100,35 @@ def generate_federation(out: str | Path, sites: int = 4, cases_per_site: int = 8
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     profiles = profiles or [make_site_profile(seed, first_site + i) for i in range(sites)]
-    rows, description = [], {"seed": seed, "spacing_mm": spacing, "sites": {}}
+    entries = []
     bar = tqdm(total=len(profiles) * cases_per_site, desc="synthesizing cases", unit="case", disable=not progress)
     for p_idx, profile in enumerate(profiles):
+        cases = []
         for c in range(cases_per_site):
             rng = np.random.default_rng([seed, first_site + p_idx, c, 104729])
             case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
             tissue = deform(base, rng)
             seg = insert_lesions(tissue, profile.lesion, spacing, rng)
             write_case(out, case, tissue, seg, affine, profile, rng)
-            rows.append((first_site + p_idx + 1, case))
+            cases.append(
+                {
+                    "id": case,
+                    "images": {m: f"{case}/{case}_{m}.nii.gz" for m in profile.modalities},
+                    "label": f"{case}/{case}_seg.nii.gz",
+                }
+            )
             bar.update(1)
-        description["sites"][str(first_site + p_idx + 1)] = profile.to_dict()
+        entries.append(
+            {
+                "name": str(first_site + p_idx + 1),
+                "domain": p_idx,
+                "labels": protocol_label_map(profile.labels, "site profile"),
+                "modalities": list(profile.modalities),
+                "cases": cases,
+                "profile": profile.to_dict(),
+            }
+        )
     bar.close()
-    with open(out / PARTITION_CSV, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Partition_ID", "Subject_ID"])
-        writer.writerows(rows)
-    description["seconds"] = round(time.time() - t0, 2)
-    (out / FEDERATION_JSON).write_text(json.dumps(description, indent=2))
-    return description
+    description = {"seed": seed, "spacing_mm": spacing, "seconds": round(time.time() - t0, 2)}
+    write_manifest(out, "synthetic", entries, generator=description)
+    return {**description, "sites": {e["name"]: e["profile"] for e in entries}}

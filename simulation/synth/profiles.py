@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
+from uharmony.networks import DEFAULT_MODALITIES as MODALITIES
+
 EXTRA_MODALITIES = ("adc",)  # acquired only by some sites (a joining site brings it)
 # Relative tissue intensities per contrast: CSF, GM, WM, necrosis, oedema, enhancing, resection cavity.
 # The cavity is fluid: CSF-like, with some FLAIR signal (proteinaceous fluid, blood products). ADC is the
@@ -68,8 +69,20 @@ def make_join_profile(seed: int, index: int, name: str | None = None) -> SitePro
     ADC contrast (a new modality), on its own scanner profile (drawn like ``make_site_profile``)."""
     base = make_site_profile(seed, index, name)
     rng = np.random.default_rng([seed, index, 7919, 1])
-    scale = {**base.scale, **{m: float(rng.choice([500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in EXTRA_MODALITIES}}
+    scale = {
+        **base.scale,
+        **{m: float(rng.choice([500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in EXTRA_MODALITIES},
+    }
     gamma = {**base.gamma, **{m: float(rng.uniform(0.8, 1.2)) for m in EXTRA_MODALITIES}}
-    return SiteProfile(name=base.name, scale=scale, gamma=gamma, bias=base.bias, noise=base.noise, blur=base.blur,
-                       slice_blur=base.slice_blur, modalities=MODALITIES + EXTRA_MODALITIES, labels="brats2024",
-                       lesion="postop")
+    return SiteProfile(
+        name=base.name,
+        scale=scale,
+        gamma=gamma,
+        bias=base.bias,
+        noise=base.noise,
+        blur=base.blur,
+        slice_blur=base.slice_blur,
+        modalities=MODALITIES + EXTRA_MODALITIES,
+        labels="brats2024",
+        lesion="postop",
+    )

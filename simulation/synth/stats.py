@@ -2,42 +2,39 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from .profiles import MODALITIES
+from uharmony.data import MODALITIES, load_federation
 
 
 def site_stats(root: str | Path) -> list[dict]:
-    root = Path(root)
-    by_site: dict[str, list[str]] = {}
-    with open(root / "partitioning.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            by_site.setdefault(row["Partition_ID"], []).append(row["Subject_ID"])
-    desc = json.loads((root / "federation.json").read_text())["sites"] if (root / "federation.json").exists() else {}
+    """Per site of a federation manifest: mean brain intensity per contrast and lesion volume."""
     rows = []
-    for site, cases in by_site.items():
-        mods = list(MODALITIES) + [m for m in desc.get(site, {}).get("modalities", ()) if m not in MODALITIES]
+    for site in load_federation(root).sites:
+        mods = list(MODALITIES) + [m for m in site.modalities if m not in MODALITIES]
         means = {m: [] for m in mods}
         volumes = []
-        for case in cases:
-            seg_img = nib.load(root / case / f"{case}_seg.nii.gz")
+        for case in site.cases:
+            seg_img = nib.load(case.label)
             seg = np.asarray(seg_img.dataobj)
             voxel_ml = float(np.prod(seg_img.header.get_zooms()[:3])) / 1000.0
             volumes.append(float((seg > 0).sum()) * voxel_ml)
-            for m in mods:
-                path = root / case / f"{case}_{m}.nii.gz"
-                if path.exists():
-                    data = np.asarray(nib.load(path).dataobj)
-                    means[m].append(float(data[data > 0].mean()))
-        rows.append({"site": site, "cases": len(cases),
-                     "mean_intensity": {m: round(float(np.mean(v)), 1) if v else None for m, v in means.items()},
-                     "lesion_ml_mean": round(float(np.mean(volumes)), 1),
-                     "lesion_ml_range": [round(min(volumes), 1), round(max(volumes), 1)]})
+            for m, path in case.images.items():
+                data = np.asarray(nib.load(path).dataobj)
+                means[m].append(float(data[data > 0].mean()))
+        rows.append(
+            {
+                "site": site.name,
+                "cases": len(site.cases),
+                "mean_intensity": {m: round(float(np.mean(v)), 1) if v else None for m, v in means.items()},
+                "lesion_ml_mean": round(float(np.mean(volumes)), 1),
+                "lesion_ml_range": [round(min(volumes), 1), round(max(volumes), 1)],
+            }
+        )
     return rows
 
 

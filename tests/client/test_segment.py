@@ -8,21 +8,43 @@ import pytest
 import torch
 
 from client.segment_cli import main_calibrate, main_segment
-from client.site_state import load_local_state
-from server.checkpoint import save_checkpoint
 from uharmony import build_model
-from uharmony.federated import ModelRoles, to_numpy
+from uharmony.checkpoint import save_checkpoint
+from uharmony.config import RunConfig
+from uharmony.federated import ModelRoles, global_state_of, local_state_of
 from uharmony.inference import calibrate, regions_to_brats
+from uharmony.site_state import load_local_state, save_local_state
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = build_model("dynunet", 4, 3, 4, "uharmony", filters=(8, 16, 32))
-    roles = ModelRoles(model, "uharmony")
-    save_checkpoint(tmp_path / "run", 1, model.spec, to_numpy(model.state_dict(), roles.global_keys()), name="final_model.pt")
+def checkpoint(trained_run):
+    """The federated model of the session's tiny trained run (U-Harmony, 2 rounds)."""
+    return trained_run / "final_model.pt"
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedbn", "local"])
+def test_models_of_every_strategy_segment(tiny_federation, tmp_path, capsys, strategy):
+    """The model file says which strategy made it; what stays at a site comes from that site's --state-dir."""
+    cfg = RunConfig.from_flwr({"strategy": strategy, "filters": "8,16,32"})
+    model = cfg.build_model()
+    roles = ModelRoles(model, strategy)
+    save_checkpoint(
+        tmp_path / "run", 1, model.spec, global_state_of(model, roles), {"strategy": strategy}, name="final_model.pt"
+    )
     (tmp_path / "run" / "config.json").write_text(json.dumps({"spacing": 6.0, "patch-size": 16}))
-    return tmp_path / "run" / "final_model.pt"
+    args = [
+        "--model",
+        str(tmp_path / "run" / "final_model.pt"),
+        "--input",
+        str(tiny_federation / "SYN_001_000"),
+        "--out",
+        str(tmp_path / "seg.nii.gz"),
+    ]
+    if strategy == "local":  # the whole model lives at the site
+        assert main_segment(args) == 2 and "--state-dir" in capsys.readouterr().err
+    save_local_state(tmp_path / "state", local_state_of(model, roles), {"site": "1"})
+    assert main_segment([*args, "--state-dir", str(tmp_path / "state")]) == 0
+    assert set(json.loads(capsys.readouterr().out)["volumes_ml"]) == {"ET", "TC", "WT"}
 
 
 def test_calibration_from_unlabeled_scans(tiny_federation, checkpoint, tmp_path, capsys):
@@ -33,7 +55,10 @@ def test_calibration_from_unlabeled_scans(tiny_federation, checkpoint, tmp_path,
         for f in (tiny_federation / case).glob("*.nii.gz"):
             if not f.name.endswith("_seg.nii.gz"):
                 (unlabeled / case / f.name).symlink_to(f)
-    assert main_calibrate(["--model", str(checkpoint), "--input", str(unlabeled), "--state-dir", str(tmp_path / "state")]) == 0
+    assert (
+        main_calibrate(["--model", str(checkpoint), "--input", str(unlabeled), "--state-dir", str(tmp_path / "state")])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["scans"] == 2 and report["updates"] > 0
     state, info = load_local_state(tmp_path / "state")
@@ -61,16 +86,25 @@ def test_batch_mode_skips_and_counts_bad_cases(tiny_federation, checkpoint, tmp_
         (batch / case).symlink_to(tiny_federation / case)
     (batch / "BROKEN").mkdir()
     (batch / "BROKEN" / "BROKEN_flair.nii.gz").write_bytes(b"not nifti")
-    assert main_segment(["--model", str(checkpoint), "--input", str(batch), "--out", str(tmp_path / "out"), "--png"]) == 0
+    assert (
+        main_segment(["--model", str(checkpoint), "--input", str(batch), "--out", str(tmp_path / "out"), "--png"]) == 0
+    )
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["cases"] == 2 and len(report["skipped"]) == 1 and "BROKEN_flair.nii.gz" in report["skipped"][0]
-    assert (tmp_path / "out" / "SYN_004_001_seg.nii.gz").exists() and (tmp_path / "out" / "SYN_004_001_seg.png").exists()
+    assert (tmp_path / "out" / "SYN_004_001_seg.nii.gz").exists() and (
+        tmp_path / "out" / "SYN_004_001_seg.png"
+    ).exists()
     assert len((tmp_path / "out" / "volumes.jsonl").read_text().splitlines()) == 2
 
 
 def test_segment_bad_input(checkpoint, tmp_path, capsys):
     (tmp_path / "empty_case").mkdir()
-    assert main_segment(["--model", str(checkpoint), "--input", str(tmp_path / "empty_case"), "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        main_segment(
+            ["--model", str(checkpoint), "--input", str(tmp_path / "empty_case"), "--out", str(tmp_path / "o.nii.gz")]
+        )
+        == 2
+    )
     assert "no modality file" in capsys.readouterr().err
 
 
@@ -83,7 +117,11 @@ def test_regions_to_brats_nesting():
 
 def test_calibrate_needs_uharmony():
     with pytest.raises(ValueError, match="no UHarmonyNorm"):
-        calibrate(build_model("dynunet", 4, 3, 1, "instance", filters=(8, 16, 32)), [(torch.zeros(4, 8, 8, 8), torch.ones(4))], 8)
+        calibrate(
+            build_model("dynunet", 4, 3, 1, "instance", filters=(8, 16, 32)),
+            [(torch.zeros(4, 8, 8, 8), torch.ones(4))],
+            8,
+        )
 
 
 def test_segment_with_a_model_grown_by_a_join(tiny_join_federation, tmp_path, capsys):
@@ -98,11 +136,16 @@ def test_segment_with_a_model_grown_by_a_join(tiny_join_federation, tmp_path, ca
             e.conv.weight.zero_()
             e.conv.bias.copy_(torch.tensor([-10.0, -10.0, -10.0, 10.0]))
     roles = ModelRoles(model, "uharmony")
-    save_checkpoint(tmp_path / "run", 1, model.spec, to_numpy(model.state_dict(), roles.global_keys()), name="final_model.pt")
+    save_checkpoint(
+        tmp_path / "run", 1, model.spec, global_state_of(model, roles), {"strategy": "uharmony"}, name="final_model.pt"
+    )
     (tmp_path / "run" / "config.json").write_text(json.dumps({"spacing": 6.0, "patch-size": 16}))
     case = tiny_join_federation / "SYN_004_000"
     out = tmp_path / "seg.nii.gz"
-    assert main_segment(["--model", str(tmp_path / "run" / "final_model.pt"), "--input", str(case), "--out", str(out)]) == 0
+    assert (
+        main_segment(["--model", str(tmp_path / "run" / "final_model.pt"), "--input", str(case), "--out", str(out)])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["modalities"] == ["t1", "t1ce", "t2", "flair", "adc"]
     assert set(report["volumes_ml"]) == {"ET", "TC", "WT", "RC"} and report["volumes_ml"]["RC"] > 0

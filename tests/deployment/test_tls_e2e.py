@@ -4,6 +4,7 @@ Three hospitals start together; a fourth, post-operative one (ADC contrast, rese
 a new domain) starts its SuperNode only after round 1 and joins the running federation.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from simulation.synth import generate_federation
 from simulation.synth.profiles import make_join_profile
+from uharmony.data import load_federation
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -30,37 +32,43 @@ def _free_port() -> int:
 
 
 def _env(tmp):
-    return dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", FLWR_HOME=str(tmp / "flwr-home"),
-                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONWARNINGS="ignore")
+    return dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        FLWR_HOME=str(tmp / "flwr-home"),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PYTHONWARNINGS="ignore",
+    )
 
 
 def _cmd(tmp, *args, timeout=120, check=True):
-    res = subprocess.run([str(BIN / args[0]), *args[1:]], env=_env(tmp), cwd=tmp, capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
 
 
 def _site_folders(tmp) -> list[Path]:
-    fed = generate_federation(tmp / "fed", sites=3, cases_per_site=3, seed=0, spacing=6.0, progress=False)
+    """Three hospitals' data folders (case folders + site.json), from a generated federation's sites."""
+    generate_federation(tmp / "fed", sites=3, cases_per_site=3, seed=0, spacing=6.0, progress=False)
     folders = []
-    for line in (tmp / "fed" / "partitioning.csv").read_text().splitlines()[1:]:
-        pid, case = line.split(",")
-        site = tmp / "data" / f"s{pid}"
-        site.mkdir(parents=True, exist_ok=True)
-        (site / case).symlink_to(tmp / "fed" / case)
-        prof = fed["sites"][pid]
-        (site / "site.json").write_text(json.dumps({"modalities": prof["modalities"], "labels": prof["labels"]}))
-        if site not in folders:
-            folders.append(site)
+    for site in load_federation(tmp / "fed").sites:
+        folder = tmp / "data" / f"s{site.name}"
+        folder.mkdir(parents=True)
+        for case in site.cases:
+            (folder / case.case_id).symlink_to(tmp / "fed" / case.case_id)
+        (folder / "site.json").write_text(json.dumps({"modalities": list(site.modalities), "labels": site.label_map}))
+        folders.append(folder)
     return folders
 
 
 def _joining_site(tmp) -> Path:
     """Site s4: post-operative cases with ADC and BraTS 2024 labels (what the federation has not seen)."""
-    fed = generate_federation(tmp / "fed4", 1, 3, seed=0, spacing=6.0, first_site=3, progress=False,
-                              profiles=[make_join_profile(0, 3)])
+    fed = generate_federation(
+        tmp / "fed4", 1, 3, seed=0, spacing=6.0, first_site=3, progress=False, profiles=[make_join_profile(0, 3)]
+    )
     site = tmp / "data" / "s4"
     site.mkdir(parents=True)
     for case in (tmp / "fed4").glob("SYN_*"):
@@ -72,9 +80,11 @@ def _joining_site(tmp) -> Path:
 
 def _site_config(tmp, name, domain, data, key, superlink_port) -> Path:
     path = tmp / f"{name}.toml"
-    path.write_text(f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
-                    f'state-dir = "{tmp / ("state-" + name)}"\nsuperlink = "127.0.0.1:{superlink_port}"\n'
-                    f'ca = "{tmp / "pki" / "ca.crt"}"\nkey = "{key}"\nport = {_free_port()}\nmax-retries = 2\nmax-wait-time = 20\n')
+    path.write_text(
+        f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
+        f'state-dir = "{tmp / ("state-" + name)}"\nsuperlink = "127.0.0.1:{superlink_port}"\n'
+        f'ca = "{tmp / "pki" / "ca.crt"}"\nkey = "{key}"\nport = {_free_port()}\nmax-retries = 2\nmax-wait-time = 20\n'
+    )
     return path
 
 
@@ -83,20 +93,51 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
     procs: list[subprocess.Popen] = []
 
     def spawn(name, *args):
-        log = open(tmp / f"{name}.log", "w")
-        p = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=_env(tmp), cwd=tmp, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - the daemon writes to it until the test ends
+        p = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            env=_env(tmp),
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(p)
         return p
 
     try:
         _cmd(tmp, "uharmony-pki", "init-ca", "--dir", "pki")
         _cmd(tmp, "uharmony-pki", "server-cert", "--dir", "pki", "--ip", "127.0.0.1", "--dns", "localhost")
-        _cmd(tmp, "uharmony-pki", "site-key", "--dir", "pki", "--site", "s1", "--site", "s2", "--site", "s3", "--site", "s4")
+        _cmd(
+            tmp,
+            "uharmony-pki",
+            "site-key",
+            "--dir",
+            "pki",
+            "--site",
+            "s1",
+            "--site",
+            "s2",
+            "--site",
+            "s3",
+            "--site",
+            "s4",
+        )
         _cmd(tmp, "uharmony-pki", "site-key", "--dir", "rogue", "--site", "intruder")  # never registered
         port = _free_port()
-        spawn("superlink", "uharmony-coordinator", "start", "--pki", "pki", "--state", "state",
-              "--host", "127.0.0.1", "--port", str(port))
+        spawn(
+            "superlink",
+            "uharmony-coordinator",
+            "start",
+            "--pki",
+            "pki",
+            "--state",
+            "state",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        )
         for _ in range(30):  # wait until the SuperLink accepts registrations
             res = _cmd(tmp, "uharmony-coordinator", "register", "--pki", "pki", "--state", "state", check=False)
             if res.returncode == 0:
@@ -113,11 +154,24 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
 
         joiner = _joining_site(tmp)
         t0 = time.time()
-        run = subprocess.Popen([str(BIN / "uharmony-coordinator"), "run", "--state", "state", "--app", str(REPO), "-c",
-                                "num-server-rounds=3 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1 "
-                                f"num-domains=3 min-sites=3 run-dir='{tmp / 'run'}'"], env=_env(tmp), cwd=tmp,
-                               stdout=open(tmp / "coordinator-run.log", "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        run = subprocess.Popen(
+            [
+                str(BIN / "uharmony-coordinator"),
+                "run",
+                "--state",
+                "state",
+                "--app",
+                str(REPO),
+                "-c",
+                "num-server-rounds=3 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1 "
+                f"num-domains=3 min-sites=3 run-dir='{tmp / 'run'}'",
+            ],
+            env=_env(tmp),
+            cwd=tmp,
+            stdout=open(tmp / "coordinator-run.log", "w"),  # noqa: SIM115 - written until the run ends
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(run)
         metrics = tmp / "run" / "metrics.jsonl"
         while '"event": "train"' not in (metrics.read_text() if metrics.exists() else ""):  # round 1 trained
@@ -140,8 +194,11 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
         assert join[0]["added"] == {"modalities": ["adc"], "regions": ["RC"], "domains": [3]}
         assert all("s4" in trains[r]["sites"] for r in range(join[0]["round"], 4))
         after = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("phase") == "after-extension"}
-        before = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs
-                  if r.get("round") == join[0]["round"] - 1 and "dice" in r and "phase" not in r}
+        before = {
+            (r["site"], r["mode"], r["region"]): r["dice"]
+            for r in recs
+            if r.get("round") == join[0]["round"] - 1 and "dice" in r and "phase" not in r
+        }
         assert before and all(abs(after[k] - v) <= 1e-6 for k, v in before.items())  # old sites unchanged
         assert {r["region"] for r in recs if r.get("site") == "s4" and "dice" in r} == {"ET", "TC", "WT", "RC"}
         print(f"TLS deployment: 3 rounds with a join in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
@@ -154,16 +211,25 @@ def test_tls_federation_with_authenticated_supernodes(tmp_path):
         assert "failed to activate supernode" in (tmp / "intruder.log").read_text().lower()
 
         # a plaintext connection to the TLS SuperLink fails
-        plain = spawn("plaintext", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
-                      str(_free_port()), "--max-retries", "2", "--max-wait-time", "15")
+        plain = spawn(
+            "plaintext",
+            "flower-supernode",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--port",
+            str(_free_port()),
+            "--max-retries",
+            "2",
+            "--max-wait-time",
+            "15",
+        )
         assert plain.wait(timeout=180) != 0
         assert "failed to initialize the connection" in (tmp / "plaintext.log").read_text().lower()
     finally:
         for p in procs:  # stop every process this test started (and their children), by process id
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for p in procs:
             try:
                 p.wait(timeout=20)

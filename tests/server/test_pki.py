@@ -50,13 +50,16 @@ def test_never_overwritten_without_force(pki):
     assert (pki / "ca.key").read_bytes() != before
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda d: server_cert(d, ["bad name!"], []), "invalid DNS name"),
-    (lambda d: server_cert(d, [], ["300.1.1.1"]), "invalid IP"),
-    (lambda d: server_cert(d, [], []), "at least one"),
-    (lambda d: site_key(d, "../evil"), "invalid site name"),
-    (lambda d: init_ca(d / "x", days=0), "between 1 and 3650"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda d: server_cert(d, ["bad name!"], []), "invalid DNS name"),
+        (lambda d: server_cert(d, [], ["300.1.1.1"]), "invalid IP"),
+        (lambda d: server_cert(d, [], []), "at least one"),
+        (lambda d: site_key(d, "../evil"), "invalid site name"),
+        (lambda d: init_ca(d / "x", days=0), "between 1 and 3650"),
+    ],
+)
 def test_bad_input(pki, call, match):
     with pytest.raises(PKIError, match=match):
         call(pki)

@@ -32,15 +32,31 @@ def test_same_budget_for_every_method():
 
 def test_scores_skip_unannotated_regions():
     assert site_score({"ET": None, "TC": None, "WT": 0.8}) == pytest.approx(0.8)
-    assert mean_over_sites({"1": {"ET": 0.2, "TC": 0.4, "WT": 0.6}, "2": {"ET": None, "TC": None, "WT": 1.0}}) == pytest.approx(0.7)
+    assert mean_over_sites(
+        {"1": {"ET": 0.2, "TC": 0.4, "WT": 0.6}, "2": {"ET": None, "TC": None, "WT": 1.0}}
+    ) == pytest.approx(0.7)
     assert ms([0.5, 0.7]) == "60.0 ± 14.1"
     assert ms([0.5]) == "50.0" and ms([]) == "–"
 
 
 def test_method_rows_split_uharmony_modes():
-    rec = {"kind": "method", "method": "uharmony", "seed": 0, "modes": ["oracle", "gated"],
-           "final": {"oracle": {"1": {"ET": 0.1, "TC": 0.1, "WT": 0.1}}, "gated": {"1": {"ET": 0.3, "TC": 0.3, "WT": 0.3}}},
-           "curve": [{"round": 1, "oracle": {"1": {"ET": 0.1, "TC": 0.1, "WT": 0.1}}, "gated": {"1": {"ET": 0.3, "TC": 0.3, "WT": 0.3}}}]}
+    rec = {
+        "kind": "method",
+        "method": "uharmony",
+        "seed": 0,
+        "modes": ["oracle", "gated"],
+        "final": {
+            "oracle": {"1": {"ET": 0.1, "TC": 0.1, "WT": 0.1}},
+            "gated": {"1": {"ET": 0.3, "TC": 0.3, "WT": 0.3}},
+        },
+        "curve": [
+            {
+                "round": 1,
+                "oracle": {"1": {"ET": 0.1, "TC": 0.1, "WT": 0.1}},
+                "gated": {"1": {"ET": 0.3, "TC": 0.3, "WT": 0.3}},
+            }
+        ],
+    }
     rows = method_rows([rec, {**rec, "method": "fedavg", "modes": ["gated"]}])
     assert list(rows) == ["fedavg", "uharmony/oracle", "uharmony/gated"]
     assert rows["uharmony/gated"][0]["curve"] == [(1, pytest.approx(0.3))]

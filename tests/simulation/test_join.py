@@ -8,22 +8,24 @@ import json
 
 import pytest
 
-from server.checkpoint import load_checkpoint
 from simulation.join.cli import main as join_main
 from simulation.runner import run
-from tests.federation_helpers import tiny_overrides
+from tests.conftest import tiny_overrides
+from uharmony.checkpoint import load_checkpoint
+from uharmony.runlog import RunLog
 
-pytestmark = pytest.mark.slow
 TOL = 1e-6  # old sites' Dice right after the extension: unchanged but for float rounding
 
 
 def _records(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return RunLog(run_dir).records()
 
 
+@pytest.mark.slow
 def test_join_grows_the_model_keeps_old_sites_and_resumes(tiny_join_federation, tmp_path):
+    """Through Flower's simulation runtime (the other tests of joins use the in-process transport)."""
     run_dir = tmp_path / "run"
-    run(tiny_overrides(tiny_join_federation, run_dir, num_server_rounds=2, join_schedule="4@2"))
+    run(tiny_overrides(tiny_join_federation, run_dir, num_server_rounds=2, join_schedule="4@2"), transport="flower")
     recs = _records(run_dir)
     assert [r["site"] for r in recs if r.get("event") == "join-pending"] == ["4"]
     joins = {r["site"]: r for r in recs if r.get("event") == "join"}
@@ -34,13 +36,22 @@ def test_join_grows_the_model_keeps_old_sites_and_resumes(tiny_join_federation, 
     assert trains[2]["rejected"] == [] and trains[2]["full-model-bytes"] > trains[1]["full-model-bytes"]
 
     # every site was evaluated on the grown model before anyone trained on it: old sites unchanged
-    before = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("round") == 1 and "dice" in r and "phase" not in r}
+    before = {
+        (r["site"], r["mode"], r["region"]): r["dice"]
+        for r in recs
+        if r.get("round") == 1 and "dice" in r and "phase" not in r
+    }
     after = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("phase") == "after-extension"}
     old = {k for k in after if k[0] != "4"}
     assert old == set(before) and len(old) == 3 * 2 * 3  # sites 1-3 x 2 modes x ET/TC/WT
     assert max(abs(after[k] - before[k]) for k in old) <= TOL
     assert {k[2] for k in after if k[0] == "4"} == {"ET", "TC", "WT", "RC"}
-    assert {r["region"] for r in recs if r.get("round") == 2 and r.get("site") == "4" and "dice" in r} == {"ET", "TC", "WT", "RC"}
+    assert {r["region"] for r in recs if r.get("round") == 2 and r.get("site") == "4" and "dice" in r} == {
+        "ET",
+        "TC",
+        "WT",
+        "RC",
+    }
 
     spec = load_checkpoint(run_dir, "final_model.pt")["spec"]
     assert spec["modalities"][-1] == "adc" and spec["regions"][-1] == "RC" and spec["num_domains"] == 4

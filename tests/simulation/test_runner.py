@@ -1,114 +1,45 @@
-"""End-to-end federations on a tiny synthetic federation with the real Flower simulation runtime."""
+"""The two transports: Flower's simulation runtime and the in-process grid run one engine, with one result."""
 
 import json
+import time
 
-import numpy as np
 import pytest
 import torch
 
-from server import strategy as strategy_module
-from server.checkpoint import load_checkpoint
+from simulation.runner import main as sim_main
 from simulation.runner import run
-from tests.federation_helpers import tiny_overrides
-from uharmony import model_from_spec
-from uharmony import protocol as P
-from uharmony.federated import ModelRoles
-
-pytestmark = pytest.mark.slow
+from tests.conftest import tiny_overrides
+from uharmony.checkpoint import load_checkpoint
+from uharmony.runlog import RunLog
 
 
-def _records(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+@pytest.mark.slow
+def test_flower_simulation_and_the_inprocess_grid_give_identical_results(tiny_federation, tmp_path):
+    over = tiny_overrides(tiny_federation, None, num_server_rounds=1)
+    flower = run({**over, "run_dir": str(tmp_path / "flower")}, transport="flower")
+    inproc = run({**over, "run_dir": str(tmp_path / "inprocess")})
+    assert flower["summary"] == inproc["summary"] and set(flower["summary"]) == {"oracle", "gated"}
+    a, b = (load_checkpoint(tmp_path / t, "final_model.pt")["state"] for t in ("flower", "inprocess"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    per_site = [
+        [(r["site"], r["mode"], r["region"], r["dice"]) for r in RunLog(tmp_path / t).records() if "dice" in r]
+        for t in ("flower", "inprocess")
+    ]
+    assert per_site[0] == per_site[1] and len(per_site[0]) > 8
 
 
-def test_two_rounds_and_every_reply_keeps_site_data_at_home(tiny_federation, tmp_path, monkeypatch):
-    seen = []
-    original = strategy_module.RoleAwareFedAvg.aggregate_train
-
-    def spy(self, server_round, replies):
-        replies = list(replies)
-        seen.extend(m.content for m in replies if not m.has_error())
-        return original(self, server_round, replies)
-
-    monkeypatch.setattr(strategy_module.RoleAwareFedAvg, "aggregate_train", spy)
-    run_dir = tmp_path / "run"
-    result = run(tiny_overrides(tiny_federation, run_dir, num_server_rounds=2))
-    recs = _records(run_dir)
-    assert [r["round"] for r in recs if r.get("event") == "train"] == [1, 2]
-    evals = [r for r in recs if "dice" in r]
-    assert {r["site"] for r in evals} == {"1", "2", "3", "4"} and {r["round"] for r in evals} == {1, 2}
-    assert {r["mode"] for r in evals} == {"oracle", "gated"}
-    assert {r["region"] for r in evals if r["site"] == "4"} == {"WT"}  # whole-tumour-only site
-    assert (run_dir / "dice_per_round.png").stat().st_size > 1000
-    assert result["summary"]["gated"] >= 0
-
-    # every train reply: shared entries + own domain's head parts only
-    spec = load_checkpoint(run_dir / "checkpoints")["spec"]
-    roles = ModelRoles(model_from_spec(spec), "uharmony")
-    local = set(roles.keys("local"))
-    assert local, "the U-Harmony model has site-local harmonization statistics"
-    assert len(seen) == 8
-    for content in seen:
-        assert set(content.array_records) == {P.ARRAYS}
-        arrays = content.array_records[P.ARRAYS]
-        domain = int(content.config_records[P.SITE][P.DOMAIN_ID])
-        assert set(arrays.keys()) == set(roles.outgoing_keys(domain))
-        assert not set(arrays.keys()) & local
-        for key, arr in arrays.items():
-            a = arr.numpy()
-            assert a.ndim < 3 or max(a.shape[2:], default=0) <= 3, f"{key} {a.shape} looks like image data"
-        metrics = content.metric_records[P.METRICS]
-        site = content.config_records[P.SITE][P.SITE_ID]
-        assert metrics[P.NUM_EXAMPLES] == 2, f"site {site}: num-examples must count training cases (3 cases - 1 val)"
-        for value in content.config_records[P.SITE].values():
-            assert isinstance(value, (str, int, list))
-    # site-local state exists on each site's disk
-    assert len(list((run_dir / "site-state").glob("site-*/local_state.pt"))) == 4
+def test_a_run_counts_only_its_own_completion_record(trained_run, tmp_path):
+    """A folder holding an earlier run's "done" record does not make a re-run that wrote none a success."""
+    (tmp_path / "metrics.jsonl").write_text((trained_run / "metrics.jsonl").read_text())
+    log = RunLog(tmp_path)
+    assert log.done() is not None and log.done(since=time.time()) is None
 
 
-def test_resume_continues_with_identical_weights(tiny_federation, tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(tiny_overrides(tiny_federation, straight, num_server_rounds=2))
-    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=1))
-    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=2, resume=True))
-    trains = [r["round"] for r in _records(resumed) if r.get("event") == "train"]
-    assert trains == [1, 2]
-    a = load_checkpoint(straight, "final_model.pt")["state"]
-    b = load_checkpoint(resumed, "final_model.pt")["state"]
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
-
-
-@pytest.mark.parametrize("strategy, extra", [
-    ("fedavg", {}), ("fedprox", {}), ("fedbn", {}), ("local", {}), ("centralized", {}),
-    ("fedavg", {"dp_noise_multiplier": 0.1, "dp_clipping_norm": 5.0}),  # Flower's DP wrapper
-])
-def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra):
-    run_dir = tmp_path / strategy
-    result = run(tiny_overrides(tiny_federation, run_dir, strategy=strategy, num_server_rounds=1, **extra))
-    recs = _records(run_dir)
-    train = [r for r in recs if r.get("event") == "train"][0]
-    assert train["rejected"] == []
-    assert len({r["site"] for r in recs if "dice" in r}) == 4
-    sent = train.get("update-bytes", {})
-    if strategy == "local":
-        assert set(sent.values()) == {0}  # nothing leaves the site
-    if strategy == "fedbn":
-        spec = load_checkpoint(run_dir / "checkpoints")["spec"]
-        model = model_from_spec(spec)
-        norm_bytes = sum(p.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.InstanceNorm3d)
-                         for p in m.parameters())
-        full = train["full-model-bytes"]
-        assert all(v <= full - norm_bytes for v in sent.values())
-    assert result["summary"]
-
-
-def test_a_failing_node_does_not_stop_the_round(tiny_federation, tmp_path):
-    run_dir = tmp_path / "dropout"
-    run(tiny_overrides(tiny_federation, run_dir, num_server_rounds=1), num_supernodes=5)  # node 5 has no site
-    recs = _records(run_dir)
-    train = [r for r in recs if r.get("event") == "train"][0]
-    assert len(train["sites"]) == 4 and train["rejected"] == []  # it was never admitted, so never sent work
-    errors = [r for r in recs if r.get("event") == "join-error"]
-    assert len(errors) == 1 and "partition-id 4" in errors[0]["reason"]
+def test_the_command_line(tiny_federation, tmp_path, capsys):
+    over = tiny_overrides(tiny_federation, tmp_path / "cli", num_server_rounds=1)
+    sets = [f"{k.replace('_', '-')}={v}" for k, v in over.items() if k != "run_dir"]
+    assert sim_main(["--run-dir", str(tmp_path / "cli"), "--strategy", "fedavg", "--set", *sets]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    assert summary["gated"] == summary["oracle"]  # one plain head: dataset-free is the only mode
+    assert sim_main(["--set", "strategy=fedavgg"]) == 2 and "did you mean 'fedavg'" in capsys.readouterr().err
+    assert sim_main(["--set", "lr"]) == 2 and "KEY=VALUE" in capsys.readouterr().err

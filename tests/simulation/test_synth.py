@@ -14,12 +14,11 @@ def _case_dirs(root):
 
 def test_layout_affines_and_labels(tiny_federation):
     root = tiny_federation
-    desc = json.loads((root / "federation.json").read_text())
-    rows = (root / "partitioning.csv").read_text().splitlines()
-    assert rows[0] == "Partition_ID,Subject_ID" and len(rows) == 1 + 12
+    sites = {s["name"]: s for s in json.loads((root / "federation.json").read_text())["sites"]}
+    assert sorted(sites) == ["1", "2", "3", "4"] and sum(len(s["cases"]) for s in sites.values()) == 12
     for case_dir in _case_dirs(root):
         pid = str(int(case_dir.name.split("_")[1]))
-        profile = desc["sites"][pid]
+        profile = sites[pid]["profile"]
         seg = nib.load(case_dir / f"{case_dir.name}_seg.nii.gz")
         assert np.allclose(np.diag(seg.affine)[:3], 6.0)
         values = set(np.unique(np.asarray(seg.dataobj)).tolist())
@@ -41,7 +40,9 @@ def test_sites_differ_measurably(tiny_federation):
     for case_dir in _case_dirs(root):
         data = np.asarray(nib.load(case_dir / f"{case_dir.name}_flair.nii.gz").dataobj)
         brain = data[data > 0]
-        by_site.setdefault(case_dir.name.split("_")[1], []).append((np.median(brain), np.percentile(brain, 90) / np.median(brain)))
+        by_site.setdefault(case_dir.name.split("_")[1], []).append(
+            (np.median(brain), np.percentile(brain, 90) / np.median(brain))
+        )
     medians = {s: np.mean([v[0] for v in vals]) for s, vals in by_site.items()}
     within = max(np.std([v[0] for v in vals]) / np.mean([v[0] for v in vals]) for vals in by_site.values())
     between = np.std(list(medians.values())) / np.mean(list(medians.values()))
@@ -77,6 +78,21 @@ def test_cli_writes_federation_and_montage(tmp_path, capsys):
     assert [r["site"] for r in rows] == ["1", "2"] and all(r["lesion_ml_mean"] > 0 for r in rows)
     assert synth_cli(["synth", "--out", str(tmp_path / "bad"), "--sites", "0"]) == 2
     assert "at least one site" in capsys.readouterr().err
+
+
+def test_embedded_command_generates_the_run_configs_federation_once(capsys):
+    from uharmony.config import RunConfig
+    from uharmony.data import federation_root, load_federation
+
+    config = "seed=5 synth-sites=2 synth-cases-per-site=1 synth-spacing=6.0"
+    assert synth_cli(["embedded", "--run-config", config]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    cfg = RunConfig.from_flwr({"seed": 5, "synth-sites": 2, "synth-cases-per-site": 1, "synth-spacing": 6.0})
+    assert str(federation_root(cfg)) == path and len(load_federation(path).sites) == 2
+    stamp = (federation_root(cfg) / "federation.json").stat().st_mtime_ns
+    assert synth_cli(["embedded", "-c", config]) == 0  # already there: kept as is
+    assert (federation_root(cfg) / "federation.json").stat().st_mtime_ns == stamp
+    assert synth_cli(["embedded", "-c", "seed=x"]) == 2
 
 
 def test_bad_spacing():

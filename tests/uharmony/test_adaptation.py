@@ -1,12 +1,11 @@
 """Growing a trained model for a joining site: what is added, what is kept, and how resume recognizes it."""
 
-import numpy as np
 import pytest
 import torch
 
 from uharmony import build_model, extend_model, model_from_spec
 from uharmony.adaptation import spec_extends
-from uharmony.federated import ModelRoles, extend_global_model, load_global_and_local, model_needs, to_numpy
+from uharmony.federated import ModelRoles, extend_global_model, global_state_of, load_global_and_local, model_needs
 
 TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
 
@@ -29,19 +28,22 @@ def _trained_like(head="gated", norm="uharmony"):
 def test_old_outputs_stay_within_tolerance_after_a_join(head, strategy):
     model = _trained_like(head, "uharmony" if head == "gated" else "instance")
     roles = ModelRoles(model, strategy)
-    state = to_numpy(model.state_dict(), roles.global_keys())
+    state = global_state_of(model, roles)
     local = {k: v.clone() for k, v in model.state_dict().items() if k in roles.keys("local")}
     x = torch.randn(2, 4, 16, 16, 16)
     present = torch.tensor([[True, True, True, True], [False, True, True, True]])
     with torch.no_grad():
         before = {d: model(x, domain=d, present=present) for d in ([None, 0, 2] if model.gated else [None])}
 
-    grown, new_roles, new_state, added = extend_global_model(model.spec, state, strategy, ["t1", "t1ce", "t2", "flair", "adc"],
-                                                             ["ET", "TC", "WT", "RC"], 3)
+    grown, new_roles, new_state, added = extend_global_model(
+        model.spec, state, strategy, ["t1", "t1ce", "t2", "flair", "adc"], ["ET", "TC", "WT", "RC"], 3
+    )
     assert added == {"modalities": ["adc"], "regions": ["RC"], "domains": [3] if head == "gated" else []}
     assert set(new_roles.keys("local")) == set(roles.keys("local"))  # the sites' saved state still fits
     for k, v in state.items():  # what was learned is kept (grown head entries keep their old channels)
-        np.testing.assert_array_equal(new_state[k][: v.shape[0]] if new_state[k].shape != v.shape else new_state[k], v, err_msg=k)
+        torch.testing.assert_close(
+            new_state[k][: v.shape[0]] if new_state[k].shape != v.shape else new_state[k], v, rtol=0, atol=0, msg=k
+        )
     site = model_from_spec(grown.spec).eval()  # what an old site rebuilds from the new spec and its own state
     load_global_and_local(site, new_roles, new_state, local or None)
     x5 = torch.cat([x, torch.randn(2, 1, 16, 16, 16)], 1)  # old sites have no ADC: present False
@@ -57,8 +59,11 @@ def test_old_outputs_stay_within_tolerance_after_a_join(head, strategy):
 def test_extend_model_adds_only_what_is_missing_and_reports_it():
     model = _trained_like()
     assert extend_model(model, ["t1ce", "flair"], ["WT"], 1) == {"modalities": [], "regions": [], "domains": []}
-    assert model_needs(model, ["t1", "swi", "adc"], ["TC", "RC"], 4) == {"modalities": ["swi", "adc"], "regions": ["RC"],
-                                                                         "domains": [3, 4]}
+    assert model_needs(model, ["t1", "swi", "adc"], ["TC", "RC"], 4) == {
+        "modalities": ["swi", "adc"],
+        "regions": ["RC"],
+        "domains": [3, 4],
+    }
     assert model.spec["in_channels"] == 4 and model.head.num_domains == 3  # the dry run changed nothing
     added = extend_model(model, ["t1", "swi", "adc"], ["TC", "RC"], 4)
     assert added == {"modalities": ["swi", "adc"], "regions": ["RC"], "domains": [3, 4]}
@@ -85,9 +90,10 @@ def test_extension_refuses_what_it_cannot_do():
     model = _trained_like()
     roles = ModelRoles(model, "local")
     with pytest.raises(ValueError, match="no global model"):
-        extend_global_model(model.spec, to_numpy(model.state_dict(), roles.global_keys()), "local", ["adc"], [], None)
+        extend_global_model(model.spec, global_state_of(model, roles), "local", ["adc"], [], None)
     with pytest.raises(ValueError, match="clash"):
         from uharmony import add_classes
+
         add_classes(model, ["WT"])
     with pytest.raises(ValueError, match="non-negative"):
         extend_model(model, [], [], -1)
@@ -110,7 +116,9 @@ def test_a_class_only_the_new_domain_knows_survives_the_gated_mix():
         gated = model(x)
         new_expert = model(x, domain=3)
         torch.testing.assert_close(gated[0, 3], new_expert[0, 3])  # RC comes from the expert that knows it
-        plain = (weights.view(2, 4, 1, 1, 1, 1) * torch.stack([e(model.head.trunk(feats)) for e in model.head.experts], 1)).sum(1)
+        plain = (
+            weights.view(2, 4, 1, 1, 1, 1) * torch.stack([e(model.head.trunk(feats)) for e in model.head.experts], 1)
+        ).sum(1)
         torch.testing.assert_close(gated[:, :3], plain[:, :3])  # shared regions: the ordinary gated mix
     rebuilt = model_from_spec(model.spec)
     assert torch.equal(rebuilt.head.knows, model.head.knows)

@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from uharmony import (
-    NORMS, UHarmonyNorm, add_classes, add_domain, add_modality, build_model, domain_of, model_from_spec,
+    NORMS,
+    UHarmonyNorm,
+    add_classes,
+    add_domain,
+    add_modality,
+    build_model,
+    domain_of,
+    model_from_spec,
     param_roles,
 )
 
@@ -22,8 +29,11 @@ def test_forward_backward_reaches_every_trainable_parameter(arch, in_ch):
     s = SIZES[arch]
     x = torch.randn(2, in_ch, s, s, s)
     single_voxel = set()  # a norm over one voxel standardizes to 0: only its constant term can learn
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: single_voxel.add(n) if inp[0][0, 0].numel() == 1 else None)
-             for n, m in model.named_modules() if isinstance(m, UHarmonyNorm)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: single_voxel.add(n) if inp[0][0, 0].numel() == 1 else None)
+        for n, m in model.named_modules()
+        if isinstance(m, UHarmonyNorm)
+    ]
     out = model(x, domain=[0, 1])
     assert out.shape == (2, 3, s, s, s)
     out.square().mean().backward()
@@ -53,7 +63,7 @@ def test_param_roles_cover_every_state_key_exactly_once(arch, norm, site_local):
     roles = param_roles(model)
     harmonizers = [(n, m) for n, m in model.named_modules() if isinstance(m, UHarmonyNorm)]
     assert bool(harmonizers) == (norm == "uharmony")
-    for name, module in harmonizers:
+    for name, _ in harmonizers:
         assert roles[f"{name}.site_mean"] == "local" and roles[f"{name}.site_std"] == "local"
         expected = "local" if site_local == "stats+coefficients" else "shared"
         assert roles[f"{name}.coefficients"] == expected
@@ -104,7 +114,9 @@ def test_class_and_domain_adaptation_keep_old_behaviour():
         assert add_classes(model, 2) == [3, 4]
         out = model(x, domain=1)
         assert out.shape[1] == 5
-        torch.testing.assert_close(out[:, :3], before_oracle, atol=1e-6, rtol=0)  # conv of a wider kernel: float rounding only
+        torch.testing.assert_close(
+            out[:, :3], before_oracle, atol=1e-6, rtol=0
+        )  # conv of a wider kernel: float rounding only
         assert float(torch.sigmoid(out[:, 3:]).max()) < 0.0101  # new classes start at the prior 0.01: "absent"
         new = add_domain(model)
         assert new == 2

@@ -33,7 +33,9 @@ def test_identity_initialization_is_noop_on_standardized_features():
 def test_site_statistics_track_instance_statistics_without_labels():
     norm = UHarmonyNorm(2, momentum=0.5)
     norm.train()
-    x = torch.randn(4, 2, 6, 6, 6) * torch.tensor([2.0, 7.0]).view(1, 2, 1, 1, 1) + torch.tensor([5.0, -3.0]).view(1, 2, 1, 1, 1)
+    x = torch.randn(4, 2, 6, 6, 6) * torch.tensor([2.0, 7.0]).view(1, 2, 1, 1, 1) + torch.tensor([5.0, -3.0]).view(
+        1, 2, 1, 1, 1
+    )
     for _ in range(20):
         norm(x)
     assert torch.allclose(norm.site_mean, torch.tensor([5.0, -3.0]), atol=0.3)

@@ -10,7 +10,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
-from .federation import MODALITIES, MSD_CHANNELS, Case, DataError
+from .cases import MODALITIES, Case, DataError
 from .regions import LABEL_MAPS
 
 _LOADER = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=False, dtype=np.float32)
@@ -52,17 +52,24 @@ def read_case(case: Case, modalities: Sequence[str] = MODALITIES) -> dict:
     ref = ref_path = None
     if case.image4d is not None:
         img4 = _load(case.image4d)
-        if img4.dim() != 4 or img4.shape[-1] != len(MSD_CHANNELS):
-            raise DataError(case.image4d, f"expected a 4-D image with {len(MSD_CHANNELS)} channels, got {tuple(img4.shape)}")
+        if img4.dim() != 4 or img4.shape[-1] != len(case.channels):
+            raise DataError(
+                case.image4d,
+                f"expected a 4-D image with {len(case.channels)} channels "
+                f"({', '.join(case.channels)}), got {tuple(img4.shape)}",
+            )
         ref, ref_path = img4[..., 0], case.image4d
-        for i, m in enumerate(MSD_CHANNELS):
-            channels[m] = img4[..., i]
+        for i, m in enumerate(case.channels):
+            if m in modalities:
+                channels[m] = img4[..., i]
     else:
         wanted = [m for m in case.modalities if m in modalities]
         if case.modalities and not wanted:
-            raise DataError(case.images.get(case.modalities[0], case.case_id),
-                            f"case {case.case_id} has none of the model's modalities {list(modalities)} "
-                            f"(it has {list(case.modalities)})")
+            raise DataError(
+                case.images.get(case.modalities[0], case.case_id),
+                f"case {case.case_id} has none of the model's modalities {list(modalities)} "
+                f"(it has {list(case.modalities)})",
+            )
         for m in wanted:
             path = case.images[m]
             if not os.path.exists(path):

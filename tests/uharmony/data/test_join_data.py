@@ -7,18 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from client.site_profile import site_profile
-from simulation.datasets import DataError, load_federation
-from simulation.datasets.federation import load_site_folder
-from simulation.datasets.pipeline import SiteData
-from simulation.datasets.reading import read_case
-from simulation.datasets.regions import annotated_regions, labels_to_regions
 from simulation.synth import generate_federation
 from simulation.synth.generate import protocol_labels
 from simulation.synth.profiles import make_join_profile, make_site_profile
 from tests.conftest import tiny_label, write_nifti
-from uharmony import protocol as P
-from uharmony.config import RunConfig
+from uharmony.data import DataError, SiteData, load_federation, load_site_folder, read_case
+from uharmony.data.regions import annotated_regions, labels_to_regions
 
 GROWN = ("t1", "t1ce", "t2", "flair", "adc")
 REGIONS4 = ("ET", "TC", "WT", "RC")
@@ -33,7 +27,7 @@ def join_federation(tmp_path_factory):
 
 
 def test_the_joining_site_brings_adc_and_the_resection_cavity(join_federation):
-    fed = load_federation(join_federation, "synthetic")
+    fed = load_federation(join_federation)
     new = fed.sites[3]
     assert new.modalities == GROWN and new.label_map == "brats2024" and new.region_names == REGIONS4
     assert [s.region_names for s in fed.sites[:3]] == [("ET", "TC", "WT")] * 3
@@ -65,7 +59,7 @@ def test_region_order_follows_the_model():
     masks = labels_to_regions(lab, "brats2024", ("RC", "ET", "WT"))
     assert masks[:, 0, 0].tolist() == [[0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [0, 1, 1, 1, 0]]
     assert annotated_regions("brats2021", REGIONS4) == (True, True, True, False)
-    with pytest.raises(ValueError, match="unknown labelling protocol"):
+    with pytest.raises(ValueError, match="labelling protocol"):
         annotated_regions("brats1999")
 
 
@@ -98,14 +92,3 @@ def test_a_case_with_none_of_the_models_modalities_is_named(tmp_path):
     case = load_site_folder(site, "s").cases[0]
     with pytest.raises(DataError, match="C1_adc.nii.gz.*none of the model's modalities"):
         read_case(case)  # the default four BraTS modalities
-
-
-def test_simulated_site_is_not_ready_before_its_join_round(join_federation):
-    cfg = RunConfig.from_flwr({"data-root": str(join_federation), "join-schedule": "4@3"})
-    early = site_profile({"partition-id": 3}, cfg, 2)
-    assert early[P.READY] is False and early[P.DOMAIN_ID] == 3
-    assert early[P.MODALITIES] == ",".join(GROWN) and early[P.REGIONS] == ",".join(REGIONS4)
-    assert site_profile({"partition-id": 3}, cfg, 3)[P.READY] is True
-    assert site_profile({"partition-id": 0}, cfg, 1)[P.READY] is True
-    with pytest.raises(ValueError, match="join-schedule"):
-        RunConfig.from_flwr({"join-schedule": "4"})

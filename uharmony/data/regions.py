@@ -21,9 +21,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-REGIONS = ("ET", "TC", "WT")  # the default output regions
+from ..checks import one_of
+from ..networks import DEFAULT_REGIONS as REGIONS
+
 LABEL_MAPS: dict[str, dict] = {
     "brats2021": dict(values=(0, 1, 2, 4), regions={"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}),
     "brats2023": dict(values=(0, 1, 2, 3), regions={"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}),
@@ -34,9 +37,7 @@ LABEL_MAPS: dict[str, dict] = {
 
 
 def check_label_map(label_map: str, where: str = "label map") -> str:
-    if label_map not in LABEL_MAPS:
-        raise ValueError(f"{where}: unknown labelling protocol {label_map!r}; known: {sorted(LABEL_MAPS)}")
-    return label_map
+    return one_of(f"{where}: labelling protocol", label_map, LABEL_MAPS)
 
 
 def protocol_regions(label_map: str) -> tuple[str, ...]:
@@ -49,7 +50,9 @@ def annotated_regions(label_map: str, regions: Sequence[str] = REGIONS) -> tuple
     return tuple(r in LABEL_MAPS[check_label_map(label_map)]["regions"] for r in regions)
 
 
-def labels_to_regions(label: np.ndarray | torch.Tensor, label_map: str, regions: Sequence[str] = REGIONS) -> torch.Tensor:
+def labels_to_regions(
+    label: np.ndarray | torch.Tensor, label_map: str, regions: Sequence[str] = REGIONS
+) -> torch.Tensor:
     """(1, *spatial) label map -> (len(regions), *spatial) float region masks in the order ``regions``.
 
     Regions the protocol does not annotate are all-zero (and must be masked out of loss and metrics).
@@ -76,9 +79,7 @@ class LabelToRegionsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             regions = labels_to_regions(d[key], d[self.label_map_key], self.regions)
-            if hasattr(d[key], "copy_meta_from"):
-                from monai.data import MetaTensor
-
+            if isinstance(d[key], MetaTensor):
                 regions = MetaTensor(regions, meta=d[key].meta)
             d[key] = regions
         return d

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+
+from .files import append_jsonl, read_jsonl
 
 MODES = ("oracle", "gated")
 
@@ -26,33 +27,54 @@ class RunLog:
         self.path = self.dir / "metrics.jsonl"
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        append_jsonl(self.path, {"time": round(time.time(), 3), **record})
 
     def evaluation(self, server_round: int, strategy: str, per_site: dict[str, dict], **tags) -> dict:
-        """One line per (site, mode, region); returns mean Dice per mode over sites (annotated regions).
+        """One line per (site, mode, region); returns the mean Dice per mode over sites' annotated regions,
+        and under ``"sites"`` each site's mean per mode.
 
         ``tags`` (e.g. ``phase="after-extension"``) are written into every line.
         """
         summary: dict[str, list[float]] = {}
-        for site, m in sorted(per_site.items()):
+        sites: dict[str, dict[str, float]] = {}
+        for site, m in sorted(per_site.items(), key=lambda kv: (len(kv[0]), kv[0])):
             for mode in MODES:
+                values = []
                 for region in regions_in(m):
                     dice = m.get(f"dice-{region}-{mode}")
                     if dice is None or dice < 0 or dice != dice:  # -1 / NaN: not annotated here
-                        continue  # region not annotated at this site
+                        continue
                     hd = m.get(f"hd95-{region}-{mode}")
                     hd = hd if hd is not None and hd == hd and hd >= 0 else None
-                    self.write({"round": server_round, "strategy": strategy, "site": site, "mode": mode,
-                                "region": region.upper(), "dice": dice, "hd95": hd,
-                                "val_cases": m.get("num-examples"), **tags})
-                    summary.setdefault(mode, []).append(dice)
-        return {mode: sum(v) / len(v) for mode, v in summary.items()}
+                    self.write(
+                        {
+                            "round": server_round,
+                            "strategy": strategy,
+                            "site": site,
+                            "mode": mode,
+                            "region": region.upper(),
+                            "dice": dice,
+                            "hd95": hd,
+                            "val_cases": m.get("num-examples"),
+                            **tags,
+                        }
+                    )
+                    values.append(dice)
+                if values:
+                    summary.setdefault(mode, []).extend(values)
+                    sites.setdefault(site, {})[mode] = sum(values) / len(values)
+        out: dict = {mode: sum(v) / len(v) for mode, v in summary.items()}
+        if sites:
+            out["sites"] = sites
+        return out
 
     def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
+
+    def done(self, since: float = 0.0) -> dict | None:
+        """The last completion record written at or after ``since`` (a Unix time), else None."""
+        done = [r for r in self.records() if r.get("event") == "done" and r.get("time", 0) >= since]
+        return done[-1] if done else None
 
     def plot(self, png: str | Path | None = None) -> Path | None:
         import matplotlib
@@ -69,8 +91,13 @@ class RunLog:
         fig, ax = plt.subplots(figsize=(7, 4))
         for (site, mode), by_round in sorted(series.items()):
             rounds = sorted(by_round)
-            ax.plot(rounds, [sum(by_round[x]) / len(by_round[x]) for x in rounds],
-                    marker="o", linestyle="-" if mode == "gated" else "--", label=f"site {site} ({mode})")
+            ax.plot(
+                rounds,
+                [sum(by_round[x]) / len(by_round[x]) for x in rounds],
+                marker="o",
+                linestyle="-" if mode == "gated" else "--",
+                label=f"site {site} ({mode})",
+            )
         ax.set_xlabel("round")
         ax.set_ylabel("mean Dice over annotated regions")
         ax.set_ylim(0, 1)

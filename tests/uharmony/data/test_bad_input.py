@@ -1,12 +1,10 @@
-"""Every bad-input case gives an error naming the file; in federation mode the case is skipped and counted."""
+"""Every bad-input case gives an error naming the file; at a site the case is skipped and counted."""
 
 import numpy as np
 import pytest
 
-from simulation.datasets import DataError, SiteData, load_federation
-from simulation.datasets.reading import read_case
-from tests.conftest import tiny_label, write_nifti
-from tests.simulation.test_loaders import AFFINE, make_brats2021
+from tests.conftest import AFFINE, make_brats2021, tiny_label, write_nifti
+from uharmony.data import DataError, SiteData, load_site_folder, read_case
 
 GOOD = "BraTS2021_00000"
 BAD = "BraTS2021_00001"
@@ -52,43 +50,19 @@ KINDS = ["missing-modality", "shape", "affine", "labels", "nan", "empty", "unrea
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_case_error_names_the_file(tree, kind):
     filename, words = _break(tree, kind)
-    fed = load_federation(tree, "brats2021")
-    case = next(c for c in fed.sites[0].cases if c.case_id == BAD)
+    site = load_site_folder(tree, "hospital-a")
+    case = next(c for c in site.cases if c.case_id == BAD)
     with pytest.raises(DataError, match=words) as info:
         read_case(case)
     assert filename in str(info.value)
 
 
 @pytest.mark.parametrize("kind", ["missing-modality", "nan", "unreadable"])
-def test_bad_case_is_skipped_counted_and_reported(tree, kind):
+def test_bad_case_is_skipped_counted_and_reported(tree, tmp_path_factory, kind):
     filename, _ = _break(tree, kind)
-    fed = load_federation(tree, "brats2021", val_fraction=0.25)
-    data = SiteData(fed.sites[0], spacing=2.0, patch=16)
+    site = load_site_folder(tree, "hospital-a")
+    data = SiteData(site, spacing=2.0, patch=16, cache_dir=tmp_path_factory.mktemp("cache"))
     assert len(data.skipped) == 1
     assert data.skipped[0]["case"] == BAD and filename in data.skipped[0]["file"]
     assert len(data.train) + len(data.val) == 3  # the others are still there
     assert next(iter(data.batches(1, 1, 0)))["image"].shape[1] == 4
-
-
-def test_csv_naming_unknown_subject(tree):
-    csv = tree / "partitioning_1.csv"
-    csv.write_text(csv.read_text() + "1,BraTS2021_99999\n")
-    with pytest.raises(DataError, match="BraTS2021_99999") as info:
-        load_federation(tree, "brats2021", strict=True)
-    assert "partitioning_1.csv" in str(info.value)
-    fed = load_federation(tree, "brats2021")  # federation mode: skipped, counted, reported
-    assert [s["case"] for s in fed.sites[0].skipped] == ["BraTS2021_99999"]
-    assert len(fed.sites[0].cases) == 4
-    assert len(SiteData(fed.sites[0], spacing=2.0, patch=16).skipped) == 1
-
-
-def test_bad_partition_csv_and_roots(tmp_path, tree):
-    (tree / "partitioning_1.csv").write_text("Site,Case\n1,x\n")
-    with pytest.raises(DataError, match="Partition_ID"):
-        load_federation(tree, "brats2021")
-    with pytest.raises(DataError, match="does not exist"):
-        load_federation(tmp_path / "nope", "brats2021")
-    with pytest.raises(ValueError, match="unknown dataset kind"):
-        load_federation(tree, "brats2030")
-    with pytest.raises(DataError, match="dataset.json"):
-        load_federation(tree, "msd")

@@ -1,0 +1,154 @@
+"""The round engine on the tiny federation, through the in-process transport (the ClientApp called directly)."""
+
+import pytest
+import torch
+
+from client.client_app import make_app
+from server.rounds import run_server
+from simulation.inprocess import InProcessGrid
+from simulation.runner import run
+from tests.conftest import tiny_overrides
+from uharmony import protocol as P
+from uharmony.checkpoint import load_checkpoint
+from uharmony.config import RunConfig
+from uharmony.federated import ModelRoles, global_state_of
+from uharmony.networks import model_from_spec
+from uharmony.roles import module_state_keys
+from uharmony.runlog import RunLog
+
+
+class RecordingGrid(InProcessGrid):
+    """Keeps every (request, reply) pair; can make chosen nodes fail their train messages."""
+
+    def __init__(self, *args, fail_train: tuple = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log, self.fail_train = [], set(fail_train)
+        app = self.client_app
+
+        def client_app(msg, context):
+            if msg.metadata.message_type == "train" and context.node_id in self.fail_train:
+                raise OSError("the site's data folder disappeared")
+            reply = app(msg, context)
+            self.log.append((msg, reply))
+            return reply
+
+        self.client_app = client_app
+
+
+def _run(root, run_dir, fail_train=(), nodes=4, **extra):
+    overrides = {k.replace("_", "-"): v for k, v in tiny_overrides(root, run_dir, **extra).items()}
+    grid = RecordingGrid(make_app(), [{"partition-id": i} for i in range(nodes)], overrides, fail_train=fail_train)
+    return run_server(grid, overrides), grid
+
+
+def test_rounds_logs_and_every_message_keeps_site_data_at_home(tiny_federation, tmp_path):
+    run_dir = tmp_path / "run"
+    result, grid = _run(tiny_federation, run_dir, num_server_rounds=2)
+    recs = RunLog(run_dir).records()
+    assert [r["round"] for r in recs if r.get("event") == "train"] == [1, 2]
+    evals = [r for r in recs if "dice" in r]
+    assert {r["site"] for r in evals} == {"1", "2", "3", "4"} and {r["round"] for r in evals} == {1, 2}
+    assert {r["mode"] for r in evals} == {"oracle", "gated"}
+    assert {r["region"] for r in evals if r["site"] == "4"} == {"WT"}  # whole-tumour-only site
+    assert all(0.0 <= r["dice"] <= 1.0 for r in evals)
+    assert (run_dir / "dice_per_round.png").stat().st_size > 1000
+    assert set(result["summary"]) == {"oracle", "gated"}
+
+    spec = load_checkpoint(run_dir, "final_model.pt")["spec"]
+    roles = ModelRoles(model_from_spec(spec), "uharmony")
+    local = set(roles.keys("local"))
+    assert local, "the U-Harmony model has site-local harmonization statistics"
+    kinds = {}
+    for request, reply in grid.log:  # every reply of the run: profile, train and evaluate
+        kind = request.metadata.message_type
+        kinds[kind] = kinds.get(kind, 0) + 1
+        content = reply.content
+        assert not (set(content.array_records) - {P.ARRAYS})
+        if kind == "train":
+            domain = int(content.config_records[P.SITE][P.DOMAIN_ID])
+            assert set(content.array_records[P.ARRAYS].keys()) == set(roles.outgoing_keys(domain))
+            assert content.metric_records[P.METRICS][P.NUM_EXAMPLES] == 2  # training cases (3 cases - 1 val)
+        else:
+            assert not content.array_records  # evaluation and profiles send numbers and names only
+        for record in (*content.config_records.values(), *content.metric_records.values()):
+            for value in record.values():
+                assert isinstance(value, (str, int, float, bool, list)) and len(str(value)) < 200
+    assert kinds == {"query.profile": 4, "train": 8, "evaluate": 8}
+    assert len(list((run_dir / "site-state").glob("site-*/local_state.pt"))) == 4  # kept on each site's disk
+
+
+def test_resume_continues_with_identical_weights(tiny_federation, trained_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=1))
+    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=2, resume=True))
+    assert [r["round"] for r in RunLog(resumed).records() if r.get("event") == "train"] == [1, 2]
+    a = load_checkpoint(trained_run, "final_model.pt")["state"]
+    b = load_checkpoint(resumed, "final_model.pt")["state"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize(
+    "strategy, extra",
+    [
+        ("fedavg", {}),
+        ("fedprox", {}),
+        ("fedbn", {}),
+        ("local", {}),
+        ("centralized", {}),
+        ("fedavg", {"dp_noise_multiplier": 0.1, "dp_clipping_norm": 5.0}),  # Flower's DP wrapper
+    ],
+)
+def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra):
+    run_dir = tmp_path / strategy
+    _, grid = _run(tiny_federation, run_dir, strategy=strategy, num_server_rounds=1, **extra)
+    recs = RunLog(run_dir).records()
+    train = next(r for r in recs if r.get("event") == "train")
+    assert train["rejected"] == []
+    assert len({r["site"] for r in recs if "dice" in r}) == 4
+    sent = train.get("update-bytes", {})
+    trained = [m for m, _ in grid.log if m.metadata.message_type == "train"]
+    if strategy == "local":
+        assert set(sent.values()) == {0}  # nothing leaves the site
+    if strategy == "centralized":  # one member trains on every site's data with every site's budget
+        assert train["sites"] == ["pooled"] and len(trained) == 1
+        assert trained[0].content[P.CONFIG][P.LOCAL_STEPS] == 4 * 2 and trained[0].content[P.CONFIG][P.POOLED]
+    else:
+        assert len(trained) == 4
+    if strategy == "fedprox":
+        assert all(m.content[P.CONFIG][P.PROXIMAL_MU] == 0.01 for m in trained)
+    if strategy == "fedbn":  # no normalization layer leaves a site
+        model = model_from_spec(load_checkpoint(run_dir, "final_model.pt")["spec"])
+        norm_keys = module_state_keys(model, lambda m: isinstance(m, torch.nn.InstanceNorm3d))
+        sent_keys = [set(r.content[P.ARRAYS].keys()) for m, r in grid.log if m.metadata.message_type == "train"]
+        assert norm_keys and len(sent_keys) == 4 and not any(k & norm_keys for k in sent_keys)
+
+
+def test_a_node_failing_mid_round_and_one_that_never_joins(tiny_federation, tmp_path):
+    run_dir = tmp_path / "faults"
+    _, grid = _run(tiny_federation, run_dir, fail_train=(1001,), nodes=5, num_server_rounds=1)
+    recs = RunLog(run_dir).records()
+    train = next(r for r in recs if r.get("event") == "train")
+    assert sorted(train["sites"]) == ["1", "3", "4"]  # the round went on without site 2
+    assert len(train["rejected"]) == 1 and "data folder disappeared" in train["rejected"][0]["reason"]
+    errors = [r for r in recs if r.get("event") == "join-error"]  # node 5 has no site: never admitted
+    assert len(errors) == 1 and "partition-id 4" in errors[0]["reason"]
+    assert RunLog(run_dir).done() is not None
+
+
+def test_too_few_usable_replies_keep_the_model(tiny_federation, tmp_path):
+    run_dir = tmp_path / "min-sites"
+    _run(tiny_federation, run_dir, fail_train=(1001,), num_server_rounds=1, min_sites=4)
+    final = load_checkpoint(run_dir, "final_model.pt")
+    initial = RunConfig.from_flwr(tiny_overrides(tiny_federation, run_dir)).build_model(4)  # seed 0, 4 domains
+    expected = global_state_of(initial, ModelRoles(initial, "uharmony"))
+    assert final["state"].keys() == expected.keys()
+    assert all(torch.equal(final["state"][k], v) for k, v in expected.items())  # 3 usable replies < 4: unchanged
+
+
+def test_a_federation_with_no_usable_site_stops_with_the_reasons(tmp_path, tiny_federation):
+    overrides = {k.replace("_", "-"): v for k, v in tiny_overrides(tiny_federation, tmp_path / "none").items()}
+    grid = InProcessGrid(make_app(), [{"partition-id": 9}], overrides)
+    with pytest.raises(RuntimeError, match="no site could be admitted.*partition-id 9"):
+        run_server(grid, overrides)

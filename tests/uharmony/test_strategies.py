@@ -1,0 +1,64 @@
+"""The strategy table: every strategy declared once; a new one is a table entry plus its own code."""
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+from uharmony import LOCAL
+from uharmony.checkpoint import load_checkpoint
+from uharmony.config import RunConfig
+from uharmony.federated import ModelRoles
+from uharmony.roles import module_state_keys
+from uharmony.site_state import load_local_state
+from uharmony.strategies import STRATEGIES, Strategy, get_strategy, register
+
+
+def test_every_strategy_builds_its_model_and_roles():
+    for name, spec in STRATEGIES.items():
+        cfg = RunConfig.from_flwr({"strategy": name, "filters": "8,16,32"})
+        model = cfg.build_model(2)
+        roles = ModelRoles(model, name)
+        assert model.gated == (spec.head == "gated")
+        local = set(roles.keys(LOCAL))
+        if name == "local":
+            assert roles.global_keys() == []
+        elif name == "fedbn":
+            assert local and all(k.split(".")[-1] in ("weight", "bias") for k in local)
+        elif name == "uharmony":
+            assert local and roles.gated
+        else:
+            assert local == set()
+
+
+def test_unknown_and_duplicate_strategies_are_refused():
+    with pytest.raises(ValueError, match="did you mean 'fedavg'"):
+        get_strategy("fedavgg")
+    with pytest.raises(ValueError, match="already registered"):
+        register(Strategy("fedavg", "again"))
+
+
+def head_stays(model, roles):
+    """FedPer's own code: every entry of the head module (found by module, not by name) stays at the site."""
+    head = set(model.head.modules())
+    local = module_state_keys(model, lambda m: m in head)
+    return {k: LOCAL if k in local else r for k, r in roles.items()}
+
+
+@pytest.fixture
+def fedper():
+    """FedPer (Arivazhagan et al., 2019) added as a table entry; nothing else in the code base changes."""
+    yield register(Strategy("fedper", "FedPer: the segmentation head stays at the site", keep_local=head_stays))
+    del STRATEGIES["fedper"]
+
+
+def test_a_new_strategy_runs_a_federation_from_its_table_entry(fedper, tiny_federation, tmp_path):
+    from simulation.runner import run
+
+    run_dir = tmp_path / "fedper"
+    result = run(tiny_overrides(tiny_federation, run_dir, strategy="fedper", num_server_rounds=1))
+    assert result["summary"]["gated"] >= 0.0
+    final = load_checkpoint(run_dir, "final_model.pt")
+    assert final["extra"]["strategy"] == "fedper"
+    assert not any(k.startswith("head.") for k in final["state"])  # the head never reached the server
+    heads = [load_local_state(p)[0]["head.weight"] for p in sorted((run_dir / "site-state").iterdir())]
+    assert len(heads) == 4 and not torch.equal(heads[0], heads[1])  # each site trained its own head

@@ -1,0 +1,195 @@
+"""MONAI pipeline: deterministic preprocessing (cached on disk) + random patch sampling for training.
+
+Deterministic: read and validate the case, orientation RAS, resampling to the target spacing, crop to
+the brain (foreground), per-modality z-score on brain voxels, labels -> region masks. Its result is
+kept by MONAI's ``PersistentDataset`` (plain tensors, loaded with ``weights_only=True``) in a cache
+folder: the site's own state folder at a hospital, so the next round's process reads it instead of
+resampling again. Random: pad, patches balanced between lesion and background, left-right flips,
+intensity scale/shift.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from monai.data import DataLoader, Dataset, PersistentDataset
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+
+from .cases import MODALITIES, Case, DataError, Site
+from .reading import read_case
+from .regions import REGIONS, LabelToRegionsd, annotated_regions
+
+log = logging.getLogger(__name__)
+BATCH_KEYS = ("image", "label", "present", "regions", "domain")
+
+
+def preprocess_transform(spacing: float, with_label: bool = True, regions: Sequence[str] = REGIONS) -> Compose:
+    """The deterministic steps on a read case (``image`` MetaTensor, optional ``label``); invertible."""
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    steps = [
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=(spacing,) * 3, mode=modes),
+        CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True),
+        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+    ]
+    if with_label:
+        steps.append(LabelToRegionsd("label", regions=regions))
+    return Compose(steps)
+
+
+def train_transform(patch: int, samples: int = 1, neg_ratio: float = 1.0) -> Compose:
+    keys = ["image", "label"]
+    return Compose(
+        [
+            SpatialPadd(keys=keys, spatial_size=(patch,) * 3),
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=(patch,) * 3,
+                pos=1,
+                neg=neg_ratio,
+                num_samples=samples,
+                image_key="image",
+                image_threshold=0,
+                allow_smaller=False,
+            ),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]
+    )
+
+
+class ReadCased(Transform):
+    """A case description (``describe_case``) -> the read, validated case in the model's input layout."""
+
+    def __init__(self, modalities: Sequence[str]) -> None:
+        self.modalities = tuple(modalities)
+
+    def __call__(self, data: dict) -> dict:
+        case = Case(**{k: tuple(v) if k in ("modalities", "channels") else v for k, v in data["case"].items()})
+        return {**read_case(case, self.modalities), "domain": case.domain}
+
+
+class CaseMeta(Transform):
+    """Adds what training and evaluation need beside the tensors: the annotated-region mask and the spacing."""
+
+    def __init__(self, label_map_key: str, regions: Sequence[str], spacing: float) -> None:
+        self.label_map_key, self.regions, self.spacing = label_map_key, tuple(regions), float(spacing)
+
+    def __call__(self, data: dict) -> dict:
+        return {
+            **data,
+            "regions": torch.tensor(annotated_regions(data[self.label_map_key], self.regions)),
+            "spacing": torch.full((3,), self.spacing),
+            "domain": torch.tensor(int(data["domain"])),
+        }
+
+
+def describe_case(case: Case, layout: tuple) -> dict:
+    """The cache key of a case: its files (with size and modification time, so a changed file is read
+    again) and the layout and spacing it is prepared for."""
+    files = [p for p in [*case.images.values(), case.image4d, case.label] if p]
+    stat = [[p, *((os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (-1, -1))] for p in files]
+    return {
+        "case": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(case).items()},
+        "files": stat,
+        "layout": [list(x) if isinstance(x, tuple) else x for x in layout],
+    }
+
+
+def _data_error(exc: BaseException) -> DataError | None:
+    while exc is not None:
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class SiteData:
+    """A site's preprocessed train/val cases; bad cases are skipped, counted and reported.
+
+    ``modalities`` and ``regions`` are the model's input and output channel order. ``cache_dir``: where
+    preprocessed cases are kept between processes (None: computed in memory every time).
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        spacing: float = 3.0,
+        patch: int = 32,
+        modalities: Sequence[str] = MODALITIES,
+        regions: Sequence[str] = REGIONS,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.site = site
+        self.spacing = spacing
+        self.patch = patch
+        self.modalities, self.regions = tuple(modalities), tuple(regions)
+        self.skipped: list[dict] = list(site.skipped)
+        layout = (self.modalities, self.regions, float(spacing))
+        steps = Compose(
+            [
+                ReadCased(self.modalities),
+                *preprocess_transform(spacing, True, self.regions).transforms,
+                CaseMeta("protocol", self.regions, spacing),
+            ]
+        )
+        self._transform, self._cache_dir, self._layout = steps, cache_dir, layout
+        self.train = self._prepare(site.train)
+        self.val = self._prepare(site.val)
+
+    def _prepare(self, cases: list[Case]) -> list[dict]:
+        ds = PersistentDataset([describe_case(c, self._layout) for c in cases], self._transform, self._cache_dir)
+        items = []
+        for i, case in enumerate(cases):
+            try:
+                items.append(ds[i])
+            except Exception as exc:  # MONAI wraps a transform's error; the DataError names the file
+                err = _data_error(exc)
+                if err is None:
+                    raise
+                log.warning("site %s: skipping case %s: %s", self.site.name, case.case_id, err)
+                self.skipped.append({"case": case.case_id, "file": err.path, "reason": err.reason})
+        return items
+
+    @property
+    def num_train_cases(self) -> int:
+        return len(self.train)
+
+    def batches(self, batch_size: int, steps: int, seed: int, neg_ratio: float = 1.0) -> Iterator[dict]:
+        """``steps`` random-patch batches (cycling through the training cases)."""
+        if not self.train:
+            raise DataError(self.site.name, "site has no usable training case")
+        ds = Dataset(
+            [{k: it[k] for k in BATCH_KEYS} for it in self.train],
+            transform=train_transform(self.patch, neg_ratio=neg_ratio),
+        )
+        ds.transform.set_random_state(seed=seed % (2**32))
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, generator=gen, drop_last=False)
+        done = 0
+        while done < steps:
+            for batch in loader:
+                yield batch
+                done += 1
+                if done >= steps:
+                    return
