@@ -64,11 +64,11 @@ def load_model(path: Path, state_dir: Path | None):
     except CheckpointError as exc:
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])
-    strategy = str(blob["extra"].get("strategy", "uharmony"))
+    strategy = blob["extra"].get("strategy")
     try:
-        roles = ModelRoles(model, strategy)
+        roles = ModelRoles(model, str(strategy))
     except ValueError as exc:
-        raise DataError(path, f"trained with an unknown strategy ({exc})") from None
+        raise DataError(path, f"does not name a known strategy that trained it ({exc})") from None
     on_disk = load_local_state(state_dir) if state_dir else None
     saved = on_disk[0] if on_disk else None
     if saved is None and not roles.global_keys():

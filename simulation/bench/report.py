@@ -51,7 +51,7 @@ def method_rows(records: list[dict]) -> dict[str, list[dict]]:
         if r["kind"] != "method":
             continue
         for mode in r["modes"]:
-            key = f"{r['method']}/{mode}" if r["method"] == "uharmony" else r["method"]
+            key = f"{r['method']}/{mode}" if len(r["modes"]) > 1 else r["method"]  # a gated head: two modes
             rows.setdefault(key, []).append(
                 {
                     "seed": r["seed"],

@@ -6,7 +6,9 @@ import os
 import statistics
 from pathlib import Path
 
-from .report import LABELS, REGIONS, _score, method_rows, ms, site_score
+from uharmony.networks import DEFAULT_REGIONS as REGIONS
+
+from .report import LABELS, _score, method_rows, ms, site_score
 from .report import mean_over_sites as _mean
 
 TARGETS = (

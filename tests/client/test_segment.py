@@ -160,3 +160,11 @@ def test_regions_to_brats_with_a_cavity_output():
     assert regions_to_brats(r, ["ET", "TC", "WT", "RC"]).flatten().tolist() == [3, 2, 0]
     with pytest.raises(ValueError, match="ET, TC and WT"):
         regions_to_brats(r[:2], ["ET", "RC"])
+
+
+def test_a_model_file_that_does_not_name_its_strategy_is_refused(tiny_federation, tmp_path, capsys):
+    model = RunConfig.from_flwr({"strategy": "fedavg", "filters": "8,16,32"}).build_model()
+    save_checkpoint(tmp_path, 1, model.spec, model.state_dict(), {}, name="final_model.pt")
+    args = ["--model", str(tmp_path / "final_model.pt"), "--input", str(tiny_federation / "SYN_001_000")]
+    assert main_segment([*args, "--out", str(tmp_path / "seg.nii.gz")]) == 2
+    assert "strategy" in capsys.readouterr().err
