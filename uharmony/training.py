@@ -7,6 +7,8 @@ those regions alone.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -119,7 +121,10 @@ def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cp
         spacing = [float(s) for s in item["spacing"]] if "spacing" in item else None
         mask = torch.as_tensor(item["regions"]).bool()
         dices.append(torch.where(mask, dice(pred, target)[0], torch.nan))
-        h = hd(pred, target, spacing=spacing)[0]
+        with warnings.catch_warnings():  # MONAI notes an empty region (HD95 is then skipped) and its own deprecations
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            h = hd(pred, target, spacing=spacing)[0]
         hds.append(torch.where(mask & torch.isfinite(h), h, torch.nan))
     out = {}
     if not items:
