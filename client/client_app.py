@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from uharmony import protocol as P
 from uharmony.config import RunConfig
+from uharmony.data.cases import redact_paths
 from uharmony.site_round import SiteRound
 
 from .site_profile import site_profile
@@ -44,7 +45,11 @@ def _site_round(msg: Message, context: Context, overrides: dict | None) -> SiteR
 
 
 def _identity(job: SiteRound) -> ConfigRecord:
-    skipped = [f"{s.get('case')}: {s['reason']}" for s in job.data.skipped]
+    """Who is answering, and which cases it could not use: case ids and reasons, never a file path."""
+    skipped = [
+        redact_paths(": ".join(str(s[k]) for k in ("case", "file", "reason") if s.get(k)))[:300]
+        for s in job.data.skipped
+    ]
     return ConfigRecord({P.SITE_ID: job.site.name, P.DOMAIN_ID: job.site.domain, P.SKIPPED_LIST: skipped or [""]})
 
 

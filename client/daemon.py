@@ -1,5 +1,6 @@
-"""``uharmony-site``: a hospital's pre-flight check and its Flower SuperNode.
+"""``uharmony-site``: a hospital's key, pre-flight check and Flower SuperNode.
 
+    uharmony-site keygen --dir /etc/uharmony            # auth.key stays here; send auth.pub to the coordinator
     uharmony-site preflight --data /data/brats-site --site-id hospital-a
     uharmony-site start --config site.toml
 
@@ -11,14 +12,16 @@
     data = "/data/brats-site"           # case folders in BraTS naming (+ optional site.json)
     state-dir = "/var/lib/uharmony"     # site-local parameters + harmonization statistics
     superlink = "superlink.example.org:9092"
-    ca = "/etc/uharmony/ca.crt"
-    key = "/etc/uharmony/auth.key"      # from `uharmony-pki site-key`; never leaves the site
+    ca = "/etc/uharmony/ca.crt"          # from the coordinator
+    trusted-entities = "/etc/uharmony/trusted-entities.yaml"   # from the coordinator: run only apps it signed
+    key = "/etc/uharmony/auth.key"      # from `uharmony-site keygen`; never leaves the site
     port = 9094                         # local ClientApp API port
     max-retries = 10                    # connection attempts before giving up (optional)
     max-wait-time = 300                 # seconds of retrying before giving up (optional)
 
 ``start`` validates the data folder first, then execs the real ``flower-supernode`` with TLS, the
-site's authentication key and ``--node-config`` (data-path, site-id, domain-id, state-dir).
+site's authentication key, ``--trusted-entities`` (the SuperNode refuses any app the coordinator did not
+sign) and ``--node-config`` (data-path, site-id, domain-id, state-dir).
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ import sys
 import tomllib
 from pathlib import Path
 
-from uharmony.data import DataError, load_site_folder, read_case
+from .keys import generate_node_key
 
-REQUIRED = ("site-id", "data", "superlink", "ca", "key")
+REQUIRED = ("site-id", "data", "superlink", "ca", "key", "trusted-entities")
 
 
 def preflight(data: Path, site_id: str) -> dict:
     """Read every case once: cases found, modalities, label values, problems (file + reason)."""
+    from uharmony.data import DataError, load_site_folder, read_case  # torch and MONAI: only when reading scans
+
     site = load_site_folder(data, site_id)
     report = {
         "site": site_id,
@@ -72,7 +77,7 @@ def load_site_config(path: Path) -> dict:
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise ValueError(f"{path}: [site] lacks {missing}")
-    for key in ("ca", "key"):
+    for key in ("ca", "key", "trusted-entities"):
         if not Path(cfg[key]).is_file():
             raise ValueError(f"{path}: {key} = {cfg[key]!r} is not a file")
     return cfg
@@ -95,6 +100,8 @@ def supernode_command(cfg: dict) -> list[str]:
         str(cfg["ca"]),
         "--auth-supernode-private-key",
         str(cfg["key"]),
+        "--trusted-entities",
+        str(cfg["trusted-entities"]),
         "--node-config",
         node_config,
         "--port",
@@ -112,8 +119,16 @@ def main(argv=None) -> int:
     f.add_argument("--site-id", default="site")
     s = sub.add_parser("start", help="pre-flight, then exec flower-supernode")
     s.add_argument("--config", type=Path, required=True)
+    k = sub.add_parser("keygen", help="make this site's SuperNode key pair; send only auth.pub to the coordinator")
+    k.add_argument("--dir", type=Path, required=True)
+    k.add_argument("--site-id", default="")
+    k.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     try:
+        if a.cmd == "keygen":
+            priv, pub = generate_node_key(a.dir, a.site_id, a.force)
+            print(f"private key {priv} (mode 0600, stays here); send {pub} to the coordinator")
+            return 0
         if a.cmd == "preflight":
             report = preflight(a.data, a.site_id)
         else:
@@ -128,7 +143,7 @@ def main(argv=None) -> int:
             env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
             print(" ".join(cmd), flush=True)
             os.execve(cmd[0], cmd, env)
-    except (ValueError, DataError) as exc:
+    except ValueError as exc:  # DataError included
         print(f"uharmony-site: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -30,7 +30,9 @@ from uharmony.checkpoint import CheckpointError, load_checkpoint
 from uharmony.data import MODALITIES, Case, DataError, preprocess_transform, read_case
 from uharmony.data.cases import BRATS23_SUFFIX
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
+from uharmony.files import append_jsonl
 from uharmony.inference import RC_LABEL, calibrate, label_volumes, regions_to_brats, segment
+from uharmony.signing import SignatureError, load_public_keys
 from uharmony.site_state import load_local_state, save_local_state
 
 
@@ -52,7 +54,7 @@ def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
     return Case(folder.name, images, None, "brats2021", tuple(images))
 
 
-def load_model(path: Path, state_dir: Path | None):
+def load_model(path: Path, state_dir: Path | None, trusted: list | None = None):
     """(model, roles, spacing, patch size, site entries loaded?) of a federated model file.
 
     The roles follow the strategy the model was trained with (recorded in the file): the site-local
@@ -60,7 +62,7 @@ def load_model(path: Path, state_dir: Path | None):
     ``state_dir``; without one they keep their initial values (U-Harmony then calibrates on each scan).
     """
     try:
-        blob = load_checkpoint(path.parent, path.name)
+        blob = load_checkpoint(path.parent, path.name, trusted=trusted)
     except CheckpointError as exc:
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])
@@ -91,10 +93,28 @@ def load_model(path: Path, state_dir: Path | None):
     )
 
 
-def _cases(inp: Path) -> list[Path]:
-    if any(inp.glob("*.nii.gz")):
-        return [inp]
-    return sorted(p for p in inp.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _cases(inp: Path) -> tuple[list[Path], list[str]]:
+    """(case folders, notes on what was ignored): a folder of case folders is a batch (files beside them
+    are ignored and reported); a folder with image files and no sub-folder is one case."""
+    folders = sorted(p for p in inp.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        return [inp], []
+    stray = sorted(p.name for p in inp.iterdir() if p.is_file() and not p.name.startswith("."))
+    return folders, [f"{inp / name}: not a case folder; ignored" for name in stray]
+
+
+def _trusted(path: Path | None, prog: str) -> list | None:
+    if path is None:
+        print(
+            f"{prog}: warning: the model's signature is not checked (give --trusted-key, e.g. the "
+            "trusted-entities.yaml your SuperNode uses)",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return load_public_keys(path)
+    except SignatureError as exc:
+        raise DataError(path, str(exc)) from None
 
 
 def main_calibrate(argv=None) -> int:
@@ -102,17 +122,21 @@ def main_calibrate(argv=None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--input", type=Path, required=True, help="a case folder or a folder of case folders")
     p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument(
+        "--trusted-key", type=Path, default=None, help="coordinator's public key(s): the model must be signed"
+    )
     a = p.parse_args(argv)
     try:
-        model, roles, spacing, roi, _ = load_model(a.model, None)
+        model, roles, spacing, roi, _ = load_model(a.model, None, _trusted(a.trusted_key, "uharmony-calibrate"))
         pre = preprocess_transform(spacing, with_label=False)
-        items, skipped = [], []
-        for folder in _cases(a.input):
+        folders, skipped = _cases(a.input)
+        items = []
+        for folder in folders:
             try:
                 item = pre(read_case(case_from_folder(folder, model.modalities), model.modalities))
                 items.append((item["image"].as_tensor(), item["present"]))
-            except DataError as exc:
-                skipped.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
+                skipped.append(str(exc) if isinstance(exc, DataError) else f"{folder}: {type(exc).__name__}: {exc}")
         updates = calibrate(model, items, roi)
         save_local_state(
             a.state_dir, local_state_of(model, roles), {"calibrated_on": len(items), "model": str(a.model)}
@@ -191,18 +215,25 @@ def main_segment(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output .nii.gz (one case) or folder (batch)")
     p.add_argument("--state-dir", type=Path, default=None, help="site statistics from uharmony-calibrate")
     p.add_argument("--png", action="store_true", help="also write a PNG overlay next to each output")
+    p.add_argument(
+        "--trusted-key", type=Path, default=None, help="coordinator's public key(s): the model must be signed"
+    )
     a = p.parse_args(argv)
     try:
-        model, _, spacing, roi, calibrated = load_model(a.model, a.state_dir)
+        model, _, spacing, roi, calibrated = load_model(
+            a.model, a.state_dir, _trusted(a.trusted_key, "uharmony-segment")
+        )
         if not a.input.is_dir():
             raise DataError(a.input, "not a folder")
     except (DataError, ValueError) as exc:
         print(f"uharmony-segment: error: {exc}", file=sys.stderr)
         return 2
-    folders = _cases(a.input)
-    batch = folders != [a.input] and bool(folders)
-    folders = folders or [a.input]  # an empty folder is a case without files: reported as such
-    reports, skipped = [], []
+    folders, skipped = _cases(a.input)
+    batch = folders != [a.input]
+    reports = []
+    if batch:  # each case's line is written as soon as it is done
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "volumes.jsonl").write_text("")
     for folder in tqdm(folders, desc="segmenting", unit="case", disable=not batch):
         out = a.out / f"{folder.name}_seg.nii.gz" if batch else a.out
         try:
@@ -217,14 +248,14 @@ def main_segment(argv=None) -> int:
                     out.with_name(out.name.replace(".nii.gz", ".png")) if a.png else None,
                 )
             )
-        except (DataError, ValueError) as exc:
-            skipped.append(str(exc))
-            print(f"uharmony-segment: skipping {folder}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch
+            reason = str(exc) if isinstance(exc, DataError) else f"{folder}: {type(exc).__name__}: {exc}"
+            skipped.append(reason)
+            print(f"uharmony-segment: skipping {folder}: {reason}", file=sys.stderr)
+            continue
+        if batch:
+            append_jsonl(a.out / "volumes.jsonl", reports[-1])
     if batch:
-        a.out.mkdir(parents=True, exist_ok=True)
-        with open(a.out / "volumes.jsonl", "w") as f:
-            for r in reports:
-                f.write(json.dumps(r) + "\n")
         per_case = round(sum(r["seconds"] for r in reports) / len(reports), 2) if reports else None
         print(
             json.dumps(

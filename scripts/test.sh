@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The deployment test runs the coordinator's gateway: nginx (Debian package), installed here if missing.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q nginx-light >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null; }) \
+      && echo "installed nginx-light (the coordinator's gateway)"
+  else
+    echo "warning: nginx is not installed; the deployment test will fail (apt-get install nginx)" >&2
+  fi
+fi
 export FLWR_HOME="$PWD/.flwr" MPLBACKEND=Agg
 .venv/bin/ruff check . && .venv/bin/ruff format --check . >/dev/null
 exec .venv/bin/python -m pytest -q "$@"

@@ -28,9 +28,13 @@ from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, extend_global_model, global_state_of, model_needs
 from uharmony.networks import model_from_spec
 from uharmony.runlog import RunLog
+from uharmony.signing import load_private_key
 
-from .admission import Admission
-from .aggregation import ReplyChecker, build_strategy
+from .admission import Admission, BadProfile, check_regions
+from .aggregation import build_strategy
+from .privacy import PrivacyLedger
+from .registry import SiteRegistry
+from .replies import RejectedUpdate, ReplyChecker, check_evaluation
 
 log = logging.getLogger("uharmony.server")
 
@@ -78,8 +82,17 @@ class RoundEngine:
         self.grid, self.cfg, self.spec = grid, cfg, cfg.strategy_spec
         self.run_dir = Path(cfg.run_dir)
         self.runlog = RunLog(self.run_dir)
-        self.admission = Admission()
+        registry = SiteRegistry(Path(cfg.site_registry)) if cfg.site_registry else None
+        self.admission = Admission(registry, cfg.profile_timeout)
         self.model, self.strategy, self.start = None, None, 1
+        self.norm_history: list[float] = []  # accepted update norms (bounds updates when a round has 1-2 replies)
+        self.ledger = (
+            PrivacyLedger(cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_max_epsilon)
+            if cfg.dp_noise_multiplier > 0
+            else None
+        )
+        self.stop_reason = ""
+        self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
         if cfg.resume:
             self._resume()
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_flwr(), indent=2))
@@ -104,6 +117,11 @@ class RoundEngine:
                 "configuration; refusing to resume"
             )
         self._use(model_from_spec(ckpt["spec"]), ckpt["state"])  # grown by the joins before the checkpoint
+        self.norm_history = [float(x) for x in ckpt["extra"].get("update-norms", [])]
+        if self.ledger is not None and "privacy" in ckpt["extra"]:
+            self.ledger = PrivacyLedger(
+                self.cfg.dp_noise_multiplier, self.cfg.dp_delta, self.cfg.dp_max_epsilon, ckpt["extra"]["privacy"]
+            )
         self.start = ckpt["round"] + 1
         say(f"resuming from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
 
@@ -120,7 +138,7 @@ class RoundEngine:
         cfg = self.cfg
         if not self.admission.members:
             self.admission.wait_for_nodes(self.grid, cfg.min_sites, cfg.round_timeout)
-        ready, events = self.admission.candidates(self.grid, rnd, cfg.round_timeout)
+        ready, events = self.admission.candidates(self.grid, rnd)
         for event in events:
             self.runlog.write({"round": rnd, **event})
         if self.model is None:
@@ -131,6 +149,14 @@ class RoundEngine:
             self._use(cfg.build_model(cfg.num_domains or (1 + max(p["domain"] for _, p in ready))))
         grew = []
         for node, prof in ready:
+            try:
+                check_regions(prof, self.model.regions)
+            except BadProfile as exc:
+                reason = self.admission.refuse(node, str(exc))
+                self.runlog.write(
+                    {"round": rnd, "event": "join-refused", "node": node, "site": prof["site"], "reason": reason}
+                )
+                continue
             domain = prof["domain"] if self.model.gated else None
             needs = model_needs(self.model, prof["modalities"], prof["regions"], domain)
             if any(needs.values()):
@@ -194,11 +220,18 @@ class RoundEngine:
                 P.POOLED: self.spec.pooled,
             }
         )
-        if self.outer is not self.strategy:  # the DP wrapper scales its noise by the number of replies
-            self.outer.num_sampled_clients = len(trainers)
         messages = self.outer.configure_train(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, trainers))
         replies = self.grid.send_and_receive(messages, timeout=cfg.round_timeout)
-        checker = ReplyChecker(self.roles, self.state, cfg.update_norm_factor, pooled=self.spec.pooled)
+        checker = ReplyChecker(
+            self.roles,
+            self.state,
+            {n: self.admission.members[n] for n in members},
+            cfg.update_norm_factor,
+            cfg.max_relative_update,
+            self.spec.pooled,
+            self.norm_history,
+            reject_unchanged=self.ledger is not None,
+        )
         accepted, parsed, rejected = checker.screen(replies)
         for r in rejected:
             log.warning("round %d: rejected reply from node %s: %s", rnd, r["node"], r["reason"])
@@ -213,10 +246,21 @@ class RoundEngine:
         if len(accepted) < max(1, cfg.min_sites):
             say(f"round {rnd}: {len(accepted)} usable replies (< {max(1, cfg.min_sites)}): global model unchanged")
             return info
+        if self.ledger is not None:
+            if self.ledger.would_exceed(len(accepted)):
+                self.stop_reason = (
+                    f"differential privacy: this round would spend more than dp-max-epsilon "
+                    f"{cfg.dp_max_epsilon} (spent {self.ledger.spent()['epsilon']})"
+                )
+                say(f"round {rnd}: {self.stop_reason}; the global model is unchanged and the run stops")
+                return {**info, "dp-stopped": True}
+            self.outer.num_sampled_clients = len(accepted)  # the noise is scaled by the replies it averages
         arrays, metrics = self.outer.aggregate_train(rnd, accepted)
         if arrays is not None:  # the DP wrapper adds its noise to what the role-aware strategy returned
             new = arrays.to_torch_state_dict()
             self.strategy.global_state = {k: new[k].to(v.dtype) for k, v in self.state.items()}
+            if self.ledger is not None:
+                info["privacy"] = self.ledger.spend(len(accepted))
         info[P.TRAIN_LOSS] = metrics.get(P.TRAIN_LOSS) if metrics else None
         return info
 
@@ -228,19 +272,33 @@ class RoundEngine:
             return {}
         config = ConfigRecord({**self._base_config(), P.SEED: self.cfg.seed})
         messages = self.outer.configure_evaluate(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, members))
-        per_site = {}
+        per_site, rejected = {}, []
         for msg in self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
             node = msg.metadata.src_node_id
-            if msg.has_error():
-                log.warning("round %d: evaluation failed at node %s: %s", rnd, node, msg.error.reason)
-                continue
-            site = self.admission.members.get(node, {}).get("site", str(node))
-            per_site[site] = dict(msg.content.metric_records[P.METRICS])
+            try:
+                if node not in members:
+                    raise RejectedUpdate(f"node {node} is not a member of this run")
+                site, metrics = check_evaluation(msg, self.admission.members[node], self.model.regions)
+                per_site[site] = metrics
+            except RejectedUpdate as exc:
+                log.warning("round %d: evaluation reply from node %s rejected: %s", rnd, node, exc)
+                rejected.append({"node": node, "reason": str(exc)})
+        if rejected:
+            self.runlog.write({"round": rnd, "event": "evaluation-rejected", "rejected": rejected, **tags})
         return self.runlog.evaluation(rnd, self.cfg.strategy, per_site, **tags)
 
     # -- the run --------------------------------------------------------------------------------
+    def _checkpoint(self, rnd: int, **kw) -> Path:
+        extra = {
+            "strategy": self.cfg.strategy,
+            "update-norms": self.norm_history[-50:],
+            **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
+        }
+        folder = self.run_dir / ("checkpoints" if "name" not in kw else "")
+        return save_checkpoint(folder, rnd, self.model.spec, self.state, extra, signer=self.signer, **kw)
+
     def run(self) -> dict:
-        cfg, summary = self.cfg, {}
+        cfg, summary, rnd = self.cfg, {}, self.start - 1
         say(
             f"strategy={cfg.strategy} ({self.spec.summary}) arch={cfg.arch} norm={cfg.model_norm} head={cfg.head} "
             f"rounds {self.start}..{cfg.num_server_rounds}; run folder {self.run_dir}"
@@ -268,22 +326,24 @@ class RoundEngine:
                 f"round {rnd}/{cfg.num_server_rounds}: train loss {'-' if loss is None else round(loss, 4)}, "
                 f"{len(info['sites'])} sites, {len(info['rejected'])} rejected"
             )
-            if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+            if "privacy" in info:
+                line += f", epsilon {info['privacy']['epsilon']} at delta {info['privacy']['delta']:g}"
+            if self.stop_reason or rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
                 summary = self.evaluate(rnd)
                 line += f" | {_dice_line(summary)}"
-            save_checkpoint(self.run_dir / "checkpoints", rnd, self.model.spec, self.state, {"strategy": cfg.strategy})
+            self._checkpoint(rnd)
             say(f"{line} ({time.time() - t0:.1f} s)")
-        final = save_checkpoint(
-            self.run_dir,
-            cfg.num_server_rounds,
-            self.model.spec,
-            self.state,
-            {"strategy": cfg.strategy},
-            name="final_model.pt",
-        )
+            if self.stop_reason:
+                break
+        final = self._checkpoint(rnd, name="final_model.pt")
         png = self.runlog.plot()
         means = {k: v for k, v in summary.items() if k != "sites"}
-        self.runlog.write({"event": "done", "rounds": cfg.num_server_rounds, "final-mean-dice": means})
+        done = {"event": "done", "rounds": rnd, "final-mean-dice": means}
+        if self.ledger is not None:
+            done["privacy"] = self.ledger.spent()
+        if self.stop_reason:
+            done["stopped"] = self.stop_reason
+        self.runlog.write(done)
         say(f"done: {final}, metrics {self.runlog.path}, plot {png}")
         return {"run_dir": str(self.run_dir), "summary": means}
 

@@ -9,42 +9,31 @@ keys), ``federated`` (what a site sends, keeps and receives), ``site_round`` (a 
 Data: ``uharmony.data`` (cases, sites, manifests, reading and preprocessing NIfTI).
 """
 
-from .adaptation import add_classes, add_domain, add_modality, extend_model
-from .head import DomainExpert, DomainGatedHead
-from .networks import (
-    ARCHS,
-    DEFAULT_MODALITIES,
-    DEFAULT_REGIONS,
-    NORMS,
-    UHarmonyNet,
-    build_model,
-    harmonize,
-    model_from_spec,
-)
-from .norm import UHarmonyNorm
-from .roles import DOMAIN, LOCAL, ROLES, SHARED, domain_of, param_roles, role_counts
+import importlib
 
-__all__ = [
-    "ARCHS",
-    "DEFAULT_MODALITIES",
-    "DEFAULT_REGIONS",
-    "DOMAIN",
-    "LOCAL",
-    "NORMS",
-    "ROLES",
-    "SHARED",
-    "DomainExpert",
-    "DomainGatedHead",
-    "UHarmonyNet",
-    "UHarmonyNorm",
-    "add_classes",
-    "add_domain",
-    "add_modality",
-    "build_model",
-    "extend_model",
-    "domain_of",
-    "harmonize",
-    "model_from_spec",
-    "param_roles",
-    "role_counts",
-]
+# Names are loaded on first use (PEP 562), so that a command that needs only a small module (a key, a
+# file helper) does not pay for torch and MONAI.
+_EXPORTS = {
+    "adaptation": ("add_classes", "add_domain", "add_modality", "extend_model"),
+    "head": ("DomainExpert", "DomainGatedHead"),
+    "networks": (
+        "ARCHS",
+        "DEFAULT_MODALITIES",
+        "DEFAULT_REGIONS",
+        "NORMS",
+        "UHarmonyNet",
+        "build_model",
+        "harmonize",
+        "model_from_spec",
+    ),
+    "norm": ("UHarmonyNorm",),
+    "roles": ("DOMAIN", "LOCAL", "ROLES", "SHARED", "domain_of", "param_roles", "role_counts"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write, sha256_file
+from .signing import SignatureError, sign_manifest, verify_manifest
 
 MANIFEST = "manifest.json"
 
@@ -30,7 +31,9 @@ def save_checkpoint(
     state: dict[str, torch.Tensor],
     extra: dict | None = None,
     name: str | None = None,
+    signer=None,
 ) -> Path:
+    """Write a checkpoint and update the folder's manifest; ``signer`` (an Ed25519 private key) signs it."""
     folder = Path(folder)
     name = name or f"round-{server_round:03d}.pt"
     blob = {
@@ -46,11 +49,16 @@ def save_checkpoint(
     if name.startswith("round-"):
         manifest["latest"] = name
     atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    if signer is not None:
+        sign_manifest(folder, signer)
     return path
 
 
-def load_checkpoint(folder: str | Path, name: str | None = None, spec: dict | None = None) -> dict:
-    """Load (by default the latest) checkpoint after verifying its digest and, if given, its spec.
+def load_checkpoint(
+    folder: str | Path, name: str | None = None, spec: dict | None = None, trusted: list | None = None
+) -> dict:
+    """Load (by default the latest) checkpoint after verifying its digest and, if given, its spec and that
+    its manifest is signed by one of the ``trusted`` Ed25519 public keys.
 
     Returns ``{"round", "spec" (dict), "state" ({key: tensor}), "extra" (dict)}``.
     """
@@ -63,6 +71,11 @@ def load_checkpoint(folder: str | Path, name: str | None = None, spec: dict | No
         files = dict(manifest["files"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise CheckpointError(f"{manifest_path}: not a checkpoint manifest") from None
+    if trusted is not None:
+        try:
+            verify_manifest(folder, trusted)
+        except SignatureError as exc:
+            raise CheckpointError(str(exc)) from None
     name = name or manifest.get("latest")
     if not name or name not in files:
         raise CheckpointError(f"{manifest_path}: no entry for checkpoint {name!r}")

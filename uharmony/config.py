@@ -42,9 +42,16 @@ class RunConfig:
     min_sites: int = 1
     num_domains: int = 0  # 0: one per domain among the sites admitted in the first round
     round_timeout: float = 3600.0
+    profile_timeout: float = 120.0  # seconds a node has to answer the profile query (3 misses: refused)
     update_norm_factor: float = 10.0
+    max_relative_update: float = 10.0  # reject ||w_site - w_global|| > this x ||w_global|| (works with 1-2 replies)
+    min_report_cases: int = 1  # a site reports evaluation metrics only over at least this many cases
+    site_registry: str = ""  # coordinator: registry.json binding node keys to sites and domains ("" = no binding)
+    model_signing_key: str = ""  # coordinator: Ed25519 key that signs the released models' manifests
     dp_noise_multiplier: float = 0.0  # > 0: Flower's server-side fixed-clipping DP wrapper
     dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5  # the delta the privacy spent (epsilon) is reported at
+    dp_max_epsilon: float = 0.0  # > 0: stop the run before a round would spend more than this
     extend_on_join: bool = True  # a joining site with a new modality/class/domain extends the model
     join_schedule: str = ""  # simulation only: "SITE@ROUND,..." = that site's SuperNode comes online then
     extra: dict = field(default_factory=dict)
@@ -70,13 +77,17 @@ class RunConfig:
         one_of("run config: 'norm'", self.norm, ("auto", "uharmony", "instance", "batch"))
         one_of("run config: 'optimizer'", self.optimizer, ("adam", "sgd"))
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
-        for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every"):
+        for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every", "min_report_cases"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run config: {key.replace('_', '-')!r} must be >= 1")
         if self.neg_ratio < 0:
             raise ValueError("run config: 'neg-ratio' must be >= 0")
         if self.dp_noise_multiplier < 0 or self.dp_clipping_norm <= 0:
             raise ValueError("run config: 'dp-noise-multiplier' must be >= 0 and 'dp-clipping-norm' > 0")
+        if not 0 < self.dp_delta < 1 or self.dp_max_epsilon < 0:
+            raise ValueError("run config: 'dp-delta' must be in (0, 1) and 'dp-max-epsilon' >= 0")
+        if self.profile_timeout <= 0 or self.max_relative_update < 0:
+            raise ValueError("run config: 'profile-timeout' must be > 0 and 'max-relative-update' >= 0")
         if self.dp_noise_multiplier > 0 and not self.strategy_spec.dp:
             dp = sorted(n for n, s in STRATEGIES.items() if s.dp)
             raise ValueError(

@@ -94,8 +94,8 @@ class SiteRound:
         """Per-region Dice and HD95 of the loaded model on the site's validation cases, with the site's own
         expert (``oracle``) and with the gate (``gated``: dataset-free); NaN where a region is not annotated."""
         metrics = {P.NUM_EXAMPLES: len(self.data.val), P.SKIPPED: len(self.data.skipped)}
-        if not self.data.val:
-            return metrics
+        if not self.data.val or len(self.data.val) < self.cfg.min_report_cases:
+            return metrics  # too few cases: an average over them would describe single patients
         modes = {"oracle": self.site.domain, "gated": None} if self.model.gated else {"oracle": None}
         for mode, dom in modes.items():
             for k, v in evaluate_cases(self.model, self.data.val, dom, self.cfg.patch_size, self.device).items():

@@ -6,6 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from client.segment_cli import main_calibrate, main_segment
 from uharmony import build_model
@@ -168,3 +170,64 @@ def test_a_model_file_that_does_not_name_its_strategy_is_refused(tiny_federation
     args = ["--model", str(tmp_path / "final_model.pt"), "--input", str(tiny_federation / "SYN_001_000")]
     assert main_segment([*args, "--out", str(tmp_path / "seg.nii.gz")]) == 2
     assert "strategy" in capsys.readouterr().err
+
+
+def _signed(tmp_path, signer):
+    model = RunConfig.from_flwr({"strategy": "fedavg", "filters": "8,16,32"}).build_model()
+    path = save_checkpoint(
+        tmp_path / "run",
+        1,
+        model.spec,
+        model.state_dict(),
+        {"strategy": "fedavg"},
+        name="final_model.pt",
+        signer=signer,
+    )
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"spacing": 6.0, "patch-size": 16}))
+    return path
+
+
+def _trusted_file(tmp_path, key, name="trusted-entities.yaml"):
+    pub = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    (tmp_path / name).write_text(f"fpk_coordinator: '{pub}'\n")
+    return tmp_path / name
+
+
+def test_a_hospital_runs_only_a_model_the_coordinator_signed(tiny_federation, tmp_path, capsys):
+    coordinator, stranger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    model = _signed(tmp_path, coordinator)
+    case = ["--input", str(tiny_federation / "SYN_001_000"), "--out", str(tmp_path / "seg.nii.gz")]
+    assert main_segment(["--model", str(model), *case, "--trusted-key", str(_trusted_file(tmp_path, coordinator))]) == 0
+    capsys.readouterr()
+    other = _trusted_file(tmp_path, stranger, "other.yaml")
+    assert main_segment(["--model", str(model), *case, "--trusted-key", str(other)]) == 2
+    assert "not from a trusted key" in capsys.readouterr().err
+    (tmp_path / "run" / "manifest.sig").unlink()
+    assert main_segment(["--model", str(model), *case, "--trusted-key", str(other)]) == 2
+    assert "not signed" in capsys.readouterr().err
+    assert main_segment(["--model", str(model), *case]) == 0  # no key given: loads (safely), with a warning
+    assert "signature is not checked" in capsys.readouterr().err
+
+
+def test_batch_mode_survives_any_case_and_writes_as_it_goes(tiny_federation, checkpoint, tmp_path, monkeypatch):
+    import client.segment_cli as cli
+
+    batch = tmp_path / "batch"
+    for case in ("SYN_001_000", "SYN_002_000", "SYN_004_001"):
+        (batch / case).mkdir(parents=True)
+        for f in (tiny_federation / case).glob("*.nii.gz"):
+            (batch / case / f.name).symlink_to(f)
+    (batch / "notes.nii.gz").write_bytes(b"a stray file beside the case folders")
+    real, seen = cli.segment_case, []
+
+    def flaky(model, spacing, roi, calibrated, folder, out, png=None):
+        seen.append(len((tmp_path / "out" / "volumes.jsonl").read_text().splitlines()))
+        if folder.name == "SYN_002_000":
+            raise RuntimeError("an error no one planned for")
+        return real(model, spacing, roi, calibrated, folder, out, png)
+
+    monkeypatch.setattr(cli, "segment_case", flaky)
+    assert main_segment(["--model", str(checkpoint), "--input", str(batch), "--out", str(tmp_path / "out")]) == 0
+    assert seen == [0, 1, 1]  # the first case's line was on disk before the second began
+    lines = (tmp_path / "out" / "volumes.jsonl").read_text().splitlines()
+    assert [json.loads(x)["case"] for x in lines] == ["SYN_001_000", "SYN_004_001"]

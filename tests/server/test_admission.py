@@ -1,9 +1,20 @@
 """The profile a joining SuperNode declares: accepted when well formed, else refused with the key named."""
 
-import pytest
+from pathlib import Path
 
-from server.admission import BadProfile, parse_profile
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_public_key
+from flwr.proto.node_pb2 import NodeInfo
+
+from client.client_app import make_app
+from client.keys import generate_node_key
+from server.admission import BadProfile, check_regions, parse_profile
+from server.registry import SiteRegistry
+from server.rounds import run_server
+from simulation.inprocess import InProcessGrid
+from tests.conftest import tiny_overrides
 from uharmony import protocol as P
+from uharmony.runlog import RunLog
 
 GOOD = {
     P.SITE_ID: "hospital-d",
@@ -46,3 +57,77 @@ def test_a_good_profile_becomes_plain_python():
 def test_bad_profiles_are_refused_naming_the_key(change, key):
     with pytest.raises(BadProfile, match=key):
         parse_profile({**GOOD, **change})
+
+
+@pytest.mark.parametrize("site", ["x" * 100_000, "evil\nsite", "\x1b[31mred", "../etc", ""])
+def test_a_site_id_is_a_short_plain_name(site):
+    with pytest.raises(BadProfile, match=P.SITE_ID):
+        parse_profile({**GOOD, P.SITE_ID: site})
+
+
+def test_a_region_that_differs_only_by_case_is_refused():
+    with pytest.raises(BadProfile, match="differ only by case"):
+        check_regions({"regions": ["et", "RC"]}, ["ET", "TC", "WT"])  # would overwrite the real ET's Dice
+    check_regions({"regions": ["ET", "RC"]}, ["ET", "TC", "WT"])
+
+
+def test_the_declared_case_count_is_bounded():
+    with pytest.raises(BadProfile, match=P.TRAIN_CASES):
+        parse_profile({**GOOD, P.TRAIN_CASES: 10**12})
+
+
+class KeyedGrid(InProcessGrid):
+    """Reports each node's authenticated public key, as the SuperLink's grid does; some nodes never answer."""
+
+    def __init__(self, *args, keys: dict, silent=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keys, self.silent = keys, set(silent)
+
+    def get_nodes(self):
+        return [NodeInfo(node_id=n, public_key=self.keys.get(n, b"")) for n in self.get_node_ids()]
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        kept = [m for m in messages if m.metadata.dst_node_id not in self.silent]
+        super().push_messages(kept)
+        return [m.metadata.message_id for m in kept]
+
+
+def _pem(pub: Path) -> bytes:
+    return load_ssh_public_key(pub.read_bytes()).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_only_registered_keys_join_and_as_the_site_and_domain_they_were_registered_for(tiny_federation, tmp_path):
+    pubs = [generate_node_key(tmp_path / f"k{i}")[1] for i in range(4)]
+    registry = SiteRegistry(tmp_path / "registry.json")
+    registry.add("1", 0, pubs[0].read_text())  # node 1000 is simulated site 1, domain 0: admitted
+    registry.add("2", 5, pubs[1].read_text())  # node 1001 is site 2 but says domain 1: refused
+    registry.add("3", 2, pubs[2].read_text())  # node 1002 uses site 3's key but says it is site 4: refused
+    over = {
+        k.replace("_", "-"): v
+        for k, v in tiny_overrides(
+            tiny_federation, tmp_path / "run", num_server_rounds=1, site_registry=str(tmp_path / "registry.json")
+        ).items()
+    }
+    keys = {1000: _pem(pubs[0]), 1001: _pem(pubs[1]), 1002: _pem(pubs[2]), 1003: _pem(pubs[3])}
+    nodes = [{"partition-id": 0}, {"partition-id": 1}, {"partition-id": 3}, {"partition-id": 2}]
+    run_server(KeyedGrid(make_app(), nodes, over, keys=keys), over)
+    recs = RunLog(tmp_path / "run").records()
+    assert [r["site"] for r in recs if r.get("event") == "join"] == ["1"]
+    refused = {r["node"]: r["reason"] for r in recs if r.get("event") in ("join-refused", "join-error")}
+    assert "not registered for any site" in refused[1003]  # a key nobody registered
+    assert "registered for site '2' (domain 5)" in refused[1001] and "domain 1" in refused[1001]
+    assert "registered for site '3'" in refused[1002] and "'4'" in refused[1002]
+    assert next(r for r in recs if r.get("event") == "train")["sites"] == ["1"]
+
+
+def test_a_node_that_never_answers_is_refused_after_three_rounds(tiny_federation, tmp_path):
+    over = {
+        k.replace("_", "-"): v
+        for k, v in tiny_overrides(tiny_federation, tmp_path / "run", num_server_rounds=4, profile_timeout=1.0).items()
+    }
+    nodes = [{"partition-id": i} for i in range(4)]
+    run_server(KeyedGrid(make_app(), nodes, over, keys={}, silent={1003}), over)
+    errors = [r for r in RunLog(tmp_path / "run").records() if r.get("event") == "join-error"]
+    assert [e["round"] for e in errors] == [1, 2, 3] and "not asked again" in errors[-1]["reason"]
+    assert "no answer to the profile query within 1 s" in errors[0]["reason"]

@@ -1,5 +1,7 @@
 """The round engine on the tiny federation, through the in-process transport (the ClientApp called directly)."""
 
+import json
+
 import pytest
 import torch
 
@@ -152,3 +154,19 @@ def test_a_federation_with_no_usable_site_stops_with_the_reasons(tmp_path, tiny_
     grid = InProcessGrid(make_app(), [{"partition-id": 9}], overrides)
     with pytest.raises(RuntimeError, match="no site could be admitted.*partition-id 9"):
         run_server(grid, overrides)
+
+
+def test_what_leaves_a_site_names_no_folder_and_no_single_patient(tiny_federation, tmp_path):
+    doc = json.loads((tiny_federation / "federation.json").read_text())
+    doc["root"] = str(tiny_federation)
+    secret = "/srv/hospital-secret/patients/SYN_001_000/SYN_001_000_t1.nii.gz"
+    doc["sites"][0]["cases"][0]["images"]["t1"] = secret  # a case whose file is missing at site 1
+    fed = tmp_path / "fed"
+    fed.mkdir()
+    (fed / "federation.json").write_text(json.dumps(doc))
+    _, grid = _run(fed, tmp_path / "run", num_server_rounds=1, min_report_cases=2)
+    sent = [str(v) for _, r in grid.log for rec in r.content.config_records.values() for v in rec.values()]
+    assert any("SYN_001_000_t1.nii.gz" in v for v in sent)  # the site says which file, by name
+    assert not any("hospital-secret" in v or "/srv/" in v for v in sent)  # but not where it keeps it
+    # one validation case per site < min-report-cases: no site reports a Dice of one patient
+    assert not [r for r in RunLog(tmp_path / "run").records() if "dice" in r]

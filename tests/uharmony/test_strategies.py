@@ -9,6 +9,7 @@ from uharmony.checkpoint import load_checkpoint
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles
 from uharmony.roles import module_state_keys
+from uharmony.runlog import RunLog
 from uharmony.site_state import load_local_state
 from uharmony.strategies import STRATEGIES, Strategy, get_strategy, register
 
@@ -56,7 +57,11 @@ def test_a_new_strategy_runs_a_federation_from_its_table_entry(fedper, tiny_fede
 
     run_dir = tmp_path / "fedper"
     result = run(tiny_overrides(tiny_federation, run_dir, strategy="fedper", num_server_rounds=1))
-    assert result["summary"]["gated"] >= 0.0
+    recs = RunLog(run_dir).records()
+    assert {r["site"] for r in recs if "dice" in r} == {"1", "2", "3", "4"} and set(result["summary"]) == {
+        "gated",
+        "oracle",
+    }
     final = load_checkpoint(run_dir, "final_model.pt")
     assert final["extra"]["strategy"] == "fedper"
     assert not any(k.startswith("head.") for k in final["state"])  # the head never reached the server

@@ -23,6 +23,14 @@ BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")  # order of the 4-D MSD images (FLAIR, T1w, t1gd, T2w)
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:'\"]*[\\/]([^\s:'\"\\/]+)")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every file path cut to its last part (what leaves a site names no folder of it)."""
+    return _PATH.sub(lambda m: m.group(1), text)
+
+
 class DataError(ValueError):
     """A problem with one input file or table; the message names the file."""
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import AFFINE, make_brats2021, tiny_label, write_nifti
+from tests.conftest import AFFINE, brain, make_brats2021, tiny_label, write_nifti
 from uharmony.data import DataError, SiteData, load_site_folder, read_case
 
 GOOD = "BraTS2021_00000"
@@ -22,10 +22,10 @@ def _break(root, kind):
         (folder / f"{BAD}_t1ce.nii.gz").unlink()
         return f"{BAD}_t1ce.nii.gz", "missing modality"
     if kind == "shape":
-        write_nifti(folder / f"{BAD}_t2.nii.gz", np.ones((16, 16, 12), np.float32), AFFINE)
+        write_nifti(folder / f"{BAD}_t2.nii.gz", brain(2)[:, :, :12], AFFINE)
         return f"{BAD}_t2.nii.gz", "shape"
     if kind == "affine":
-        write_nifti(folder / f"{BAD}_flair.nii.gz", np.ones((16, 16, 16), np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+        write_nifti(folder / f"{BAD}_flair.nii.gz", brain(3), np.diag([1.0, 1.0, 1.0, 1.0]))
         return f"{BAD}_flair.nii.gz", "affine"
     if kind == "labels":
         write_nifti(folder / f"{BAD}_seg.nii.gz", tiny_label(values=(1, 2, 3)), AFFINE)
@@ -66,3 +66,39 @@ def test_bad_case_is_skipped_counted_and_reported(tree, tmp_path_factory, kind):
     assert data.skipped[0]["case"] == BAD and filename in data.skipped[0]["file"]
     assert len(data.train) + len(data.val) == 3  # the others are still there
     assert next(iter(data.batches(1, 1, 0)))["image"].shape[1] == 4
+
+
+def _header_only(path, shape, zooms=(1.0, 1.0, 1.0), dtype=np.float32):
+    """A file that is a NIfTI header declaring ``shape`` and nothing else (a few hundred bytes)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["pixdim"][1:4] = zooms  # written as is (a zero voxel size included)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.binaryblock)
+        f.write(b"\0" * 4)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: write_nifti(p, np.zeros((16, 16, 16), np.float32), AFFINE), "constant"),
+        (lambda p: write_nifti(p, np.full((16, 16, 16), 7.0, np.float32), AFFINE), "constant"),
+        (lambda p: _header_only(p, (1000, 1000, 1000)), "1,000,000,000 voxels"),
+        (lambda p: _header_only(p, (16, 16, 16), zooms=(0.0, 1.0, 1.0)), "voxel size"),
+        (lambda p: _header_only(p, (16, 16, 16)), "truncated"),
+    ],
+)
+def test_scans_refused_before_or_right_after_reading(tree, make, words):
+    target = tree / BAD / f"{BAD}_t1.nii"  # uncompressed, so a header-only file is seen as truncated
+    (tree / BAD / f"{BAD}_t1.nii.gz").unlink()
+    make(target)
+    case = next(c for c in load_site_folder(tree, "hospital-a").cases if c.case_id == BAD)
+    case.images["t1"] = str(target)
+    with pytest.raises(DataError, match=words) as info:
+        read_case(case)
+    assert target.name in str(info.value)

@@ -1,0 +1,81 @@
+"""Signed model releases: the coordinator signs a checkpoint folder's manifest, a hospital verifies it.
+
+The manifest (``manifest.json``) lists the SHA-256 of every model file, so one Ed25519 signature of it
+(``manifest.sig``) covers them all. The coordinator signs with the key ``uharmony-pki`` made
+(``signing.key``, OpenSSH); a hospital verifies with the public key it already holds for its SuperNode:
+``trusted-entities.yaml`` (or ``signing.pub``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from .files import atomic_write
+
+SIGNATURE = "manifest.sig"
+_ED25519_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/=]+")
+
+
+class SignatureError(ValueError):
+    pass
+
+
+def load_private_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
+    try:
+        key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise SignatureError(f"{path}: cannot read the signing key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise SignatureError(f"{path}: the signing key must be Ed25519")
+    return key
+
+
+def load_public_keys(path: str | Path) -> list[ed25519.Ed25519PublicKey]:
+    """Every Ed25519 key in an OpenSSH public key file or a Flower trusted-entities file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SignatureError(f"{path}: cannot read the trusted keys ({exc.strerror})") from None
+    keys = []
+    for line in _ED25519_LINE.findall(text):
+        try:
+            keys.append(serialization.load_ssh_public_key(line.encode()))
+        except ValueError:
+            continue
+    if not keys:
+        raise SignatureError(f"{path}: no ssh-ed25519 public key in it")
+    return keys
+
+
+def sign_manifest(folder: str | Path, private_key: ed25519.Ed25519PrivateKey) -> Path:
+    manifest = (Path(folder) / "manifest.json").read_bytes()
+    pub = private_key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    doc = {"signer": pub.decode(), "signature": base64.b64encode(private_key.sign(manifest)).decode()}
+    return atomic_write(Path(folder) / SIGNATURE, json.dumps(doc, indent=2), mode=0o644)
+
+
+def verify_manifest(folder: str | Path, trusted: list[ed25519.Ed25519PublicKey]) -> None:
+    """Raises SignatureError unless ``folder``'s manifest carries a valid signature by one of ``trusted``."""
+    folder = Path(folder)
+    try:
+        doc = json.loads((folder / SIGNATURE).read_text())
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except FileNotFoundError:
+        raise SignatureError(f"{folder / SIGNATURE}: the model is not signed") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise SignatureError(f"{folder / SIGNATURE}: not a signature file") from None
+    manifest = (folder / "manifest.json").read_bytes()
+    for key in trusted:
+        try:
+            key.verify(signature, manifest)
+            return
+        except InvalidSignature:
+            continue
+    raise SignatureError(f"{folder / 'manifest.json'}: its signature is not from a trusted key")
