@@ -2,7 +2,8 @@
 
 Sends only what its strategy lets leave the site (``uharmony.strategies``); site-local parameters and
 the harmonization statistics stay in ``context.state`` and the site state folder. Answers the server's
-profile query (``query.profile``) with names and counts only (``client/site_profile.py``).
+profile query (``query.profile``) with names and counts only (``client/site_profile.py``), and the
+prototype query (``query.prototype``) with its domain's prototype under the aggregated model.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _site_round(msg: Message, context: Context, overrides: dict | None) -> SiteR
         str(server[P.STRATEGY]),
         saved,
         pooled=bool(server.get(P.POOLED, False)),
+        run_id=str(server.get(P.RUN_ID, "")),
     )
     job.load(dict(msg.content[P.ARRAYS].to_torch_state_dict()))
     return job
@@ -78,8 +80,18 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         job = _site_round(msg, context, overrides)
-        metrics = {k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in job.evaluate().items()}
+        metrics = {
+            k: (-1.0 if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in job.evaluate(int(msg.content[P.CONFIG].get(P.SERVER_ROUND, 0))).items()
+        }
         content = RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
+        return Message(content=content, reply_to=msg)
+
+    @app.query(P.PROTOTYPE_ACTION)
+    def prototype(msg: Message, context: Context) -> Message:
+        job = _site_round(msg, context, overrides)
+        arrays, metrics = job.prototypes()
+        content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROFILE_ACTION)

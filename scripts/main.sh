@@ -17,16 +17,17 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in -c|--run-config) rc="${args[i+1]:-}" ;; esac
 done
 python -m simulation.main_job prepare -c "$rc"
+sites=$(python -m simulation.main_job sites -c "$rc")
 # Flower >= 1.41 keeps connections in $FLWR_HOME/config.toml: a managed local SuperLink running the
-# simulation engine with one SuperNode per site of the embedded federation.
+# simulation engine with one SuperNode per site of the run's federation.
 mkdir -p "$FLWR_HOME"
-[ -f "$FLWR_HOME/config.toml" ] || cat > "$FLWR_HOME/config.toml" <<'TOML'
+cat > "$FLWR_HOME/config.toml" <<TOML
 [superlink]
 default = "local-simulation"
 
 [superlink.local-simulation]
 address = ":local:"
-options.num-supernodes = 4
+options.num-supernodes = $sites
 options.backend.name = "ray"
 options.backend.client-resources.num-cpus = 2
 TOML

@@ -144,11 +144,16 @@ class ReplyChecker:
                 )
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise RejectedUpdate(f"{k}: contains NaN or Inf")
+            if k in self.roles.nonnegative and bool((v < 0).any()):
+                raise RejectedUpdate(f"{k}: a prototype's variance cannot be negative")
+            if k in self.roles.scan_counts and not 0 <= float(v.max()) <= limit:
+                raise RejectedUpdate(f"{k}: a prototype counts at most the {limit:g} declared training scans")
         return Reply(msg.metadata.src_node_id, site, domain, arrays, float(weight), numbers)
 
     def _norms(self, reply: Reply) -> tuple[float, float]:
-        """(update norm, global model norm) over the reply's floating-point entries."""
-        keys = [k for k, v in reply.arrays.items() if v.is_floating_point()]
+        """(update norm, global model norm) over the reply's trained weights (not its statistics, such as a
+        domain's prototype: they are checked for their range in :meth:`check`)."""
+        keys = [k for k, v in reply.arrays.items() if v.is_floating_point() and k in self.roles.parameters]
         delta = sum(float((reply.arrays[k].double() - self.global_state[k].double()).pow(2).sum()) for k in keys)
         return math.sqrt(delta), math.sqrt(sum(float(self.global_state[k].double().pow(2).sum()) for k in keys))
 
@@ -207,6 +212,8 @@ def check_evaluation(msg: Message, profile: dict | None, regions: list[str]) -> 
                 _number(value, key, 0.0, high)
         elif key in (P.NUM_EXAMPLES, P.SKIPPED):
             _number(value, key, 0.0)
+        elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT):
+            _number(value, key, 0.0, 1.0)
         else:
             continue  # unknown numbers are not used
         metrics[key] = float(value) if isinstance(value, float) else value

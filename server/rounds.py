@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,17 +23,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from uharmony import protocol as P
-from uharmony.adaptation import spec_extends
+from uharmony.adaptation import declare_expert_regions, spec_extends
 from uharmony.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, extend_global_model, global_state_of, model_needs
+from uharmony.gating import uses_scan_gate
 from uharmony.networks import model_from_spec
 from uharmony.runlog import RunLog
 from uharmony.signing import load_private_key
+from uharmony.training import round_lr
 
 from .admission import Admission, BadProfile, check_regions
 from .aggregation import build_strategy
 from .privacy import PrivacyLedger
+from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
 from .replies import RejectedUpdate, ReplyChecker, check_evaluation
 
@@ -92,6 +96,7 @@ class RoundEngine:
             else None
         )
         self.stop_reason = ""
+        self.run_id = uuid.uuid4().hex  # a resumed run keeps its checkpoint's
         self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
         if cfg.resume:
             self._resume()
@@ -123,6 +128,7 @@ class RoundEngine:
                 self.cfg.dp_noise_multiplier, self.cfg.dp_delta, self.cfg.dp_max_epsilon, ckpt["extra"]["privacy"]
             )
         self.start = ckpt["round"] + 1
+        self.run_id = str(ckpt["extra"].get("run-id", self.run_id))
         say(f"resuming from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
 
     @property
@@ -130,7 +136,7 @@ class RoundEngine:
         return self.strategy.global_state
 
     def _base_config(self) -> dict:
-        return {P.MODEL_SPEC: json.dumps(self.model.spec), P.STRATEGY: self.cfg.strategy}
+        return {P.MODEL_SPEC: json.dumps(self.model.spec), P.STRATEGY: self.cfg.strategy, P.RUN_ID: self.run_id}
 
     # -- admission ------------------------------------------------------------------------------
     def admit(self, rnd: int) -> list[str]:
@@ -147,6 +153,9 @@ class RoundEngine:
                 raise RuntimeError(f"round {rnd}: no site could be admitted ({reasons})")
             # one expert per domain of the sites present now (joining sites add theirs)
             self._use(cfg.build_model(cfg.num_domains or (1 + max(p["domain"] for _, p in ready))))
+            first = True
+        else:
+            first = False
         grew = []
         for node, prof in ready:
             try:
@@ -195,6 +204,8 @@ class RoundEngine:
                 f"round {rnd}: site {prof['site']} joined (domain {prof['domain']})"
                 + (f"; model extended: {added}" if added else "")
             )
+        if first and self.model.gated:  # each starting expert knows what its domain's sites annotate
+            declare_expert_regions(self.model, [self.admission.members[n] for n in self.admission.members])
         return grew
 
     def members(self) -> list[int]:
@@ -214,7 +225,7 @@ class RoundEngine:
         config = ConfigRecord(
             {
                 **self._base_config(),
-                P.LR: cfg.lr,
+                P.LR: round_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule),
                 P.LOCAL_STEPS: steps,
                 P.SEED: round_seed(cfg, rnd),
                 P.POOLED: self.spec.pooled,
@@ -264,6 +275,29 @@ class RoundEngine:
         info[P.TRAIN_LOSS] = metrics.get(P.TRAIN_LOSS) if metrics else None
         return info
 
+    def refresh_prototypes(self, rnd: int) -> None:
+        """The scan gate's prototypes under the model just aggregated (``server/prototypes.py``)."""
+        members = self.members()
+        if not members or not uses_scan_gate(self.model):
+            return
+        asked = members[:1] if self.spec.pooled else members
+        pooled = sum(self.admission.members[n]["train_cases"] for n in members) if self.spec.pooled else 0
+        config = {**self._base_config(), P.SERVER_ROUND: rnd, P.POOLED: self.spec.pooled}
+        state, rejected, _ = refresh_prototypes(
+            self.grid,
+            {n: self.admission.members[n] for n in asked},
+            self.roles,
+            self.state,
+            config,
+            self.cfg.round_timeout,
+            pooled,
+        )
+        self.strategy.attach(self.roles, state)
+        for r in rejected:
+            log.warning("round %d: prototype reply from node %s rejected: %s", rnd, r["node"], r["reason"])
+        if rejected:
+            self.runlog.write({"round": rnd, "event": "prototypes-rejected", "rejected": rejected})
+
     def evaluate(self, rnd: int, **tags) -> dict:
         """Every admitted site evaluates the current global model; logs one line per site and region and
         returns the mean Dice per mode over sites (and each site's mean, under ``"sites"``)."""
@@ -291,6 +325,7 @@ class RoundEngine:
     def _checkpoint(self, rnd: int, **kw) -> Path:
         extra = {
             "strategy": self.cfg.strategy,
+            "run-id": self.run_id,
             "update-norms": self.norm_history[-50:],
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
@@ -329,6 +364,7 @@ class RoundEngine:
             if "privacy" in info:
                 line += f", epsilon {info['privacy']['epsilon']} at delta {info['privacy']['delta']:g}"
             if self.stop_reason or rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+                self.refresh_prototypes(rnd)
                 summary = self.evaluate(rnd)
                 line += f" | {_dice_line(summary)}"
             self._checkpoint(rnd)
@@ -337,8 +373,10 @@ class RoundEngine:
                 break
         final = self._checkpoint(rnd, name="final_model.pt")
         png = self.runlog.plot()
-        means = {k: v for k, v in summary.items() if k != "sites"}
+        means = {k: v for k, v in summary.items() if k in ("oracle", "gated")}
         done = {"event": "done", "rounds": rnd, "final-mean-dice": means}
+        if "gate-accuracy" in summary:
+            done["gate-accuracy"] = summary["gate-accuracy"]
         if self.ledger is not None:
             done["privacy"] = self.ledger.spent()
         if self.stop_reason:
@@ -349,11 +387,12 @@ class RoundEngine:
 
 
 def _dice_line(summary: dict) -> str:
-    modes = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "sites")
+    modes = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k in ("oracle", "gated"))
     sites = "; ".join(
         f"site {s} " + "/".join(f"{v:.2f}" for v in per.values()) for s, per in summary.get("sites", {}).items()
     )
-    return f"mean Dice {modes}" + (f" [{sites}]" if sites else "")
+    gate = f", gate right on {summary['gate-accuracy']:.0%} of scans" if "gate-accuracy" in summary else ""
+    return f"mean Dice {modes}{gate}" + (f" [{sites}]" if sites else "")
 
 
 def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> dict:

@@ -17,6 +17,7 @@ from uharmony.data.manifest import MANIFEST, cache_root, embedded_name
 
 from .synth import generate_federation
 from .synth.profiles import make_join_profile, make_site_profile
+from .synth.scenarios import scenario_profiles
 
 
 def embedded_federation(
@@ -26,12 +27,16 @@ def embedded_federation(
     spacing: float = 3.0,
     progress: bool = True,
     join_sites: int = 0,
+    scenario: str = "",
+    kappa: float = 1.0,
 ) -> Path:
     """Path of the synthetic federation with these settings, generating it if absent.
 
-    ``join_sites``: the last ``join_sites`` of the ``sites`` are post-operative sites with an extra ADC
-    contrast and BraTS 2024 labels (resection cavity): sites that join a running federation with a
-    modality and a class it has not seen (``make_join_profile``).
+    ``scenario``: one of the benchmark's scenarios (``synth.scenarios``: S0, S1, S2 at strength ``kappa``),
+    which fixes its own sites (``sites`` and ``join_sites`` are then not used). Otherwise the development
+    federation: ``sites`` sites, the last ``join_sites`` of them post-operative with an extra ADC contrast
+    and BraTS 2024 labels (resection cavity), which join a running federation with a modality and a class
+    it has not seen (``make_join_profile``).
 
     Safe against concurrent callers (file lock) and interruptions (generated in a temporary folder,
     then renamed into place).
@@ -40,18 +45,21 @@ def embedded_federation(
     root.mkdir(parents=True, exist_ok=True)
     if not 0 <= join_sites < sites:
         raise ValueError(f"join_sites must be in [0, sites), got {join_sites} with sites={sites}")
-    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites)
+    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites, scenario, kappa)
     if (path / MANIFEST).exists():
         return path
-    profiles = [make_site_profile(seed, i) for i in range(sites - join_sites)] + [
-        make_join_profile(seed, i) for i in range(sites - join_sites, sites)
-    ]
+    if scenario:
+        profiles = scenario_profiles(scenario, seed, cases_per_site, kappa)
+    else:
+        profiles = [make_site_profile(seed, i) for i in range(sites - join_sites)] + [
+            make_join_profile(seed, i) for i in range(sites - join_sites, sites)
+        ]
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path / MANIFEST).exists():
             tmp = path.with_name(path.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            generate_federation(tmp, sites, cases_per_site, seed, spacing, progress=progress, profiles=profiles)
+            generate_federation(tmp, len(profiles), cases_per_site, seed, spacing, progress=progress, profiles=profiles)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
     return path
@@ -68,4 +76,6 @@ def ensure_federation(cfg: RunConfig, progress: bool = True) -> Path:
         cfg.synth_spacing,
         progress=progress,
         join_sites=cfg.synth_join_sites,
+        scenario=cfg.synth_scenario,
+        kappa=cfg.synth_kappa,
     )

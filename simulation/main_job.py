@@ -1,6 +1,7 @@
 """The two steps ``scripts/main.sh`` wraps around ``flwr run .``.
 
     python -m simulation.main_job prepare [-c "RUN CONFIG"]          # the run's federation, generated if needed
+    python -m simulation.main_job sites [-c "RUN CONFIG"]            # its number of sites (one SuperNode each)
     python -m simulation.main_job check [-c "RUN CONFIG"] --since T  # the run completed and wrote its results
 
 ``check`` exits non-zero unless ``flwr ls`` shows the newest run ``finished:completed`` and the run folder
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 from uharmony.config import RunConfig
+from uharmony.data import load_federation
 from uharmony.runlog import RunLog
 
 from .embedded import ensure_federation
@@ -54,13 +56,17 @@ def check(cfg: RunConfig, since: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulation.main_job", description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=("prepare", "check"))
+    p.add_argument("step", choices=("prepare", "sites", "check"))
     p.add_argument("-c", "--run-config", default="")
     p.add_argument("--since", type=float, default=0.0)
     a = p.parse_args(argv)
     try:
         cfg = run_config(a.run_config)
-        print(ensure_federation(cfg) if a.step == "prepare" else check(cfg, a.since), flush=True)
+        if a.step == "check":
+            print(check(cfg, a.since), flush=True)
+        else:
+            root = ensure_federation(cfg, progress=a.step == "prepare")
+            print(root if a.step == "prepare" else len(load_federation(root, seed=cfg.seed).sites), flush=True)
     except (ValueError, RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .head import DomainGatedHead, widen_conv
+from .head import DomainGatedHead
 from .networks import UHarmonyNet
 
 
@@ -50,10 +50,7 @@ def add_classes(model: UHarmonyNet, names: int | Sequence[str] = 1) -> list[int]
     clash = [n for n in names if n in model.regions] or ([n for n in names if names.count(n) > 1])
     if not names or clash:
         raise ValueError(f"add_classes: need new, distinct region names; {clash or names} clash with {model.regions}")
-    if isinstance(model.head, DomainGatedHead):
-        model.head.add_output_channels(len(names))
-    else:
-        model.head = widen_conv(model.head, len(names))
+    model.head.add_output_channels(len(names))
     model.spec["out_channels"] = old + len(names)
     model.spec["regions"] = model.regions + names
     _sync_experts(model)
@@ -75,6 +72,17 @@ def set_expert_regions(model: UHarmonyNet, domain: int, regions: Sequence[str]) 
         raise ValueError(f"set_expert_regions: no expert for domain {domain!r}")
     model.head.knows[domain] = torch.tensor([r in set(regions) for r in model.regions])
     _sync_experts(model)
+
+
+def declare_expert_regions(model: UHarmonyNet, profiles: Sequence[dict]) -> None:
+    """Each domain expert knows the regions its sites annotate (union over ``profiles``: dicts with
+    ``domain`` and ``regions``); domains no profile names keep every region."""
+    by_domain: dict[int, set] = {}
+    for prof in profiles:
+        by_domain.setdefault(int(prof["domain"]), set()).update(prof["regions"])
+    for domain, regions in sorted(by_domain.items()):
+        if 0 <= domain < model.head.num_domains:
+            set_expert_regions(model, domain, [r for r in model.regions if r in regions])
 
 
 def add_domain(model: UHarmonyNet) -> int:

@@ -12,7 +12,7 @@ from .strategies import STRATEGIES, Strategy, get_strategy
 
 @dataclass(frozen=True)
 class RunConfig:
-    num_server_rounds: int = 10
+    num_server_rounds: int = 20
     strategy: str = "uharmony"
     arch: str = "dynunet"
     norm: str = "auto"  # auto: the strategy's (uharmony.strategies)
@@ -20,20 +20,28 @@ class RunConfig:
     site_local: str = "stats"
     restore: str = "ratio"  # ratio | affine | none: how site statistics re-enter (docs/method.md)
     harmonize_layers: int = -1  # -1: all normalization layers
-    filters: tuple[int, ...] = (16, 32, 64, 128)
-    local_steps: int = 40
+    head_experts: str = "residual"  # gated head: shared conv + zero-initialized residual per domain | separate
+    head_gate: str = "scan"  # gated head: one decision per scan (calibrated distance) | window (per window)
+    gate_confidence: float = 0.5  # scan gate: below this best weight the shared answer alone is used
+    filters: tuple[int, ...] = (8, 16, 32, 64)
+    local_steps: int = 25
     batch_size: int = 2
-    patch_size: int = 32
+    patch_size: int = 24
     lr: float = 2e-3
-    optimizer: str = "adam"  # adam | sgd (nesterov, momentum 0.99, as nnU-Net)
+    lr_schedule: str = "cosine"  # cosine: from lr to 5 % of it at the last round | constant
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 in the gradient) | sgd (nnU-Net's)
+    weight_decay: float = 1e-2
+    keep_optimizer_state: bool = True  # each site keeps its optimizer's moments across rounds (site state folder)
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
-    eval_every: int = 1
+    eval_every: int = 5
     data_root: str = ""  # a federation manifest's folder; empty: the embedded synthetic federation
     synth_sites: int = 4
     synth_cases_per_site: int = 8
     synth_spacing: float = 3.0
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
+    synth_scenario: str = "S2"  # S0 | S1 | S2 (docs/scenarios.md); "": the development federation (synth-sites)
+    synth_kappa: float = 1.0  # S2: strength of the label-convention conflicts (0: none)
     spacing: float = 3.0
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -75,7 +83,12 @@ class RunConfig:
     def check(self) -> None:
         one_of("run config: 'strategy'", self.strategy, STRATEGIES)
         one_of("run config: 'norm'", self.norm, ("auto", "uharmony", "instance", "batch"))
-        one_of("run config: 'optimizer'", self.optimizer, ("adam", "sgd"))
+        one_of("run config: 'optimizer'", self.optimizer, ("adamw", "adam", "sgd"))
+        one_of("run config: 'lr-schedule'", self.lr_schedule, ("cosine", "constant"))
+        one_of("run config: 'head-experts'", self.head_experts, ("residual", "separate"))
+        one_of("run config: 'head-gate'", self.head_gate, ("scan", "window"))
+        if not 0.0 <= self.gate_confidence < 1.0:
+            raise ValueError("run config: 'gate-confidence' must be in [0, 1)")
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
         for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every", "min_report_cases"):
             if getattr(self, key) < 1:
@@ -98,6 +111,15 @@ class RunConfig:
             raise ValueError("run config: 'patch-size' must be a multiple of 8")
         if self.synth_join_sites < 0 or self.synth_join_sites >= self.synth_sites:
             raise ValueError("run config: 'synth-join-sites' must be in [0, synth-sites)")
+        if self.synth_scenario:
+            one_of("run config: 'synth-scenario'", self.synth_scenario, ("S0", "S1", "S2"))
+            if self.synth_join_sites:
+                raise ValueError(
+                    "run config: 'synth-join-sites' makes the development federation: set synth-scenario='' with it"
+                )
+        one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2"))
+        if not 0.0 <= self.synth_kappa <= 2.0:
+            raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
         self.join_rounds()  # checks the format
 
     def join_rounds(self) -> dict[str, int]:
@@ -134,6 +156,8 @@ class RunConfig:
         kw = dict(arch=self.arch, in_channels=4, out_channels=3, norm=self.model_norm, head=self.head)
         if self.arch == "dynunet":
             kw["filters"] = self.filters
+        if self.head == "gated":
+            kw.update(experts=self.head_experts, gate=self.head_gate, confidence=self.gate_confidence)
         if self.model_norm == "uharmony":
             kw.update(
                 order=self.poly_order,

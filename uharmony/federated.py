@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .head import DomainExpert
 from .roles import DOMAIN, LOCAL, SHARED, roles_and_domains
 from .strategies import get_strategy
 
@@ -23,6 +24,15 @@ class ModelRoles:
         keep_local = get_strategy(strategy).keep_local
         self.roles = keep_local(model, roles) if keep_local else roles
         self.domain_of = {k: d for k, d in domains.items() if self.roles[k] == DOMAIN}
+        self.parameters = {name for name, _ in model.named_parameters()}  # trained weights (not statistics)
+        # each domain's prototype entries: (mean, per-dimension variance, number of scans)
+        self.prototypes: dict[int, tuple[str, str, str]] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, DomainExpert) and f"{name}.prototype" in self.domain_of:
+                keys = (f"{name}.prototype", f"{name}.spread", f"{name}.count")
+                self.prototypes[self.domain_of[keys[0]]] = keys
+        self.nonnegative = {k[1] for k in self.prototypes.values()}
+        self.scan_counts = {k[2] for k in self.prototypes.values()}
 
     def keys(self, role: str) -> list[str]:
         return [k for k, r in self.roles.items() if r == role]

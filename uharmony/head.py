@@ -1,10 +1,24 @@
-"""DomainGatedHead: shared trunk, one light expert + prototype per domain, prototype-distance gate.
+"""DomainGatedHead: a shared trunk, one light expert + prototype per domain, and a prototype-distance gate.
 
-With a domain id the head uses that domain's expert (oracle mode). Without one it mixes the experts
-with a softmax over negative squared distances between the sample's pooled, L2-normalized features and
-each domain's prototype (dataset-free inference). Prototypes are label-free running means of those
-pooled features, updated when the head is trained with a known domain. The gate's training is our
-reconstruction (see docs/method.md): the gate itself has no parameters, only the prototypes.
+With a domain id the head uses that domain's expert (oracle mode); without one it mixes the experts by a
+gate over the domains' prototypes (dataset-free inference). Two expert modes:
+
+- ``residual`` (default, ours): a shared 1x1 conv gives every domain's common answer, and each expert adds
+  a residual that starts at zero. Where the sites' labels agree the residuals stay small and nothing is
+  lost against a shared head; where a site's convention differs, its residual learns the difference.
+- ``separate`` (the earlier reconstruction): each expert is the whole output layer.
+
+Two gates:
+
+- ``scan`` (default, ours): one decision per scan. A scan's descriptor is the mean of its feature maps over
+  the whole scan; a domain's prototype is the mean and variance of its sites' scan descriptors, computed
+  with the model each site received (``uharmony.inference.scan_descriptor``), label-free. The gate is a
+  softmax over the negative Mahalanobis distance with the domains' pooled per-dimension variance (no
+  temperature to tune); below ``confidence`` the residual experts are left out (the shared answer).
+- ``window``: a softmax over negative squared distances of each window's pooled, L2-normalized features
+  to running means updated during training (temperature ``temperature``).
+
+The gate has no trainable parameters; its training is our reconstruction (see docs/method.md).
 """
 
 from __future__ import annotations
@@ -21,15 +35,22 @@ from torch import nn
 # threshold, yet within reach of Adam, which moves a parameter by about lr per step (a -10 bias was not
 # learnt in 160 steps at lr 2e-3: measured with uharmony-join).
 NEW_CLASS_BIAS = -math.log(99.0)
+EXPERT_MODES, GATES = ("residual", "separate"), ("scan", "window")
 
 
 class DomainExpert(nn.Module):
-    """One domain's part of the head: a 1x1 conv to the output channels and the domain prototype."""
+    """One domain's part of the head: a 1x1 conv to the outputs, and the domain's prototype (mean and
+    per-dimension variance of its descriptors, and how many went into them)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, zero: bool = False) -> None:
         super().__init__()
         self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
+        if zero:
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.bias.zero_()
         self.register_buffer("prototype", torch.zeros(in_channels))
+        self.register_buffer("spread", torch.ones(in_channels))
         self.register_buffer("count", torch.zeros(()))
 
     @property
@@ -38,14 +59,43 @@ class DomainExpert(nn.Module):
 
     @torch.no_grad()
     def update_prototype(self, pooled: torch.Tensor, momentum: float) -> None:
-        """Running mean (cumulative for the first 1/momentum samples) of pooled features."""
+        """Running mean (cumulative for the first 1/momentum samples) of pooled features (``window`` gate)."""
         for row in pooled:
             self.count += 1
             rate = max(momentum, 1.0 / float(self.count))
             self.prototype.lerp_(row.to(self.prototype.dtype), rate)
 
+    @torch.no_grad()
+    def set_prototype(self, descriptors: torch.Tensor) -> None:
+        """Mean and variance of a site's scan descriptors (``scan`` gate)."""
+        d = descriptors.to(self.prototype.dtype).reshape(-1, self.prototype.numel())
+        self.prototype.copy_(d.mean(0))
+        self.spread.copy_(d.var(0, unbiased=False) if len(d) > 1 else torch.zeros_like(self.spread))
+        self.count.fill_(float(len(d)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def head_trunk(spatial_dims: int, channels: int) -> nn.Module:
+    """The layer every head starts with: a 1x1 conv and LeakyReLU (the same for gated and plain heads, so a
+    comparison between them is not one of capacity)."""
+    return nn.Sequential(Conv[Conv.CONV, spatial_dims](channels, channels, kernel_size=1), nn.LeakyReLU(0.01))
+
+
+class PlainHead(nn.Module):
+    """The baselines' head: the shared trunk, then one 1x1 conv to the outputs."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.trunk = head_trunk(spatial_dims, in_channels)
+        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
+
+    def add_output_channels(self, n: int, bias: float = NEW_CLASS_BIAS) -> None:
+        self.conv = widen_conv(self.conv, n, bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.trunk(features))
 
 
 class DomainGatedHead(nn.Module):
@@ -58,8 +108,19 @@ class DomainGatedHead(nn.Module):
         temperature: float = 0.05,
         prototype_momentum: float = 0.05,
         knows: Sequence[Sequence[bool]] | None = None,
+        experts: str = "residual",
+        gate: str = "scan",
+        confidence: float = 0.5,
     ) -> None:
         super().__init__()
+        if experts not in EXPERT_MODES or gate not in GATES:
+            raise ValueError(
+                f"DomainGatedHead: experts must be one of {EXPERT_MODES} and gate one of {GATES}, "
+                f"got {experts!r} / {gate!r}"
+            )
+        if not 0.0 <= confidence < 1.0:
+            raise ValueError(f"DomainGatedHead: confidence must be in [0, 1), got {confidence!r}")
+        self.residual, self.gate_kind, self.confidence = experts == "residual", gate, confidence
         if spatial_dims not in (2, 3):
             raise ValueError(f"DomainGatedHead: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_domains", num_domains)):
@@ -74,9 +135,12 @@ class DomainGatedHead(nn.Module):
         self.out_channels = out_channels
         self.temperature = temperature
         self.prototype_momentum = prototype_momentum
-        conv = Conv[Conv.CONV, spatial_dims]
-        self.trunk = nn.Sequential(conv(in_channels, in_channels, kernel_size=1), nn.LeakyReLU(0.01))
-        self.experts = nn.ModuleList(DomainExpert(spatial_dims, in_channels, out_channels) for _ in range(num_domains))
+        self.trunk = head_trunk(spatial_dims, in_channels)
+        if self.residual:  # every domain's common answer; the experts add to it
+            self.shared = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
+        self.experts = nn.ModuleList(
+            DomainExpert(spatial_dims, in_channels, out_channels, zero=self.residual) for _ in range(num_domains)
+        )
         # knows[d, c]: expert d was trained on output c (its sites annotate it). Structure, not state: it
         # comes from the model spec, so it is not in the state dict and never aggregated.
         knows = (
@@ -93,45 +157,68 @@ class DomainGatedHead(nn.Module):
         return len(self.experts)
 
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
-        """Global average pooled, L2-normalized features (B, C): what prototypes summarize."""
-        return F.normalize(features.flatten(2).mean(-1), dim=1)
+        """Global average pooled features (B, C); L2-normalized for the ``window`` gate."""
+        pooled = features.flatten(2).mean(-1)
+        return pooled if self.gate_kind == "scan" else F.normalize(pooled, dim=1)
 
-    def gate(self, features: torch.Tensor) -> torch.Tensor:
-        """Gate weights (B, D) over domains; domains without a prototype get weight 0.
-
-        If no domain has a prototype yet, the experts are weighted uniformly.
-        """
-        pooled = self.pooled(features)
-        ready = torch.tensor([e.has_prototype for e in self.experts], device=features.device)
+    def gate_probs(self, features_or_descriptors: torch.Tensor) -> torch.Tensor:
+        """Softmax over the domains (B, D) from feature maps (B, C, ...) or scan descriptors (B, C). Domains
+        without a prototype get 0; with none at all, the weights are uniform."""
+        x = features_or_descriptors
+        pooled = self.pooled(x) if x.dim() > 2 else x
+        ready = torch.tensor([e.has_prototype for e in self.experts], device=x.device)
         if not bool(ready.any()):
-            return torch.full((features.shape[0], self.num_domains), 1.0 / self.num_domains, device=features.device)
+            return torch.full((x.shape[0], self.num_domains), 1.0 / self.num_domains, device=x.device)
         protos = torch.stack([e.prototype for e in self.experts]).to(pooled.dtype)
-        dist = torch.cdist(pooled, protos).pow(2)
-        logits = (-dist / self.temperature).masked_fill(~ready, float("-inf"))
-        return torch.softmax(logits, dim=1)
+        if self.gate_kind == "window":
+            logits = -torch.cdist(pooled, protos).pow(2) / self.temperature
+        else:  # Mahalanobis (diagonal) with the domains' pooled within-domain variance
+            spread = torch.stack([e.spread for e in self.experts]).to(pooled.dtype)[ready].mean(0)
+            scale = spread + 1e-3 * spread.mean().clamp_min(1e-12) + 1e-12
+            logits = -0.5 * ((pooled.unsqueeze(1) - protos.unsqueeze(0)).pow(2) / scale).sum(-1)
+        return torch.softmax(logits.masked_fill(~ready, float("-inf")), dim=1)
 
-    def forward(self, features: torch.Tensor, domain: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+    def gate(self, features_or_descriptors: torch.Tensor) -> torch.Tensor:
+        """The weights the experts are mixed with (B, D): :meth:`gate_probs`, where residual experts with the
+        ``scan`` gate are left out (a row of zeros: the shared answer) when the best weight is below
+        ``confidence``."""
+        weights = self.gate_probs(features_or_descriptors)
+        if self.residual and self.gate_kind == "scan" and self.confidence > 0:
+            sure = weights.max(1, keepdim=True).values >= self.confidence
+            weights = torch.where(sure, weights, torch.zeros_like(weights))
+        return weights
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        domain: int | Sequence[int] | torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits: with ``domain`` that domain's expert; else the gate's mix (``weights`` (B, D): a gate
+        decision made for the whole scan, see ``uharmony.inference``)."""
         if features.dim() != self.spatial_dims + 2 or features.shape[1] != self.in_channels:
             raise ValueError(
                 f"DomainGatedHead expects (B, {self.in_channels}, *{self.spatial_dims}D), got {tuple(features.shape)}"
             )
         hidden = self.trunk(features)
+        base = self.shared(hidden) if self.residual else 0.0
         if domain is None:
-            weights = self.gate(features)  # (B, D)
+            weights = self.gate(features) if weights is None else weights.to(features.device)  # (B, D)
             outs = torch.stack([e(hidden) for e in self.experts], dim=1)  # (B, D, C, ...)
-            if not bool(self.knows.all()):
+            if not self.residual and not bool(self.knows.all()):  # a residual expert's unknown outputs stay 0
                 weights = self.channel_weights(weights)  # (B, D, C)
             weights = weights.view(weights.shape + (1,) * (outs.dim() - weights.dim())).to(outs.dtype)
-            return (weights * outs).sum(1)
+            return base + (weights * outs).sum(1)
         domains = self._domain_list(domain, features.shape[0])
-        if self.training:
+        if self.training and self.gate_kind == "window":
             pooled = self.pooled(features).detach()
             for d in set(domains):
                 rows = [i for i, di in enumerate(domains) if di == d]
                 self.experts[d].update_prototype(pooled[rows], self.prototype_momentum)
         if len(set(domains)) == 1:
-            return self.experts[domains[0]](hidden)
-        return torch.cat([self.experts[d](hidden[i : i + 1]) for i, d in enumerate(domains)], dim=0)
+            return base + self.experts[domains[0]](hidden)
+        out = torch.cat([self.experts[d](hidden[i : i + 1]) for i, d in enumerate(domains)], dim=0)
+        return base + out
 
     def channel_weights(self, weights: torch.Tensor) -> torch.Tensor:
         """Per output channel, the gate renormalized over the experts that know that channel (B, D, C).
@@ -160,12 +247,13 @@ class DomainGatedHead(nn.Module):
 
     @torch.no_grad()
     def add_domain(self) -> int:
-        """Append a new expert initialized as the mean of the existing ones; returns its id."""
-        new = DomainExpert(self.spatial_dims, self.in_channels, self.out_channels).to(
+        """Append a new expert (residual: zero; separate: the mean of the existing ones); returns its id."""
+        new = DomainExpert(self.spatial_dims, self.in_channels, self.out_channels, zero=self.residual).to(
             self.experts[0].conv.weight.device
         )
-        new.conv.weight.copy_(torch.stack([e.conv.weight for e in self.experts]).mean(0))
-        new.conv.bias.copy_(torch.stack([e.conv.bias for e in self.experts]).mean(0))
+        if not self.residual:
+            new.conv.weight.copy_(torch.stack([e.conv.weight for e in self.experts]).mean(0))
+            new.conv.bias.copy_(torch.stack([e.conv.bias for e in self.experts]).mean(0))
         self.experts.append(new)
         self.knows = torch.cat(
             [self.knows, torch.ones(1, self.out_channels, dtype=torch.bool, device=self.knows.device)]
@@ -174,9 +262,12 @@ class DomainGatedHead(nn.Module):
 
     @torch.no_grad()
     def add_output_channels(self, n: int, bias: float = NEW_CLASS_BIAS) -> None:
-        """Add ``n`` output channels to every expert; old channels keep their weights exactly."""
+        """Add ``n`` output channels to every expert (and the shared conv); old channels keep their weights
+        exactly. A residual expert's new channels start at zero: the shared conv carries the class prior."""
+        if self.residual:
+            self.shared = widen_conv(self.shared, n, bias)
         for expert in self.experts:
-            expert.conv = widen_conv(expert.conv, n, bias)
+            expert.conv = widen_conv(expert.conv, n, 0.0 if self.residual else bias)
         self.knows = torch.cat(
             [self.knows, torch.zeros(self.num_domains, n, dtype=torch.bool, device=self.knows.device)], 1
         )

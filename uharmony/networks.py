@@ -2,7 +2,7 @@
 
 ``build_model`` returns a :class:`UHarmonyNet`: per-modality input stems fused over the modalities that
 are present, a MONAI backbone whose final 1x1 output block is removed, and a head (domain-gated or a
-plain 1x1 conv for baselines). ``model(x, domain=None, present=None)`` returns segmentation logits.
+plain trunk + 1x1 conv for baselines). ``model(x, domain=None, present=None)`` returns segmentation logits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
 from .checks import one_of
-from .head import DomainGatedHead
+from .head import DomainGatedHead, PlainHead
 from .norm import INSTANCE_NORMS, UHarmonyNorm
 
 ARCHS = ("dynunet", "swinunetr")
@@ -96,10 +96,16 @@ class UHarmonyNet(nn.Module):
     def gated(self) -> bool:
         return isinstance(self.head, DomainGatedHead)
 
-    def forward(self, x: torch.Tensor, domain=None, present=None) -> torch.Tensor:
-        features = self.backbone(self.stems(x, present))
+    def features(self, x: torch.Tensor, present=None) -> torch.Tensor:
+        """What enters the head: the backbone's full-resolution feature maps."""
+        return self.backbone(self.stems(x, present))
+
+    def forward(self, x: torch.Tensor, domain=None, present=None, gate_weights=None) -> torch.Tensor:
+        """Logits. ``domain``: a domain expert (gated head); ``gate_weights`` (B, D): the gate's decision for
+        the whole scan (``uharmony.gating.scan_gate``) when ``domain`` is None."""
+        features = self.features(x, present)
         if self.gated:
-            return self.head(features, domain)
+            return self.head(features, domain, gate_weights)
         return self.head(features)
 
 
@@ -187,6 +193,9 @@ def build_model(
     restore: str = "ratio",
     temperature: float = 0.05,
     expert_regions: Sequence[Sequence[str]] | None = None,
+    experts: str = "residual",
+    gate: str = "scan",
+    confidence: float = 0.5,
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
@@ -239,6 +248,8 @@ def build_model(
         temperature=temperature,
         **options,
     )
+    if head == "gated":
+        spec.update(experts=experts, gate=gate, confidence=confidence)
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -257,10 +268,18 @@ def build_model(
             knows = [[r in known for r in regions] for known in expert_regions]
             spec["expert_regions"] = [list(r) for r in expert_regions]
         head_module = DomainGatedHead(
-            spatial_dims, feat, out_channels, num_domains, temperature=temperature, knows=knows
+            spatial_dims,
+            feat,
+            out_channels,
+            num_domains,
+            temperature=temperature,
+            knows=knows,
+            experts=experts,
+            gate=gate,
+            confidence=confidence,
         )
     else:
-        head_module = Conv[Conv.CONV, spatial_dims](feat, out_channels, kernel_size=1)
+        head_module = PlainHead(spatial_dims, feat, out_channels)
     return UHarmonyNet(stems, backbone, head_module, spec)
 
 

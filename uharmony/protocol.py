@@ -14,6 +14,7 @@ SITE = "site"
 SERVER_ROUND = "server-round"
 MODEL_SPEC = "model-spec"  # JSON of uharmony.UHarmonyNet.spec: clients build the same network
 STRATEGY = "strategy"  # a name of uharmony.strategies: decides which entries a site keeps
+RUN_ID = "run-id"  # one per run (kept on resume): site state saved under another run is not reused
 LOCAL_STEPS = "local-steps"
 LR = "lr"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; a site adds the proximal term when > 0
@@ -27,6 +28,8 @@ STEPS = "steps"
 SECONDS = "seconds"
 SKIPPED = "skipped-cases"  # how many of the site's cases were unusable
 UPDATE_BYTES = "update-bytes"
+GATE_ACCURACY = "gate-accuracy"  # fraction of the validation scans the scan gate gives to the site's domain
+GATE_WEIGHT = "gate-weight"  # mean gate probability of the site's own domain over its validation scans
 
 # SITE: site -> server
 SITE_ID = "site-id"
@@ -47,3 +50,8 @@ MODALITIES = "modalities"  # comma-separated modality names the site acquires
 REGIONS = "regions"  # comma-separated output regions its labelling protocol annotates
 TRAIN_CASES = "train-cases"
 READY = "ready"  # False: the SuperNode is up but the site does not take part yet (simulated late join)
+
+# Prototypes of the scan gate: before every evaluation the server asks the sites (a query message, action
+# PROTOTYPE_ACTION, with the aggregated model) for their domain's prototype under that model: mean,
+# variance and count of their training scans' descriptors (``uharmony.gating``), and merges them per domain.
+PROTOTYPE_ACTION = "prototype"  # message type "query.prototype"

@@ -30,10 +30,11 @@ def _own_state(module: nn.Module, prefix: str, state_keys: set[str]) -> list[tup
 
 
 def module_state_keys(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> set[str]:
-    """State-dict keys held directly by the modules for which ``predicate`` is true."""
+    """State-dict keys held directly by the modules for which ``predicate`` is true, under every name a module
+    is reachable by (MONAI's DynUNet holds its blocks twice: ``input_block`` and ``skip_layers.downsample``)."""
     state_keys = set(model.state_dict().keys())
     keys = set()
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):
         if predicate(module):
             prefix = f"{name}." if name else ""
             keys.update(prefix + n for n, _ in _own_state(module, prefix, state_keys))

@@ -37,7 +37,23 @@ class RunLog:
         """
         summary: dict[str, list[float]] = {}
         sites: dict[str, dict[str, float]] = {}
+        gate_right, gate_scans = 0.0, 0
         for site, m in sorted(per_site.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            if "gate-accuracy" in m:  # the scan gate's choice on this site's validation scans
+                n = int(m.get("num-examples") or 0)
+                self.write(
+                    {
+                        "round": server_round,
+                        "strategy": strategy,
+                        "site": site,
+                        "event": "gate",
+                        "gate-accuracy": m["gate-accuracy"],
+                        "gate-weight": m.get("gate-weight"),
+                        "val_cases": n,
+                        **tags,
+                    }
+                )
+                gate_right, gate_scans = gate_right + m["gate-accuracy"] * n, gate_scans + n
             for mode in MODES:
                 values = []
                 for region in regions_in(m):
@@ -66,6 +82,8 @@ class RunLog:
         out: dict = {mode: sum(v) / len(v) for mode, v in summary.items()}
         if sites:
             out["sites"] = sites
+        if gate_scans:
+            out["gate-accuracy"] = gate_right / gate_scans  # over all validation scans of all sites
         return out
 
     def records(self) -> list[dict]:

@@ -6,6 +6,7 @@ The ClientApp turns messages into calls of this class; nothing here knows about 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -13,8 +14,10 @@ from . import protocol as P
 from .config import RunConfig
 from .data import SiteData, resolve_site
 from .federated import ModelRoles, State, load_global_and_local, local_state_of, subset
+from .files import append_jsonl
+from .gating import gate_decisions, set_prototypes, uses_scan_gate
 from .networks import model_from_spec
-from .site_state import load_local_state, save_local_state
+from .site_state import load_local_state, load_optimizer_state, save_local_state, save_optimizer_state
 from .training import evaluate_cases, train_steps
 
 
@@ -31,8 +34,9 @@ class SiteRound:
         strategy: str,
         saved: State | None = None,
         pooled: bool = False,
+        run_id: str = "",
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self.run_id = cfg, run_id
         self.device = cfg.torch_device
         self.site, self.state_dir, cache = resolve_site(node_config, cfg, pooled=pooled)
         torch.manual_seed(cfg.seed)  # identical initial weights at every site (matters for strategy=local)
@@ -42,9 +46,9 @@ class SiteRound:
         )
         self.roles = ModelRoles(self.model, strategy)
         self.pooled = pooled
-        if saved is None:  # a restarted node: the site-local entries from the site state folder
+        if saved is None:  # a restarted node: the site-local entries from the site state folder, if this run's
             on_disk = load_local_state(self.state_dir)
-            saved = on_disk[0] if on_disk else None
+            saved = on_disk[0] if on_disk and on_disk[1].get("run", "") == run_id else None
         self.saved = saved
 
     @property
@@ -68,6 +72,7 @@ class SiteRound:
         reference = subset(self.model.state_dict(), sent_keys) if proximal_mu > 0 else None
         seed = seed + self.site.domain
         torch.manual_seed(seed)
+        opt_state = load_optimizer_state(self.state_dir, self.run_id) if self.cfg.keep_optimizer_state else None
         stats = train_steps(
             self.model,
             self.data.batches(self.cfg.batch_size, local_steps, seed, self.cfg.neg_ratio),
@@ -76,11 +81,15 @@ class SiteRound:
             proximal_mu,
             reference,
             device=self.device,
+            weight_decay=self.cfg.weight_decay,
             optimizer=self.cfg.optimizer,
+            state=opt_state,
         )
+        if self.cfg.keep_optimizer_state:
+            save_optimizer_state(self.state_dir, stats["state"], self.run_id)
         self.model.cpu()
         local = local_state_of(self.model, self.roles)
-        save_local_state(self.state_dir, local, {"round": server_round, "site": self.site.name})
+        save_local_state(self.state_dir, local, {"round": server_round, "site": self.site.name, "run": self.run_id})
         metrics = {
             P.TRAIN_LOSS: stats["loss"],
             P.STEPS: stats["steps"],
@@ -90,16 +99,52 @@ class SiteRound:
         }
         return subset(self.model.state_dict(), sent_keys), metrics, local
 
-    def evaluate(self) -> dict:
+    def prototypes(self) -> tuple[State, dict]:
+        """The site's domain prototype (every domain's it holds when pooled) from its training scans under the
+        loaded (aggregated) model: the prototype entries of the state dict, and metrics."""
+        if not uses_scan_gate(self.model):
+            raise ValueError("prototypes: the model has no scan-gated head")
+        t0 = time.time()
+        domains = (
+            [int(it["domain"]) for it in self.data.train] if self.pooled else [self.site.domain] * len(self.data.train)
+        )
+        used = set_prototypes(self.model, self.data.train, domains, self.cfg.patch_size, self.device)
+        keys = [k for d in used for k in self.roles.prototypes[d]]
+        return subset(self.model.state_dict(), keys), {P.NUM_EXAMPLES: sum(used.values()), P.SECONDS: time.time() - t0}
+
+    def evaluate(self, server_round: int = 0) -> dict:
         """Per-region Dice and HD95 of the loaded model on the site's validation cases, with the site's own
-        expert (``oracle``) and with the gate (``gated``: dataset-free); NaN where a region is not annotated."""
+        expert (``oracle``) and with the gate (``gated``: dataset-free); NaN where a region is not annotated.
+
+        Per-case Dice goes to ``cases.jsonl`` in the site state folder: it stays at the site (no
+        single-patient figure leaves it)."""
         metrics = {P.NUM_EXAMPLES: len(self.data.val), P.SKIPPED: len(self.data.skipped)}
         if not self.data.val or len(self.data.val) < self.cfg.min_report_cases:
             return metrics  # too few cases: an average over them would describe single patients
         modes = {"oracle": self.site.domain, "gated": None} if self.model.gated else {"oracle": None}
+        gate = None
+        if uses_scan_gate(self.model):  # one gate decision per scan, reused by the gated evaluation
+            gate, summary = gate_decisions(
+                self.model, self.data.val, self.site.domain, self.cfg.patch_size, self.device
+            )
+            metrics.update({P.GATE_ACCURACY: summary["gate-accuracy"], P.GATE_WEIGHT: summary["gate-weight"]})
+        cases: list[dict] = []
         for mode, dom in modes.items():
-            for k, v in evaluate_cases(self.model, self.data.val, dom, self.cfg.patch_size, self.device).items():
-                metrics[f"{k}-{mode}"] = v
+            first = len(cases)
+            scores = evaluate_cases(
+                self.model,
+                self.data.val,
+                dom,
+                self.cfg.patch_size,
+                self.device,
+                gate_weights=gate if dom is None else None,
+                per_case=cases,
+            )
+            for rec in cases[first:]:
+                rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)
+            metrics.update({f"{k}-{mode}": v for k, v in scores.items()})
+        for rec in cases:
+            append_jsonl(Path(self.state_dir) / "cases.jsonl", rec)
         if not self.model.gated:  # one head: dataset-free and oracle coincide
             metrics.update(
                 {k.replace("-oracle", "-gated"): v for k, v in list(metrics.items()) if k.endswith("-oracle")}

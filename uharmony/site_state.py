@@ -43,3 +43,27 @@ def load_local_state(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]
         return dict(blob["state"]), info
     except Exception as exc:  # noqa: BLE001 - any unreadable content is the same answer
         raise ValueError(f"{path}: unreadable site state ({exc}){hint}") from exc
+
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def save_optimizer_state(folder: str | Path, state: dict[str, dict[str, torch.Tensor]], run_id: str = "") -> Path:
+    """The site's optimizer moments by parameter name (kept at the site, like its statistics), tagged with
+    the run they belong to."""
+    return atomic_write(Path(folder) / OPTIMIZER_FILE, lambda p: torch.save({"run": run_id, "moments": state}, p))
+
+
+def load_optimizer_state(folder: str | Path, run_id: str = "") -> dict | None:
+    """The saved moments of run ``run_id``, or None (none yet, another run's, or unreadable: the site then
+    starts them afresh)."""
+    path = Path(folder) / OPTIMIZER_FILE
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - moments are a cache: a damaged file only costs a fresh start
+        return None
+    if not isinstance(blob, dict) or blob.get("run") != run_id or not isinstance(blob.get("moments"), dict):
+        return None
+    return blob["moments"]

@@ -16,7 +16,7 @@ from torch import nn
 
 from .checks import one_of
 from .networks import HEADS, NORMS
-from .roles import LOCAL, NORM_TYPES, module_state_keys
+from .roles import LOCAL, NORM_TYPES, SHARED, module_state_keys
 
 KeepLocal = Callable[[nn.Module, dict[str, str]], dict[str, str]]
 
@@ -25,6 +25,12 @@ def norm_layers_stay(model: nn.Module, roles: dict[str, str]) -> dict[str, str]:
     """FedBN: every normalization layer's parameters and buffers stay at the site."""
     local = module_state_keys(model, lambda m: isinstance(m, NORM_TYPES))
     return {k: LOCAL if k in local else r for k, r in roles.items()}
+
+
+def statistics_pooled(model: nn.Module, roles: dict[str, str]) -> dict[str, str]:
+    """Centralized U-Harmony: the pooled data is one site, so its harmonization statistics are part of the
+    model every site evaluates (nothing is site-local)."""
+    return {k: SHARED if r == LOCAL else r for k, r in roles.items()}
 
 
 def everything_stays(model: nn.Module, roles: dict[str, str]) -> dict[str, str]:
@@ -108,6 +114,15 @@ for _s in (
     Strategy(
         "centralized",
         "centralized: one model trained on the pooled data of every site (simulation only)",
+        pooled=True,
+        dp=False,
+    ),
+    Strategy(
+        "centralized-uharmony",
+        "centralized U-Harmony: the U-Harmony model trained on the pooled data (joint training; simulation only)",
+        norm="uharmony",
+        head="gated",
+        keep_local=statistics_pooled,
         pooled=True,
         dp=False,
     ),

@@ -7,6 +7,7 @@ those regions alone.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -16,6 +17,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
+from .gating import scan_gate, uses_scan_gate
 from .networks import DEFAULT_REGIONS as REGIONS
 
 
@@ -44,6 +46,40 @@ def proximal_term(model: torch.nn.Module, reference: dict[str, torch.Tensor]) ->
     return 0.5 * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def round_lr(lr: float, server_round: int, rounds: int, schedule: str = "cosine", floor: float = 0.05) -> float:
+    """The learning rate of a round: constant, or cosine-decayed from ``lr`` to ``floor * lr`` at the last."""
+    if schedule == "constant" or rounds <= 1:
+        return lr
+    progress = (server_round - 1) / (rounds - 1)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
+
+
+def make_optimizer(named_params: list, kind: str, lr: float, weight_decay: float, state: dict | None = None):
+    """AdamW (decoupled weight decay; default), Adam (L2 in the gradient, as before) or nnU-Net's SGD, with the
+    site's saved moments restored by parameter name where the shapes still match."""
+    params = [p for _, p in named_params]
+    if kind == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    elif kind == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    for name, p in named_params:
+        saved = (state or {}).get(name)
+        if saved and all(v.shape == p.shape for k, v in saved.items() if k != "step"):
+            opt.state[p] = {k: v.clone().to(p.device) for k, v in saved.items()}
+    return opt
+
+
+def optimizer_state(opt, named_params: list) -> dict:
+    """The optimizer's per-parameter state by parameter name (CPU tensors)."""
+    return {
+        name: {k: v.detach().cpu().clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        for name, p in named_params
+        if p in opt.state
+    }
+
+
 def train_steps(
     model,
     batches,
@@ -52,16 +88,15 @@ def train_steps(
     proximal_mu: float = 0.0,
     reference=None,
     device: str = "cpu",
-    weight_decay: float = 1e-5,
-    optimizer: str = "adam",
+    weight_decay: float = 1e-2,
+    optimizer: str = "adamw",
+    state: dict | None = None,
 ) -> dict:
-    """Run the given batches through a fresh optimizer; returns mean loss and step count."""
+    """Run the given batches; returns mean loss, step count and the optimizer's state (``"state"``, by
+    parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds)."""
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = make_optimizer(named, optimizer, lr, weight_decay, state)
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     losses = []
     for batch in batches:
@@ -82,40 +117,65 @@ def train_steps(
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses)}
+    return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(opt, named)}
 
 
 @torch.no_grad()
 def predict(
-    model, image: torch.Tensor, present: torch.Tensor, domain, roi: int, overlap: float = 0.25, device: str = "cpu"
+    model,
+    image: torch.Tensor,
+    present: torch.Tensor,
+    domain,
+    roi: int,
+    overlap: float = 0.25,
+    device: str = "cpu",
+    gate_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sliding-window sigmoid probabilities (1, C, *spatial) for one preprocessed case (C, *spatial)."""
+    """Sliding-window sigmoid probabilities (1, C, *spatial) for one preprocessed case (C, *spatial).
+
+    ``domain`` None with a ``scan``-gated head: the gate decides once for the whole scan (``gate_weights``
+    (1, D) when already known)."""
+    weights = gate_weights
+    if weights is None and domain is None and uses_scan_gate(model):
+        weights = scan_gate(model, image, present, roi, device)
     model.to(device).eval()
     x = torch.as_tensor(image).unsqueeze(0).to(device)
     pres = torch.as_tensor(present).view(1, -1).to(device)
+
+    def predictor(p):
+        kw = {} if weights is None else {"gate_weights": weights.to(device).expand(p.shape[0], -1)}
+        return model(p, domain=domain, present=pres.expand(p.shape[0], -1), **kw)
+
     logits = sliding_window_inference(
-        x,
-        (roi,) * 3,
-        sw_batch_size=2,
-        overlap=overlap,
-        mode="gaussian",
-        predictor=lambda p: model(p, domain=domain, present=pres.expand(p.shape[0], -1)),
+        x, (roi,) * 3, sw_batch_size=2, overlap=overlap, mode="gaussian", predictor=predictor
     )
     return torch.sigmoid(torch.as_tensor(logits))
 
 
-def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cpu", regions=None) -> dict:
+def evaluate_cases(
+    model,
+    items: list[dict],
+    domain,
+    roi: int,
+    device: str = "cpu",
+    regions=None,
+    gate_weights=None,
+    per_case: list | None = None,
+) -> dict:
     """Per-region mean Dice and HD95 (in mm, from the item's ``spacing``) over ``items``; NaN where no case
     annotates the region (HD95 also skips cases where it is undefined: an empty prediction or truth).
 
-    ``regions``: names of the output channels (default: the model's, else ET/TC/WT).
+    ``regions``: names of the output channels (default: the model's, else ET/TC/WT). ``gate_weights``: one
+    (1, D) scan-gate decision per item (dataset-free mode), when already computed. ``per_case``: a list that
+    gets one record per case (its id and Dice per region; stays where it is computed).
     """
     regions = list(regions or getattr(model, "regions", REGIONS))
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     dices, hds = [], []
-    for item in items:
-        prob = predict(model, item["image"], item["present"], domain, roi, device=device)
+    for i, item in enumerate(items):
+        weights = None if gate_weights is None else gate_weights[i]
+        prob = predict(model, item["image"], item["present"], domain, roi, device=device, gate_weights=weights)
         pred = (prob > 0.5).float().cpu()
         target = torch.as_tensor(item["label"]).unsqueeze(0).float()
         spacing = [float(s) for s in item["spacing"]] if "spacing" in item else None
@@ -126,6 +186,11 @@ def evaluate_cases(model, items: list[dict], domain, roi: int, device: str = "cp
             warnings.simplefilter("ignore", FutureWarning)
             h = hd(pred, target, spacing=spacing)[0]
         hds.append(torch.where(mask & torch.isfinite(h), h, torch.nan))
+        if per_case is not None:
+            per_case.append(
+                {"case": str(item.get("case_id", i))}
+                | {f"dice-{r.lower()}": (None if v != v else round(float(v), 4)) for r, v in zip(regions, dices[-1])}
+            )
     out = {}
     if not items:
         return out

@@ -1,8 +1,9 @@
 """``uharmony-bench``: every method, the unseen site, ablations, costs and scale, then docs/results.md.
 
-    uharmony-bench                 # default size (about an hour on 2 CPU cores), writes docs/results.md
-    uharmony-bench --quick         # a few minutes; writes runs/bench-quick/results.md
-    uharmony-bench --resume        # skip the jobs already in results.jsonl (after an interruption)
+    uharmony-bench                          # S0 and S2, every method, 5 seeds (about an hour on 2 CPU cores)
+    uharmony-bench --resume --parts plateau unseen ablations kappa costs   # more parts into the same page
+    uharmony-bench --quick                  # every part at a tiny size; writes runs/bench-quick/results.md
+    uharmony-bench --size gpu               # the GPU size (--device cuda); writes runs/bench-gpu/results.md
 
 Work folder ``--out``: ``results.jsonl`` (one record per job, appended as jobs finish) and
 ``runs/<job>/metrics.jsonl``. The Markdown page (``--results-md``) gets a sibling folder of the same name
@@ -15,25 +16,55 @@ import argparse
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import shutil
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
-from .sizes import ABLATIONS, METHODS, SIZES, UNSEEN_METHODS, BenchSize
+from .sizes import ABLATIONS, KAPPA_METHODS, METHODS, SIZES, UNSEEN_METHODS, UNSEEN_SCENARIO, BenchSize
 
-PARTS = ("costs", "scale", "methods", "unseen", "ablations")
+PARTS = ("methods", "unseen", "ablations", "kappa", "plateau", "costs", "scale")
+DEFAULT_PARTS = ("methods",)  # the full comparison (S0 and S2, every method, every seed): about an hour
 OVERLAY_METHODS = ("fedavg", "fedbn", "uharmony")
+SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
 
 
 def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
     """(job key, call arguments) in the order they run; keys identify finished jobs on --resume."""
     jobs = []
+    if "methods" in parts:
+        for scen, methods in METHODS.items():
+            jobs += [(f"method/{scen}/{m}/seed{s}", ("method", scen, m, s)) for s in size.seeds for m in methods]
+    if "unseen" in parts:
+        scen = UNSEEN_SCENARIO
+        jobs += [
+            (f"unseen/{scen}/{m}/hold{p}/seed{s}", ("unseen", scen, m, s, p))
+            for s in size.unseen_seeds
+            for p in (size.unseen_sites if size.unseen_sites is not None else range(SCENARIO_SITES))
+            for m in UNSEEN_METHODS
+        ]
+    if "ablations" in parts:
+        jobs += [(f"ablation/{n}/seed{s}", ("ablation", n, s)) for s in size.ablation_seeds for n in ABLATIONS]
+    if "kappa" in parts:
+        jobs += [
+            (f"kappa/{k:g}/{m}/seed{s}", ("kappa", k, m, s))
+            for s in size.ablation_seeds
+            for k in size.kappas
+            for m in KAPPA_METHODS
+        ]
+    if "plateau" in parts:  # the doubling check of the regime: twice the rounds, seed 0
+        jobs += [
+            (f"plateau/{scen}/{m}/seed{size.seeds[0]}", ("plateau", scen, m, size.seeds[0]))
+            for scen, ms in METHODS.items()
+            for m in ms
+        ]
     if "costs" in parts:
         jobs += [
             ("bytes", ("bytes",)),
@@ -42,12 +73,6 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
         ]
     if "scale" in parts:
         jobs.append(("scale", ("scale",)))
-    if "methods" in parts:
-        jobs += [(f"method/{m}/seed{s}", ("method", m, s)) for s in size.seeds for m in METHODS]
-    if "unseen" in parts:
-        jobs += [(f"unseen/{m}/seed{s}", ("unseen", m, s)) for s in size.seeds for m in UNSEEN_METHODS]
-    if "ablations" in parts:
-        jobs += [(f"ablation/{n}/seed{s}", ("ablation", n, s)) for s in size.ablation_seeds for n in ABLATIONS]
     return jobs
 
 
@@ -56,11 +81,17 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
 
     kind = call[0]
     if kind == "method":
-        return J.method_job(
-            size, call[1], call[2], out, overlay=call[2] == size.seeds[0] and call[1] in OVERLAY_METHODS
-        )
+        scen, method, seed = call[1:]
+        overlay = seed == size.seeds[0] and method in OVERLAY_METHODS and scen == "S2"
+        return J.method_job(size, scen, method, seed, out, overlay=overlay)
+    if kind == "plateau":
+        scen, method, seed = call[1:]
+        return J.method_job(size, scen, method, seed, out, rounds=2 * size.rounds, kind="plateau")
+    if kind == "kappa":
+        kappa, method, seed = call[1:]
+        return J.method_job(size, "S2", method, seed, out, kappa=kappa, kind="kappa")
     if kind == "unseen":
-        return J.unseen_job(size, call[1], call[2], out)
+        return J.unseen_job(size, *call[1:], out)
     if kind == "ablation":
         return J.ablation_job(size, call[1], ABLATIONS[call[1]], call[2], out)
     if kind == "bytes":
@@ -72,6 +103,37 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
     if kind == "scale":
         return J.scale_job(size, out)
     raise ValueError(f"unknown job {call!r}")
+
+
+def _one_thread() -> None:
+    """Worker start: one thread each, so ``workers`` jobs share the cores without oversubscription."""
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("uharmony.server").setLevel(logging.ERROR)
+
+
+def _timed(size: BenchSize, key: str, call: tuple, out: Path) -> dict:
+    t0 = time.time()
+    rec = {"job": key, **run_job(size, call, out)}
+    rec["job_seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+def run_jobs(size: BenchSize, todo: list, out: Path, on_done) -> None:
+    """Run ``todo`` with ``size.workers`` processes side by side (in order when 1); ``on_done(i, record)``."""
+    if size.workers <= 1 or len(todo) <= 1:
+        for i, (key, call) in enumerate(todo, 1):
+            print(f"[bench] job {i}/{len(todo)}: {key}", flush=True)
+            on_done(i, _timed(size, key, call, out))
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+    with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
+        futures = {pool.submit(_timed, size, key, call, out): key for key, call in todo}
+        print(f"[bench] {len(todo)} jobs on {size.workers} workers (one thread each)", flush=True)
+        for i, fut in enumerate(as_completed(futures), 1):
+            on_done(i, fut.result())
 
 
 def machine() -> str:
@@ -100,22 +162,28 @@ def software() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny size: a few minutes, every part exercised")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench or runs/bench-quick)")
+    p.add_argument("--size", choices=sorted(SIZES), default=None, help="default | quick | gpu (--device cuda)")
+    p.add_argument("--device", default=None, help="override the size's device (cpu, cuda)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench-SIZE)")
     p.add_argument(
         "--results-md",
         type=Path,
         default=None,
-        help="Markdown page to write (default docs/results.md; with --quick, OUT/results.md)",
+        help="Markdown page to write (default docs/results.md; other sizes: OUT/results.md)",
     )
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=None, help=f"default {' '.join(DEFAULT_PARTS)}; --quick: all"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the size's seeds")
+    p.add_argument("--workers", type=int, default=None, help="jobs side by side (default: the size's)")
     p.add_argument("--resume", action="store_true", help="keep results.jsonl and skip jobs already recorded")
     a = p.parse_args(argv)
-    size = SIZES["quick" if a.quick else "default"]
-    if a.seeds:
-        size = BenchSize(**{**size.to_dict(), "seeds": tuple(a.seeds), "ablation_seeds": (a.seeds[0],)})
-    out = a.out or Path("runs/bench-quick" if a.quick else "runs/bench")
-    md = a.results_md or (out / "results.md" if a.quick else Path("docs/results.md"))
+    size = SIZES[a.size or ("quick" if a.quick else "default")]
+    changes = {"device": a.device, "workers": a.workers, "seeds": tuple(a.seeds) if a.seeds else None}
+    size = BenchSize(**{**size.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+    parts = tuple(a.parts or (PARTS if size.name == "quick" else DEFAULT_PARTS))
+    out = a.out or Path(f"runs/bench-{size.name}" if size.name != "default" else "runs/bench")
+    md = a.results_md or (Path("docs/results.md") if size.name == "default" else out / "results.md")
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLWR_HOME", str(out.resolve() / ".flwr"))
     warnings.filterwarnings("ignore")
@@ -125,48 +193,50 @@ def main(argv=None) -> int:
         jsonl.unlink()
     records = read_jsonl(jsonl)
     done = {r["job"] for r in records}
-    todo = [(k, c) for k, c in plan(size, tuple(a.parts)) if k not in done]
+    todo = [(k, c) for k, c in plan(size, parts) if k not in done]
     t_start = time.time()
     print(f"[bench] size {size.name}: {len(todo)} jobs to run ({len(done)} already recorded) -> {out}", flush=True)
-    for i, (key, call) in enumerate(todo, 1):
-        t0 = time.time()
-        print(f"[bench] job {i}/{len(todo)}: {key}", flush=True)
-        rec = {"job": key, **run_job(size, call, out), "job_seconds": None}
-        rec["job_seconds"] = round(time.time() - t0, 1)
+
+    def on_done(i: int, rec: dict) -> None:
         append_jsonl(jsonl, rec)
         records.append(rec)
         elapsed = time.time() - t_start
-        eta = elapsed / i * (len(todo) - i)
         print(
-            f"[bench] job {i}/{len(todo)} done in {rec['job_seconds']:.0f} s; elapsed {elapsed / 60:.1f} min, "
-            f"about {eta / 60:.1f} min left",
+            f"[bench] {i}/{len(todo)} done: {rec['job']} in {rec['job_seconds']:.0f} s; elapsed {elapsed / 60:.1f} "
+            f"min, about {elapsed / i * (len(todo) - i) / 60:.1f} min left",
             flush=True,
         )
+
+    run_jobs(size, todo, out, on_done)
+    if todo:
+        wall_now = (time.time() - t_start) / 60
+        append_jsonl(jsonl, {"job": f"wall/{len(records)}", "kind": "wall", "parts": list(parts), "minutes": wall_now})
+        records.append({"kind": "wall", "parts": list(parts), "minutes": wall_now})
     from .report import method_rows, plot_curves, plot_overlays
     from .results_md import write_results
 
     art = md.parent / md.stem  # artefacts the page links to (committed with docs/results.md)
     art.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(jsonl, art / "results.jsonl")
-    rows = method_rows(records)
-    curves = plot_curves(rows, art / "dice_per_round.png") if rows else None
+    curves = {}
+    for scen in METHODS:
+        rows = method_rows(records, scen)
+        if rows:
+            curves[scen] = plot_curves(rows, art / f"dice_per_round_{scen}.png", title=f"scenario {scen}")
     overlay = plot_overlays(
         {
-            m if m != "uharmony" else "uharmony/gated": out / "overlays" / f"{m}-seed{size.seeds[0]}.npz"
+            m if m != "uharmony" else "uharmony/gated": out / "overlays" / f"S2-{m}-seed{size.seeds[0]}.npz"
             for m in OVERLAY_METHODS
         },
         art / "overlays.png",
     )
-    wall = sum(r.get("job_seconds") or 0 for r in records) / 60
     meta = {
-        "command": "uharmony-bench"
-        + (" --quick" if a.quick else "")
-        + (f" --seeds {' '.join(map(str, a.seeds))}" if a.seeds else ""),
+        "command": " ".join(["uharmony-bench", *(sys.argv[1:] if argv is None else argv)]),
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "software": software(),
         "size": size.to_dict(),
-        "wall_minutes": wall,
+        "wall_minutes": {"+".join(r["parts"]): round(r["minutes"], 1) for r in records if r["kind"] == "wall"},
     }
     (art / "meta.json").write_text(json.dumps(meta, indent=2))
     write_results(records, meta, md, curves, overlay)

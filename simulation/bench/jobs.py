@@ -25,16 +25,20 @@ from uharmony.checkpoint import load_checkpoint
 from uharmony.config import RunConfig
 from uharmony.data import federation_root, load_federation
 from uharmony.federated import ModelRoles, subset
+from uharmony.files import read_jsonl
 from uharmony.inference import calibrate, regions_to_brats
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
-from uharmony.norm import INSTANCE_NORMS
+from uharmony.norm import INSTANCE_NORMS, UHarmonyNorm
 from uharmony.runlog import RunLog
 from uharmony.site_round import SiteRound
 from uharmony.strategies import STRATEGIES
 from uharmony.training import evaluate_cases, predict
 
+from ..embedded import ensure_federation
 from ..runner import run
 from .sizes import BenchSize
+
+SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
 
 
 def _clean(v) -> float | None:
@@ -63,48 +67,80 @@ def run_curve(run_dir: Path, modes=("gated",)) -> tuple[list[dict], list[float]]
     return [curve[k] for k in sorted(curve)], seconds
 
 
-def method_job(size: BenchSize, strategy: str, seed: int, out: Path, overlay: bool = False) -> dict:
-    run_dir = out / "runs" / f"{strategy}-seed{seed}"
-    run({**size.base_overrides(seed), "strategy": strategy, "run-dir": _fresh(run_dir)})
+def method_job(
+    size: BenchSize,
+    scenario: str,
+    strategy: str,
+    seed: int,
+    out: Path,
+    overlay: bool = False,
+    rounds: int | None = None,
+    kappa: float | None = None,
+    kind: str = "method",
+) -> dict:
+    """One method on one scenario and seed. ``rounds``: other than the size's (the plateau check);
+    ``kappa``: another S2 strength (the kappa curve)."""
+    tag = f"{kind}-{scenario}" + (f"-k{kappa:g}" if kappa is not None else "") + f"-{strategy}-seed{seed}"
+    run_dir = out / "runs" / tag
+    over = {**size.base_overrides(seed, scenario, kappa), "strategy": strategy, "run-dir": _fresh(run_dir)}
+    if rounds is not None:
+        over.update({"num-server-rounds": rounds, "eval-every": size.eval_every * rounds // size.rounds})
+    run(over)
     modes = ("oracle", "gated") if STRATEGIES[strategy].head == "gated" else ("gated",)
     curve, seconds = run_curve(run_dir, modes)
     rec = {
-        "kind": "method",
+        "kind": kind,
+        "scenario": scenario,
+        "kappa": over["synth-kappa"],
         "method": strategy,
         "seed": seed,
+        "rounds": over["num-server-rounds"],
         "modes": list(modes),
         "final": curve[-1],
         "curve": curve,
+        "gate_accuracy": run_gate_accuracy(run_dir),
+        "per_case": per_case_records(run_dir),
         "train_seconds_per_round": [round(s, 2) for s in seconds],
         "run_dir": str(run_dir),
     }
     if overlay:
-        rec["overlay"] = str(save_overlay(run_dir, out / "overlays" / f"{strategy}-seed{seed}.npz"))
+        rec["overlay"] = str(save_overlay(run_dir, out / "overlays" / f"{scenario}-{strategy}-seed{seed}.npz"))
     return rec
+
+
+def run_gate_accuracy(run_dir: Path) -> dict | None:
+    """The scan gate's last evaluation: per site, the share of validation scans given to the site's domain."""
+    gates = [r for r in RunLog(run_dir).records() if r.get("event") == "gate"]
+    if not gates:
+        return None
+    last = max(r["round"] for r in gates)
+    return {str(r["site"]): r.get("gate-accuracy") for r in gates if r["round"] == last}
+
+
+def per_case_records(run_dir: Path) -> list[dict]:
+    """The final evaluation's per-case Dice, from each simulated site's own ``cases.jsonl`` (kept at the site)."""
+    run_id = str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
+    recs = [
+        r for f in sorted(run_dir.glob("site-state/*/cases.jsonl")) for r in read_jsonl(f) if r.get("run") == run_id
+    ]
+    last = max((r["round"] for r in recs), default=None)
+    return [{k: v for k, v in r.items() if k != "run"} for r in recs if r["round"] == last]
 
 
 def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path) -> dict:
     change = dict(change)
-    if change.get("harmonize-layers") == "half":
-        change["harmonize-layers"] = norm_layer_count(size) // 2
     slug = "".join(c if c.isalnum() else "-" for c in name)[:40]
     run_dir = out / "runs" / f"ablation-{slug}-seed{seed}"
-    run(
-        {
-            **size.base_overrides(seed),
-            "strategy": "uharmony",
-            "eval-every": size.rounds,
-            "run-dir": _fresh(run_dir),
-            **change,
-        }
-    )
+    run({**size.base_overrides(seed, "S2"), "strategy": "uharmony", "run-dir": _fresh(run_dir), **change})
     curve, seconds = run_curve(run_dir, ("oracle", "gated"))
     return {
         "kind": "ablation",
+        "scenario": "S2",
         "variant": name,
         "change": change,
         "seed": seed,
         "final": {m: curve[-1][m] for m in ("oracle", "gated")},
+        "gate_accuracy": run_gate_accuracy(run_dir),
         "train_seconds_per_round": [round(s, 2) for s in seconds],
     }
 
@@ -117,42 +153,54 @@ def norm_layer_count(size: BenchSize) -> int:
 def _site_job(run_dir: Path, partition_id: int, cfg: RunConfig) -> SiteRound:
     """A site's view of a finished run: the final global model and the site's own saved entries."""
     final = load_checkpoint(run_dir, "final_model.pt")
-    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy)
+    run_id = str(final["extra"].get("run-id", ""))
+    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, run_id=run_id)
     job.load(final["state"])
     return job
 
 
-def unseen_job(size: BenchSize, strategy: str, seed: int, out: Path) -> dict:
-    """Leave site ``size.held_out`` out of training, then segment its validation scans dataset-free.
+def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_out: int, out: Path) -> dict:
+    """Leave partition ``held_out`` out of training, then segment its validation scans dataset-free.
 
     U-Harmony first computes the held-out site's harmonization statistics from its unlabeled training
     scans (``uharmony.inference.calibrate``: no label, no gradient); FedAvg's global model is used as is.
+    FedBN has no global normalization layers: the unseen site gets the mean of the training sites' own.
     """
-    run_dir = out / "runs" / f"unseen-{strategy}-seed{seed}"
+    run_dir = out / "runs" / f"unseen-{scenario}-{strategy}-hold{held_out}-seed{seed}"
     over = {
-        **size.base_overrides(seed),
+        **size.base_overrides(seed, scenario),
         "strategy": strategy,
         "eval-every": size.rounds,
         "run-dir": _fresh(run_dir),
-        "num-domains": size.sites,
+        "num-domains": SCENARIO_SITES,
     }
-    run(over, node_configs=[{"partition-id": p} for p in range(size.sites) if p != size.held_out])
+    sites = len(load_federation(ensure_federation(RunConfig.from_flwr(over), progress=False)).sites)
+    run(over, node_configs=[{"partition-id": p} for p in range(sites) if p != held_out])
     cfg = RunConfig.from_flwr(over)
-    job = _site_job(run_dir, size.held_out, cfg)
+    job = _site_job(run_dir, held_out, cfg)
     rec = {
         "kind": "unseen",
+        "scenario": scenario,
         "method": strategy,
         "seed": seed,
         "held_out": job.site.name,
         "val_cases": len(job.data.val),
         "calibration_scans": len(job.data.train),
+        "uncalibrated": _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size)),
     }
-    if job.model.gated:
+    if STRATEGIES[strategy].keep_local and not job.model.gated:  # FedBN: the training sites' mean
+        local = [_site_job(run_dir, p, cfg).saved for p in range(sites) if p != held_out]
+        local = [x for x in local if x]
+        job.model.load_state_dict(
+            {k: torch.stack([x[k].float() for x in local]).mean(0) for k in local[0]}, strict=False
+        )
         rec["uncalibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+    if any(isinstance(m, UHarmonyNorm) for m in job.model.modules()):  # statistics from unlabeled scans
         t0 = time.time()
         calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
         rec["calibration_seconds"] = round(time.time() - t0, 2)
-    rec["dice"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+        rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+    rec["dice"] = rec.get("calibrated", rec["uncalibrated"])
     rec["training_sites_final"] = dict(run_curve(run_dir)[0][-1]["gated"])
     return rec
 
@@ -249,6 +297,7 @@ def scale_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> dict:
     run_dir = out / "runs" / f"scale-{size.scale_sites}-sites"
     over = {
         "seed": seed,
+        "synth-scenario": "",  # the development federation, at FeTS's site count
         "synth-sites": size.scale_sites,
         "synth-cases-per-site": size.scale_cases,
         "synth-spacing": size.scale_spacing,

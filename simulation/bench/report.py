@@ -14,7 +14,9 @@ import numpy as np
 
 LABELS = {
     "local": "Local only",
-    "centralized": "Centralized (pooled)",
+    "centralized": "Centralized (pooled), plain model",
+    "centralized-uharmony/oracle": "Centralized U-Harmony, oracle head",
+    "centralized-uharmony/gated": "Centralized U-Harmony, gated (joint training)",
     "fedavg": "FedAvg",
     "fedprox": "FedProx",
     "fedbn": "FedBN",
@@ -44,11 +46,11 @@ def ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}"
 
 
-def method_rows(records: list[dict]) -> dict[str, list[dict]]:
-    """{"fedavg": [per-site final dict per seed], "uharmony/gated": [...], ...}"""
+def method_rows(records: list[dict], scenario: str | None = None, kind: str = "method") -> dict[str, list[dict]]:
+    """{"fedavg": [per-site final dict per seed], "uharmony/gated": [...], ...} of one scenario (all: None)."""
     rows: dict[str, list[dict]] = {}
     for r in records:
-        if r["kind"] != "method":
+        if r["kind"] != kind or (scenario is not None and r.get("scenario") != scenario):
             continue
         for mode in r["modes"]:
             key = f"{r['method']}/{mode}" if len(r["modes"]) > 1 else r["method"]  # a gated head: two modes
@@ -68,7 +70,12 @@ def _score(rows: dict, key: str) -> float | None:
     return statistics.fmean(mean_over_sites(x["final"]) for x in rows[key])
 
 
-def plot_curves(rows: dict, png: Path) -> Path:
+def seed_scores(rows: dict, key: str) -> dict[int, float]:
+    """seed -> the method's score (mean over sites) at the last round."""
+    return {x["seed"]: mean_over_sites(x["final"]) for x in rows.get(key, [])}
+
+
+def plot_curves(rows: dict, png: Path, title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +93,7 @@ def plot_curves(rows: dict, png: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Dice per round, mean ± std over {max(len(r) for r in rows.values())} seeds")
+    ax.set_title(f"{title}: Dice per round, mean ± std over {max(len(r) for r in rows.values())} seeds".lstrip(": "))
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

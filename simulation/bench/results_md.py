@@ -8,13 +8,11 @@ from pathlib import Path
 
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
 
-from .report import LABELS, _score, method_rows, ms, site_score
+from .report import LABELS, method_rows, ms, seed_scores, site_score
 from .report import mean_over_sites as _mean
+from .stats import paired
 
-TARGETS = (
-    "U-Harmony ≥ FedBN + 2 DSC and ≥ FedAvg + 4 DSC (mean over sites); gap to centralized ≤ 1 DSC; "
-    "dataset-free unseen-site Dice ≥ FedAvg's; Flower round ≤ 1.15 × in-process round"
-)
+FED_BASELINES = ("fedavg", "fedbn", "centralized", "centralized-uharmony/gated", "uharmony/oracle")
 
 
 def _rel(path: Path, md: Path) -> str:
@@ -32,7 +30,7 @@ def _methods(rows: dict) -> list[str]:
         out.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | **{ms([_mean(x['final']) for x in runs])}** |")
     out += [
         "",
-        "Per region (ET / TC / WT; – where the site does not annotate the region):",
+        "Per region (ET / TC / WT):",
         "",
         "| method | " + " | ".join(f"site {s}" for s in sites) + " |",
         "|---|" + "---|" * len(sites),
@@ -46,40 +44,127 @@ def _methods(rows: dict) -> list[str]:
     return out
 
 
-def _targets(rows: dict, records: list[dict]) -> list[str]:
-    uh, fb, fa, ce = (_score(rows, k) for k in ("uharmony/gated", "fedbn", "fedavg", "centralized"))
-    out = ["| target | measured | met |", "|---|---|---|"]
-
-    def line(name, value, ok):
-        out.append(f"| {name} | {value} | {'yes' if ok else 'no'} |")
-
-    if None not in (uh, fb):
-        line("U-Harmony (gated) − FedBN ≥ +2 DSC", f"{(uh - fb) * 100:+.1f} DSC", (uh - fb) * 100 >= 2)
-    if None not in (uh, fa):
-        line("U-Harmony (gated) − FedAvg ≥ +4 DSC", f"{(uh - fa) * 100:+.1f} DSC", (uh - fa) * 100 >= 4)
-    if None not in (uh, ce):
-        line("centralized − U-Harmony (gated) ≤ 1 DSC", f"{(ce - uh) * 100:+.1f} DSC", (ce - uh) * 100 <= 1)
-    unseen = _unseen_scores(records)
-    if "uharmony" in unseen and "fedavg" in unseen:
-        u, f = statistics.fmean(unseen["uharmony"]), statistics.fmean(unseen["fedavg"])
-        line("unseen site: U-Harmony (calibrated, gated) ≥ FedAvg", f"{u * 100:.1f} vs {f * 100:.1f} DSC", u >= f)
-    ratio = [r for r in records if r["kind"] == "flower_ratio"]
-    if ratio:
-        r = ratio[-1]
-        line(
-            "Flower round / in-process round ≤ 1.15 (rounds after the first)",
-            f"{r['ratio_after_first']:.3f} "
-            f"(first round {r['flower_round_seconds'][0]:.1f} s vs {r['bare_round_seconds'][0]:.1f} s)",
-            r["ratio_after_first"] <= 1.15,
-        )
+def _paired_table(rows: dict, ours: str = "uharmony/gated") -> list[str]:
+    """U-Harmony (gated) minus each other method, seed by seed."""
+    if ours not in rows:
+        return []
+    out = [
+        f"Paired differences, {LABELS[ours]} minus each method (same seed = same data and initial weights), "
+        "mean over seeds with the 95 % interval (Student's t):",
+        "",
+        "| minus | difference (DSC) | seeds |",
+        "|---|---|---|",
+    ]
+    for key in rows:
+        d = paired(seed_scores(rows, ours), seed_scores(rows, key)) if key != ours else None
+        if d is not None:
+            out.append(f"| {LABELS[key]} | {d.text()} | {d.n} |")
     return out
 
 
-def _unseen_scores(records: list[dict], key: str = "dice") -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
+def _gate(records: list[dict], scenario: str) -> tuple[float | None, list[str]]:
+    """Mean share of training sites' validation scans the scan gate gives to the site's own domain."""
+    per_site: dict[str, list[float]] = {}
     for r in records:
-        if r["kind"] == "unseen" and key in r:
-            out.setdefault(r["method"], []).append(site_score(r[key]))
+        if r["kind"] == "method" and r.get("scenario") == scenario and r.get("gate_accuracy"):
+            if r["method"] != "uharmony":
+                continue
+            for site, acc in r["gate_accuracy"].items():
+                if acc is not None:
+                    per_site.setdefault(site, []).append(acc)
+    if not per_site:
+        return None, []
+    overall = statistics.fmean(v for vals in per_site.values() for v in vals)
+    cells = " | ".join(f"site {s}: {statistics.fmean(v) * 100:.0f} %" for s, v in sorted(per_site.items()))
+    return overall, [
+        f"Scan gate (U-Harmony), share of validation scans routed to the site's own domain: {cells}; "
+        f"overall **{overall * 100:.0f} %**."
+    ]
+
+
+def _target_lines(records: list[dict], meta: dict) -> list[str]:
+    out = ["| target | measured | met |", "|---|---|---|"]
+
+    def line(name, value, ok):
+        out.append(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
+
+    def diff(scen, a, b):
+        rows = method_rows(records, scen)
+        return paired(seed_scores(rows, a), seed_scores(rows, b)) if a in rows and b in rows else None
+
+    for name, scen, b, bound in (
+        ("S2: U-Harmony gated − FedBN ≥ +2 DSC, interval above 0", "S2", "fedbn", 2.0),
+        ("S2: U-Harmony gated − FedAvg ≥ +4 DSC, interval above 0", "S2", "fedavg", 4.0),
+    ):
+        d = diff(scen, "uharmony/gated", b)
+        if d is not None:
+            line(name, d.text(), d.mean * 100 >= bound and d.n >= 2 and d.low > 0)
+    d = diff("S2", "centralized-uharmony/gated", "uharmony/gated")
+    if d is not None:
+        line("S2: centralized U-Harmony − federated U-Harmony ≤ 1 DSC", d.text(), d.mean * 100 <= 1.0)
+    d = diff("S0", "uharmony/gated", "fedavg")
+    if d is not None:
+        line("S0: U-Harmony gated − FedAvg ≥ −1 DSC", d.text(), d.mean * 100 >= -1.0)
+    unseen = _unseen_pairs(records)
+    if unseen:
+        for b in ("fedavg", "fedbn"):
+            d = paired(unseen.get(("uharmony", "dice"), {}), unseen.get((b, "dice"), {}))
+            if d is not None:
+                line(f"unseen site, rotated: U-Harmony calibrated − {LABELS[b]} ≥ 0", d.text(), d.mean >= 0)
+        d = paired(unseen.get(("uharmony", "dice"), {}), unseen.get(("uharmony", "uncalibrated"), {}))
+        if d is not None:
+            line("unseen site, rotated: calibration − no calibration > 0", d.text(), d.mean > 0)
+    for scen in ("S2", "S0"):
+        acc, _ = _gate(records, scen)
+        if acc is not None:
+            line(
+                f"{scen}: gate picks the site's domain for ≥ 90 % of validation scans", f"{acc * 100:.0f} %", acc >= 0.9
+            )
+    plateau = _plateau_rows(records)
+    if plateau:
+        worst = max(plateau, key=lambda x: abs(x[3]))
+        line(
+            "doubling the rounds changes no method's mean Dice by more than 2 DSC (seed 0)",
+            f"largest change {worst[3] * 100:+.1f} DSC ({worst[0]} {LABELS.get(worst[1], worst[1])})",
+            all(abs(x[3]) * 100 <= 2 for x in plateau),
+        )
+    wall = meta.get("wall_minutes", {}).get("methods")
+    if wall is not None:
+        line("full comparison (S0 + S2, every method, ≥ 5 seeds) ≤ 60 min", f"{wall:.1f} min", wall <= 60)
+    return out
+
+
+def _plateau_rows(records: list[dict]) -> list[tuple]:
+    """(scenario, method key, Dice at the default rounds, change with twice the rounds) for seed-matched runs."""
+    out = []
+    for r in records:
+        if r["kind"] != "plateau":
+            continue
+        base = [
+            x
+            for x in records
+            if x["kind"] == "method"
+            and x.get("scenario") == r["scenario"]
+            and x["method"] == r["method"]
+            and x["seed"] == r["seed"]
+        ]
+        if not base:
+            continue
+        for mode in r["modes"]:
+            key = f"{r['method']}/{mode}" if len(r["modes"]) > 1 else r["method"]
+            a, b = _mean(base[0]["final"][mode]), _mean(r["final"][mode])
+            out.append((r["scenario"], key, a, b - a))
+    return out
+
+
+def _unseen_pairs(records: list[dict]) -> dict[tuple, dict]:
+    """(method, "dice" | "uncalibrated") -> {(seed, held-out site): score}: paired over both."""
+    out: dict[tuple, dict] = {}
+    for r in records:
+        if r["kind"] == "unseen":
+            for key in ("dice", "uncalibrated"):
+                if key in r:
+                    out.setdefault((r["method"], key), {})[(r["seed"], r["held_out"])] = site_score(r[key])
     return out
 
 
@@ -87,56 +172,86 @@ def _unseen(records: list[dict]) -> list[str]:
     recs = [r for r in records if r["kind"] == "unseen"]
     if not recs:
         return []
-    site = recs[0]["held_out"]
+    sites = sorted({r["held_out"] for r in recs}, key=lambda s: (len(s), s))
     out = [
-        f"Site {site} is left out of training (the others train for the same rounds and steps); its "
-        f"{recs[0]['val_cases']} validation scans are then segmented without a site label. U-Harmony first "
-        f"computes the site's harmonization statistics from its {recs[0]['calibration_scans']} unlabeled training "
-        "scans (`uharmony-calibrate`'s routine: forward passes, no labels, no gradients).",
+        f"Scenario {recs[0]['scenario']}. Each site in turn is left out of training (the others train for the same "
+        "rounds and steps); its validation scans are then segmented without a site label. U-Harmony first "
+        "computes the site's harmonization statistics from its unlabeled training scans (forward passes, no "
+        "labels, no gradients); FedBN's unseen site gets the mean of the training sites' normalization layers. "
+        f"Seeds {sorted({r['seed'] for r in recs})}.",
         "",
-        "| method | ET | TC | WT | mean |",
-        "|---|---|---|---|---|",
+        "| method | " + " | ".join(f"site {s} left out" for s in sites) + " | mean |",
+        "|---|" + "---|" * (len(sites) + 1),
     ]
     for method, key, name in (
         ("fedavg", "dice", "FedAvg"),
+        ("fedbn", "dice", "FedBN (mean of the sites' norm layers)"),
         ("uharmony", "uncalibrated", "U-Harmony, gated, no calibration"),
         ("uharmony", "dice", "U-Harmony, gated, calibrated"),
     ):
         sel = [r for r in recs if r["method"] == method and key in r]
         if sel:
-            out.append(
-                f"| {name} | "
-                + " | ".join(ms([r[key][g] for r in sel]) for g in REGIONS)
-                + f" | **{ms([site_score(r[key]) for r in sel])}** |"
-            )
+            cells = [ms([site_score(r[key]) for r in sel if r["held_out"] == s]) for s in sites]
+            out.append(f"| {name} | " + " | ".join(cells) + f" | **{ms([site_score(r[key]) for r in sel])}** |")
     return out
 
 
-def _ablations(records: list[dict], rows: dict) -> list[str]:
+def _kappa(records: list[dict]) -> list[str]:
+    recs = [r for r in records if r["kind"] in ("kappa", "method") and r.get("scenario") == "S2"]
+    kappas = sorted({r["kappa"] for r in recs if r["kind"] == "kappa"})
+    if not kappas:
+        return []
+    kappas = sorted({*kappas, *(r["kappa"] for r in recs)})
+    out = ["| method | " + " | ".join(f"κ = {k:g}" for k in kappas) + " |", "|---|" + "---|" * len(kappas)]
+    for key in ("fedavg", "fedbn", "uharmony/gated", "uharmony/oracle"):
+        m, mode = (key.split("/") + ["gated"])[:2]
+        cells = []
+        for k in kappas:
+            sel = [r for r in recs if r["method"] == m and r["kappa"] == k and mode in r["final"]]
+            cells.append(ms([_mean(r["final"][mode]) for r in sel]))
+        out.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _ablations(records: list[dict]) -> list[str]:
     recs = [r for r in records if r["kind"] == "ablation"]
     if not recs:
         return []
-    seeds = sorted({r["seed"] for r in recs})
-    base = [x for x in rows.get("uharmony/gated", []) if x["seed"] in seeds]
-    base_o = [x for x in rows.get("uharmony/oracle", []) if x["seed"] in seeds]
+    base = method_rows(records, "S2")
     out = [
-        f"U-Harmony variants, one setting changed each, seed(s) {seeds}, same budget. The default is K=1, "
-        "site-local = stats, every normalization layer harmonized, restore = ratio.",
+        "U-Harmony on S2, one setting changed each, same seeds and budget; difference to the default U-Harmony "
+        "of the same seed (95 % interval). The default: residual experts, scan gate, restore = ratio, every "
+        "normalization layer harmonized, K = 1, optimizer moments kept at the site.",
         "",
-        "| variant | gated | oracle | s / round |",
-        "|---|---|---|---|",
+        "| variant | gated | paired vs default (gated) | oracle | gate accuracy | s / round |",
+        "|---|---|---|---|---|---|",
     ]
-    if base:
-        out.append(
-            f"| default | {ms([_mean(x['final']) for x in base])} | {ms([_mean(x['final']) for x in base_o])} | – |"
-        )
+    default = seed_scores(base, "uharmony/gated")
     for name in dict.fromkeys(r["variant"] for r in recs):
         sel = [r for r in recs if r["variant"] == name]
+        mine = {r["seed"]: _mean(r["final"]["gated"]) for r in sel}
+        d = paired(mine, default)
+        acc = [v for r in sel for v in (r.get("gate_accuracy") or {}).values() if v is not None]
         t = statistics.median(s for r in sel for s in r["train_seconds_per_round"])
         out.append(
-            f"| {name} | {ms([_mean(r['final']['gated']) for r in sel])} | "
-            f"{ms([_mean(r['final']['oracle']) for r in sel])} | {t:.1f} |"
+            f"| {name} | {ms(list(mine.values()))} | {d.text() if d else '–'} | "
+            f"{ms([_mean(r['final']['oracle']) for r in sel])} | "
+            f"{f'{statistics.fmean(acc) * 100:.0f} %' if acc else '–'} | {t:.1f} |"
         )
+    return out
+
+
+def _plateau(records: list[dict]) -> list[str]:
+    rows = _plateau_rows(records)
+    if not rows:
+        return []
+    out = [
+        "The same runs with twice the rounds (the cosine schedule stretched over them), seed 0:",
+        "",
+        "| scenario | method | default rounds | change with 2 × rounds |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {s} | {LABELS.get(k, k)} | {a * 100:.1f} | {d * 100:+.1f} DSC |" for s, k, a, d in rows]
     return out
 
 
@@ -199,9 +314,9 @@ def _scale(records: list[dict]) -> list[str]:
     return out
 
 
-def write_results(records: list[dict], meta: dict, md: Path, curves_png: Path | None, overlay_png: Path | None) -> Path:
-    rows = method_rows(records)
+def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, Path], overlay_png: Path | None) -> Path:
     size = meta["size"]
+    walls = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("wall_minutes", {}).items()) or "–"
     lines = [
         "# Results",
         "",
@@ -209,42 +324,45 @@ def write_results(records: list[dict], meta: dict, md: Path, curves_png: Path | 
         "",
         f"- Machine: {meta['machine']}.",
         f"- Software: {meta['software']}.",
-        f"- Size `{size['name']}`: seeds {list(size['seeds'])} (the seed also generates the federation); "
-        f"{size['sites']} sites × {size['cases_per_site']} cases at {size['spacing']:g} mm (25% of each site's cases "
-        f"held out for validation); {size['rounds']} rounds × {size['local_steps']} local steps per site, batch 2, "
-        f"patch {size['patch_size']}³, DynUNet filters {size['filters']}. Centralized training takes "
-        f"sites × local steps per round on the pooled data, local-only training the same steps per site alone.",
-        f"- Wall time of this benchmark: {meta['wall_minutes']:.1f} min.",
-        "- Dice: a site's score is the mean over the regions it annotates (site 4 of the generator labels only the "
-        "whole tumour); a method's score is the mean over sites; cells are mean ± sample std over seeds, "
-        "in DSC points (×100).",
+        f"- Size `{size['name']}`: seeds {list(size['seeds'])} (the seed also generates the federation and the "
+        f"initial weights, so methods are paired by seed); scenarios of docs/scenarios.md, five sites each, "
+        f"{size['cases_per_site']} cases per site before S1/S2's size skew, at {size['spacing']:g} mm (25 % of each "
+        f"site's cases held out for validation), S2 at κ = {size['kappa']:g}; {size['rounds']} rounds × "
+        f"{size['local_steps']} local steps per site, batch 2, patch {size['patch_size']}³, DynUNet filters "
+        f"{size['filters']}, AdamW with a cosine decay, moments kept at each site. Centralized training takes "
+        "sites × local steps per round on the pooled data.",
+        f"- Wall time (jobs side by side, {size['workers']} workers): {walls}.",
+        "- Dice: a site's score is the mean over the regions it annotates, a method's the mean over sites, at the "
+        "last round; cells are mean ± sample std over seeds, in DSC points (×100).",
         "",
         "## Targets",
         "",
-        f"Targets from the issue: {TARGETS}.",
-        "",
-        *_targets(rows, records),
-        "",
-        "## Methods",
-        "",
-        *_methods(rows),
+        *_target_lines(records, meta),
         "",
     ]
-    if curves_png:
-        lines += [f"![Dice per round]({_rel(curves_png, md)})", ""]
-    if overlay_png:
-        lines += [f"![Predictions per site]({_rel(overlay_png, md)})", ""]
+    for scen, title in (("S2", "label-convention conflicts"), ("S0", "acquisition shift only (the control)")):
+        rows = method_rows(records, scen)
+        if not rows:
+            continue
+        lines += [f"## Scenario {scen}: {title}", "", *_methods(rows), "", *_paired_table(rows), ""]
+        lines += [*_gate(records, scen)[1], ""]
+        if scen in curves:
+            lines += [f"![Dice per round, {scen}]({_rel(curves[scen], md)})", ""]
+        if scen == "S2" and overlay_png:
+            lines += [f"![Predictions per site]({_rel(overlay_png, md)})", ""]
     for title, part in (
-        ("Unseen site (leave one site out)", _unseen(records)),
-        ("Ablations", _ablations(records, rows)),
+        ("Strength of the label conflicts (S2, κ)", _kappa(records)),
+        ("Plateau check", _plateau(records)),
+        ("Unseen site, rotated", _unseen(records)),
+        ("Ablations", _ablations(records)),
         ("Costs", _costs(records)),
         ("Scale", _scale(records)),
     ):
         if part:
             lines += [f"## {title}", "", *part, ""]
     lines += [
-        f"Raw records: `{md.stem}/results.jsonl` (one JSON object per job); per-run `metrics.jsonl` "
-        "under the benchmark's work folder (`runs/bench/runs/`).",
+        f"Raw records: `{md.stem}/results.jsonl` (one JSON object per job, with each run's per-case Dice kept at "
+        "its simulated sites); per-run `metrics.jsonl` under the benchmark's work folder (`runs/bench/runs/`).",
         "",
     ]
     md.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ def run_arms(size: dict, seed: int, out: Path, extra: dict | None = None, transp
     """Run (or reuse) both arms for one seed; returns the seed's summary."""
     join_site = str(size["sites"])
     cfg = {
+        "synth-scenario": "",
         "synth-sites": size["sites"],
         "synth-join-sites": 1,
         "synth-cases-per-site": size["cases_per_site"],

@@ -44,12 +44,16 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int =
 
 
 def deform(
-    maps: dict[str, np.ndarray], rng: np.random.Generator, magnitude: float = 2.0, scale_jitter: float = 0.05
+    maps: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    magnitude: float = 2.0,
+    scale_jitter: float = 0.05,
+    brain_scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Per-subject anatomy: random global scaling and a smooth elastic displacement (voxels)."""
+    """Per-subject anatomy: random global scaling (times ``brain_scale``) and a smooth elastic displacement."""
     shape = next(iter(maps.values())).shape
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     centre = [(s - 1) / 2 for s in shape]
-    scales = 1.0 + rng.uniform(-scale_jitter, scale_jitter, size=3)
+    scales = (1.0 + rng.uniform(-scale_jitter, scale_jitter, size=3)) * brain_scale
     coords = [(g - c) / sc + c + magnitude * smooth_field(rng, shape) for g, c, sc in zip(grid, centre, scales)]
     return {k: ndimage.map_coordinates(v, coords, order=1, mode="constant") for k, v in maps.items()}

@@ -21,6 +21,7 @@ from ..partition import KINDS, partition
 from .generate import generate_federation
 from .montage import site_montage
 from .profiles import make_join_profile, make_site_profile
+from .scenarios import SCENARIOS, scenario_profiles
 from .stats import write_stats
 
 
@@ -46,6 +47,13 @@ def main(argv=None) -> int:
         help="make the last N sites post-operative joiners: extra ADC contrast, BraTS 2024 labels "
         "with the resection cavity (a modality and a class the others lack)",
     )
+    s.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default=None,
+        help="one of the benchmark's scenarios (docs/scenarios.md); it fixes the sites",
+    )
+    s.add_argument("--kappa", type=float, default=1.0, help="S2: strength of the label-convention conflicts (0..2)")
     s.add_argument("--no-montage", action="store_true")
     t = sub.add_parser(
         "stats", help="per-site mean intensity per contrast and lesion volume (prints + site_stats.jsonl)"
@@ -82,11 +90,16 @@ def main(argv=None) -> int:
     try:
         if not 0 <= a.join_sites <= a.sites:
             raise ValueError(f"--join-sites must be in [0, --sites], got {a.join_sites}")
-        idx = [a.first_site + i for i in range(a.sites)]
-        profiles = [make_site_profile(a.seed, i) for i in idx[: a.sites - a.join_sites]] + [
-            make_join_profile(a.seed, i) for i in idx[a.sites - a.join_sites :]
-        ]
-        desc = generate_federation(a.out, a.sites, a.cases_per_site, a.seed, a.spacing, a.first_site, profiles=profiles)
+        if a.scenario:
+            profiles = scenario_profiles(a.scenario, a.seed, a.cases_per_site, a.kappa)
+        else:
+            idx = [a.first_site + i for i in range(a.sites)]
+            profiles = [make_site_profile(a.seed, i) for i in idx[: a.sites - a.join_sites]] + [
+                make_join_profile(a.seed, i) for i in idx[a.sites - a.join_sites :]
+            ]
+        desc = generate_federation(
+            a.out, len(profiles), a.cases_per_site, a.seed, a.spacing, a.first_site, profiles=profiles
+        )
     except ValueError as exc:
         print(f"uharmony-data: error: {exc}", file=sys.stderr)
         return 2

@@ -20,31 +20,51 @@ from uharmony.data.cases import protocol_label_map
 from uharmony.data.manifest import write_manifest
 
 from .anatomy import deform, smooth_field, tissue_maps
-from .lesions import ED, ET, NCR, RC, insert_lesions
+from .lesions import ED, ET, FE, NCR, NET, RC, insert_lesions
 from .profiles import TISSUE_INTENSITY, SiteProfile, make_site_profile
+from .scenarios import write_labels
 
 
 def render(
-    tissue: dict[str, np.ndarray], seg: np.ndarray, modality: str, profile: SiteProfile, rng: np.random.Generator
+    tissue: dict[str, np.ndarray],
+    seg: np.ndarray,
+    modality: str,
+    profile: SiteProfile,
+    rng: np.random.Generator,
+    spacing: float = 3.0,
 ) -> np.ndarray:
     """One contrast of one subject as seen by the site's scanner (skull-stripped, float32)."""
     ti = TISSUE_INTENSITY[modality]
     img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
-    for label, key, mix in ((ED, "ed", 0.75), (ET, "et", 1.0), (NCR, "ncr", 1.0), (RC, "rc", 1.0)):
+    for label, key, mix in (
+        (ED, "ed", 0.75),
+        (FE, "fe", 0.9),
+        (ET, "et", 1.0),
+        (NCR, "ncr", 1.0),
+        (NET, "net", 1.0),
+        (RC, "rc", 1.0),
+    ):
         region = seg == label
         img[region] = mix * ti[key] + (1 - mix) * img[region]
-    brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5
+    brain = ((tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5) | (seg > 0)  # a dural lesion lies outside
+    if profile.contrast != 1.0:  # compressed tissue contrast
+        mean = float(img[brain].mean())
+        img = mean + profile.contrast * (img - mean)
     img = np.clip(img, 0, None) ** profile.gamma[modality]
     img *= 1.0 + profile.bias * smooth_field(rng, img.shape, coarse=3)
-    if profile.blur or profile.slice_blur:
-        img = ndimage.gaussian_filter(img, sigma=(profile.blur, profile.blur, profile.blur + profile.slice_blur))
+    through = profile.slice_blur
+    if modality in profile.thick_contrasts and profile.slice_thickness > spacing:  # a 2-D stack of thick slices
+        through += np.sqrt(profile.slice_thickness**2 - spacing**2) / 2.355 / spacing
+    if profile.blur or through:
+        img = ndimage.gaussian_filter(img, sigma=(profile.blur, profile.blur, profile.blur + through))
     sigma = profile.noise
     img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
     return (img * profile.scale[modality] * brain).astype(np.float32)
 
 
 def protocol_labels(seg: np.ndarray, protocol: str) -> np.ndarray:
-    """The generator's label codes (1 NCR, 2 ED, 3 RC, 4 ET) as a site's annotators write them."""
+    """Codes 1 NCR, 2 ED, 3 RC, 4 ET (after ``scenarios.write_labels``) in a labelling protocol's values."""
+    seg = np.where((seg == FE) | (seg == NET), NCR, seg)  # both are core unless a convention says otherwise
     if protocol == "full":  # BraTS 2021: 1 NCR, 2 ED, 4 ET (no cavity in pre-operative scans)
         if (seg == RC).any():
             raise ValueError("the BraTS 2021 protocol has no resection-cavity label; use labels='brats2024'")
@@ -70,10 +90,12 @@ def write_case(
     folder = root / case
     folder.mkdir(parents=True, exist_ok=True)
     for modality in profile.modalities:
-        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng), affine)
+        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng, float(affine[0, 0])), affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, folder / f"{case}_{modality}.nii.gz")
-    seg_img = nib.Nifti1Image(protocol_labels(seg, profile.labels), affine)
+    brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5
+    written = write_labels(seg, profile.convention, rng, brain | (seg > 0), float(affine[0, 0]))
+    seg_img = nib.Nifti1Image(protocol_labels(written, profile.labels), affine)
     seg_img.header.set_xyzt_units("mm")
     nib.save(seg_img, folder / f"{case}_seg.nii.gz")
 
@@ -101,14 +123,15 @@ def generate_federation(
     out.mkdir(parents=True, exist_ok=True)
     profiles = profiles or [make_site_profile(seed, first_site + i) for i in range(sites)]
     entries = []
-    bar = tqdm(total=len(profiles) * cases_per_site, desc="synthesizing cases", unit="case", disable=not progress)
+    total = sum(p.cases or cases_per_site for p in profiles)
+    bar = tqdm(total=total, desc="synthesizing cases", unit="case", disable=not progress)
     for p_idx, profile in enumerate(profiles):
         cases = []
-        for c in range(cases_per_site):
+        for c in range(profile.cases or cases_per_site):
             rng = np.random.default_rng([seed, first_site + p_idx, c, 104729])
             case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
-            tissue = deform(base, rng)
-            seg = insert_lesions(tissue, profile.lesion, spacing, rng)
+            tissue = deform(base, rng, brain_scale=profile.brain_scale)
+            seg = insert_lesions(tissue, profile.lesion, spacing, rng, affine)
             write_case(out, case, tissue, seg, affine, profile, rng)
             cases.append(
                 {

@@ -19,6 +19,16 @@ TISSUE_INTENSITY = {
     "flair": dict(csf=0.15, gm=0.60, wm=0.45, ncr=0.60, ed=1.00, et=0.75, rc=0.35),
     "adc": dict(csf=1.00, gm=0.27, wm=0.23, ncr=0.60, ed=0.45, et=0.25, rc=0.95),
 }
+# faint enhancement: like oedema, but part-way to the enhancing rim on T1ce; solid non-enhancing tumour:
+# T1-dark, T2/FLAIR-bright, no enhancement
+for _m, _fe, _net in (
+    ("t1", 0.50, 0.40),
+    ("t1ce", 0.85, 0.42),
+    ("t2", 0.82, 0.85),
+    ("flair", 0.95, 0.88),
+    ("adc", 0.40, 0.35),
+):
+    TISSUE_INTENSITY[_m]["fe"], TISSUE_INTENSITY[_m]["net"] = _fe, _net
 # full sub-regions (BraTS 2021 labels), whole tumour only, or BraTS 2024 post-operative labels (+ cavity)
 LABEL_PROTOCOLS = ("full", "wt", "brats2024")
 
@@ -33,11 +43,17 @@ class SiteProfile:
     bias: float  # amplitude of the smooth multiplicative bias field
     noise: float  # Rician noise sigma (relative to the WM intensity)
     blur: float  # in-plane blur sigma (voxels)
-    slice_blur: float  # extra through-plane blur sigma (voxels): thick slices
+    slice_blur: float  # extra through-plane blur sigma (voxels) on every contrast
     modalities: tuple[str, ...] = MODALITIES
     labels: str = "full"
     lesion: str = "glioma"
     extra: dict = field(default_factory=dict)
+    thick_contrasts: tuple[str, ...] = ()  # contrasts acquired as 2-D stacks of thick slices
+    slice_thickness: float = 0.0  # their slice thickness in mm (through-plane blur to it)
+    contrast: float = 1.0  # < 1: tissue contrast compressed toward the brain's mean (low-field, poor protocols)
+    brain_scale: float = 1.0  # < 1: a smaller head (children)
+    convention: dict = field(default_factory=dict)  # how its annotators deviate (``scenarios.write_labels``)
+    cases: int = 0  # its number of cases (0: the federation's cases per site)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -134,9 +134,8 @@ def test_segment_with_a_model_grown_by_a_join(tiny_join_federation, tmp_path, ca
     model = build_model("dynunet", 4, 3, 3, "uharmony", filters=(8, 16, 32))
     extend_model(model, ["adc"], ["RC"], 3)
     with torch.no_grad():  # tumour outputs off, the cavity output on: label 3 must fill the brain
-        for e in model.head.experts:
-            e.conv.weight.zero_()
-            e.conv.bias.copy_(torch.tensor([-10.0, -10.0, -10.0, 10.0]))
+        model.head.shared.weight.zero_()  # the common answer; the residual experts stay at zero
+        model.head.shared.bias.copy_(torch.tensor([-10.0, -10.0, -10.0, 10.0]))
     roles = ModelRoles(model, "uharmony")
     save_checkpoint(
         tmp_path / "run", 1, model.spec, global_state_of(model, roles), {"strategy": "uharmony"}, name="final_model.pt"

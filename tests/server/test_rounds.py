@@ -70,12 +70,19 @@ def test_rounds_logs_and_every_message_keeps_site_data_at_home(tiny_federation, 
             domain = int(content.config_records[P.SITE][P.DOMAIN_ID])
             assert set(content.array_records[P.ARRAYS].keys()) == set(roles.outgoing_keys(domain))
             assert content.metric_records[P.METRICS][P.NUM_EXAMPLES] == 2  # training cases (3 cases - 1 val)
+        elif kind == "query.prototype":  # the domain's descriptor statistics: mean, variance, count
+            domain = int(content.config_records[P.SITE][P.DOMAIN_ID])
+            arrays = content.array_records[P.ARRAYS].to_torch_state_dict()
+            assert set(arrays) == set(roles.prototypes[domain])
+            assert float(arrays[roles.prototypes[domain][2]]) == 2  # the site's training scans
         else:
             assert not content.array_records  # evaluation and profiles send numbers and names only
         for record in (*content.config_records.values(), *content.metric_records.values()):
             for value in record.values():
                 assert isinstance(value, (str, int, float, bool, list)) and len(str(value)) < 200
-    assert kinds == {"query.profile": 4, "train": 8, "evaluate": 8}
+    assert kinds == {"query.profile": 4, "train": 8, "query.prototype": 8, "evaluate": 8}
+    gate = [r for r in recs if r.get("event") == "gate"]  # the gate's choice on each site's validation scans
+    assert len(gate) == 8 and all(0 <= r["gate-accuracy"] <= 1 for r in gate)
     assert len(list((run_dir / "site-state").glob("site-*/local_state.pt"))) == 4  # kept on each site's disk
 
 
@@ -144,9 +151,11 @@ def test_too_few_usable_replies_keep_the_model(tiny_federation, tmp_path):
     _run(tiny_federation, run_dir, fail_train=(1001,), num_server_rounds=1, min_sites=4)
     final = load_checkpoint(run_dir, "final_model.pt")
     initial = RunConfig.from_flwr(tiny_overrides(tiny_federation, run_dir)).build_model(4)  # seed 0, 4 domains
-    expected = global_state_of(initial, ModelRoles(initial, "uharmony"))
+    roles = ModelRoles(initial, "uharmony")
+    expected = global_state_of(initial, roles)
     assert final["state"].keys() == expected.keys()
-    assert all(torch.equal(final["state"][k], v) for k, v in expected.items())  # 3 usable replies < 4: unchanged
+    prototypes = {k for keys in roles.prototypes.values() for k in keys}  # refreshed for the evaluation
+    assert all(torch.equal(final["state"][k], v) for k, v in expected.items() if k not in prototypes)  # 3 < 4
 
 
 def test_a_federation_with_no_usable_site_stops_with_the_reasons(tmp_path, tiny_federation):

@@ -7,27 +7,44 @@ import pytest
 
 from simulation.bench import cli
 from simulation.bench.report import mean_over_sites, method_rows, ms, site_score
-from simulation.bench.sizes import ABLATIONS, DEFAULT, METHODS, QUICK
+from simulation.bench.sizes import ABLATIONS, DEFAULT, GPU, KAPPAS, METHODS, QUICK, UNSEEN_METHODS
+from simulation.bench.stats import paired
 
 
 def test_plan_covers_every_part_and_keys_are_unique():
     jobs = cli.plan(DEFAULT, cli.PARTS)
     keys = [k for k, _ in jobs]
     assert len(keys) == len(set(keys))
-    for m in METHODS:
-        for s in DEFAULT.seeds:
-            assert f"method/{m}/seed{s}" in keys
-    assert len(DEFAULT.seeds) >= 3
+    for scen, methods in METHODS.items():
+        for m in methods:
+            for s in DEFAULT.seeds:
+                assert f"method/{scen}/{m}/seed{s}" in keys
+    assert len(DEFAULT.seeds) >= 5 and set(METHODS) == {"S0", "S2"}
+    assert {"fedavg", "fedbn", "uharmony", "centralized", "centralized-uharmony"} <= set(METHODS["S2"])
     assert {"bytes", "flower_ratio", "memory/fedavg", "memory/uharmony", "scale"} <= set(keys)
     assert sum(k.startswith("ablation/") for k in keys) == len(ABLATIONS) * len(DEFAULT.ablation_seeds)
+    assert len(DEFAULT.ablation_seeds) >= 3
+    unseen = [k for k in keys if k.startswith("unseen/")]  # every site left out in turn
+    assert len(unseen) == cli.SCENARIO_SITES * len(UNSEEN_METHODS) * len(DEFAULT.unseen_seeds)
+    assert sum(k.startswith("kappa/") for k in keys) == len(KAPPAS) * 3 * len(DEFAULT.ablation_seeds)
     assert DEFAULT.scale_sites == 23  # FeTS partitioning_1
+    assert [k for k, _ in cli.plan(DEFAULT, cli.DEFAULT_PARTS)] == [k for k in keys if k.startswith("method/")]
 
 
 def test_same_budget_for_every_method():
     """Every method job of a seed shares the data, rounds, local steps and model: only the strategy differs."""
-    base = DEFAULT.base_overrides(1)
+    base = DEFAULT.base_overrides(1, "S2")
     assert base["local-steps"] == DEFAULT.local_steps and base["num-server-rounds"] == DEFAULT.rounds
-    assert base["seed"] == 1 and base["synth-sites"] == DEFAULT.sites
+    assert base["seed"] == 1 and base["synth-scenario"] == "S2" and base["synth-kappa"] == DEFAULT.kappa
+    assert GPU.device == "cuda" and GPU.patch_size > DEFAULT.patch_size
+
+
+def test_paired_interval_and_verdict():
+    d = paired({0: 0.80, 1: 0.82, 2: 0.78}, {0: 0.70, 1: 0.71, 2: 0.69})
+    assert d.n == 3 and d.low > 0 and d.significant and "not significant" not in d.text()
+    d = paired({0: 0.80, 1: 0.70, 2: 0.75}, {0: 0.75, 1: 0.75, 2: 0.75})
+    assert d.low < 0 < d.high and "not significant" in d.text()
+    assert paired({0: 0.5}, {1: 0.5}) is None
 
 
 def test_scores_skip_unannotated_regions():
@@ -70,13 +87,25 @@ def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
     assert cli.main(["--quick", "--out", str(out), "--results-md", str(md)]) == 0
     records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"method", "unseen", "ablation", "bytes", "flower_ratio", "memory", "scale"}
-    methods = {(r["method"], r["seed"]) for r in records if r["kind"] == "method"}
-    assert methods == {(m, s) for m in METHODS for s in QUICK.seeds}
+    assert kinds == {
+        "method",
+        "unseen",
+        "ablation",
+        "kappa",
+        "plateau",
+        "bytes",
+        "flower_ratio",
+        "memory",
+        "scale",
+        "wall",
+    }
+    methods = {(r["scenario"], r["method"], r["seed"]) for r in records if r["kind"] == "method"}
+    assert methods == {(sc, m, s) for sc, ms_ in METHODS.items() for m in ms_ for s in QUICK.seeds}
     for r in records:
         if r["kind"] == "method":
+            assert r["per_case"] and all(c["site"] and "dice-wt" in c for c in r["per_case"])
             for per_site in (r["final"][mode] for mode in r["modes"]):
-                assert len(per_site) == QUICK.sites
+                assert len(per_site) == cli.SCENARIO_SITES
                 assert all(v is None or 0.0 <= v <= 1.0 for d in per_site.values() for v in d.values())
     scale = next(r for r in records if r["kind"] == "scale")
     assert scale["accepted"] == 23 and scale["evaluated_sites"] == 23 and scale["rejected"] == 0
@@ -88,10 +117,11 @@ def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
     unseen = [r for r in records if r["kind"] == "unseen" and r["method"] == "uharmony"]
     assert all("uncalibrated" in r and r["calibration_scans"] > 0 for r in unseen)
     page = md.read_text()
-    for heading in ("## Targets", "## Methods", "## Unseen site", "## Ablations", "## Costs", "## Scale"):
+    for heading in ("## Targets", "## Scenario S2", "## Scenario S0", "## Unseen site", "## Ablations", "## Costs"):
         assert heading in page
     assert "Machine:" in page and "seeds [0, 1]" in page and "nan" not in page.lower()
-    for name in ("results.jsonl", "dice_per_round.png", "overlays.png", "meta.json"):
+    assert "Paired differences" in page and "## Plateau check" in page and "κ = 2" in page
+    for name in ("results.jsonl", "dice_per_round_S2.png", "dice_per_round_S0.png", "overlays.png", "meta.json"):
         assert (md.parent / "results" / name).stat().st_size > 0
     # --resume keeps the records and runs nothing new
     n = len(records)

@@ -41,7 +41,11 @@ def test_join_grows_the_model_keeps_old_sites_and_resumes(tiny_join_federation, 
         for r in recs
         if r.get("round") == 1 and "dice" in r and "phase" not in r
     }
-    after = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("phase") == "after-extension"}
+    after = {
+        (r["site"], r["mode"], r["region"]): r["dice"]
+        for r in recs
+        if r.get("phase") == "after-extension" and "dice" in r
+    }
     old = {k for k in after if k[0] != "4"}
     assert old == set(before) and len(old) == 3 * 2 * 3  # sites 1-3 x 2 modes x ET/TC/WT
     assert max(abs(after[k] - before[k]) for k in old) <= TOL

@@ -84,10 +84,12 @@ def test_embedded_command_generates_the_run_configs_federation_once(capsys):
     from uharmony.config import RunConfig
     from uharmony.data import federation_root, load_federation
 
-    config = "seed=5 synth-sites=2 synth-cases-per-site=1 synth-spacing=6.0"
+    config = "seed=5 synth-scenario='' synth-sites=2 synth-cases-per-site=1 synth-spacing=6.0"
     assert synth_cli(["embedded", "--run-config", config]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    cfg = RunConfig.from_flwr({"seed": 5, "synth-sites": 2, "synth-cases-per-site": 1, "synth-spacing": 6.0})
+    cfg = RunConfig.from_flwr(
+        {"seed": 5, "synth-scenario": "", "synth-sites": 2, "synth-cases-per-site": 1, "synth-spacing": 6.0}
+    )
     assert str(federation_root(cfg)) == path and len(load_federation(path).sites) == 2
     stamp = (federation_root(cfg) / "federation.json").stat().st_mtime_ns
     assert synth_cli(["embedded", "-c", config]) == 0  # already there: kept as is

@@ -10,17 +10,21 @@ from uharmony.federated import ModelRoles, extend_global_model, global_state_of,
 TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
 
 
-def _trained_like(head="gated", norm="uharmony"):
+def _trained_like(head="gated", norm="uharmony", **kw):
     """A small model whose weights, statistics and prototypes are off their initialization."""
     torch.manual_seed(0)
-    model = build_model("dynunet", 4, 3, 3, norm, head=head, filters=(8, 16, 32), stem_channels=8)
+    model = build_model("dynunet", 4, 3, 3, norm, head=head, filters=(8, 16, 32), stem_channels=8, **kw)
     model.train()
     x = torch.randn(3, 4, 16, 16, 16)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
         if model.gated:
-            model(x, domain=[0, 1, 2])  # sets the three prototypes and the site statistics
+            model(x, domain=[0, 1, 2])  # the site statistics (and the window gate's prototypes)
+            if model.head.gate_kind == "scan":  # two scan descriptors per domain
+                pooled = model.eval().features(x).flatten(2).mean(-1)
+                for d in range(3):
+                    model.head.experts[d].set_prototype(pooled[d] + 0.01 * torch.randn(2, pooled.shape[1]))
     return model.eval()
 
 
@@ -101,7 +105,7 @@ def test_extension_refuses_what_it_cannot_do():
 
 def test_a_class_only_the_new_domain_knows_survives_the_gated_mix():
     """Old experts hold "absent" logits for a class they never learnt; the gate must not let them drown it."""
-    model = _trained_like()
+    model = _trained_like(experts="separate", gate="window")  # residual experts need no channel mask
     extend_model(model, ["adc"], ["ET", "TC", "WT", "RC"], 3)
     assert model.spec["expert_regions"] == [["ET", "TC", "WT"]] * 3 + [["ET", "TC", "WT", "RC"]]
     with torch.no_grad():

@@ -31,6 +31,36 @@ def test_every_strategy_builds_its_model_and_roles():
             assert local == set()
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_module_reachable_by_two_names_has_one_role(name):
+    """MONAI's DynUNet holds each block twice (``input_block`` and ``skip_layers.downsample``): both names of a
+    tensor get the same role, or loading the shared name would overwrite what the site kept (FedBN == FedAvg)."""
+    model = RunConfig.from_flwr({"strategy": name, "filters": "8,16,32"}).build_model(2)
+    roles = ModelRoles(model, name).roles
+    by_tensor: dict[int, set[str]] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        by_tensor.setdefault(value.data_ptr(), set()).add(roles[key])
+    assert any(len(v) for v in by_tensor.values())
+    assert all(len(v) == 1 for v in by_tensor.values())
+
+
+def test_fedbn_site_keeps_its_normalization_after_loading(tiny_federation, tmp_path):
+    from uharmony.federated import global_state_of
+    from uharmony.site_round import SiteRound
+
+    cfg = RunConfig.from_flwr(tiny_overrides(tiny_federation, tmp_path / "run", strategy="fedbn"))
+    model = cfg.build_model(4)
+    job = SiteRound({"partition-id": 0}, cfg, model.spec, "fedbn", saved=None)
+    start = global_state_of(model, ModelRoles(model, "fedbn"))
+    job.load(start)
+    _, _, local = job.train(1, 0.01, 3, 0.0, seed=0)
+    again = SiteRound({"partition-id": 0}, cfg, model.spec, "fedbn", saved=local)
+    again.load(start)
+    state = again.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in local.items())
+    assert any(not torch.equal(v, torch.ones_like(v)) for k, v in local.items() if k.endswith("weight"))
+
+
 def test_unknown_and_duplicate_strategies_are_refused():
     with pytest.raises(ValueError, match="'fedavgg'.*did you mean 'fedavg'"):
         get_strategy("fedavgg")
@@ -65,5 +95,5 @@ def test_a_new_strategy_runs_a_federation_from_its_table_entry(fedper, tiny_fede
     final = load_checkpoint(run_dir, "final_model.pt")
     assert final["extra"]["strategy"] == "fedper"
     assert not any(k.startswith("head.") for k in final["state"])  # the head never reached the server
-    heads = [load_local_state(p)[0]["head.weight"] for p in sorted((run_dir / "site-state").iterdir())]
+    heads = [load_local_state(p)[0]["head.conv.weight"] for p in sorted((run_dir / "site-state").iterdir())]
     assert len(heads) == 4 and not torch.equal(heads[0], heads[1])  # each site trained its own head

@@ -137,7 +137,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("UHARMONY_CACHE", Path.home() / ".cache" / "uharmony"))
 
 
-def embedded_name(sites: int, cases_per_site: int, seed: int, spacing: float, join_sites: int = 0) -> str:
+def embedded_name(
+    sites: int,
+    cases_per_site: int,
+    seed: int,
+    spacing: float,
+    join_sites: int = 0,
+    scenario: str = "",
+    kappa: float = 1.0,
+) -> str:
+    if scenario:  # a benchmark scenario fixes its own sites
+        strength = f"-k{kappa:g}" if scenario == "S2" else ""
+        return f"scenario-{scenario}{strength}-x{cases_per_site}-seed{seed}-{spacing:g}mm"
     join = f"-join{join_sites}" if join_sites else ""
     return f"synthetic-{sites}x{cases_per_site}{join}-seed{seed}-{spacing:g}mm"
 
@@ -147,14 +158,28 @@ def federation_root(cfg) -> Path:
     if cfg.data_root:
         return Path(cfg.data_root)
     path = cache_root() / embedded_name(
-        cfg.synth_sites, cfg.synth_cases_per_site, cfg.seed, cfg.synth_spacing, cfg.synth_join_sites
+        cfg.synth_sites,
+        cfg.synth_cases_per_site,
+        cfg.seed,
+        cfg.synth_spacing,
+        cfg.synth_join_sites,
+        cfg.synth_scenario,
+        cfg.synth_kappa,
     )
     if not (path / MANIFEST).is_file():
+        keys = (
+            "seed",
+            "synth-sites",
+            "synth-cases-per-site",
+            "synth-spacing",
+            "synth-join-sites",
+            "synth-scenario",
+            "synth-kappa",
+        )
+        settings = " ".join(f"{k}={getattr(cfg, k.replace('-', '_'))!r}" for k in keys).replace("'", "")
         raise DataError(
             path,
             "the embedded federation for these settings is not generated yet: run "
-            f'`uharmony-data embedded --run-config "seed={cfg.seed} synth-sites={cfg.synth_sites} '
-            f"synth-cases-per-site={cfg.synth_cases_per_site} synth-spacing={cfg.synth_spacing:g} "
-            f'synth-join-sites={cfg.synth_join_sites}"` (scripts/main.sh does it for you)',
+            f'`uharmony-data embedded --run-config "{settings}"` (scripts/main.sh does it for you)',
         )
     return path

@@ -162,7 +162,7 @@ class SiteData:
         items = []
         for i, case in enumerate(cases):
             try:
-                items.append(ds[i])
+                items.append({**ds[i], "case_id": case.case_id})
             except Exception as exc:  # MONAI wraps a transform's error; the DataError names the file
                 err = _data_error(exc)
                 if err is None:

@@ -1,0 +1,159 @@
+"""The benchmark's pre-registered scenarios (``docs/scenarios.md`` gives every parameter's source).
+
+- **S0**, acquisition shift only: five adult-glioma sites (archetype GLI) with their own scanners, equal
+  sizes, one labelling convention. FedAvg should be optimal here.
+- **S1**, plus case mix: the archetypes GLI, MET, MEN, PED, SSA, one site each, skewed sizes; one convention.
+- **S2**, plus label-convention conflicts at strength ``kappa`` (``write_labels``): C1 oedema extent, C2 what
+  the tumour core contains, C3 whether faint enhancement is enhancing. At kappa 0, S2 is S1.
+
+Every parameter was fixed from the documented ranges before any method was run on these scenarios and
+is not tuned to a method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy import smooth_field
+from .lesions import ED, ET, FE, NCR, NET
+from .profiles import MODALITIES, SiteProfile
+
+SCENARIOS = ("S0", "S1", "S2")
+SITE_ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa")  # S1/S2, one site each
+SIZE_RATIOS = (2.0, 1.4, 1.0, 0.75, 0.6)  # S1/S2: skewed site sizes (FeTS partitions are strongly imbalanced)
+# acquisition ranges per archetype: noise (Rician sigma relative to white matter), bias-field amplitude,
+# gamma (contrast curve), thickness (mm) of the contrasts acquired as 2-D slice stacks, contrast compression
+ACQUISITION = {
+    "glioma": dict(
+        noise=(0.01, 0.04),
+        bias=(0.1, 0.3),
+        gamma=(0.8, 1.25),
+        thick=("t2", "flair"),
+        slice=(3.0, 5.0),
+        contrast=(1.0, 1.0),
+        brain=(1.0, 1.0),
+    ),
+    "metastasis": dict(
+        noise=(0.01, 0.04),
+        bias=(0.1, 0.3),
+        gamma=(0.8, 1.25),
+        thick=("t2", "flair"),
+        slice=(3.0, 5.0),
+        contrast=(1.0, 1.0),
+        brain=(1.0, 1.0),
+    ),
+    "meningioma": dict(
+        noise=(0.01, 0.04),
+        bias=(0.1, 0.3),
+        gamma=(0.8, 1.25),
+        thick=("t2", "flair"),
+        slice=(3.0, 5.0),
+        contrast=(1.0, 1.0),
+        brain=(1.0, 1.0),
+    ),
+    "pediatric": dict(
+        noise=(0.01, 0.04),
+        bias=(0.1, 0.3),
+        gamma=(0.8, 1.25),
+        thick=("t2", "flair"),
+        slice=(3.0, 4.0),
+        contrast=(0.55, 0.8),
+        brain=(0.85, 0.93),
+    ),
+    "ssa": dict(
+        noise=(0.06, 0.10),
+        bias=(0.2, 0.4),
+        gamma=(0.75, 1.3),
+        thick=("t1", "t2", "flair"),
+        slice=(5.0, 6.0),
+        contrast=(0.6, 0.8),
+        brain=(1.0, 1.0),
+    ),
+}
+# S2's annotators, one per archetype site: oedema boundary shift (C1: its sign), whether the
+# tumour core excludes necrosis (C2), whether faint enhancement counts as enhancing (C3). GLI is the reference.
+CONVENTIONS = {
+    "glioma": dict(oedema=0, tc_excludes_necrosis=False, faint_is_et=False),
+    "metastasis": dict(oedema=+1, tc_excludes_necrosis=False, faint_is_et=True),
+    "meningioma": dict(oedema=-1, tc_excludes_necrosis=True, faint_is_et=False),
+    "pediatric": dict(oedema=0, tc_excludes_necrosis=True, faint_is_et=False),
+    "ssa": dict(oedema=+1, tc_excludes_necrosis=False, faint_is_et=True),
+}
+OEDEMA_MM = 3.0  # C1 at kappa 1: the oedema boundary moves by 3 mm (one voxel at 3 mm spacing)
+
+
+def _acquisition(archetype: str, seed: int, index: int, name: str) -> dict:
+    a = ACQUISITION[archetype]
+    rng = np.random.default_rng([seed, index, 7919, 14])
+    return dict(
+        name=name,
+        scale={m: float(rng.choice([100.0, 500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in MODALITIES},
+        gamma={m: float(rng.uniform(*a["gamma"])) for m in MODALITIES},
+        bias=float(rng.uniform(*a["bias"])),
+        noise=float(rng.uniform(*a["noise"])),
+        blur=float(rng.uniform(0.0, 0.6)),
+        slice_blur=0.0,
+        thick_contrasts=tuple(a["thick"]),
+        slice_thickness=float(rng.uniform(*a["slice"])),
+        contrast=float(rng.uniform(*a["contrast"])),
+        brain_scale=float(rng.uniform(*a["brain"])),
+    )
+
+
+def scenario_profiles(scenario: str, seed: int, cases_per_site: int = 8, kappa: float = 1.0) -> list[SiteProfile]:
+    """The five sites of ``scenario`` (their scanners drawn from ``seed``)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; expected one of {SCENARIOS}")
+    if not 0.0 <= kappa <= 2.0:
+        raise ValueError(f"kappa must be in [0, 2], got {kappa}")
+    profiles = []
+    for i in range(len(SITE_ARCHETYPES)):
+        archetype = "glioma" if scenario == "S0" else SITE_ARCHETYPES[i]
+        cases = cases_per_site if scenario == "S0" else max(3, round(SIZE_RATIOS[i] * cases_per_site))
+        convention = {**CONVENTIONS[archetype], "kappa": kappa} if scenario == "S2" and kappa > 0 else {}
+        profiles.append(
+            SiteProfile(
+                **_acquisition(archetype, seed, i, f"site-{i + 1}"),
+                lesion=archetype,
+                labels="full",
+                convention=convention,
+                cases=cases,
+            )
+        )
+    return profiles
+
+
+def write_labels(
+    seg: np.ndarray, convention: dict, rng: np.random.Generator, brain: np.ndarray | None = None, spacing: float = 3.0
+) -> np.ndarray:
+    """The generator's codes as this site's annotators label them (codes 1 NCR, 2 ED, 4 ET; no FE left).
+
+    Reference (no convention): faint enhancement is non-enhancing core (NCR), necrosis is core, oedema
+    as generated. A convention moves the oedema boundary by ``oedema * kappa * OEDEMA_MM`` mm (C1),
+    writes a ``kappa`` fraction of the necrosis as oedema (C2: outside the core) and a ``kappa`` fraction
+    of the faint enhancement as enhancing (C3); the fractions are spatially coherent (a smooth field).
+    """
+    out = seg.copy()
+    kappa = float(convention.get("kappa", 0.0))
+    out[(out == FE) | (out == NET)] = NCR
+    if not convention or kappa == 0:
+        return out
+    shift = int(round(convention.get("oedema", 0) * kappa * OEDEMA_MM / spacing))
+    lesion = out > 0
+    if shift > 0:  # a looser boundary: surrounding brain labelled oedema
+        ring = ndimage.binary_dilation(lesion, iterations=shift) & ~lesion & (seg == 0)
+        if brain is not None:
+            ring &= brain
+        out[ring] = ED
+    elif shift < 0:  # a tighter one: the outer oedema not labelled
+        inner = ndimage.binary_erosion(lesion, iterations=-shift)
+        out[(out == ED) & ~inner] = 0
+    field = smooth_field(rng, seg.shape, coarse=5)
+    fraction = np.quantile(field, 1.0 - min(kappa, 1.0)) if kappa < 1 else -np.inf
+    chosen = field >= fraction
+    if convention.get("tc_excludes_necrosis"):
+        out[(seg == NCR) & chosen] = ED
+    if convention.get("faint_is_et"):
+        out[(seg == FE) & chosen] = ET
+    return out
