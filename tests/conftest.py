@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 
 # Tiny-federation run settings (about a second per round on 2 cores)
-TINY = dict(synth_spacing=6.0, spacing=6.0, patch_size=16, filters="8,16,32", local_steps=2, batch_size=1)
+TINY = dict(synth_spacing=6.0, spacing=6.0, patch_size=16, filters="8,16,32", local_steps=2, batch_size=1, eval_every=1)
 
 
 def tiny_overrides(root, run_dir, **extra) -> dict:

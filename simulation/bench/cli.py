@@ -121,19 +121,29 @@ def _timed(size: BenchSize, key: str, call: tuple, out: Path) -> dict:
     return rec
 
 
+ALONE = ("bytes", "flower_ratio", "memory", "scale")  # timing and memory jobs: run alone, in this process
+
+
 def run_jobs(size: BenchSize, todo: list, out: Path, on_done) -> None:
-    """Run ``todo`` with ``size.workers`` processes side by side (in order when 1); ``on_done(i, record)``."""
-    if size.workers <= 1 or len(todo) <= 1:
-        for i, (key, call) in enumerate(todo, 1):
-            print(f"[bench] job {i}/{len(todo)}: {key}", flush=True)
-            on_done(i, _timed(size, key, call, out))
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
-    with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
-        futures = {pool.submit(_timed, size, key, call, out): key for key, call in todo}
-        print(f"[bench] {len(todo)} jobs on {size.workers} workers (one thread each)", flush=True)
-        for i, fut in enumerate(as_completed(futures), 1):
-            on_done(i, fut.result())
+    """Run ``todo``: training jobs with ``size.workers`` processes side by side (one thread each), then the
+    cost jobs one at a time in this process, so that nothing runs beside what they time; ``on_done(i, rec)``."""
+    side = [(k, c) for k, c in todo if c[0] not in ALONE]
+    alone = [(k, c) for k, c in todo if c[0] in ALONE]
+    done = 0
+    if size.workers > 1 and len(side) > 1:
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+        with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
+            futures = {pool.submit(_timed, size, key, call, out): key for key, call in side}
+            print(f"[bench] {len(side)} jobs on {size.workers} workers (one thread each)", flush=True)
+            for fut in as_completed(futures):
+                done += 1
+                on_done(done, fut.result())
+    else:
+        alone = side + alone
+    for key, call in alone:
+        done += 1
+        print(f"[bench] job {done}/{len(todo)}: {key}", flush=True)
+        on_done(done, _timed(size, key, call, out))
 
 
 def machine() -> str:

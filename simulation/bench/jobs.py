@@ -232,7 +232,7 @@ def bytes_job(size: BenchSize) -> dict:
     rows = {}
     for strategy in ("fedavg", "fedprox", "fedbn", "uharmony", "local"):
         cfg = RunConfig.from_flwr({**size.base_overrides(0), "strategy": strategy})
-        model = cfg.build_model(size.sites)
+        model = cfg.build_model(SCENARIO_SITES)
         roles, state = ModelRoles(model, strategy), model.state_dict()
         full = ArrayRecord(subset(state, state.keys())).count_bytes()
         sent = ArrayRecord(subset(state, roles.outgoing_keys(0 if model.gated else None))).count_bytes()

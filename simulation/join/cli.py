@@ -60,6 +60,7 @@ def run_arms(size: dict, seed: int, out: Path, extra: dict | None = None, transp
         "spacing": size["spacing"],
         "local-steps": size["local_steps"],
         "num-server-rounds": size["rounds"],
+        "eval-every": 1,  # the report compares every round before and after the join
         "seed": seed,
         "strategy": "uharmony",
         **size["extra"],
