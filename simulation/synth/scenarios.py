@@ -24,34 +24,19 @@ SITE_ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa")  # 
 SIZE_RATIOS = (2.0, 1.4, 1.0, 0.75, 0.6)  # S1/S2: skewed site sizes (FeTS partitions are strongly imbalanced)
 # acquisition ranges per archetype: noise (Rician sigma relative to white matter), bias-field amplitude,
 # gamma (contrast curve), thickness (mm) of the contrasts acquired as 2-D slice stacks, contrast compression
+_HOSPITAL = dict(  # a well-equipped hospital's 3 T or 1.5 T protocol (GLI, MET and MEN sites alike)
+    noise=(0.01, 0.04),
+    bias=(0.1, 0.3),
+    gamma=(0.8, 1.25),
+    thick=("t2", "flair"),
+    slice=(3.0, 5.0),
+    contrast=(1.0, 1.0),
+    brain=(1.0, 1.0),
+)
 ACQUISITION = {
-    "glioma": dict(
-        noise=(0.01, 0.04),
-        bias=(0.1, 0.3),
-        gamma=(0.8, 1.25),
-        thick=("t2", "flair"),
-        slice=(3.0, 5.0),
-        contrast=(1.0, 1.0),
-        brain=(1.0, 1.0),
-    ),
-    "metastasis": dict(
-        noise=(0.01, 0.04),
-        bias=(0.1, 0.3),
-        gamma=(0.8, 1.25),
-        thick=("t2", "flair"),
-        slice=(3.0, 5.0),
-        contrast=(1.0, 1.0),
-        brain=(1.0, 1.0),
-    ),
-    "meningioma": dict(
-        noise=(0.01, 0.04),
-        bias=(0.1, 0.3),
-        gamma=(0.8, 1.25),
-        thick=("t2", "flair"),
-        slice=(3.0, 5.0),
-        contrast=(1.0, 1.0),
-        brain=(1.0, 1.0),
-    ),
+    "glioma": _HOSPITAL,
+    "metastasis": _HOSPITAL,
+    "meningioma": _HOSPITAL,
     "pediatric": dict(
         noise=(0.01, 0.04),
         bias=(0.1, 0.3),
