@@ -13,5 +13,6 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 export FLWR_HOME="$PWD/.flwr" MPLBACKEND=Agg
-.venv/bin/ruff check . && .venv/bin/ruff format --check . >/dev/null
+.venv/bin/ruff check . || exit 1  # (an && list would not stop the script under set -e)
+.venv/bin/ruff format --check . >/dev/null || exit 1
 exec .venv/bin/python -m pytest -q "$@"

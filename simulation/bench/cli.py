@@ -55,7 +55,7 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
     if "kappa" in parts:
         jobs += [
             (f"kappa/{k:g}/{m}/seed{s}", ("kappa", k, m, s))
-            for s in size.ablation_seeds
+            for s in size.kappa_seeds
             for k in size.kappas
             for m in KAPPA_METHODS
         ]

@@ -43,7 +43,8 @@ class BenchSize:
     ablation_seeds: tuple[int, ...]
     unseen_seeds: tuple[int, ...]
     kappa: float = 1.0  # S2's default strength
-    kappas: tuple[float, ...] = KAPPAS  # the kappa part's other strengths (seeds: ablation_seeds)
+    kappas: tuple[float, ...] = KAPPAS  # the kappa part's other strengths
+    kappa_seeds: tuple[int, ...] = (0,)  # one seed in the hour's budget: a curve, not a paired test
     unseen_sites: tuple[int, ...] | None = None  # partitions left out in turn (None: every site)
     workers: int = 2  # jobs run side by side, one thread each
     device: str = "cpu"

@@ -226,7 +226,11 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         assert len(join) == 1 and join[0]["round"] in (2, 3), join
         assert join[0]["added"] == {"modalities": ["adc"], "regions": ["RC"], "domains": [3]}
         assert all("s4" in trains[r]["sites"] for r in range(join[0]["round"], 4))
-        after = {(r["site"], r["mode"], r["region"]): r["dice"] for r in recs if r.get("phase") == "after-extension" and "dice" in r}
+        after = {
+            (r["site"], r["mode"], r["region"]): r["dice"]
+            for r in recs
+            if r.get("phase") == "after-extension" and "dice" in r
+        }
         before = {
             (r["site"], r["mode"], r["region"]): r["dice"]
             for r in recs

@@ -26,7 +26,7 @@ def test_plan_covers_every_part_and_keys_are_unique():
     assert len(DEFAULT.ablation_seeds) >= 3
     unseen = [k for k in keys if k.startswith("unseen/")]  # every site left out in turn
     assert len(unseen) == cli.SCENARIO_SITES * len(UNSEEN_METHODS) * len(DEFAULT.unseen_seeds)
-    assert sum(k.startswith("kappa/") for k in keys) == len(KAPPAS) * 3 * len(DEFAULT.ablation_seeds)
+    assert sum(k.startswith("kappa/") for k in keys) == len(KAPPAS) * 3 * len(DEFAULT.kappa_seeds)
     assert DEFAULT.scale_sites == 23  # FeTS partitioning_1
     assert [k for k, _ in cli.plan(DEFAULT, cli.DEFAULT_PARTS)] == [k for k in keys if k.startswith("method/")]
 
