@@ -242,6 +242,12 @@ def main(argv=None) -> int:
     )
     meta = {
         "command": " ".join(["uharmony-bench", *(sys.argv[1:] if argv is None else argv)]),
+        "commands": [  # every invocation whose records the page holds, in order
+            "uharmony-bench"
+            + ("" if tuple(r["parts"]) == DEFAULT_PARTS else " --resume --parts " + " ".join(r["parts"]))
+            for r in records
+            if r["kind"] == "wall"
+        ],
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "software": software(),
