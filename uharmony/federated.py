@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .head import DomainExpert
+from .head import DomainExpert, DomainGatedHead
 from .roles import DOMAIN, LOCAL, SHARED, roles_and_domains
 from .strategies import get_strategy
 
@@ -32,7 +32,9 @@ class ModelRoles:
                 keys = (f"{name}.prototype", f"{name}.spread", f"{name}.count")
                 self.prototypes[self.domain_of[keys[0]]] = keys
         self.nonnegative = {k[1] for k in self.prototypes.values()}
-        self.scan_counts = {k[2] for k in self.prototypes.values()}
+        # a scan gate's prototype counts scans (at most a site's cases); the window gate's counts windows
+        scan_gate = any(isinstance(m, DomainGatedHead) and m.gate_kind == "scan" for m in model.modules())
+        self.scan_counts = {k[2] for k in self.prototypes.values()} if scan_gate else set()
 
     def keys(self, role: str) -> list[str]:
         return [k for k, r in self.roles.items() if r == role]

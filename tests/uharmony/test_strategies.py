@@ -97,3 +97,12 @@ def test_a_new_strategy_runs_a_federation_from_its_table_entry(fedper, tiny_fede
     assert not any(k.startswith("head.") for k in final["state"])  # the head never reached the server
     heads = [load_local_state(p)[0]["head.conv.weight"] for p in sorted((run_dir / "site-state").iterdir())]
     assert len(heads) == 4 and not torch.equal(heads[0], heads[1])  # each site trained its own head
+
+
+def test_window_gated_runs_train(tiny_federation, tmp_path):
+    """The per-window gate's prototype counts windows, not scans: its train replies are accepted."""
+    from simulation.runner import run
+
+    run(tiny_overrides(tiny_federation, tmp_path / "run", num_server_rounds=1, head_gate="window"))
+    train = [r for r in RunLog(tmp_path / "run").records() if r.get("event") == "train"]
+    assert train and len(train[0]["sites"]) == 4 and not train[0]["rejected"]
