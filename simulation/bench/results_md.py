@@ -202,7 +202,15 @@ def _kappa(records: list[dict]) -> list[str]:
     if not kappas:
         return []
     kappas = sorted({*kappas, *(r["kappa"] for r in recs)})
-    out = ["| method | " + " | ".join(f"κ = {k:g}" for k in kappas) + " |", "|---|" + "---|" * len(kappas)]
+    seeds = {r["seed"] for r in recs if r["kind"] == "kappa"}  # the default kappa's runs of the same seeds
+    recs = [r for r in recs if r["seed"] in seeds]
+    out = [
+        f"Seed(s) {sorted(seeds)}; κ = {sorted({r['kappa'] for r in recs if r['kind'] == 'method'})} is the "
+        "methods part's run of the same seed(s).",
+        "",
+        "| method | " + " | ".join(f"κ = {k:g}" for k in kappas) + " |",
+        "|---|" + "---|" * len(kappas),
+    ]
     for key in ("fedavg", "fedbn", "uharmony/gated", "uharmony/oracle"):
         m, mode = (key.split("/") + ["gated"])[:2]
         cells = []
