@@ -23,7 +23,7 @@ from uharmony import protocol as P
 from uharmony.federated import ModelRoles, State
 from uharmony.gating import merge_prototypes
 
-from .replies import RejectedUpdate, _identity
+from .replies import RejectedUpdate, _identity, check_arrays
 
 QUERY = f"{MessageType.QUERY}.{P.PROTOTYPE_ACTION}"
 Part = tuple[torch.Tensor, torch.Tensor, float]
@@ -49,19 +49,11 @@ def check_prototype_reply(msg: Message, profile: dict | None, roles: ModelRoles,
     if not domains or set(arrays) != expected:
         extra, missing = sorted(set(arrays) - expected), sorted(expected - set(arrays))
         raise RejectedUpdate(f"prototype keys differ from its domain's: missing {missing[:3]}, extra {extra[:3]}")
-    for k, v in arrays.items():
-        ref = state[k]
-        if v.shape != ref.shape or v.dtype != ref.dtype:
-            got, want = f"{tuple(v.shape)}/{v.dtype}", f"{tuple(ref.shape)}/{ref.dtype}"
-            raise RejectedUpdate(f"{k}: shape/dtype {got} instead of {want}")
-        if not bool(torch.isfinite(v).all()):
-            raise RejectedUpdate(f"{k}: contains NaN or Inf")
+    check_arrays(arrays, state, roles)
     out = {}
     for d in domains:
         mean_key, var_key, count_key = roles.prototypes[d]
         count = float(arrays[count_key])
-        if bool((arrays[var_key] < 0).any()):
-            raise RejectedUpdate(f"{var_key}: a variance cannot be negative")
         if not count.is_integer() or not 1 <= count <= limit:
             raise RejectedUpdate(f"{count_key}: must count 1 to {limit:g} training scans, got {count:g}")
         out[d] = (arrays[mean_key], arrays[var_key], count)

@@ -57,6 +57,20 @@ def _number(value, key: str, low: float = -math.inf, high: float = math.inf) -> 
     return float(value)
 
 
+def check_arrays(arrays: dict, reference: dict, roles) -> None:
+    """Every array as its reference entry (shape, dtype), finite, and a prototype's variance >= 0."""
+    for k, v in arrays.items():
+        ref = reference[k]
+        if v.shape != ref.shape or v.dtype != ref.dtype:
+            raise RejectedUpdate(
+                f"{k}: shape/dtype {tuple(v.shape)}/{v.dtype} instead of {tuple(ref.shape)}/{ref.dtype}"
+            )
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise RejectedUpdate(f"{k}: contains NaN or Inf")
+        if k in roles.nonnegative and bool((v < 0).any()):
+            raise RejectedUpdate(f"{k}: a prototype's variance cannot be negative")
+
+
 def _identity(msg: Message, profile: dict | None, gated: bool) -> tuple[str, int | None]:
     """(site, domain) of the node that sent ``msg``: the admitted one; what the reply claims must agree."""
     content = msg.content
@@ -136,17 +150,9 @@ class ReplyChecker:
         if set(arrays) != expected:
             missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
             raise RejectedUpdate(f"keys differ from the expected update: missing {missing[:3]}, extra {extra[:3]}")
-        for k, v in arrays.items():
-            ref = self.global_state[k]
-            if v.shape != ref.shape or v.dtype != ref.dtype:
-                raise RejectedUpdate(
-                    f"{k}: shape/dtype {tuple(v.shape)}/{v.dtype} instead of {tuple(ref.shape)}/{ref.dtype}"
-                )
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise RejectedUpdate(f"{k}: contains NaN or Inf")
-            if k in self.roles.nonnegative and bool((v < 0).any()):
-                raise RejectedUpdate(f"{k}: a prototype's variance cannot be negative")
-            if k in self.roles.scan_counts and not 0 <= float(v.max()) <= limit:
+        check_arrays(arrays, self.global_state, self.roles)
+        for k in self.roles.scan_counts & set(arrays):
+            if not 0 <= float(arrays[k].max()) <= limit:
                 raise RejectedUpdate(f"{k}: a prototype counts at most the {limit:g} declared training scans")
         return Reply(msg.metadata.src_node_id, site, domain, arrays, float(weight), numbers)
 

@@ -28,9 +28,10 @@ from uharmony.federated import ModelRoles, subset
 from uharmony.files import read_jsonl
 from uharmony.inference import calibrate, regions_to_brats
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
-from uharmony.norm import INSTANCE_NORMS, UHarmonyNorm
+from uharmony.norm import UHarmonyNorm
 from uharmony.runlog import RunLog
 from uharmony.site_round import SiteRound
+from uharmony.site_state import load_local_state
 from uharmony.strategies import STRATEGIES
 from uharmony.training import evaluate_cases, predict
 
@@ -119,7 +120,7 @@ def run_gate_accuracy(run_dir: Path) -> dict | None:
 
 def per_case_records(run_dir: Path) -> list[dict]:
     """The final evaluation's per-case Dice, from each simulated site's own ``cases.jsonl`` (kept at the site)."""
-    run_id = str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
+    run_id = _run_id(run_dir)
     recs = [
         r for f in sorted(run_dir.glob("site-state/*/cases.jsonl")) for r in read_jsonl(f) if r.get("run") == run_id
     ]
@@ -145,18 +146,27 @@ def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path)
     }
 
 
-def norm_layer_count(size: BenchSize) -> int:
-    model = RunConfig.from_flwr({**size.base_overrides(0), "strategy": "fedavg"}).build_model()
-    return sum(isinstance(m, INSTANCE_NORMS) for m in model.modules())
+def _run_id(run_dir: Path) -> str:
+    """The id a finished run tagged its sites' saved state with (from its final model)."""
+    return str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
 
 
-def _site_job(run_dir: Path, partition_id: int, cfg: RunConfig) -> SiteRound:
-    """A site's view of a finished run: the final global model and the site's own saved entries."""
+def _site_job(run_dir: Path, partition_id: int, cfg: RunConfig, saved: dict | None = None) -> SiteRound:
+    """A site's view of a finished run: the final global model and the site's own saved entries
+    (``saved``: site-local entries to use instead)."""
     final = load_checkpoint(run_dir, "final_model.pt")
     run_id = str(final["extra"].get("run-id", ""))
-    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, run_id=run_id)
+    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, saved=saved, run_id=run_id)
     job.load(final["state"])
     return job
+
+
+def _mean_local_state(run_dir: Path) -> dict | None:
+    """The mean of the training sites' site-local entries of this run (as saved in their state folders)."""
+    run_id = _run_id(run_dir)
+    saved = [load_local_state(d) for d in sorted(run_dir.glob("site-state/*"))]
+    states = [state for state, info in filter(None, saved) if info.get("run") == run_id and state]
+    return {k: torch.stack([x[k].float() for x in states]).mean(0) for k in states[0]} if states else None
 
 
 def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_out: int, out: Path) -> dict:
@@ -177,7 +187,10 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
     sites = len(load_federation(ensure_federation(RunConfig.from_flwr(over), progress=False)).sites)
     run(over, node_configs=[{"partition-id": p} for p in range(sites) if p != held_out])
     cfg = RunConfig.from_flwr(over)
-    job = _site_job(run_dir, held_out, cfg)
+    mean_local = None
+    if STRATEGIES[strategy].keep_local and STRATEGIES[strategy].head != "gated":  # FedBN: the sites' mean
+        mean_local = _mean_local_state(run_dir)
+    job = _site_job(run_dir, held_out, cfg, saved=mean_local)
     rec = {
         "kind": "unseen",
         "scenario": scenario,
@@ -188,13 +201,6 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
         "calibration_scans": len(job.data.train),
         "uncalibrated": _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size)),
     }
-    if STRATEGIES[strategy].keep_local and not job.model.gated:  # FedBN: the training sites' mean
-        local = [_site_job(run_dir, p, cfg).saved for p in range(sites) if p != held_out]
-        local = [x for x in local if x]
-        job.model.load_state_dict(
-            {k: torch.stack([x[k].float() for x in local]).mean(0) for k in local[0]}, strict=False
-        )
-        rec["uncalibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     if any(isinstance(m, UHarmonyNorm) for m in job.model.modules()):  # statistics from unlabeled scans
         t0 = time.time()
         calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
