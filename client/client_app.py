@@ -1,9 +1,15 @@
 """Flower ClientApp: converts messages to plain Python and runs :class:`uharmony.site_round.SiteRound`.
 
 Sends only what its strategy lets leave the site (``uharmony.strategies``); site-local parameters and
-the harmonization statistics stay in ``context.state`` and the site state folder. Answers the server's
-profile query (``query.profile``) with names and counts only (``client/site_profile.py``), and the
-prototype query (``query.prototype``) with its domain's prototype under the aggregated model.
+the harmonization statistics stay in ``context.state`` and the site state folder (two versions, tagged
+with their round: a round redone after a server crash starts from the state before it). Answers the
+server's profile query (``query.profile``) with names and counts only (``client/site_profile.py``), and
+the prototype query (``query.prototype``) with its domain's prototype under the aggregated model.
+
+A train message may ask the site to evaluate the model it carries before training (``evaluate-first``):
+the reply then holds both, and the round needs no evaluate message. In a deployment Flower starts a new
+process for every message, so torch and MONAI are imported inside the handlers that use them: the
+profile query does not pay for them.
 """
 
 from __future__ import annotations
@@ -15,44 +21,81 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from uharmony import protocol as P
-from uharmony.config import RunConfig
-from uharmony.data.cases import redact_paths
-from uharmony.site_round import SiteRound
 
-from .site_profile import site_profile
-
-LOCAL_STATE = "uharmony-local-state"
+LOCAL_STATE = "uharmony-local-state"  # the newest site-local state
+LOCAL_PREVIOUS = "uharmony-local-state-previous"  # the one before it
+LOCAL_ROUNDS = "uharmony-local-rounds"  # the rounds that wrote them
 
 
-def _config(context: Context, overrides: dict | None) -> RunConfig:
+def _config(context: Context, overrides: dict | None):
+    from uharmony.config import RunConfig
+
     return RunConfig.from_flwr({**dict(context.run_config), **(overrides or {})})
 
 
-def _site_round(msg: Message, context: Context, overrides: dict | None) -> SiteRound:
+def _kept_state(context: Context, before_round: int):
+    """The site-local state this node keeps in memory that was written before ``before_round``."""
+    from uharmony.site_state import pick_version
+
+    if LOCAL_ROUNDS not in context.state.config_records:
+        return None
+    rounds = context.state.config_records[LOCAL_ROUNDS]
+    versions = [
+        (float(rounds[name]), name)
+        for name in (LOCAL_STATE, LOCAL_PREVIOUS)
+        if name in rounds and name in context.state.array_records
+    ]
+    name = pick_version(versions, before_round)
+    return None if name is None else dict(context.state.array_records[name].to_torch_state_dict())
+
+
+def _keep_state(context: Context, local: dict, server_round: int) -> None:
+    """Keep ``local`` as the newest version; the newest becomes the previous one unless this round wrote it."""
+    rounds = dict(context.state.config_records[LOCAL_ROUNDS]) if LOCAL_ROUNDS in context.state.config_records else {}
+    if LOCAL_STATE in context.state.array_records and rounds.get(LOCAL_STATE, -1) < server_round:
+        context.state[LOCAL_PREVIOUS] = context.state.array_records[LOCAL_STATE]
+        rounds[LOCAL_PREVIOUS] = rounds[LOCAL_STATE]
+    context.state[LOCAL_STATE] = ArrayRecord(local)
+    rounds[LOCAL_STATE] = server_round
+    context.state[LOCAL_ROUNDS] = ConfigRecord(rounds)
+
+
+def _site_round(msg: Message, context: Context, overrides: dict | None, before_round: int):
+    from uharmony.site_round import SiteRound
+
     server = msg.content[P.CONFIG]
-    saved = None
-    if LOCAL_STATE in context.state.array_records:
-        saved = dict(context.state.array_records[LOCAL_STATE].to_torch_state_dict())
     job = SiteRound(
         dict(context.node_config),
         _config(context, overrides),
         json.loads(str(server[P.MODEL_SPEC])),
         str(server[P.STRATEGY]),
-        saved,
+        _kept_state(context, before_round),
         pooled=bool(server.get(P.POOLED, False)),
         run_id=str(server.get(P.RUN_ID, "")),
+        before_round=before_round,
     )
     job.load(dict(msg.content[P.ARRAYS].to_torch_state_dict()))
     return job
 
 
-def _identity(job: SiteRound) -> ConfigRecord:
+def _round(msg: Message) -> int:
+    return int(msg.content[P.CONFIG].get(P.SERVER_ROUND, 0))
+
+
+def _identity(job) -> ConfigRecord:
     """Who is answering, and which cases it could not use: case ids and reasons, never a file path."""
+    from uharmony.data.cases import redact_paths
+
     skipped = [
         redact_paths(": ".join(str(s[k]) for k in ("case", "file", "reason") if s.get(k)))[:300]
         for s in job.data.skipped
     ]
     return ConfigRecord({P.SITE_ID: job.site.name, P.DOMAIN_ID: job.site.domain, P.SKIPPED_LIST: skipped or [""]})
+
+
+def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
+    metrics = job.evaluate(server_round, experts=experts)
+    return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 
 def make_app(overrides: dict | None = None) -> ClientApp:
@@ -62,42 +105,40 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        job = _site_round(msg, context, overrides)
-        c = msg.content[P.CONFIG]
+        c, server_round = msg.content[P.CONFIG], _round(msg)
+        job = _site_round(msg, context, overrides, server_round)
+        content = RecordDict({})
+        evaluated = int(c.get(P.EVALUATE_FIRST, 0))
+        if evaluated:  # the received model is the one aggregated in round `evaluated`: evaluate it first
+            content[P.EVALUATION] = _evaluation(job, evaluated)
         arrays, metrics, local = job.train(
-            int(c[P.SERVER_ROUND]),
-            float(c[P.LR]),
-            int(c[P.LOCAL_STEPS]),
-            float(c.get(P.PROXIMAL_MU, 0.0)),
-            int(c[P.SEED]),
+            server_round, float(c[P.LR]), int(c[P.LOCAL_STEPS]), float(c.get(P.PROXIMAL_MU, 0.0)), int(c[P.SEED])
         )
-        context.state[LOCAL_STATE] = ArrayRecord(local)
+        _keep_state(context, local, server_round)
         record = ArrayRecord(arrays)
         metrics[P.UPDATE_BYTES] = record.count_bytes()
-        content = RecordDict({P.ARRAYS: record, P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
+        content[P.ARRAYS], content[P.METRICS], content[P.SITE] = record, MetricRecord(metrics), _identity(job)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        job = _site_round(msg, context, overrides)
-        metrics = {
-            k: (-1.0 if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in job.evaluate(int(msg.content[P.CONFIG].get(P.SERVER_ROUND, 0))).items()
-        }
-        content = RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
+        job = _site_round(msg, context, overrides, _round(msg) + 1)
+        experts = bool(msg.content[P.CONFIG].get(P.CROSS_EXPERTS, False))
+        content = RecordDict({P.METRICS: _evaluation(job, _round(msg), experts), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROTOTYPE_ACTION)
     def prototype(msg: Message, context: Context) -> Message:
-        job = _site_round(msg, context, overrides)
+        job = _site_round(msg, context, overrides, _round(msg) + 1)
         arrays, metrics = job.prototypes()
         content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROFILE_ACTION)
     def profile(msg: Message, context: Context) -> Message:
-        server_round = int(msg.content[P.CONFIG][P.SERVER_ROUND])
-        prof = site_profile(dict(context.node_config), _config(context, overrides), server_round)
+        from .site_profile import site_profile
+
+        prof = site_profile(dict(context.node_config), _config(context, overrides), _round(msg))
         return Message(content=RecordDict({P.PROFILE: ConfigRecord(prof)}), reply_to=msg)
 
     return app

@@ -43,6 +43,6 @@ then
   exit 1
 fi
 trap 'pids=$(ours); [ -n "$pids" ] && kill $pids 2>/dev/null || true' EXIT
-started=$(date -u +%s)
-flwr run . --stream "$@"
-python -m simulation.main_job check -c "$rc" --since "$started"
+run_id=$(python -c "import uuid; print(uuid.uuid4().hex)")  # the run's records carry it; check reads only those
+flwr run . --stream "$@" -c "run-id='$run_id'"
+python -m simulation.main_job check -c "$rc" --run-id "$run_id"

@@ -27,7 +27,7 @@ from uharmony import protocol as P
 from uharmony.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
-EVAL_KEY = re.compile(r"(dice|hd95)-([a-z][a-z0-9]{0,15})-(oracle|gated)")
+EVAL_KEY = re.compile(r"(dice|hd95)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
 
 
 class RejectedUpdate(ValueError):
@@ -199,16 +199,18 @@ class ReplyChecker:
         return [m for _, m in keep], [r for r, _ in keep], rejected
 
 
-def check_evaluation(msg: Message, profile: dict | None, regions: list[str]) -> tuple[str, dict]:
-    """(site, metrics) of a well-formed evaluation reply, else RejectedUpdate."""
+def check_evaluation(
+    msg: Message, profile: dict | None, regions: list[str], record: str = P.METRICS
+) -> tuple[str, dict]:
+    """(site, metrics) of a well-formed evaluation (the ``record`` metrics of ``msg``), else RejectedUpdate."""
     if msg.has_error():
         raise RejectedUpdate(f"client error: {str(msg.error.reason)[:300]}")
-    if P.METRICS not in msg.content.metric_records:
-        raise RejectedUpdate("reply lacks the metrics record")
+    if record not in msg.content.metric_records:
+        raise RejectedUpdate(f"reply lacks the {record!r} metrics record")
     site, _ = _identity(msg, profile, False)
     known = {r.lower() for r in regions}
     metrics = {}
-    for key, value in dict(msg.content.metric_records[P.METRICS]).items():
+    for key, value in dict(msg.content.metric_records[record]).items():
         match = EVAL_KEY.fullmatch(key)
         if match:
             if match.group(2) not in known:

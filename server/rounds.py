@@ -16,29 +16,31 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from uharmony import protocol as P
-from uharmony.adaptation import declare_expert_regions, spec_extends
+from uharmony.adaptation import spec_extends
 from uharmony.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, extend_global_model, global_state_of, model_needs
+from uharmony.federated import ModelRoles, global_state_of
 from uharmony.gating import uses_scan_gate
 from uharmony.networks import model_from_spec
 from uharmony.runlog import RunLog
 from uharmony.signing import load_private_key
+from uharmony.tracking import TensorBoard, write_run_info
 from uharmony.training import round_lr
 
-from .admission import Admission, BadProfile, check_regions
+from . import evaluation, joins
+from .admission import Admission
 from .aggregation import build_strategy
+from .members import MembersGrid
 from .privacy import PrivacyLedger
 from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
-from .replies import RejectedUpdate, ReplyChecker, check_evaluation
+from .replies import ReplyChecker
 
 log = logging.getLogger("uharmony.server")
 
@@ -52,40 +54,12 @@ def round_seed(cfg: RunConfig, server_round: int) -> int:
     return cfg.seed * 100_003 + server_round * 1009
 
 
-class MembersGrid(Grid):
-    """The run's grid seen through a set of nodes, so that Flower's strategies sample only those."""
-
-    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self._grid, self._nodes = grid, list(node_ids)
-
-    def set_run(self, run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def push_messages(self, messages):
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return self._grid.send_and_receive(messages, timeout=timeout)
-
-
 class RoundEngine:
+    say = staticmethod(say)
+
     def __init__(self, grid: Grid, cfg: RunConfig) -> None:
         self.grid, self.cfg, self.spec = grid, cfg, cfg.strategy_spec
         self.run_dir = Path(cfg.run_dir)
-        self.runlog = RunLog(self.run_dir)
         registry = SiteRegistry(Path(cfg.site_registry)) if cfg.site_registry else None
         self.admission = Admission(registry, cfg.profile_timeout)
         self.model, self.strategy, self.start = None, None, 1
@@ -96,14 +70,20 @@ class RoundEngine:
             else None
         )
         self.stop_reason = ""
-        self.run_id = uuid.uuid4().hex  # a resumed run keeps its checkpoint's
+        self.pending = 0  # a round whose model the sites evaluate at the start of the next train message
+        self.run_id = cfg.run_id or uuid.uuid4().hex  # a resumed run keeps its checkpoint's
         self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
-        if cfg.resume:
-            self._resume()
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_flwr(), indent=2))
+        self.tensorboard = TensorBoard(self.run_dir) if cfg.tensorboard else None
+        resumed = self._resume() if cfg.resume else None
+        self.runlog = RunLog(self.run_dir, self.run_id)
+        if resumed is not None:
+            moved = self.runlog.supersede(self.resumed_records)
+            if moved:
+                say(f"{moved} records of the interrupted round(s) moved to metrics.interrupted.jsonl")
+        write_run_info(self.run_dir, cfg.to_flwr() | {"run-id": self.run_id}, self.run_id, resumed)
 
     # -- the model ------------------------------------------------------------------------------
-    def _use(self, model, state=None) -> None:
+    def use(self, model, state=None) -> None:
         roles = ModelRoles(model, self.cfg.strategy)
         state = global_state_of(model, roles) if state is None else state
         if set(state) != set(roles.global_keys()):
@@ -113,7 +93,8 @@ class RoundEngine:
             self.outer, self.strategy = build_strategy(self.cfg, roles, state)
         self.strategy.attach(roles, state)
 
-    def _resume(self) -> None:
+    def _resume(self) -> int:
+        """Continue from the last checkpoint; returns its round."""
         ckpt = load_checkpoint(self.run_dir / "checkpoints")
         base = self.cfg.build_model(max(1, self.cfg.num_domains)).spec
         if not spec_extends(base, ckpt["spec"]) or ckpt["extra"].get("strategy") != self.cfg.strategy:
@@ -121,15 +102,20 @@ class RoundEngine:
                 f"{self.run_dir / 'checkpoints'}: model spec or strategy differs from this run's "
                 "configuration; refusing to resume"
             )
-        self._use(model_from_spec(ckpt["spec"]), ckpt["state"])  # grown by the joins before the checkpoint
+        run_id = str(ckpt["extra"].get("run-id", self.run_id))
+        if self.cfg.run_id and self.cfg.run_id != run_id:
+            raise CheckpointError(f"{self.run_dir / 'checkpoints'} belongs to run {run_id}, not {self.cfg.run_id}")
+        self.use(model_from_spec(ckpt["spec"]), ckpt["state"])  # grown by the joins before the checkpoint
         self.norm_history = [float(x) for x in ckpt["extra"].get("update-norms", [])]
         if self.ledger is not None and "privacy" in ckpt["extra"]:
             self.ledger = PrivacyLedger(
                 self.cfg.dp_noise_multiplier, self.cfg.dp_delta, self.cfg.dp_max_epsilon, ckpt["extra"]["privacy"]
             )
-        self.start = ckpt["round"] + 1
-        self.run_id = str(ckpt["extra"].get("run-id", self.run_id))
-        say(f"resuming from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
+        self.start, self.run_id = ckpt["round"] + 1, run_id
+        self.pending = int(ckpt["extra"].get("pending-evaluation", 0))
+        self.resumed_records = int(ckpt["extra"].get("records", 1 << 62))
+        say(f"resuming run {run_id} from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
+        return int(ckpt["round"])
 
     @property
     def state(self):
@@ -140,73 +126,7 @@ class RoundEngine:
 
     # -- admission ------------------------------------------------------------------------------
     def admit(self, rnd: int) -> list[str]:
-        """Admit the SuperNodes that joined since the last round; returns the sites that grew the model."""
-        cfg = self.cfg
-        if not self.admission.members:
-            self.admission.wait_for_nodes(self.grid, cfg.min_sites, cfg.round_timeout)
-        ready, events = self.admission.candidates(self.grid, rnd)
-        for event in events:
-            self.runlog.write({"round": rnd, **event})
-        if self.model is None:
-            if not ready:
-                reasons = "; ".join(e.get("reason", e["event"]) for e in events) or "no SuperNode connected"
-                raise RuntimeError(f"round {rnd}: no site could be admitted ({reasons})")
-            # one expert per domain of the sites present now (joining sites add theirs)
-            self._use(cfg.build_model(cfg.num_domains or (1 + max(p["domain"] for _, p in ready))))
-            first = True
-        else:
-            first = False
-        grew = []
-        for node, prof in ready:
-            try:
-                check_regions(prof, self.model.regions)
-            except BadProfile as exc:
-                reason = self.admission.refuse(node, str(exc))
-                self.runlog.write(
-                    {"round": rnd, "event": "join-refused", "node": node, "site": prof["site"], "reason": reason}
-                )
-                continue
-            domain = prof["domain"] if self.model.gated else None
-            needs = model_needs(self.model, prof["modalities"], prof["regions"], domain)
-            if any(needs.values()):
-                why = (
-                    "extend-on-join is false"
-                    if not cfg.extend_on_join
-                    else f"strategy {cfg.strategy!r} has no global model to extend"
-                    if not self.roles.global_keys()
-                    else None
-                )
-                if why:
-                    reason = self.admission.refuse(node, f"site {prof['site']} needs {needs} but {why}")
-                    self.runlog.write(
-                        {"round": rnd, "event": "join-refused", "node": node, "site": prof["site"], "reason": reason}
-                    )
-                    say(f"round {rnd}: refused site {prof['site']}: {reason}")
-                    continue
-                model, _, state, needs = extend_global_model(
-                    self.model.spec, self.state, cfg.strategy, prof["modalities"], prof["regions"], domain
-                )
-                self._use(model, state)
-                grew.append(prof["site"])
-            self.admission.admit(node, prof)
-            self.runlog.write(
-                {
-                    "round": rnd,
-                    "event": "join",
-                    "node": node,
-                    "added": needs,
-                    **{k: prof[k] for k in ("site", "domain", "modalities", "regions", "train_cases")},
-                    "model": {k: self.model.spec[k] for k in ("modalities", "regions", "num_domains")},
-                }
-            )
-            added = ", ".join(f"{k} {v}" for k, v in needs.items() if v)
-            say(
-                f"round {rnd}: site {prof['site']} joined (domain {prof['domain']})"
-                + (f"; model extended: {added}" if added else "")
-            )
-        if first and self.model.gated:  # each starting expert knows what its domain's sites annotate
-            declare_expert_regions(self.model, [self.admission.members[n] for n in self.admission.members])
-        return grew
+        return joins.admit(self, rnd)
 
     def members(self) -> list[int]:
         """Admitted nodes that are online now, ordered by domain and site."""
@@ -229,10 +149,19 @@ class RoundEngine:
                 P.LOCAL_STEPS: steps,
                 P.SEED: round_seed(cfg, rnd),
                 P.POOLED: self.spec.pooled,
+                **({P.EVALUATE_FIRST: self.pending} if self.pending else {}),
             }
         )
         messages = self.outer.configure_train(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, trainers))
-        replies = self.grid.send_and_receive(messages, timeout=cfg.round_timeout)
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        if self.pending:  # each reply also scored the model it received, aggregated in round `pending`
+            profiles = {n: self.admission.members[n] for n in members}
+            found = evaluation.collect(replies, profiles, self.model.regions, P.EVALUATION, rnd)
+            info["evaluated"] = {"round": self.pending, **self._file_evaluation(self.pending, *found)}
+            self.pending = 0
+            for msg in replies:  # what is aggregated is the train part (Flower's wrappers expect one metrics record)
+                if not msg.has_error() and P.EVALUATION in msg.content:
+                    del msg.content[P.EVALUATION]
         checker = ReplyChecker(
             self.roles,
             self.state,
@@ -298,28 +227,39 @@ class RoundEngine:
         if rejected:
             self.runlog.write({"round": rnd, "event": "prototypes-rejected", "rejected": rejected})
 
-    def evaluate(self, rnd: int, **tags) -> dict:
-        """Every admitted site evaluates the current global model; logs one line per site and region and
-        returns the mean Dice per mode over sites (and each site's mean, under ``"sites"``)."""
+    def evaluate(self, rnd: int, experts: bool = False, **tags) -> dict:
+        """Every admitted site evaluates the current global model (an evaluate message); logs one line per
+        site and region and returns the mean Dice per mode over sites (and each site's mean, under
+        ``"sites"``). ``experts``: a gated model's every expert on every site too (``cross_site.csv``)."""
         members = self.members()
         if not members:
             return {}
-        config = ConfigRecord({**self._base_config(), P.SEED: self.cfg.seed})
+        experts = experts and self.model.gated
+        config = ConfigRecord({**self._base_config(), P.SEED: self.cfg.seed, P.CROSS_EXPERTS: experts})
         messages = self.outer.configure_evaluate(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, members))
-        per_site, rejected = {}, []
-        for msg in self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout):
-            node = msg.metadata.src_node_id
-            try:
-                if node not in members:
-                    raise RejectedUpdate(f"node {node} is not a member of this run")
-                site, metrics = check_evaluation(msg, self.admission.members[node], self.model.regions)
-                per_site[site] = metrics
-            except RejectedUpdate as exc:
-                log.warning("round %d: evaluation reply from node %s rejected: %s", rnd, node, exc)
-                rejected.append({"node": node, "reason": str(exc)})
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        profiles = {n: self.admission.members[n] for n in members}
+        per_site, rejected = evaluation.collect(replies, profiles, self.model.regions, server_round=rnd)
+        if experts or (not self.model.gated and "phase" not in tags):
+            domains = {p["site"]: (p["domain"] if self.model.gated else None) for p in profiles.values()}
+            evaluation.write_cross_site(self.run_dir, per_site, domains)
+        return self._file_evaluation(rnd, per_site, rejected, **tags)
+
+    def flush_pending_evaluation(self) -> None:
+        """Evaluate the model of the pending round now, by message (before a join changes it)."""
+        if self.pending:
+            rnd, self.pending = self.pending, 0
+            say(f"round {rnd} evaluated before the model grows: {_dice_line(self.evaluate(rnd))}")
+
+    def _file_evaluation(self, rnd: int, per_site: dict, rejected: list, **tags) -> dict:
         if rejected:
             self.runlog.write({"round": rnd, "event": "evaluation-rejected", "rejected": rejected, **tags})
-        return self.runlog.evaluation(rnd, self.cfg.strategy, per_site, **tags)
+        summary = self.runlog.evaluation(rnd, self.cfg.strategy, per_site, **tags)
+        self.runlog.write_csv()
+        if self.tensorboard is not None and "phase" not in tags:
+            rows = [r for r in self.runlog.records() if r.get("round") == rnd and "dice" in r and "phase" not in r]
+            self.tensorboard.evaluation(rnd, summary, rows)
+        return summary
 
     # -- the run --------------------------------------------------------------------------------
     def _checkpoint(self, rnd: int, **kw) -> Path:
@@ -327,6 +267,8 @@ class RoundEngine:
             "strategy": self.cfg.strategy,
             "run-id": self.run_id,
             "update-norms": self.norm_history[-50:],
+            "pending-evaluation": self.pending,
+            "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
         folder = self.run_dir / ("checkpoints" if "name" not in kw else "")
@@ -345,6 +287,7 @@ class RoundEngine:
                 s = self.evaluate(rnd - 1, phase="after-extension", joined=grew)
                 say(f"evaluation after extension for {', '.join(grew)}: {_dice_line(s)}")
             info = self.train(rnd)
+            evaluated = info.pop("evaluated", None)
             full = sum(v.numel() * v.element_size() for v in self.model.state_dict().values())
             self.runlog.write(
                 {
@@ -363,10 +306,18 @@ class RoundEngine:
             )
             if "privacy" in info:
                 line += f", epsilon {info['privacy']['epsilon']} at delta {info['privacy']['delta']:g}"
-            if self.stop_reason or rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+            if evaluated is not None:
+                line += f" | round {evaluated['round']}'s model: {_dice_line(evaluated)}"
+            if self.tensorboard is not None:
+                self.tensorboard.train(rnd, loss, time.time() - t0)
+            last = bool(self.stop_reason) or rnd == cfg.num_server_rounds
+            if last or rnd % cfg.eval_every == 0:
                 self.refresh_prototypes(rnd)
-                summary = self.evaluate(rnd)
-                line += f" | {_dice_line(summary)}"
+                if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
+                    summary = self.evaluate(rnd, experts=last)
+                    line += f" | {_dice_line(summary)}"
+                else:  # the sites score this model at the start of the next round's train message
+                    self.pending = rnd
             self._checkpoint(rnd)
             say(f"{line} ({time.time() - t0:.1f} s)")
             if self.stop_reason:
@@ -382,7 +333,9 @@ class RoundEngine:
         if self.stop_reason:
             done["stopped"] = self.stop_reason
         self.runlog.write(done)
-        say(f"done: {final}, metrics {self.runlog.path}, plot {png}")
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        say(f"done: {final}, metrics {self.runlog.path} (table: metrics.csv, cross_site.csv), plot {png}")
         return {"run_dir": str(self.run_dir), "summary": means}
 
 

@@ -2,10 +2,11 @@
 
     python -m simulation.main_job prepare [-c "RUN CONFIG"]          # the run's federation, generated if needed
     python -m simulation.main_job sites [-c "RUN CONFIG"]            # its number of sites (one SuperNode each)
-    python -m simulation.main_job check [-c "RUN CONFIG"] --since T  # the run completed and wrote its results
+    python -m simulation.main_job check [-c "RUN CONFIG"] --run-id ID  # the run completed and wrote its results
 
 ``check`` exits non-zero unless ``flwr ls`` shows the newest run ``finished:completed`` and the run folder
-holds a completion record written after ``T`` (``flwr run`` exits 0 even when the run failed).
+holds a completion record of run ``ID`` (the ``run-id`` given to ``flwr run``; ``flwr run`` exits 0 even
+when the run failed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run_config(text: str) -> RunConfig:
         raise ValueError(f"run config {text!r}: {getattr(exc, 'message', exc)}") from None
 
 
-def check(cfg: RunConfig, since: float) -> str:
+def check(cfg: RunConfig, run_id: str) -> str:
     """Raises RuntimeError unless the newest Flower run completed and wrote this run's results."""
     out = subprocess.run(["flwr", "ls", "--format", "json"], capture_output=True, text=True, check=True).stdout
     runs = json.loads(out)["runs"]
@@ -44,12 +45,13 @@ def check(cfg: RunConfig, since: float) -> str:
     status = f"run {latest['run-id']}: status {latest['status']} after {latest['elapsed']:.0f} s"
     if latest["status"] != "finished:completed":
         raise RuntimeError(f"{status}: the run did not complete ({latest['status-details']})")
-    done = RunLog(cfg.run_dir).done(since)
+    done = RunLog(cfg.run_dir).done(run_id)
     if done is None:
         raise RuntimeError(f"{status}, but {cfg.run_dir}/metrics.jsonl has no completion record from this run")
     return (
         f"{status}\nresults: {cfg.run_dir}/metrics.jsonl, {cfg.run_dir}/dice_per_round.png, "
-        f"{cfg.run_dir}/final_model.pt\nfinal mean Dice over sites and annotated regions: "
+        f"{cfg.run_dir}/metrics.csv, {cfg.run_dir}/cross_site.csv, {cfg.run_dir}/final_model.pt\n"
+        "final mean Dice over sites and annotated regions: "
         f"{json.dumps(done['final-mean-dice'])}"
     )
 
@@ -58,12 +60,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulation.main_job", description=__doc__.splitlines()[0])
     p.add_argument("step", choices=("prepare", "sites", "check"))
     p.add_argument("-c", "--run-config", default="")
-    p.add_argument("--since", type=float, default=0.0)
+    p.add_argument("--run-id", default="")
     a = p.parse_args(argv)
     try:
         cfg = run_config(a.run_config)
         if a.step == "check":
-            print(check(cfg, a.since), flush=True)
+            print(check(cfg, a.run_id), flush=True)
         else:
             root = ensure_federation(cfg, progress=a.step == "prepare")
             print(root if a.step == "prepare" else len(load_federation(root, seed=cfg.seed).sites), flush=True)

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from uharmony.checks import one_of
@@ -52,6 +53,9 @@ def run(
 
     overrides = kebab(overrides or {})
     cfg = RunConfig.from_flwr(overrides)
+    if not cfg.run_id:  # this call's records carry it: an earlier run's completion record cannot pass for its own
+        overrides["run-id"] = _resumed_run_id(cfg) if cfg.resume else uuid.uuid4().hex
+        cfg = RunConfig.from_flwr(overrides)
     one_of("transport", transport, TRANSPORTS)
     sites = load_federation(ensure_federation(cfg), seed=cfg.seed).sites
     node_configs = node_configs if node_configs is not None else [{"partition-id": i} for i in range(len(sites))]
@@ -76,7 +80,7 @@ def run(
             },
             verbose_logging=verbose,
         )
-    done = RunLog(cfg.run_dir).done(since=t0)
+    done = RunLog(cfg.run_dir).done(cfg.run_id)
     if done is None:
         raise RuntimeError(f"federation run did not finish; see the log above and {cfg.run_dir}/metrics.jsonl")
     return {
@@ -85,6 +89,12 @@ def run(
         "seconds": round(time.time() - t0, 1),
         "transport": transport,
     }
+
+
+def _resumed_run_id(cfg: RunConfig) -> str:
+    from uharmony.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(Path(cfg.run_dir) / "checkpoints")["extra"].get("run-id", ""))
 
 
 def main(argv=None) -> int:

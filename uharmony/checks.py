@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from monai.utils import look_up_option
-
 
 def one_of(name: str, value, options: Collection):
     """``value`` if it is one of ``options`` (a mapping's keys), else a ValueError that names ``name`` and
     suggests the nearest option."""
+    if value in options:  # the common case needs no MONAI import (a profile query's process stays light)
+        return value
+    from monai.utils import look_up_option
+
     try:
         look_up_option(value, options)
         return value

@@ -47,6 +47,8 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     run_dir: str = "runs/latest"
     resume: bool = False
+    run_id: str = ""  # "": a new id per run (a resumed run keeps its checkpoint's; a given one must match it)
+    tensorboard: bool = False  # also write TensorBoard event files (needs uharmony-fl[track])
     min_sites: int = 1
     num_domains: int = 0  # 0: one per domain among the sites admitted in the first round
     round_timeout: float = 3600.0

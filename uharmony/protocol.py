@@ -9,6 +9,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 SITE = "site"
+EVALUATION = "evaluation"  # a train reply's evaluation of the received model (the METRICS of an evaluate reply)
 
 # CONFIG: server -> site
 SERVER_ROUND = "server-round"
@@ -20,6 +21,8 @@ LR = "lr"
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; a site adds the proximal term when > 0
 SEED = "seed"  # the round's seed (the site adds its domain)
 POOLED = "pooled"  # True: this member trains on every site's data (the centralized baseline)
+EVALUATE_FIRST = "evaluate-first"  # train: > 0 = evaluate the received model (aggregated in that round) first
+CROSS_EXPERTS = "cross-experts"  # evaluate: also score each domain expert on the site's data (final round)
 
 # METRICS: site -> server
 NUM_EXAMPLES = "num-examples"  # training cases (train) or validation cases (evaluate), never batches
@@ -38,8 +41,12 @@ SKIPPED_LIST = "skipped"  # one line per skipped case: "<case>: <reason>"
 
 
 def metric_key(region: str, mode: str, metric: str = "dice") -> str:
-    """e.g. ``dice-wt-gated`` / ``hd95-et-oracle``."""
+    """e.g. ``dice-wt-gated`` / ``hd95-et-oracle`` / ``dice-tc-expert2`` (cross-site table)."""
     return f"{metric}-{region.lower()}-{mode}"
+
+
+def expert_mode(domain: int) -> str:
+    return f"expert{int(domain)}"
 
 
 # Joining: the server asks every SuperNode it has not admitted yet for its profile (a query message,

@@ -1,11 +1,15 @@
-"""Run folder outputs: ``metrics.jsonl`` (per round, per site, per region) and a Dice-per-round PNG."""
+"""Run folder outputs: ``metrics.jsonl`` (per round, per site, per region), ``metrics.csv`` and a Dice-per-round
+PNG."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 from pathlib import Path
 
-from .files import append_jsonl, read_jsonl
+from .files import append_jsonl, atomic_write, read_jsonl
 
 MODES = ("oracle", "gated")
 
@@ -21,13 +25,40 @@ def regions_in(metrics: dict) -> list[str]:
 
 
 class RunLog:
-    def __init__(self, run_dir: str | Path) -> None:
+    """``metrics.jsonl`` of a run folder. Every record carries the run's id (``run-id``); a folder may hold
+    several runs' records, and readers take one run's (by default the newest run's)."""
+
+    def __init__(self, run_dir: str | Path, run_id: str | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
+        self.run_id = run_id
 
     def write(self, record: dict) -> None:
-        append_jsonl(self.path, {"time": round(time.time(), 3), **record})
+        tag = {"run-id": self.run_id} if self.run_id else {}
+        append_jsonl(self.path, {"time": round(time.time(), 3), **tag, **record})
+
+    def count(self) -> int:
+        """How many records this run has written (a checkpoint keeps it: see :meth:`supersede`)."""
+        return sum(1 for r in read_jsonl(self.path) if r.get("run-id") == self.run_id)
+
+    def supersede(self, keep: int) -> int:
+        """On resume: this run's records after its first ``keep`` (what the checkpoint had seen) were written
+        by the interrupted attempt, which the resumed one redoes; they move to ``metrics.interrupted.jsonl``
+        so that nothing is recorded twice. Returns how many moved."""
+        records, seen, kept, moved = read_jsonl(self.path), 0, [], []
+        for r in records:
+            if r.get("run-id") == self.run_id:
+                seen += 1
+                if seen > keep:
+                    moved.append(r)
+                    continue
+            kept.append(r)
+        if moved:
+            for r in moved:
+                append_jsonl(self.dir / "metrics.interrupted.jsonl", r)
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return len(moved)
 
     def evaluation(self, server_round: int, strategy: str, per_site: dict[str, dict], **tags) -> dict:
         """One line per (site, mode, region); returns the mean Dice per mode over sites' annotated regions,
@@ -86,13 +117,28 @@ class RunLog:
             out["gate-accuracy"] = gate_right / gate_scans  # over all validation scans of all sites
         return out
 
-    def records(self) -> list[dict]:
-        return read_jsonl(self.path)
+    def records(self, run_id: str | None = None) -> list[dict]:
+        """The records of run ``run_id`` (default: the newest run in the folder; a folder written before
+        records carried a run id: all of them)."""
+        records = read_jsonl(self.path)
+        run_id = run_id or self.run_id or next((r["run-id"] for r in reversed(records) if "run-id" in r), None)
+        return records if run_id is None else [r for r in records if r.get("run-id") == run_id]
 
-    def done(self, since: float = 0.0) -> dict | None:
-        """The last completion record written at or after ``since`` (a Unix time), else None."""
-        done = [r for r in self.records() if r.get("event") == "done" and r.get("time", 0) >= since]
+    def done(self, run_id: str | None = None) -> dict | None:
+        """The completion record of run ``run_id`` (default: the newest run), else None."""
+        done = [r for r in self.records(run_id) if r.get("event") == "done"]
         return done[-1] if done else None
+
+    def write_csv(self, name: str = "metrics.csv") -> Path:
+        """This run's evaluations as a table a spreadsheet opens: one row per round, phase, site, mode and
+        region (rewritten whole after every evaluation, so a redone round appears once)."""
+        fields = ("round", "phase", "site", "mode", "region", "dice", "hd95", "val_cases")
+        rows = [r for r in self.records() if "dice" in r]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "phase": r.get("phase", "")} for r in rows)
+        return atomic_write(self.dir / name, buf.getvalue())
 
     def plot(self, png: str | Path | None = None) -> Path | None:
         import matplotlib

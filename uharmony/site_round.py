@@ -5,6 +5,7 @@ The ClientApp turns messages into calls of this class; nothing here knows about 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from . import protocol as P
 from .config import RunConfig
 from .data import SiteData, resolve_site
 from .federated import ModelRoles, State, load_global_and_local, local_state_of, subset
-from .files import append_jsonl
+from .files import atomic_write, read_jsonl
 from .gating import gate_decisions, set_prototypes, uses_scan_gate
 from .networks import model_from_spec
 from .site_state import load_local_state, load_optimizer_state, save_local_state, save_optimizer_state
@@ -24,7 +25,9 @@ from .training import evaluate_cases, train_steps
 class SiteRound:
     """``node_config``: Flower's node config (``data-path`` + ``site-id`` at a hospital, ``partition-id`` in
     simulation); ``spec``: the server's model spec; ``saved``: the site-local state kept in memory by the
-    node (else read from the site state folder); ``pooled``: train on every site's data (centralized)."""
+    node (else read from the site state folder); ``pooled``: train on every site's data (centralized);
+    ``before_round``: the message's round plus one for evaluation, its round for training: the site starts
+    from the state it wrote before that round (a round redone after a server crash counts once)."""
 
     def __init__(
         self,
@@ -35,8 +38,9 @@ class SiteRound:
         saved: State | None = None,
         pooled: bool = False,
         run_id: str = "",
+        before_round: int | None = None,
     ) -> None:
-        self.cfg, self.run_id = cfg, run_id
+        self.cfg, self.run_id, self.before_round = cfg, run_id, before_round
         self.device = cfg.torch_device
         self.site, self.state_dir, cache = resolve_site(node_config, cfg, pooled=pooled)
         torch.manual_seed(cfg.seed)  # identical initial weights at every site (matters for strategy=local)
@@ -47,7 +51,7 @@ class SiteRound:
         self.roles = ModelRoles(self.model, strategy)
         self.pooled = pooled
         if saved is None:  # a restarted node: the site-local entries from the site state folder, if this run's
-            on_disk = load_local_state(self.state_dir)
+            on_disk = load_local_state(self.state_dir, before_round)
             saved = on_disk[0] if on_disk and on_disk[1].get("run", "") == run_id else None
         self.saved = saved
 
@@ -72,7 +76,9 @@ class SiteRound:
         reference = subset(self.model.state_dict(), sent_keys) if proximal_mu > 0 else None
         seed = seed + self.site.domain
         torch.manual_seed(seed)
-        opt_state = load_optimizer_state(self.state_dir, self.run_id) if self.cfg.keep_optimizer_state else None
+        opt_state = (
+            load_optimizer_state(self.state_dir, self.run_id, server_round) if self.cfg.keep_optimizer_state else None
+        )
         stats = train_steps(
             self.model,
             self.data.batches(self.cfg.batch_size, local_steps, seed, self.cfg.neg_ratio),
@@ -86,7 +92,7 @@ class SiteRound:
             state=opt_state,
         )
         if self.cfg.keep_optimizer_state:
-            save_optimizer_state(self.state_dir, stats["state"], self.run_id)
+            save_optimizer_state(self.state_dir, stats["state"], self.run_id, server_round)
         self.model.cpu()
         local = local_state_of(self.model, self.roles)
         save_local_state(self.state_dir, local, {"round": server_round, "site": self.site.name, "run": self.run_id})
@@ -112,9 +118,10 @@ class SiteRound:
         keys = [k for d in used for k in self.roles.prototypes[d]]
         return subset(self.model.state_dict(), keys), {P.NUM_EXAMPLES: sum(used.values()), P.SECONDS: time.time() - t0}
 
-    def evaluate(self, server_round: int = 0) -> dict:
+    def evaluate(self, server_round: int = 0, experts: bool = False) -> dict:
         """Per-region Dice and HD95 of the loaded model on the site's validation cases, with the site's own
         expert (``oracle``) and with the gate (``gated``: dataset-free); NaN where a region is not annotated.
+        ``experts``: a gated model's every domain expert too (``expert<d>``: the cross-site table).
 
         Per-case Dice goes to ``cases.jsonl`` in the site state folder: it stays at the site (no
         single-patient figure leaves it)."""
@@ -122,6 +129,8 @@ class SiteRound:
         if not self.data.val or len(self.data.val) < self.cfg.min_report_cases:
             return metrics  # too few cases: an average over them would describe single patients
         modes = {"oracle": self.site.domain, "gated": None} if self.model.gated else {"oracle": None}
+        if experts and self.model.gated:
+            modes.update({P.expert_mode(d): d for d in range(len(self.model.head.experts)) if d != self.site.domain})
         gate = None
         if uses_scan_gate(self.model):  # one gate decision per scan, reused by the gated evaluation
             gate, summary = gate_decisions(
@@ -143,10 +152,19 @@ class SiteRound:
             for rec in cases[first:]:
                 rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)
             metrics.update({f"{k}-{mode}": v for k, v in scores.items()})
-        for rec in cases:
-            append_jsonl(Path(self.state_dir) / "cases.jsonl", rec)
+        _file_cases(Path(self.state_dir) / "cases.jsonl", cases)
         if not self.model.gated:  # one head: dataset-free and oracle coincide
             metrics.update(
                 {k.replace("-oracle", "-gated"): v for k, v in list(metrics.items()) if k.endswith("-oracle")}
             )
         return metrics
+
+
+def _file_cases(path: Path, cases: list[dict]) -> None:
+    """Add per-case records, replacing those of the same run, round and mode (an evaluation redone after a
+    restart files its cases once)."""
+    if not cases:
+        return
+    redone = {(c["run"], c["round"], c["mode"]) for c in cases}
+    kept = [r for r in read_jsonl(path) if (r.get("run"), r.get("round"), r.get("mode")) not in redone]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept + cases))

@@ -6,8 +6,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedProx
 
 from server.aggregation import build_strategy
+from server.members import MembersGrid
 from server.replies import ReplyChecker
-from server.rounds import MembersGrid
 from simulation.inprocess import InProcessGrid
 from tests.server.conftest import reply, update
 from uharmony import protocol as P

@@ -1,5 +1,6 @@
 """The round engine on the tiny federation, through the in-process transport (the ClientApp called directly)."""
 
+import csv
 import json
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 from client.client_app import make_app
 from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
-from simulation.runner import run
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
 from uharmony.checkpoint import load_checkpoint
@@ -55,6 +55,19 @@ def test_rounds_logs_and_every_message_keeps_site_data_at_home(tiny_federation, 
     assert all(0.0 <= r["dice"] <= 1.0 for r in evals)
     assert (run_dir / "dice_per_round.png").stat().st_size > 1000
     assert set(result["summary"]) == {"oracle", "gated"}
+    with open(run_dir / "metrics.csv") as f:  # the per-round, per-site, per-region table
+        table = list(csv.DictReader(f))
+    assert [(int(r["round"]), r["site"], r["mode"], r["region"]) for r in table] == [
+        (r["round"], r["site"], r["mode"], r["region"]) for r in evals
+    ]
+    with open(run_dir / "cross_site.csv") as f:  # every site's data against the global model and each expert
+        cross = list(csv.DictReader(f))
+    for site, regions in (("1", 3), ("4", 1)):
+        models = {r["model"] for r in cross if r["site"] == site}
+        assert models == {"global", "own-expert", "expert0", "expert1", "expert2", "expert3"}
+        assert len([r for r in cross if r["site"] == site]) == 6 * regions
+    own = {(r["site"], r["region"]): r["dice"] for r in cross if r["model"] == "own-expert"}
+    assert all(own[(r["site"], r["region"])] == r["dice"] for r in cross if r["model"] == f"expert{r['domain']}")
 
     spec = load_checkpoint(run_dir, "final_model.pt")["spec"]
     roles = ModelRoles(model_from_spec(spec), "uharmony")
@@ -80,22 +93,68 @@ def test_rounds_logs_and_every_message_keeps_site_data_at_home(tiny_federation, 
         for record in (*content.config_records.values(), *content.metric_records.values()):
             for value in record.values():
                 assert isinstance(value, (str, int, float, bool, list)) and len(str(value)) < 200
-    assert kinds == {"query.profile": 4, "train": 8, "query.prototype": 8, "evaluate": 8}
+    # round 1's model is scored inside round 2's train messages: one evaluate message per site, at the end
+    assert kinds == {"query.profile": 4, "train": 8, "query.prototype": 8, "evaluate": 4}
     gate = [r for r in recs if r.get("event") == "gate"]  # the gate's choice on each site's validation scans
     assert len(gate) == 8 and all(0 <= r["gate-accuracy"] <= 1 for r in gate)
     assert len(list((run_dir / "site-state").glob("site-*/local_state.pt"))) == 4  # kept on each site's disk
 
 
-def test_resume_continues_with_identical_weights(tiny_federation, trained_run, tmp_path):
-    resumed = tmp_path / "resumed"
-    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=1))
-    run(tiny_overrides(tiny_federation, resumed, num_server_rounds=2, resume=True))
-    assert [r["round"] for r in RunLog(resumed).records() if r.get("event") == "train"] == [1, 2]
+class Crash(Exception):
+    pass
+
+
+class CrashingGrid(InProcessGrid):
+    """The server process dies when it sends the messages of type ``kind`` for round ``at`` (after the sites
+    trained that round and saved their state, before the server checkpointed it)."""
+
+    def __init__(self, *args, kind="evaluate", at=2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind, self.at = kind, at
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            if m.metadata.message_type == self.kind and m.content[P.CONFIG].get(P.SERVER_ROUND) == self.at:
+                raise Crash(f"server killed in round {self.at}")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_round_interrupted_by_a_crash_is_redone_once(tiny_federation, trained_run, tmp_path):
+    """Killed after round 2's training, resumed from round 1's checkpoint: the same weights as a run that was
+    never interrupted (site statistics and optimizer moments are not updated twice by round 2), every
+    evaluation recorded once, and the interrupted attempt's records set aside."""
+    run_dir = tmp_path / "crashed"
+    over = {k.replace("_", "-"): v for k, v in tiny_overrides(tiny_federation, run_dir, num_server_rounds=2).items()}
+    over["tensorboard"] = True
+    nodes = [{"partition-id": i} for i in range(4)]
+    with pytest.raises(Crash):
+        run_server(CrashingGrid(make_app(), nodes, over), over)
+    assert [r["round"] for r in RunLog(run_dir).records() if r.get("event") == "train"] == [1, 2]
+    run_server(InProcessGrid(make_app(), nodes, {**over, "resume": True}), {**over, "resume": True})
     a = load_checkpoint(trained_run, "final_model.pt")["state"]
-    b = load_checkpoint(resumed, "final_model.pt")["state"]
+    b = load_checkpoint(run_dir, "final_model.pt")["state"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    recs = RunLog(run_dir).records()
+    assert [r["round"] for r in recs if r.get("event") == "train"] == [1, 2]
+    keys = [(r["round"], r["site"], r["mode"], r["region"]) for r in recs if "dice" in r]
+    assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {1, 2}
+    assert [r["dice"] for r in recs if "dice" in r] == [r["dice"] for r in RunLog(trained_run).records() if "dice" in r]
+    interrupted = RunLog(run_dir).records() and (run_dir / "metrics.interrupted.jsonl").read_text()
+    assert '"event": "train"' in interrupted and '"round": 2' in interrupted
+    cases = [json.loads(x) for x in (run_dir / "site-state" / "site-1" / "cases.jsonl").read_text().splitlines()]
+    assert len(cases) == len({(c["round"], c["mode"], c["case"]) for c in cases})  # per-case records once too
+    info = json.loads((run_dir / "run.json").read_text())
+    assert [a["resumed-after-round"] for a in info["attempts"]] == [None, 1]
+    assert info["software"]["torch"] and info["machine"]["cpu-count"] >= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert {"dice/gated", "dice/oracle", "train/loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("dice/gated")][-2:] == [1, 2]
 
 
 @pytest.mark.parametrize(

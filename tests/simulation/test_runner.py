@@ -1,7 +1,6 @@
 """The two transports: Flower's simulation runtime and the in-process grid run one engine, with one result."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -32,7 +31,7 @@ def test_a_run_counts_only_its_own_completion_record(trained_run, tmp_path):
     """A folder holding an earlier run's "done" record does not make a re-run that wrote none a success."""
     (tmp_path / "metrics.jsonl").write_text((trained_run / "metrics.jsonl").read_text())
     log = RunLog(tmp_path)
-    assert log.done() is not None and log.done(since=time.time()) is None
+    assert log.done() is not None and log.done("a-run-that-wrote-nothing") is None
 
 
 def test_the_command_line(tiny_federation, tmp_path, capsys):

@@ -1,0 +1,77 @@
+"""Evaluations of the global model, whatever message carried them, and the run's cross-site table.
+
+A site evaluates the model it receives either in an evaluate message (the final round, after a join
+extended the model, the centralized baseline) or at the start of the next round's train message
+(``evaluate-first``): both replies go through the same check (``server/replies.check_evaluation``) and
+are filed under the round whose model was evaluated. The final evaluation of a gated model also scores
+every domain expert on every site's data: ``cross_site.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+
+from flwr.app import Message
+
+from uharmony import protocol as P
+from uharmony.files import atomic_write
+
+from .replies import RejectedUpdate, check_evaluation
+
+log = logging.getLogger("uharmony.server")
+CROSS_KEY = re.compile(r"dice-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
+
+
+def collect(
+    replies, members: dict[int, dict], regions: list[str], record: str = P.METRICS, server_round: int = 0
+) -> tuple[dict[str, dict], list[dict]]:
+    """({site: checked metrics}, rejections) of the evaluation records (``record``) among ``replies``;
+    replies without that record (a train reply that was not asked to evaluate) are passed over."""
+    per_site, rejected = {}, []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if record != P.METRICS and (msg.has_error() or record not in msg.content.metric_records):
+            continue  # a train reply's failure is the train check's business
+        try:
+            if node not in members:
+                raise RejectedUpdate(f"node {node} is not a member of this run")
+            site, metrics = check_evaluation(msg, members[node], regions, record)
+            per_site[site] = metrics
+        except RejectedUpdate as exc:
+            log.warning("round %d: evaluation from node %s rejected: %s", server_round, node, exc)
+            rejected.append({"node": node, "reason": str(exc)})
+    return per_site, rejected
+
+
+def asks_evaluation(msg: Message) -> bool:
+    return bool(int(msg.content[P.CONFIG].get(P.EVALUATE_FIRST, 0)))
+
+
+def write_cross_site(run_dir, per_site: dict[str, dict], members: dict[str, int | None]) -> str | None:
+    """``cross_site.csv``: one row per (site, model, region) with its Dice, where model is ``global``
+    (dataset-free: the gate), ``own-expert`` and, for a gated model, ``expert<d>`` of every domain.
+    ``members``: site -> its domain. Returns the file name, or None when no site reported."""
+    rows = []
+    for site, metrics in sorted(per_site.items()):
+        for key, value in metrics.items():
+            match = CROSS_KEY.fullmatch(key)
+            if not match or value is None or value < 0 or value != value:
+                continue
+            region, mode = match.group(1).upper(), match.group(2)
+            if mode == "oracle" and members.get(site) is None:  # one head: its own expert is the global model
+                continue
+            model = {"gated": "global", "oracle": "own-expert"}.get(mode, mode)
+            rows.append({"site": site, "domain": members.get(site), "model": model, "region": region, "dice": value})
+            if mode == "oracle" and members.get(site) is not None:  # the own expert is expert<domain> too
+                rows.append({**rows[-1], "model": P.expert_mode(members[site])})
+    if not rows:
+        return None
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ("site", "domain", "model", "region", "dice"), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["site"], r["model"], r["region"])))
+    atomic_write(f"{run_dir}/cross_site.csv", buf.getvalue())
+    return "cross_site.csv"
