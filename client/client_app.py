@@ -9,18 +9,22 @@ the prototype query (``query.prototype``) with its domain's prototype under the 
 A train message may ask the site to evaluate the model it carries before training (``evaluate-first``):
 the reply then holds both, and the round needs no evaluate message. In a deployment Flower starts a new
 process for every message, so torch and MONAI are imported inside the handlers that use them: the
-profile query does not pay for them.
+profile query does not pay for them; and where ``uharmony-site start`` runs the site worker
+(``client/worker.py``), each message is forwarded to that long-lived process, which runs these same handlers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from uharmony import protocol as P
+
+from . import worker
 
 LOCAL_STATE = "uharmony-local-state"  # the newest site-local state
 LOCAL_PREVIOUS = "uharmony-local-state-previous"  # the one before it
@@ -98,6 +102,13 @@ def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
     return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 
+def _forwarded(msg: Message, context: Context) -> Message | None:
+    """The site worker's reply, when one runs for this SuperNode (else None: do the work here)."""
+    path = os.environ.get(worker.SOCKET_ENV)
+    content = worker.call(path, msg, context) if path else None
+    return None if content is None else Message(content=content, reply_to=msg)
+
+
 def make_app(overrides: dict | None = None) -> ClientApp:
     """``overrides``: run-config entries on top of ``context.run_config`` (``flwr.simulation.run_simulation``
     cannot pass a run config)."""
@@ -105,6 +116,8 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        if (reply := _forwarded(msg, context)) is not None:
+            return reply
         c, server_round = msg.content[P.CONFIG], _round(msg)
         job = _site_round(msg, context, overrides, server_round)
         content = RecordDict({})
@@ -122,6 +135,8 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        if (reply := _forwarded(msg, context)) is not None:
+            return reply
         job = _site_round(msg, context, overrides, _round(msg) + 1)
         experts = bool(msg.content[P.CONFIG].get(P.CROSS_EXPERTS, False))
         content = RecordDict({P.METRICS: _evaluation(job, _round(msg), experts), P.SITE: _identity(job)})
@@ -129,6 +144,8 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.query(P.PROTOTYPE_ACTION)
     def prototype(msg: Message, context: Context) -> Message:
+        if (reply := _forwarded(msg, context)) is not None:
+            return reply
         job = _site_round(msg, context, overrides, _round(msg) + 1)
         arrays, metrics = job.prototypes()
         content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
@@ -136,6 +153,8 @@ def make_app(overrides: dict | None = None) -> ClientApp:
 
     @app.query(P.PROFILE_ACTION)
     def profile(msg: Message, context: Context) -> Message:
+        if (reply := _forwarded(msg, context)) is not None:
+            return reply
         from .site_profile import site_profile
 
         prof = site_profile(dict(context.node_config), _config(context, overrides), _round(msg))

@@ -18,10 +18,13 @@
     port = 9094                         # local ClientApp API port
     max-retries = 10                    # connection attempts before giving up (optional)
     max-wait-time = 300                 # seconds of retrying before giving up (optional)
+    worker = true                       # the long-lived site worker (client/worker.py); false: none
 
-``start`` validates the data folder first, then execs the real ``flower-supernode`` with TLS, the
+``start`` validates the data folder first, then runs the real ``flower-supernode`` with TLS, the
 site's authentication key, ``--trusted-entities`` (the SuperNode refuses any app the coordinator did not
-sign) and ``--node-config`` (data-path, site-id, domain-id, state-dir).
+sign) and ``--node-config`` (data-path, site-id, domain-id, state-dir), beside the site worker that keeps
+torch, MONAI and the site's code loaded between messages. It stops both together and exits with the
+SuperNode's status; a worker that dies is started again (the ClientApp does the work itself meanwhile).
 """
 
 from __future__ import annotations
@@ -30,13 +33,20 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 from .keys import generate_node_key
+from .worker import SOCKET_ENV
 
 REQUIRED = ("site-id", "data", "superlink", "ca", "key", "trusted-entities")
+
+
+POLL_ENV, POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
 
 
 def preflight(data: Path, site_id: str) -> dict:
@@ -111,6 +121,59 @@ def supernode_command(cfg: dict) -> list[str]:
     ] + (["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
 
 
+def _start_worker(sock: Path, env: dict) -> subprocess.Popen:
+    worker = subprocess.Popen([sys.executable, "-m", "client.worker", "--socket", str(sock)], env=env)
+    deadline = time.time() + 120
+    while not sock.exists() and worker.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if not sock.exists():
+        print("uharmony-site: warning: the site worker did not start; messages run in-process", file=sys.stderr)
+    return worker
+
+
+def run_site(cfg: dict) -> int:
+    """The SuperNode and the site worker, stopped together; returns the SuperNode's exit status."""
+    cmd = supernode_command(cfg)
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    # the SuperNode's executor looks for new messages every second by default: each message waits for that
+    # poll before its ClientApp process starts
+    env.setdefault(POLL_ENV, POLL_SECONDS)
+    worker, sock = (
+        None,
+        Path(cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))).resolve() / "worker.sock",
+    )
+    if cfg.get("worker", True):
+        env.pop(SOCKET_ENV, None)
+        worker = _start_worker(sock, env)
+        env[SOCKET_ENV] = str(sock)
+    print(" ".join(cmd), flush=True)
+    node = subprocess.Popen(cmd, env=env)
+    stop = {"signal": None}
+
+    def handle(signum, _frame):
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+    while stop["signal"] is None and node.poll() is None:
+        if worker is not None and worker.poll() is not None:
+            print(f"uharmony-site: the site worker exited with {worker.returncode}; restarting it", file=sys.stderr)
+            worker = _start_worker(sock, {k: v for k, v in env.items() if k != SOCKET_ENV})
+        time.sleep(0.5)
+    for proc in (node, worker):
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+    for proc in (node, worker):
+        if proc is None:
+            continue
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return node.returncode if stop["signal"] is None else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-site", description="Hospital-side commands")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,10 +202,7 @@ def main(argv=None) -> int:
             print("uharmony-site: error: no usable case; fix the problems above", file=sys.stderr)
             return 1
         if a.cmd == "start":
-            cmd = supernode_command(cfg)
-            env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-            print(" ".join(cmd), flush=True)
-            os.execve(cmd[0], cmd, env)
+            return run_site(cfg)
     except ValueError as exc:  # DataError included
         print(f"uharmony-site: error: {exc}", file=sys.stderr)
         return 2

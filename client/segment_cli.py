@@ -29,6 +29,7 @@ from uharmony import LOCAL, UHarmonyNorm, model_from_spec
 from uharmony.checkpoint import CheckpointError, load_checkpoint
 from uharmony.data import MODALITIES, Case, DataError, preprocess_transform, read_case
 from uharmony.data.cases import BRATS23_SUFFIX
+from uharmony.export import load_bundle
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
 from uharmony.files import append_jsonl
 from uharmony.inference import RC_LABEL, calibrate, label_volumes, regions_to_brats, segment
@@ -61,6 +62,15 @@ def load_model(path: Path, state_dir: Path | None, trusted: list | None = None):
     entries (U-Harmony's statistics, FedBN's normalization layers, a local-only model) come from
     ``state_dir``; without one they keep their initial values (U-Harmony then calibrates on each scan).
     """
+    if path.is_dir():  # a MONAI bundle written by uharmony-export
+        model, spacing, roi, meta = load_bundle(path)
+        return (
+            model,
+            ModelRoles(model, str(meta.get("strategy"))),
+            spacing,
+            roi,
+            meta["site_statistics"] != "initial values",
+        )
     try:
         blob = load_checkpoint(path.parent, path.name, trusted=trusted)
     except CheckpointError as exc:

@@ -38,6 +38,7 @@ def flwr_env(state: Path, registry_port: int | None = None) -> dict:
     env["FLWR_HOME"] = str((state / "flwr").resolve())
     # the apps run in this environment; Flower would otherwise `uv sync` their dependencies per run
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")  # the ServerApp's start waits for this poll
     if registry_port is not None:  # the SuperLink fetches published apps from the coordinator's registry
         env["FLWR_SUPERGRID_API_URL"] = f"http://127.0.0.1:{registry_port}"
     return env

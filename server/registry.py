@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -38,7 +39,7 @@ def node_public_key(data: bytes | str):
             if raw.lstrip().startswith(b"-----")
             else serialization.load_ssh_public_key(b" ".join(raw.split()[:2]))
         )
-    except (ValueError, IndexError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, IndexError, UnsupportedAlgorithm) as exc:
         raise RegistryError(f"not an OpenSSH or PEM public key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise RegistryError("a SuperNode key must be EC P-384 (make it with `uharmony-site keygen`)")

@@ -136,3 +136,13 @@ def test_cli_errors_name_the_problem_without_decoration(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "missing.pub" in err and "│" not in err and "─" not in err
+
+
+@pytest.mark.parametrize(
+    "text", ["ssh-foo AAAAB3NzaC1yc2EAAAADAQABAAABAQ", "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "nonsense"]
+)
+def test_a_key_of_an_unknown_or_broken_kind_is_a_registry_error(text):
+    from server.registry import RegistryError, node_public_key
+
+    with pytest.raises(RegistryError, match="not an OpenSSH or PEM public key"):
+        node_public_key(text)

@@ -1,0 +1,161 @@
+"""The site worker: one long-lived process that answers the ClientApp's messages with torch, MONAI and the
+site's data already loaded.
+
+In a deployment Flower starts a new ``flwr-clientapp`` process for every message; importing torch and MONAI
+alone costs that process about 3 s on a 2-core machine, and three sites sharing the cores pay it per message
+wave. ``uharmony-site start`` therefore starts this worker beside the SuperNode, listening on a Unix socket
+in the site's state folder (mode 0600: only the site's user can connect), and hands the SuperNode's
+ClientApp processes its path (``UHARMONY_WORKER_SOCKET``). Each ClientApp process then forwards the message
+and its context to the worker and returns the worker's reply: the same handlers run
+(``client.client_app``), in a process that stays warm.
+
+Frames are length-prefixed Flower protobufs (``flwr.common.serde``) and one JSON header: nothing is
+unpickled. The worker answers only when its code is the code the ClientApp process runs (a digest of the
+``client`` and ``uharmony`` packages: the signed app the SuperNode verified against the code the site
+installed); otherwise, or when the worker is not there, the ClientApp process does the work itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+SOCKET_ENV = "UHARMONY_WORKER_SOCKET"
+MAX_FRAME = 2 << 30  # 2 GiB: a model update is far below; a larger length is a corrupt stream
+
+
+def code_digest() -> str:
+    """SHA-256 over the ``client`` and ``uharmony`` packages' Python files (paths and bytes)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in ("client", "uharmony"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _send(sock: socket.socket, *frames: bytes) -> None:
+    for frame in frames:
+        sock.sendall(struct.pack(">Q", len(frame)) + frame)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise ConnectionError("the peer closed the connection mid-frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    (n,) = struct.unpack(">Q", _recv_exact(sock, 8))
+    if n > MAX_FRAME:
+        raise ConnectionError(f"frame of {n} bytes refused")
+    return _recv_exact(sock, n)
+
+
+def call(path: str, message, context):
+    """Forward ``message`` and ``context`` to the worker at ``path``. Returns the reply content
+    (``RecordDict``) and updates ``context.state``; None when no compatible worker answers (the caller then
+    does the work itself). A handler's error in the worker is raised here, as it would be in-process."""
+    from flwr.common.serde import context_to_proto, message_to_proto, recorddict_from_proto
+    from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+    except OSError:
+        return None
+    with sock:
+        header = json.dumps({"code": code_digest()}).encode()
+        _send(
+            sock, header, message_to_proto(message).SerializeToString(), context_to_proto(context).SerializeToString()
+        )
+        status = json.loads(_recv(sock))
+        if status.get("status") == "incompatible":
+            return None
+        if status.get("status") != "ok":
+            raise RuntimeError(f"site worker: {status.get('error', 'failed')}")
+        content, state = ProtoRecordDict(), ProtoRecordDict()
+        content.ParseFromString(_recv(sock))
+        state.ParseFromString(_recv(sock))
+    context.state = recorddict_from_proto(state)
+    return recorddict_from_proto(content)
+
+
+def serve(path: Path, once: bool = False) -> None:
+    """Answer forwarded messages one at a time, until killed (``once``: one connection, for tests)."""
+    from flwr.common.serde import context_from_proto, message_from_proto, recorddict_to_proto
+    from flwr.proto.message_pb2 import Context as ProtoContext
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+
+    import uharmony.site_round  # noqa: F401 - torch, MONAI and the data layer imported once, up front
+    from client.client_app import make_app
+
+    os.environ.pop(SOCKET_ENV, None)  # the handlers run here; they must not forward to themselves
+    app, digest = make_app(), code_digest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket file is created 0600
+    try:
+        server.bind(str(path))
+    finally:
+        os.umask(old)
+    server.listen(4)
+    print(f"site worker listening on {path}", flush=True)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            try:
+                header = json.loads(_recv(conn))
+                message_proto, context_proto = ProtoMessage(), ProtoContext()
+                message_proto.ParseFromString(_recv(conn))
+                context_proto.ParseFromString(_recv(conn))
+                if header.get("code") != digest:
+                    _send(conn, json.dumps({"status": "incompatible"}).encode())
+                    continue
+                message, context = message_from_proto(message_proto), context_from_proto(context_proto)
+                t0 = time.time()
+                try:
+                    reply = app(message, context)
+                except Exception as exc:  # noqa: BLE001 - the ClientApp process reports it as the handler's error
+                    _send(
+                        conn, json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}).encode()
+                    )
+                    continue
+                kind, seconds = message.metadata.message_type, time.time() - t0
+                print(f"{time.strftime('%H:%M:%S')} {kind}: {seconds:.2f} s", flush=True)
+                _send(
+                    conn,
+                    json.dumps({"status": "ok"}).encode(),
+                    recorddict_to_proto(reply.content).SerializeToString(),
+                    recorddict_to_proto(context.state).SerializeToString(),
+                )
+            except (ConnectionError, OSError, ValueError) as exc:  # a broken caller costs its own message only
+                print(f"site worker: connection dropped: {exc}", file=sys.stderr, flush=True)
+        if once:
+            break
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m client.worker", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", type=Path, required=True)
+    serve(p.parse_args(argv).socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""A consortium on 127.0.0.1 with the real processes a deployment runs.
+
+The coordinator's ``uharmony-coordinator start`` (the SuperLink behind its gateway, the app registry),
+hospitals' ``uharmony-site start`` (SuperNodes with TLS and their own keys), runs submitted with
+``uharmony-coordinator run``: the same commands the README gives, each in its own process group, so a
+test can kill any of them as a crash would. Used by the deployment tests, the fault tests and the
+deployed-vs-simulated measurement (``python -m simulation.deployment``).
+
+    python -m simulation.deployment measure --out docs/results/deployment.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+# the run the measurement and the fault tests use: tiny volumes, two rounds unless told otherwise
+TINY_RUN = "eval-every=1 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalConsortium:
+    """Everything lives under ``root``: ``pki/``, ``state/`` (the coordinator's), ``keys/<site>/``,
+    ``data/<site>/``, ``state-<site>/`` and one ``<name>.log`` per process."""
+
+    def __init__(self, root: Path, app: Path = REPO) -> None:
+        self.root, self.app = Path(root), Path(app)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port, self.link, self.registry = free_port(), free_port(), free_port()
+
+    # -- processes ------------------------------------------------------------------------------
+    def env(self, **extra) -> dict:
+        env = dict(
+            os.environ,
+            PATH=f"{BIN}:{os.environ['PATH']}",
+            FLWR_HOME=str(self.root / "flwr-home"),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            PYTHONWARNINGS="ignore",
+        )
+        return {**env, **extra}
+
+    def cmd(self, *args, timeout: float = 120, check: bool = True, env: dict | None = None):
+        res = subprocess.run(
+            [str(BIN / args[0]), *map(str, args[1:])],
+            env=env or self.env(),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{args} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def spawn(self, name: str, *args, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 - the process writes to it while it lives
+        proc = subprocess.Popen(
+            [str(BIN / args[0]), *map(str, args[1:])],
+            env=env or self.env(),
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 30) -> None:
+        """Stop a process and its children (SIGKILL: as a crash or a power cut would)."""
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+    def __enter__(self) -> LocalConsortium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the coordinator ------------------------------------------------------------------------
+    def init_pki(self, passphrase: str = "a long consortium passphrase") -> None:
+        (self.root / "ca-pass").write_text(passphrase + "\n")
+        self.cmd("uharmony-pki", "init-ca", "--dir", "pki", "--passphrase-file", "ca-pass")
+        self.cmd("uharmony-pki", "server-cert", "--dir", "pki", "--dns", "superlink.example.org",
+                 "--passphrase-file", "ca-pass")  # fmt: skip
+
+    def start_coordinator(self) -> subprocess.Popen:
+        """The SuperLink (its database in ``state/``, kept across restarts), gateway and app registry."""
+        return self.spawn(
+            "coordinator", "uharmony-coordinator", "start", "--pki", "pki", "--state", "state", "--host",
+            "127.0.0.1", "--port", self.port, "--superlink-port", self.link, "--registry-port", self.registry,
+        )  # fmt: skip
+
+    def wait_superlink(self, timeout: float = 120) -> None:
+        """Until the SuperLink answers on its loopback control address (after a (re)start)."""
+        env = self.env(FLWR_HOME=str(self.root / "state" / "flwr"))
+        wait_for(
+            lambda: self.cmd("flwr", "ls", "consortium", check=False, env=env).returncode == 0, timeout, "the SuperLink"
+        )
+
+    def register(self, site: str, domain: int, key: str | None = None, tries: int = 60) -> None:
+        """Register ``keys/<key or site>/auth.pub`` for ``site`` (retried until the SuperLink is up)."""
+        for _ in range(tries):
+            res = self.cmd("uharmony-coordinator", "register", "--state", "state", "--site", site, "--domain",
+                           domain, "--public-key", f"keys/{key or site}/auth.pub", check=False)  # fmt: skip
+            if res.returncode == 0:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"register {site}: {res.stdout}{res.stderr}")
+
+    def publish(self) -> str:
+        return self.cmd("uharmony-coordinator", "publish", "--pki", "pki", "--state", "state", "--app", self.app,
+                        timeout=300).stdout  # fmt: skip
+
+    def submit(self, run_config: str, name: str = "coordinator-run") -> subprocess.Popen:
+        return self.spawn(name, "uharmony-coordinator", "run", "--pki", "pki", "--state", "state", "-c", run_config)
+
+    # -- hospitals ------------------------------------------------------------------------------
+    def keygen(self, name: str) -> Path:
+        self.cmd("uharmony-site", "keygen", "--dir", f"keys/{name}", "--site-id", name)
+        return self.root / "keys" / name / "auth.key"
+
+    def site_folders(self, sites: int = 3, cases: int = 3, seed: int = 0) -> list[Path]:
+        """Hospitals' data folders (case folders + site.json) made from a generated federation's sites."""
+        from simulation.synth import generate_federation
+        from uharmony.data import load_federation
+
+        generate_federation(self.root / "fed", sites=sites, cases_per_site=cases, seed=seed, spacing=6.0,
+                            progress=False)  # fmt: skip
+        folders = []
+        for site in load_federation(self.root / "fed").sites:
+            folder = self.root / "data" / f"s{site.name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for case in site.cases:
+                (folder / case.case_id).symlink_to(self.root / "fed" / case.case_id)
+            (folder / "site.json").write_text(
+                json.dumps({"modalities": list(site.modalities), "labels": site.label_map})
+            )
+            folders.append(folder)
+        return folders
+
+    def site_config(
+        self, name: str, domain: int, data: Path, key: Path, file: str | None = None, retries: int = 2, wait: int = 20
+    ) -> Path:
+        """A hospital's site.toml (``uharmony-site start --config``)."""
+        path = self.root / f"{file or name}.toml"
+        path.write_text(
+            f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
+            f'state-dir = "{self.root / ("state-" + name)}"\nsuperlink = "127.0.0.1:{self.port}"\n'
+            f'ca = "{self.root / "pki" / "ca.crt"}"\n'
+            f'trusted-entities = "{self.root / "pki" / "trusted-entities.yaml"}"\n'
+            f'key = "{key}"\nport = {free_port()}\nmax-retries = {retries}\nmax-wait-time = {wait}\n'
+        )
+        return path
+
+    def start_site(self, name: str, config: Path) -> subprocess.Popen:
+        return self.spawn(name, "uharmony-site", "start", "--config", config)
+
+    def consortium(self, sites: int = 3, cases: int = 3, retries: int = 2, wait: int = 20) -> list[str]:
+        """PKI, coordinator, ``sites`` registered hospitals (domain i), the signed app, every SuperNode."""
+        self.init_pki()
+        names = [f"s{i + 1}" for i in range(sites)]
+        for name in names:
+            self.keygen(name)
+        self.start_coordinator()
+        for i, name in enumerate(names):
+            self.register(name, i)
+        self.publish()
+        for i, folder in enumerate(self.site_folders(sites, cases)):
+            key = self.root / "keys" / folder.name / "auth.key"
+            self.start_site(folder.name, self.site_config(folder.name, i, folder, key, retries=retries, wait=wait))
+        for name in names:  # as at a hospital, the SuperNodes are up before a run is submitted
+            wait_for(lambda n=name: "SuperNode ID:" in self.log(n), 180, f"{name}'s SuperNode", self.procs[name])
+        return names
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.5):
+    """Poll ``predicate`` until it returns something true; fails after ``timeout`` s or when ``proc`` ends."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"waiting for {what}: the process ended with {proc.returncode}")
+        time.sleep(poll)
+    raise TimeoutError(f"waiting for {what}: more than {timeout:.0f} s")
+
+
+def final_status(consortium: LocalConsortium, run: subprocess.Popen, name: str = "coordinator-run") -> dict:
+    run.wait(timeout=900)
+    out = consortium.log(name).strip().splitlines()
+    return json.loads(out[-1]) if out and out[-1].startswith("{") else {"status": f"no status: {out[-3:]}"}
+
+
+def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
+    """The same ``rounds`` tiny rounds deployed (real processes, TLS) and in Flower's simulation engine: wall
+    seconds from submission to the final status, and their ratio."""
+    from simulation.runner import run as simulate
+
+    run_cfg = f"num-server-rounds={rounds} {TINY_RUN} num-domains={sites} min-sites={sites}"
+    with LocalConsortium(root / "deployed") as c:
+        c.consortium(sites)
+        t0 = time.time()
+        status = final_status(c, c.submit(f"{run_cfg} run-dir='{root / 'deployed' / 'run'}'"))
+        deployed = time.time() - t0
+        if status.get("status") != "finished:completed":
+            raise RuntimeError(f"the deployed run did not complete: {status}")
+    recs = records(root / "deployed" / "run")
+    from flwr.common.config import parse_config_args
+
+    overrides = {**parse_config_args([run_cfg]), "data-root": str(root / "deployed" / "fed")}
+    overrides["run-dir"] = str(root / "simulated")
+    sim = simulate(overrides, transport="flower")
+    return {
+        "rounds": rounds,
+        "sites": sites,
+        "deployed-seconds": round(deployed, 1),
+        "deployed-flower-elapsed": status.get("elapsed"),
+        "simulated-seconds": sim["seconds"],
+        "ratio": round(deployed / sim["seconds"], 2),
+        "deployed-round-seconds": [r.get("seconds") for r in recs if r.get("event") == "train"],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulation.deployment", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="deployed vs simulated wall time on the same tiny rounds")
+    m.add_argument("--root", type=Path, default=Path("runs/deployment"))
+    m.add_argument("--rounds", type=int, default=2)
+    m.add_argument("--out", type=Path, default=None, help="append the figures (JSON lines) to this file")
+    a = p.parse_args(argv)
+    import shutil
+
+    shutil.rmtree(a.root, ignore_errors=True)
+    result = measure(a.root.resolve(), a.rounds)
+    import platform
+
+    result.update(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), time=time.ctime())
+    print(json.dumps(result), flush=True)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
