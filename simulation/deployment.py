@@ -25,7 +25,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 # the run the measurement and the fault tests use: tiny volumes, two rounds unless told otherwise
-TINY_RUN = "eval-every=1 local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1"
+TINY_RUN = "local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1"
 
 
 def free_port() -> int:
@@ -232,7 +232,7 @@ def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
     seconds from submission to the final status, and their ratio."""
     from simulation.runner import run as simulate
 
-    run_cfg = f"num-server-rounds={rounds} {TINY_RUN} num-domains={sites} min-sites={sites}"
+    run_cfg = f"num-server-rounds={rounds} {TINY_RUN} eval-every=1 num-domains={sites} min-sites={sites}"
     with LocalConsortium(root / "deployed") as c:
         c.consortium(sites)
         t0 = time.time()

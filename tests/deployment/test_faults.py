@@ -33,7 +33,8 @@ def test_a_killed_site_a_lost_data_folder_and_a_killed_superlink_are_survived(tm
     with LocalConsortium(tmp_path) as c:
         c.consortium(3, retries=1000, wait=600)  # SuperNodes keep trying while the SuperLink is down
         cfg = (
-            f"num-server-rounds=5 {TINY_RUN} num-domains=3 min-sites=2 round-timeout=30 profile-timeout=30 "
+            f"num-server-rounds=5 {TINY_RUN} eval-every=5 num-domains=3 min-sites=2 round-timeout=30 "
+            "profile-timeout=30 "
             f"run-dir='{run_dir}'"
         )
         run = c.submit(cfg)
