@@ -19,6 +19,7 @@
     max-retries = 10                    # connection attempts before giving up (optional)
     max-wait-time = 300                 # seconds of retrying before giving up (optional)
     worker = true                       # the long-lived site worker (client/worker.py); false: none
+    rejoin-seconds = 150                # after a crash: how long to retry while the SuperLink frees the old connection
 
 ``start`` validates the data folder first, then runs the real ``flower-supernode`` with TLS, the
 site's authentication key, ``--trusted-entities`` (the SuperNode refuses any app the coordinator did not
@@ -47,6 +48,7 @@ REQUIRED = ("site-id", "data", "superlink", "ca", "key", "trusted-entities")
 
 
 POLL_ENV, POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
+REJOIN_SECONDS, REJOIN_RETRY = 150.0, 5.0
 
 
 def preflight(data: Path, site_id: str) -> dict:
@@ -155,7 +157,22 @@ def run_site(cfg: dict) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)
-    while stop["signal"] is None and node.poll() is None:
+    # A site restarted after a crash (it has trained: its local state exists) may be refused activation
+    # until the SuperLink notices the old connection is gone (two missed 30-s heartbeats): keep trying.
+    rejoin_until = time.time() + float(cfg.get("rejoin-seconds", REJOIN_SECONDS))
+    has_trained = (sock.parent / "local_state.pt").exists()
+    while stop["signal"] is None:
+        if node.poll() is not None:
+            if node.returncode == 0 or not has_trained or time.time() > rejoin_until:
+                break
+            print(
+                f"uharmony-site: the SuperNode exited with {node.returncode}; the SuperLink may still hold this "
+                f"site's previous connection; trying again in {REJOIN_RETRY:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(REJOIN_RETRY)
+            node = subprocess.Popen(cmd, env=env)
         if worker is not None and worker.poll() is not None:
             print(f"uharmony-site: the site worker exited with {worker.returncode}; restarting it", file=sys.stderr)
             worker = _start_worker(sock, {k: v for k, v in env.items() if k != SOCKET_ENV})

@@ -94,6 +94,15 @@ def call(path: str, message, context):
     return recorddict_from_proto(content)
 
 
+def _answering(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def serve(path: Path, once: bool = False) -> None:
     """Answer forwarded messages one at a time, until killed (``once``: one connection, for tests)."""
     from flwr.common.serde import context_from_proto, message_from_proto, recorddict_to_proto
@@ -106,8 +115,12 @@ def serve(path: Path, once: bool = False) -> None:
     os.environ.pop(SOCKET_ENV, None)  # the handlers run here; they must not forward to themselves
     app, digest = make_app(), code_digest()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _answering(path):
+        raise SystemExit(
+            f"site worker: {path} is served by another worker: is another SuperNode using this state folder?"
+        )
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        path.unlink()  # left by a worker that died
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket file is created 0600
     try:

@@ -175,7 +175,7 @@ class LocalConsortium:
         path = self.root / f"{file or name}.toml"
         path.write_text(
             f'[site]\nsite-id = "{name}"\ndomain-id = {domain}\ndata = "{data}"\n'
-            f'state-dir = "{self.root / ("state-" + name)}"\nsuperlink = "127.0.0.1:{self.port}"\n'
+            f'state-dir = "{self.root / ("state-" + (file or name))}"\nsuperlink = "127.0.0.1:{self.port}"\n'
             f'ca = "{self.root / "pki" / "ca.crt"}"\n'
             f'trusted-entities = "{self.root / "pki" / "trusted-entities.yaml"}"\n'
             f'key = "{key}"\nport = {free_port()}\nmax-retries = {retries}\nmax-wait-time = {wait}\n'

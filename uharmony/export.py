@@ -108,32 +108,23 @@ def metadata(model: UHarmonyNet, spacing: float, roi: int, run: dict) -> dict:
             "trained_rounds": run.get("round"),
         },
         "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "MR",
-                    "num_channels": len(modalities),
-                    "spatial_shape": ["8*n", "8*n", "8*n"],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": True,
-                    "channel_def": {str(i): m for i, m in enumerate(modalities)},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "labels",
-                    "num_channels": len(regions),
-                    "spatial_shape": ["8*n", "8*n", "8*n"],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": True,
-                    "channel_def": {str(i): r for i, r in enumerate(regions)},
-                }
-            },
+            "inputs": {"image": {**_patch_format("magnitude", modalities), "modality": "MR"}},
+            "outputs": {"pred": _patch_format("labels", regions)},
         },
+    }
+
+
+def _patch_format(kind: str, channels: list[str]) -> dict:
+    """A MONAI bundle's description of a patch tensor (any multiple of 8 per side) with named channels."""
+    return {
+        "type": "image",
+        "format": kind,
+        "num_channels": len(channels),
+        "spatial_shape": ["8*n", "8*n", "8*n"],
+        "dtype": "float32",
+        "value_range": [],
+        "is_patch_data": True,
+        "channel_def": {str(i): c for i, c in enumerate(channels)},
     }
 
 

@@ -3,6 +3,7 @@
 import threading
 import time
 
+import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from client import worker
@@ -29,6 +30,9 @@ def test_a_forwarded_message_gets_the_in_process_answer(tiny_federation, tmp_pat
     while not sock.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert oct(sock.stat().st_mode & 0o777) == "0o600"  # only the site's user can connect
+
+    with pytest.raises(SystemExit, match="another worker"):  # one worker per state folder
+        worker.serve(sock)
 
     forwarded = worker.call(str(sock), _profile_query(grid), context)
     monkeypatch.delenv(worker.SOCKET_ENV, raising=False)

@@ -1,12 +1,13 @@
 """Faults in a real deployment on 127.0.0.1 (``simulation.deployment``: the coordinator's SuperLink behind its
-gateway, three hospitals' SuperNodes, TLS), one run of five rounds:
+gateway, three hospitals' SuperNodes, TLS), one run of six rounds:
 
 1. a SuperNode is killed (SIGKILL) during round 2: the round completes with the two others (min-sites 2),
-   and the site, restarted with the same key and state folder, trains again once it is back;
+   and the site, restarted at once with the same key and state folder, trains again (its daemon retries
+   while the SuperLink still holds the dead connection);
 2. a site's data folder disappears after round 2: its replies fail, counted as rejected, the rounds go on;
-3. the coordinator (SuperLink, gateway, app registry and the ServerApp) is killed during round 4 and
-   restarted with its database: the run resumes from the last checkpoint and finishes, every round
-   recorded once.
+3. the coordinator (SuperLink, gateway, app registry and the ServerApp) is killed once the restarted site
+   trained again, and restarted with its database: the run resumes from the last checkpoint and finishes,
+   every round recorded once.
 """
 
 import json
@@ -27,48 +28,55 @@ def _trained(run_dir, rnd):
     return next((r for r in records(run_dir) if r.get("event") == "train" and r["round"] == rnd), None)
 
 
+def _with(run_dir, site, after):
+    """The first round after ``after`` that ``site`` trained in."""
+    return next(
+        (r for r in records(run_dir) if r.get("event") == "train" and r["round"] > after and site in r["sites"]), None
+    )
+
+
 def test_a_killed_site_a_lost_data_folder_and_a_killed_superlink_are_survived(tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir, rounds = tmp_path / "run", 6
     figures = {}
     with LocalConsortium(tmp_path) as c:
         c.consortium(3, retries=1000, wait=600)  # SuperNodes keep trying while the SuperLink is down
         cfg = (
-            f"num-server-rounds=5 {TINY_RUN} eval-every=5 num-domains=3 min-sites=2 round-timeout=30 "
-            "profile-timeout=30 "
-            f"run-dir='{run_dir}'"
+            f"num-server-rounds={rounds} {TINY_RUN} eval-every={rounds} num-domains=3 min-sites=2 round-timeout=30 "
+            f"profile-timeout=30 run-dir='{run_dir}'"
         )
         run = c.submit(cfg)
         wait_for(lambda: _trained(run_dir, 1), 600, "round 1", run)
         c.kill("s3")  # 1. a hospital's SuperNode dies with round 2 under way
         killed = time.time()
         r2 = wait_for(lambda: _trained(run_dir, 2), 300, "round 2 without s3", run)
-        figures["round 2 completed, s3 killed (s after the kill)"] = round(time.time() - killed, 1)
+        figures["round 2 done without the killed site (s after the kill)"] = round(time.time() - killed, 1)
         assert sorted(r2["sites"]) == ["s1", "s2"]
         c.start_site("s3", tmp_path / "s3.toml")  # the same key and state folder
+        restarted = time.time()
         shutil.move(tmp_path / "data" / "s2", tmp_path / "s2-gone")  # 2. s2's data folder disappears
-        wait_for(lambda: c.log("s3").count("SuperNode ID:") == 2, 180, "s3 back online", run)
-        r3 = wait_for(lambda: _trained(run_dir, 3), 300, "round 3", run)
-        assert set(r3["sites"]) <= {"s1", "s3"} and "s1" in r3["sites"], r3
-        assert any("client error" in r["reason"] and "s2" in r["reason"] for r in r3["rejected"]), r3["rejected"]
-        wait_for(lambda: (run_dir / "checkpoints" / "round-003.pt").exists(), 120, "round 3's checkpoint", run)
+        back = wait_for(lambda: _with(run_dir, "s3", 2), 400, "s3 training again", run)
+        figures["s3 trains again (s after its restart)"] = round(time.time() - restarted, 1)
+        assert back["round"] < rounds
+        assert any("client error" in r["reason"] and "s2" in r["reason"] for r in back["rejected"]), back
+        ckpt = run_dir / "checkpoints" / f"round-{back['round']:03d}.pt"
+        wait_for(ckpt.exists, 120, "the checkpoint", run)
         c.kill("coordinator-run", signal.SIGTERM)
-        c.kill("coordinator")  # 3. SuperLink, gateway, registry and the ServerApp die, round 4 under way
+        c.kill("coordinator")  # 3. SuperLink, gateway, registry and the ServerApp die, the next round under way
         killed = time.time()
         before = load_checkpoint(run_dir / "checkpoints")
         c.start_coordinator()  # the same database, ports, registry and published app
         c.wait_superlink()
         resumed = c.submit(cfg + " resume=true", "resumed-run")
-        r4 = wait_for(lambda: _trained(run_dir, 4), 300, "round 4 after the restart", resumed)
-        figures["round 4 completed after the coordinator was killed (s)"] = round(time.time() - killed, 1)
+        after = wait_for(lambda: _trained(run_dir, before["round"] + 1), 300, "a round after the restart", resumed)
+        figures["first round after the coordinator was killed (s)"] = round(time.time() - killed, 1)
         status = final_status(c, resumed, "resumed-run")
         assert status["status"] == "finished:completed", status
-    assert sorted(r4["sites"]) == ["s1", "s3"]  # s3 trains again from its state folder; s2 still has no data
+    assert sorted(after["sites"]) == ["s1", "s3"]  # s3 from its state folder; s2 still has no data
     recs = records(run_dir)
-    assert [r["round"] for r in recs if r.get("event") == "train"] == [1, 2, 3, 4, 5]  # each once
+    assert [r["round"] for r in recs if r.get("event") == "train"] == list(range(1, rounds + 1))  # each once
     info = json.loads((run_dir / "run.json").read_text())
-    resumed_after = before["round"]
-    assert [a["resumed-after-round"] for a in info["attempts"]] == [None, resumed_after] and resumed_after >= 3
+    assert [a["resumed-after-round"] for a in info["attempts"]] == [None, before["round"]]
     final = load_checkpoint(run_dir, "final_model.pt")
-    assert final["round"] == 5 and final["extra"]["run-id"] == before["extra"]["run-id"]
+    assert final["round"] == rounds and final["extra"]["run-id"] == before["extra"]["run-id"]
     assert any(not torch.equal(final["state"][k], v) for k, v in before["state"].items())  # trained on from it
     print("fault figures:", json.dumps(figures))
