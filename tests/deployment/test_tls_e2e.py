@@ -128,14 +128,13 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         assert wait_for(finished, 240, "the unsigned run to end", poll=2) != "finished:completed"
         assert "verif" in c.log("s1").lower()  # the SuperNode's own FAB verification refused it
 
-        # a SuperNode whose key was never registered is refused
+        # a SuperNode whose key was never registered is refused, and a plaintext connection fails (side by side)
         bad = c.site_config("intruder", 0, folders[0], tmp / "keys" / "intruder" / "auth.key")
-        assert c.start_site("intruder", bad).wait(timeout=180) != 0
-        assert "failed to activate supernode" in c.log("intruder").lower()
-
-        # a plaintext connection to the gateway fails
+        intruder = c.start_site("intruder", bad)
         plain = c.spawn("plaintext", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{c.port}",
                         "--port", free_port(), "--max-retries", "2", "--max-wait-time", "15")  # fmt: skip
+        assert intruder.wait(timeout=180) != 0
+        assert "failed to activate supernode" in c.log("intruder").lower()
         assert plain.wait(timeout=180) != 0
         assert "failed to initialize the connection" in c.log("plaintext").lower()
 

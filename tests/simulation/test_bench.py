@@ -108,7 +108,8 @@ def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
                 assert len(per_site) == cli.SCENARIO_SITES
                 assert all(v is None or 0.0 <= v <= 1.0 for d in per_site.values() for v in d.values())
     scale = next(r for r in records if r["kind"] == "scale")
-    assert scale["accepted"] == 23 and scale["evaluated_sites"] == 23 and scale["rejected"] == 0
+    n = QUICK.scale_sites
+    assert scale["accepted"] == n and scale["evaluated_sites"] == n and scale["rejected"] == 0
     ratio = next(r for r in records if r["kind"] == "flower_ratio")
     assert ratio["ratio_median"] > 0 and ratio["update_bytes_per_site"] > 0
     assert ratio["dice_flower"] == pytest.approx(ratio["dice_bare"], abs=1e-6)  # same library code, same result
