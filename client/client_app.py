@@ -15,6 +15,7 @@ profile query does not pay for them; and where ``uharmony-site start`` runs the 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -102,6 +103,21 @@ def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
     return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 
+def _site_errors(handler):
+    """A handler's error leaves the site as a client error whose text names no folder of the site."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            from uharmony.data.cases import redact_paths
+
+            raise RuntimeError(redact_paths(f"{type(exc).__name__}: {exc}")[:1000]) from None
+
+    return wrapper
+
+
 def _forwarded(msg: Message, context: Context) -> Message | None:
     """The site worker's reply, when one runs for this SuperNode (else None: do the work here)."""
     path = os.environ.get(worker.SOCKET_ENV)
@@ -115,6 +131,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     app = ClientApp()
 
     @app.train()
+    @_site_errors
     def train(msg: Message, context: Context) -> Message:
         if (reply := _forwarded(msg, context)) is not None:
             return reply
@@ -134,6 +151,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
+    @_site_errors
     def evaluate(msg: Message, context: Context) -> Message:
         if (reply := _forwarded(msg, context)) is not None:
             return reply
@@ -143,6 +161,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROTOTYPE_ACTION)
+    @_site_errors
     def prototype(msg: Message, context: Context) -> Message:
         if (reply := _forwarded(msg, context)) is not None:
             return reply
@@ -152,6 +171,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROFILE_ACTION)
+    @_site_errors
     def profile(msg: Message, context: Context) -> Message:
         if (reply := _forwarded(msg, context)) is not None:
             return reply

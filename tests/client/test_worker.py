@@ -43,3 +43,13 @@ def test_a_forwarded_message_gets_the_in_process_answer(tiny_federation, tmp_pat
     monkeypatch.setattr(worker, "code_digest", lambda: "another version of the code")
     assert worker.call(str(sock), _profile_query(grid), context) is None  # the ClientApp then does the work itself
     assert worker.call(str(tmp_path / "no-worker.sock"), _profile_query(grid), context) is None
+
+
+def test_a_handler_error_names_no_folder_of_the_site(tiny_federation, tmp_path, monkeypatch):
+    monkeypatch.delenv(worker.SOCKET_ENV, raising=False)
+    run_config = {k.replace("_", "-"): v for k, v in tiny_overrides(tiny_federation, tmp_path / "run").items()}
+    grid = InProcessGrid(make_app(), [{"partition-id": 1}], run_config)
+    node = {"data-path": str(tmp_path / "secret-ward" / "site-x"), "site-id": "x"}  # the folder is gone
+    with pytest.raises(RuntimeError) as err:
+        make_app()(_profile_query(grid), Context(1, 1000, node, RecordDict(), run_config))
+    assert "site-x" in str(err.value) and "secret-ward" not in str(err.value)
