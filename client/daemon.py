@@ -48,7 +48,7 @@ REQUIRED = ("site-id", "data", "superlink", "ca", "key", "trusted-entities")
 
 
 POLL_ENV, POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
-REJOIN_SECONDS, REJOIN_RETRY = 150.0, 5.0
+REJOIN_SECONDS, REJOIN_RETRY = 150.0, 3.0
 
 
 def preflight(data: Path, site_id: str) -> dict:
@@ -124,13 +124,12 @@ def supernode_command(cfg: dict) -> list[str]:
 
 
 def _start_worker(sock: Path, env: dict) -> subprocess.Popen:
-    worker = subprocess.Popen([sys.executable, "-m", "client.worker", "--socket", str(sock)], env=env)
-    deadline = time.time() + 120
-    while not sock.exists() and worker.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    if not sock.exists():
-        print("uharmony-site: warning: the site worker did not start; messages run in-process", file=sys.stderr)
-    return worker
+    """The site worker, started beside the SuperNode (not waited for: until its socket answers, the
+    ClientApp processes do the work themselves)."""
+    return subprocess.Popen([sys.executable, "-m", "client.worker", "--socket", str(sock)], env=env)
+
+
+WORKER_RESTARTS = 3  # a worker that keeps dying (e.g. another one serves this state folder) is left off
 
 
 def run_site(cfg: dict) -> int:
@@ -159,7 +158,7 @@ def run_site(cfg: dict) -> int:
         signal.signal(sig, handle)
     # A site restarted after a crash (it has trained: its local state exists) may be refused activation
     # until the SuperLink notices the old connection is gone (two missed 30-s heartbeats): keep trying.
-    rejoin_until = time.time() + float(cfg.get("rejoin-seconds", REJOIN_SECONDS))
+    rejoin_until, restarts = time.time() + float(cfg.get("rejoin-seconds", REJOIN_SECONDS)), 0
     has_trained = (sock.parent / "local_state.pt").exists()
     while stop["signal"] is None:
         if node.poll() is not None:
@@ -174,8 +173,13 @@ def run_site(cfg: dict) -> int:
             time.sleep(REJOIN_RETRY)
             node = subprocess.Popen(cmd, env=env)
         if worker is not None and worker.poll() is not None:
-            print(f"uharmony-site: the site worker exited with {worker.returncode}; restarting it", file=sys.stderr)
-            worker = _start_worker(sock, {k: v for k, v in env.items() if k != SOCKET_ENV})
+            restarts += 1
+            if restarts > WORKER_RESTARTS:
+                print("uharmony-site: the site worker keeps exiting; messages run in-process", file=sys.stderr)
+                worker = None
+            else:
+                print(f"uharmony-site: the site worker exited with {worker.returncode}; restarting", file=sys.stderr)
+                worker = _start_worker(sock, {k: v for k, v in env.items() if k != SOCKET_ENV})
         time.sleep(0.5)
     for proc in (node, worker):
         if proc is not None and proc.poll() is None:
