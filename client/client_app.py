@@ -103,12 +103,15 @@ def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
     return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 
-def _site_errors(handler):
-    """A handler's error leaves the site as a client error whose text names no folder of the site."""
+def _site_handler(handler):
+    """Every handler: the site worker answers when one runs for this SuperNode (``_forwarded``); else the
+    handler runs here. An error leaves the site as a client error whose text names no folder of the site."""
 
     @functools.wraps(handler)
     def wrapper(msg: Message, context: Context) -> Message:
         try:
+            if (reply := _forwarded(msg, context)) is not None:
+                return reply
             return handler(msg, context)
         except Exception as exc:
             from uharmony.data.cases import redact_paths
@@ -131,10 +134,8 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     app = ClientApp()
 
     @app.train()
-    @_site_errors
+    @_site_handler
     def train(msg: Message, context: Context) -> Message:
-        if (reply := _forwarded(msg, context)) is not None:
-            return reply
         c, server_round = msg.content[P.CONFIG], _round(msg)
         job = _site_round(msg, context, overrides, server_round)
         content = RecordDict({})
@@ -151,30 +152,24 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
-    @_site_errors
+    @_site_handler
     def evaluate(msg: Message, context: Context) -> Message:
-        if (reply := _forwarded(msg, context)) is not None:
-            return reply
         job = _site_round(msg, context, overrides, _round(msg) + 1)
         experts = bool(msg.content[P.CONFIG].get(P.CROSS_EXPERTS, False))
         content = RecordDict({P.METRICS: _evaluation(job, _round(msg), experts), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROTOTYPE_ACTION)
-    @_site_errors
+    @_site_handler
     def prototype(msg: Message, context: Context) -> Message:
-        if (reply := _forwarded(msg, context)) is not None:
-            return reply
         job = _site_round(msg, context, overrides, _round(msg) + 1)
         arrays, metrics = job.prototypes()
         content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
 
     @app.query(P.PROFILE_ACTION)
-    @_site_errors
+    @_site_handler
     def profile(msg: Message, context: Context) -> Message:
-        if (reply := _forwarded(msg, context)) is not None:
-            return reply
         from .site_profile import site_profile
 
         prof = site_profile(dict(context.node_config), _config(context, overrides), _round(msg))

@@ -14,8 +14,6 @@ import io
 import logging
 import re
 
-from flwr.app import Message
-
 from uharmony import protocol as P
 from uharmony.files import atomic_write
 
@@ -44,10 +42,6 @@ def collect(
             log.warning("round %d: evaluation from node %s rejected: %s", server_round, node, exc)
             rejected.append({"node": node, "reason": str(exc)})
     return per_site, rejected
-
-
-def asks_evaluation(msg: Message) -> bool:
-    return bool(int(msg.content[P.CONFIG].get(P.EVALUATE_FIRST, 0)))
 
 
 def write_cross_site(run_dir, per_site: dict[str, dict], members: dict[str, int | None]) -> str | None:
