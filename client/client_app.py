@@ -4,7 +4,10 @@ Sends only what its strategy lets leave the site (``uharmony.strategies``); site
 the harmonization statistics stay in ``context.state`` and the site state folder (two versions, tagged
 with their round: a round redone after a server crash starts from the state before it). Answers the
 server's profile query (``query.profile``) with names and counts only (``client/site_profile.py``), and
-the prototype query (``query.prototype``) with its domain's prototype under the aggregated model.
+the prototype query (``query.prototype``) with its domain's prototype under the aggregated model, and the
+calibration query (``query.calibrate``, UMS-Rep) by re-estimating its statistics (counts only leave).
+In phase P (``phase = "pretrain"``) a train message means denoising and an evaluate message the denoising
+scores (``uharmony.umsrep.site``).
 
 A train message may ask the site to evaluate the model it carries before training (``evaluate-first``):
 the reply then holds both, and the round needs no evaluate message. In a deployment Flower starts a new
@@ -99,7 +102,12 @@ def _identity(job) -> ConfigRecord:
 
 
 def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
-    metrics = job.evaluate(server_round, experts=experts)
+    if job.cfg.phase == "pretrain":
+        from uharmony.umsrep.site import denoise_evaluate
+
+        metrics = denoise_evaluate(job, server_round, full=experts)  # every level and SSIM at the end only
+    else:
+        metrics = job.evaluate(server_round, experts=experts)
     return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 
@@ -166,6 +174,16 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         arrays, metrics = job.prototypes()
         content = RecordDict({P.ARRAYS: ArrayRecord(arrays), P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)})
         return Message(content=content, reply_to=msg)
+
+    @app.query(P.CALIBRATE_ACTION)
+    @_site_handler
+    def calibrate(msg: Message, context: Context) -> Message:
+        from uharmony.umsrep.site import calibrate as recalibrate
+
+        job = _site_round(msg, context, overrides, _round(msg) + 1)
+        metrics, local = recalibrate(job, _round(msg), int(msg.content[P.CONFIG].get(P.SEED, 0)))
+        _keep_state(context, local, _round(msg))
+        return Message(content=RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)}), reply_to=msg)
 
     @app.query(P.PROFILE_ACTION)
     @_site_handler

@@ -2,12 +2,18 @@
 
     uharmony-calibrate --model runs/latest/final_model.pt --input /data/unlabeled --state-dir /var/lib/uharmony
     uharmony-segment --model runs/latest/final_model.pt --input CASE_DIR --out seg.nii.gz [--state-dir DIR]
+    uharmony-segment ... --derive      # + TTA uncertainty, presence, Grad-CAM and a "review recommended" flag
 
 Inputs are case folders in BraTS naming with any subset of the model's modalities (including any a
 joining site added, e.g. ``<case>_adc.nii.gz``). ``segment`` writes BraTS labels (1 necrotic core,
 2 oedema, 4 enhancing; 3 resection cavity if the model has learnt that class) on the input's grid (same
 shape and affine) and prints the volume of each region in mL. Without ``--state-dir`` the case's own statistics are used
 (calibration on that scan alone). No site label is needed: the domain-gated head decides.
+
+``--derive`` adds UMS-Rep's derivable outputs, with no training (``uharmony.umsrep.derive``): a test-time
+augmentation uncertainty (``<out>_uncertainty.nii.gz``: the WT probability's SD over flipped inputs, and the
+flips' agreement), the presence head's probabilities and its Grad-CAM map (``<out>_gradcam.nii.gz``) when the
+model has one, and a "review recommended" flag with its reasons.
 """
 
 from __future__ import annotations
@@ -159,7 +165,14 @@ def main_calibrate(argv=None) -> int:
 
 
 def segment_case(
-    model, spacing: float, roi: int, calibrated: bool, folder: Path, out: Path, png: Path | None = None
+    model,
+    spacing: float,
+    roi: int,
+    calibrated: bool,
+    folder: Path,
+    out: Path,
+    png: Path | None = None,
+    derive: bool = False,
 ) -> dict:
     """Segment one case folder; writes ``out`` (and ``png``); returns its report (with its seconds)."""
     t0 = time.perf_counter()
@@ -170,17 +183,24 @@ def segment_case(
     if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
         calibrate(model, [(item["image"].as_tensor(), item["present"])], roi)  # this scan's own statistics
         model.eval()
-    prob = segment(model, item["image"].as_tensor(), item["present"], roi)
-    pred = MetaTensor(prob)
-    pred.copy_meta_from(item["image"])
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
-    labels = regions_to_brats(
-        torch.as_tensor(inv({"pred": pred, "image": item["image"]})["pred"]), model.regions
-    ).numpy()
+
+    def to_input_grid(volume: torch.Tensor) -> torch.Tensor:
+        meta = MetaTensor(volume)
+        meta.copy_meta_from(item["image"])
+        return torch.as_tensor(inv({"pred": meta, "image": item["image"]})["pred"])
+
+    derived, extra = _derive(model, item, roi) if derive else (None, {})
+    prob = derived["plain"] if derived else segment(model, item["image"].as_tensor(), item["present"], roi)
+    labels = regions_to_brats(to_input_grid(prob), model.regions).numpy()
     if labels.shape != ref.shape[:3]:
         raise DataError(folder, f"output shape {labels.shape} differs from the input's {ref.shape}")
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine), out)
+    for name, volume in (derived or {}).get("maps", {}).items():  # float maps on the input's grid
+        path = out.with_name(out.name.replace(".nii.gz", f"_{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(to_input_grid(volume[None])[0].numpy().astype(np.float32), ref.affine), path)
+        extra.setdefault("maps", {})[name] = str(path)
     voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
     if png is not None:
         _overlay(np.asarray(ref.dataobj), labels, png)
@@ -190,8 +210,28 @@ def segment_case(
         "modalities": list(case.images),
         "volumes_ml": label_volumes(labels, voxel_ml, model.regions),
         "site_statistics": "state-dir" if calibrated else "this scan",
+        **extra,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _derive(model, item: dict, roi: int) -> tuple[dict, dict]:
+    """UMS-Rep's derivable outputs of one preprocessed case: (tensors, report entries)."""
+    from uharmony.umsrep.derive import grad_cam, presence_probability, review, tta_uncertainty
+
+    image, present = item["image"].as_tensor(), item["present"]
+    tta = tta_uncertainty(model, image, present, roi)
+    wt = list(model.regions).index("WT")
+    maps = {"uncertainty": tta["std"][wt]}
+    presence = None
+    report = {"uncertainty": {"wt_agreement": round(tta["agreement"], 3), "lesion_std": round(tta["lesion_std"], 3)}}
+    if "presence" in model.tasks:
+        presence = presence_probability(model, image, present)
+        report["presence"] = {r: round(float(p), 3) for r, p in zip(model.regions, presence)}
+        maps["gradcam"] = grad_cam(model, image, present, "WT")
+    flag, reasons = review(tta, presence, model)
+    report.update(review_recommended=flag, review_reasons=reasons)
+    return {"plain": tta["plain"], "maps": maps}, report
 
 
 def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
@@ -226,6 +266,11 @@ def main_segment(argv=None) -> int:
     p.add_argument("--state-dir", type=Path, default=None, help="site statistics from uharmony-calibrate")
     p.add_argument("--png", action="store_true", help="also write a PNG overlay next to each output")
     p.add_argument(
+        "--derive",
+        action="store_true",
+        help="also: TTA uncertainty, presence + Grad-CAM (if the model has a presence head), review flag",
+    )
+    p.add_argument(
         "--trusted-key", type=Path, default=None, help="coordinator's public key(s): the model must be signed"
     )
     a = p.parse_args(argv)
@@ -256,6 +301,7 @@ def main_segment(argv=None) -> int:
                     folder,
                     out,
                     out.with_name(out.name.replace(".nii.gz", ".png")) if a.png else None,
+                    a.derive,
                 )
             )
         except Exception as exc:  # noqa: BLE001 - one bad case must not stop the batch

@@ -1,7 +1,8 @@
 """What a site tells the server when it joins (Flower-free): identity, modalities, annotated regions.
 
 The profile holds names and counts only: no image, label, statistic or parameter leaves the site
-through it. The server uses it to decide whether the model must grow (a new modality stem, a new
+through it; a label-free site's says so (``labelled`` false, no regions).
+The server uses it to decide whether the model must grow (a new modality stem, a new
 output class, a new domain expert) before the site trains.
 """
 
@@ -26,7 +27,8 @@ def site_profile(node_config: dict, cfg: RunConfig, server_round: int) -> dict:
         P.SITE_ID: site.name,
         P.DOMAIN_ID: int(site.domain),
         P.MODALITIES: ",".join(site.modalities),
-        P.REGIONS: ",".join(site.region_names),
+        P.REGIONS: ",".join(site.region_names) if site.labelled else "",
         P.TRAIN_CASES: len(site.train),
+        P.LABELLED: site.labelled,
         P.READY: ready,
     }

@@ -66,13 +66,19 @@ def parse_profile(record: dict) -> dict:
     ready = record.get(P.READY, True)
     if not isinstance(ready, bool):
         raise BadProfile(f"profile {P.READY!r} must be a bool, got {str(ready)[:20]!r}")
+    labelled = record.get(P.LABELLED, True)
+    if not isinstance(labelled, bool):
+        raise BadProfile(f"profile {P.LABELLED!r} must be a bool, got {str(labelled)[:20]!r}")
+    if not labelled and record.get(P.REGIONS, "") != "":
+        raise BadProfile(f"profile {P.REGIONS!r} must be empty for a label-free site ({P.LABELLED} false)")
     return {
         "site": site,
         "domain": _int(record, P.DOMAIN_ID, 0, MAX_DOMAINS - 1),
         "train_cases": _int(record, P.TRAIN_CASES, 0, MAX_TRAIN_CASES),
         "ready": ready,
+        "labelled": labelled,
         "modalities": _names(record.get(P.MODALITIES), P.MODALITIES, _MODALITY, MAX_MODALITIES),
-        "regions": _names(record.get(P.REGIONS), P.REGIONS, _REGION, MAX_REGIONS),
+        "regions": _names(record.get(P.REGIONS), P.REGIONS, _REGION, MAX_REGIONS) if labelled else [],
     }
 
 

@@ -56,7 +56,9 @@ class RoleAware(FedAvg):
             self.roles.domain_keys(d) for d in sorted(set(self.roles.domain_of.values()))
         ]
         new_state = dict(self.global_state)
-        for keys in groups:
+        carried = set().union(*(set(arrays) for arrays, _, _ in parsed))
+        for keys in groups:  # a UMS-Rep plan sends part of a group (a frozen trunk): what was sent is averaged
+            keys = [k for k in keys if k in carried]
             members = [(arrays, weight) for arrays, weight, _ in parsed if keys and set(keys) <= set(arrays)]
             if not members:
                 continue

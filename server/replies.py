@@ -27,7 +27,8 @@ from uharmony import protocol as P
 from uharmony.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
-EVAL_KEY = re.compile(r"(dice|hd95)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
+EVAL_KEY = re.compile(r"(dice|hd95|presence)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
+DENOISE_KEY = re.compile(r"(psnr|ssim)-(noisy|denoised)-\d{1,2}")  # UMS-Rep phase P, per noise level
 
 
 class RejectedUpdate(ValueError):
@@ -106,12 +107,14 @@ class ReplyChecker:
         pooled: bool = False,
         history: list[float] | None = None,
         reject_unchanged: bool = False,
+        sent: set[str] | None = None,
     ) -> None:
         self.roles, self.global_state, self.members = roles, global_state, members or {}
         self.update_norm_factor, self.max_relative_update = update_norm_factor, max_relative_update
         self.pooled = pooled  # the trainer holds every site's data: it sends every global entry
         self.history = history if history is not None else []
         self.reject_unchanged = reject_unchanged  # under DP: clipping divides by the update's norm
+        self.sent = sent  # UMS-Rep: the entries the round's plan trains (None: every outgoing entry)
 
     def _profile(self, msg: Message) -> dict | None:
         profile = self.members.get(msg.metadata.src_node_id)
@@ -147,6 +150,8 @@ class ReplyChecker:
         except (TypeError, ValueError) as exc:
             raise RejectedUpdate(f"arrays cannot be read as NumPy arrays ({str(exc)[:200]})") from None
         expected = set(self.roles.global_keys() if self.pooled else self.roles.outgoing_keys(domain))
+        if self.sent is not None:
+            expected &= self.sent
         if set(arrays) != expected:
             missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
             raise RejectedUpdate(f"keys differ from the expected update: missing {missing[:3]}, extra {extra[:3]}")
@@ -216,12 +221,16 @@ def check_evaluation(
             if match.group(2) not in known:
                 raise RejectedUpdate(f"metric {key!r} names a region the model does not have ({sorted(known)})")
             if value != -1:  # -1: the site does not annotate this region
-                high = 1.0 if match.group(1) == "dice" else math.inf
+                high = math.inf if match.group(1) == "hd95" else 1.0
                 _number(value, key, 0.0, high)
         elif key in (P.NUM_EXAMPLES, P.SKIPPED):
             _number(value, key, 0.0)
         elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT):
             _number(value, key, 0.0, 1.0)
+        elif DENOISE_KEY.fullmatch(key):
+            _number(value, key, -1.0, 1.0) if key.startswith("ssim") else _number(value, key, -200.0, 400.0)
+        elif key == P.VAL_LOSS:
+            _number(value, key, 0.0)
         else:
             continue  # unknown numbers are not used
         metrics[key] = float(value) if isinstance(value, float) else value

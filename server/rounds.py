@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from uharmony.signing import load_private_key
 from uharmony.tracking import TensorBoard, write_run_info
 from uharmony.training import round_lr
 
-from . import evaluation, joins
+from . import evaluation, joins, phases
 from .admission import Admission
 from .aggregation import build_strategy
 from .members import MembersGrid
@@ -70,6 +71,7 @@ class RoundEngine:
             else None
         )
         self.stop_reason = ""
+        self.umsrep_lr, self.umsrep_best, self.umsrep_stale = cfg.lr, math.inf, 0  # phase P's plateau (phases.py)
         self.pending = 0  # a round whose model the sites evaluate at the start of the next train message
         self.run_id = cfg.run_id or uuid.uuid4().hex  # a resumed run keeps its checkpoint's
         self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
@@ -85,7 +87,10 @@ class RoundEngine:
     # -- the model ------------------------------------------------------------------------------
     def use(self, model, state=None) -> None:
         roles = ModelRoles(model, self.cfg.strategy)
-        state = global_state_of(model, roles) if state is None else state
+        if state is None:
+            state = global_state_of(model, roles)
+            if self.cfg.umsrep and self.model is None:  # phase F: the trunk from the phase-P artifact
+                state = phases.initial_state(self, model, roles, state)
         if set(state) != set(roles.global_keys()):
             raise CheckpointError(f"checkpoint entries do not fit a {self.cfg.strategy!r} model of this spec")
         self.model, self.roles = model, roles
@@ -113,6 +118,8 @@ class RoundEngine:
             )
         self.start, self.run_id = ckpt["round"] + 1, run_id
         self.pending = int(ckpt["extra"].get("pending-evaluation", 0))
+        plateau = ckpt["extra"].get("umsrep-plateau", [self.cfg.lr, math.inf, 0])
+        self.umsrep_lr, self.umsrep_best, self.umsrep_stale = float(plateau[0]), float(plateau[1]), int(plateau[2])
         self.resumed_records = int(ckpt["extra"].get("records", 1 << 62))
         say(f"resuming run {run_id} from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
         return int(ckpt["round"])
@@ -136,7 +143,8 @@ class RoundEngine:
     # -- one round ------------------------------------------------------------------------------
     def train(self, rnd: int) -> dict:
         cfg, members = self.cfg, self.members()
-        trainers = members[:1] if self.spec.pooled else members  # pooled: one node trains on every site's data
+        # pooled: one node trains on every site's data; label-free sites train in phase P only
+        trainers = members[:1] if self.spec.pooled else phases.trainers(self, members)
         steps = cfg.local_steps * (len(members) if self.spec.pooled else 1)
         info = {"sites": [], "rejected": [], P.TRAIN_LOSS: None}
         if not trainers:
@@ -145,7 +153,7 @@ class RoundEngine:
         config = ConfigRecord(
             {
                 **self._base_config(),
-                P.LR: round_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule),
+                P.LR: phases.round_lr(self, rnd, round_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule)),
                 P.LOCAL_STEPS: steps,
                 P.SEED: round_seed(cfg, rnd),
                 P.POOLED: self.spec.pooled,
@@ -171,6 +179,7 @@ class RoundEngine:
             self.spec.pooled,
             self.norm_history,
             reject_unchanged=self.ledger is not None,
+            sent=phases.sent_keys(self),
         )
         accepted, parsed, rejected = checker.screen(replies)
         for r in rejected:
@@ -181,6 +190,7 @@ class RoundEngine:
             **{
                 "update-bytes": {r.site: r.metrics.get(P.UPDATE_BYTES) for r in parsed},
                 "skipped-cases": {r.site: r.metrics.get(P.SKIPPED) for r in parsed},
+                "site-seconds": {r.site: r.metrics.get(P.SECONDS) for r in parsed},
             },
         )
         if len(accepted) < max(1, cfg.min_sites):
@@ -206,7 +216,7 @@ class RoundEngine:
 
     def refresh_prototypes(self, rnd: int) -> None:
         """The scan gate's prototypes under the model just aggregated (``server/prototypes.py``)."""
-        members = self.members()
+        members = phases.labelled(self, self.members())
         if not members or not uses_scan_gate(self.model):
             return
         asked = members[:1] if self.spec.pooled else members
@@ -231,7 +241,7 @@ class RoundEngine:
         """Every admitted site evaluates the current global model (an evaluate message); logs one line per
         site and region and returns the mean Dice per mode over sites (and each site's mean, under
         ``"sites"``). ``experts``: a gated model's every expert on every site too (``cross_site.csv``)."""
-        members = self.members()
+        members = phases.labelled(self, self.members())
         if not members:
             return {}
         experts = experts and self.model.gated
@@ -262,17 +272,20 @@ class RoundEngine:
         return summary
 
     # -- the run --------------------------------------------------------------------------------
-    def _checkpoint(self, rnd: int, **kw) -> Path:
+    def _checkpoint(self, rnd: int, state=None, kind: str = "", **kw) -> Path:
         extra = {
+            **({"kind": kind} if kind else {}),
             "strategy": self.cfg.strategy,
             "run-id": self.run_id,
             "update-norms": self.norm_history[-50:],
             "pending-evaluation": self.pending,
             "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
+            "umsrep-plateau": [self.umsrep_lr, min(self.umsrep_best, 1e30), self.umsrep_stale],
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
         folder = self.run_dir / ("checkpoints" if "name" not in kw else "")
-        return save_checkpoint(folder, rnd, self.model.spec, self.state, extra, signer=self.signer, **kw)
+        state = self.state if state is None else state
+        return save_checkpoint(folder, rnd, self.model.spec, state, extra, signer=self.signer, **kw)
 
     def run(self) -> dict:
         cfg, summary, rnd = self.cfg, {}, self.start - 1
@@ -311,7 +324,10 @@ class RoundEngine:
             if self.tensorboard is not None:
                 self.tensorboard.train(rnd, loss, time.time() - t0)
             last = bool(self.stop_reason) or rnd == cfg.num_server_rounds
-            if last or rnd % cfg.eval_every == 0:
+            if (last or rnd % cfg.eval_every == 0) and phases.pretraining(self):
+                line += f" | {phases.after_pretraining_round(self, rnd, last)}"
+            elif last or rnd % cfg.eval_every == 0:
+                phases.calibrate(self, rnd, [n for n in self.members() if n not in phases.labelled(self, [n])])
                 self.refresh_prototypes(rnd)
                 if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
                     summary = self.evaluate(rnd, experts=last)
@@ -322,6 +338,8 @@ class RoundEngine:
             say(f"{line} ({time.time() - t0:.1f} s)")
             if self.stop_reason:
                 break
+        if phases.pretraining(self):
+            phases.finish_pretraining(self, rnd)
         final = self._checkpoint(rnd, name="final_model.pt")
         png = self.runlog.plot()
         means = {k: v for k, v in summary.items() if k in ("oracle", "gated")}

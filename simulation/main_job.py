@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from uharmony.config import RunConfig
 from uharmony.data import load_federation
@@ -45,9 +46,18 @@ def check(cfg: RunConfig, run_id: str) -> str:
     status = f"run {latest['run-id']}: status {latest['status']} after {latest['elapsed']:.0f} s"
     if latest["status"] != "finished:completed":
         raise RuntimeError(f"{status}: the run did not complete ({latest['status-details']})")
-    done = RunLog(cfg.run_dir).done(run_id)
+    log = RunLog(cfg.run_dir)
+    done = log.done(run_id)
     if done is None:
         raise RuntimeError(f"{status}, but {cfg.run_dir}/metrics.jsonl has no completion record from this run")
+    if cfg.phase == "pretrain":  # UMS-Rep phase P: the artifact and the sites' denoising
+        artifact = Path(cfg.run_dir) / "umsrep.pt"
+        if not artifact.is_file():
+            raise RuntimeError(f"{status}, but phase P wrote no {artifact}")
+        scores = [r for r in log.records(run_id) if r.get("event") == "denoise-mean"]
+        last = {k: round(v, 3) for k, v in (scores[-1] if scores else {}).items() if k.startswith(("psnr", "val"))}
+        manifest = artifact.with_suffix(".json")
+        return f"{status}\nartifact: {artifact} (manifest {manifest})\ndenoising: {json.dumps(last)}"
     return (
         f"{status}\nresults: {cfg.run_dir}/metrics.jsonl, {cfg.run_dir}/dice_per_round.png, "
         f"{cfg.run_dir}/metrics.csv, {cfg.run_dir}/cross_site.csv, {cfg.run_dir}/final_model.pt\n"

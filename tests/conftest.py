@@ -80,6 +80,44 @@ def trained_run(tiny_federation, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def umsrep_runs(tiny_federation, tmp_path_factory) -> dict:
+    """UMS-Rep on the tiny federation with one labelled site of four: phase P (2 rounds, every site) and phase F
+    from its artifact (2 rounds, independent heads with a presence head). Each node's replies are recorded
+    (``replies``: node config, message type, content) for the what-leaves-a-site test; tests only read."""
+    from client.client_app import make_app
+    from server.rounds import run_server
+    from simulation.inprocess import InProcessGrid
+    from simulation.label_fraction import label_free_view
+    from uharmony.config import RunConfig
+    from uharmony.data import load_federation
+
+    base = tmp_path_factory.mktemp("umsrep")
+    view = label_free_view(tiny_federation, base / "view", ["1"])
+    replies = []
+
+    class RecordingGrid(InProcessGrid):
+        def pull_messages(self, message_ids):
+            got = super().pull_messages(message_ids)
+            for m in got:
+                replies.append((self.contexts[m.metadata.src_node_id].node_config, m.metadata.message_type, m))
+            return got
+
+    sites = len(load_federation(view).sites)
+    out = {"view": view, "replies": replies}
+    for name, extra in (
+        ("pretrain", {"phase": "pretrain", "local_steps": 3}),
+        ("finetune", {"finetune": "independent", "tasks": "presence", "umsrep": str(base / "pretrain/umsrep.pt")}),
+    ):
+        cfg = RunConfig.from_flwr(
+            {k.replace("_", "-"): v for k, v in tiny_overrides(view, base / name, num_server_rounds=2, **extra).items()}
+        )
+        grid = RecordingGrid(make_app(), [{"partition-id": i} for i in range(sites)], cfg.to_flwr())
+        run_server(grid, cfg.to_flwr())
+        out[name] = base / name
+    return out
+
+
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 

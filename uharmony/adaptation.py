@@ -29,6 +29,8 @@ def _check(model) -> UHarmonyNet:
 def add_modality(model: UHarmonyNet, name: str) -> int:
     """Add an input modality (new stem initialized as the mean of the others); returns its channel index."""
     _check(model).stems.add_modality(name)
+    if "recon" in model.tasks:  # the denoising head reconstructs every input modality
+        model.tasks["recon"].add_output_channels(1)
     model.spec["modalities"] = model.modalities
     model.spec["in_channels"] = len(model.modalities)
     return len(model.modalities) - 1
@@ -51,6 +53,8 @@ def add_classes(model: UHarmonyNet, names: int | Sequence[str] = 1) -> list[int]
     if not names or clash:
         raise ValueError(f"add_classes: need new, distinct region names; {clash or names} clash with {model.regions}")
     model.head.add_output_channels(len(names))
+    if "presence" in model.tasks:
+        model.tasks["presence"].add_output_channels(len(names))
     model.spec["out_channels"] = old + len(names)
     model.spec["regions"] = model.regions + names
     _sync_experts(model)
@@ -79,6 +83,8 @@ def declare_expert_regions(model: UHarmonyNet, profiles: Sequence[dict]) -> None
     ``domain`` and ``regions``); domains no profile names keep every region."""
     by_domain: dict[int, set] = {}
     for prof in profiles:
+        if not prof["regions"]:  # a label-free site says nothing about what its domain annotates
+            continue
         by_domain.setdefault(int(prof["domain"]), set()).update(prof["regions"])
     for domain, regions in sorted(by_domain.items()):
         if 0 <= domain < model.head.num_domains:

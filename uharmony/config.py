@@ -64,6 +64,18 @@ class RunConfig:
     dp_max_epsilon: float = 0.0  # > 0: stop the run before a round would spend more than this
     extend_on_join: bool = True  # a joining site with a new modality/class/domain extends the model
     join_schedule: str = ""  # simulation only: "SITE@ROUND,..." = that site's SuperNode comes online then
+    # UMS-Rep (uharmony.umsrep, docs/umsrep.md)
+    phase: str = "segment"  # segment | pretrain (phase P: label-free denoising on every site, writes umsrep.pt)
+    umsrep: str = ""  # phase F: start the trunk from this phase-P artifact (umsrep.pt); "": from scratch
+    finetune: str = "full"  # phase F plan (uharmony.umsrep.plans): full | joint | alternating | independent | ...
+    tasks: str = ""  # extra task heads beside segmentation: "" | "presence" (WT/TC/ET present in the patch)
+    task_weight: float = 0.5  # joint plan: weight of the presence loss beside segmentation's
+    alternate_batches: int = 5  # alternating plan: batches per task before switching
+    noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)
+    noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # sigma in units of the brain's intensity SD
+    plateau_patience: int = 2  # phase P: evaluations without a 1 % gain before the rate is halved
+    stop_patience: int = 4  # phase P: evaluations without a 1 % gain before the phase stops early
+    calibration_batches: int = 8  # batches of clean scans that re-estimate a site's harmonization statistics
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +135,27 @@ class RunConfig:
         if not 0.0 <= self.synth_kappa <= 2.0:
             raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
         self.join_rounds()  # checks the format
+        self._check_umsrep()
+
+    def _check_umsrep(self) -> None:
+        from .umsrep.plans import FINETUNE
+
+        one_of("run config: 'phase'", self.phase, ("segment", "pretrain"))
+        one_of("run config: 'finetune'", self.finetune, FINETUNE)
+        one_of("run config: 'tasks'", self.tasks, ("", "presence"))
+        one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))
+        if not self.noise_levels or any(not 0 < s <= 2 for s in self.noise_levels):
+            raise ValueError("run config: 'noise-levels' must be 1+ comma-separated sigmas in (0, 2]")
+        if min(self.plateau_patience, self.stop_patience, self.alternate_batches, self.calibration_batches) < 1:
+            raise ValueError(
+                "run config: 'plateau-patience', 'stop-patience', 'alternate-batches' and 'calibration-batches' "
+                "must be >= 1"
+            )
+        if self.phase == "pretrain" and (self.strategy_spec.pooled or self.dp_noise_multiplier > 0 or self.umsrep):
+            raise ValueError(
+                "run config: phase 'pretrain' runs at the sites (not a pooled strategy), without differential "
+                "privacy, and from scratch ('umsrep' empty)"
+            )
 
     def join_rounds(self) -> dict[str, int]:
         """``join-schedule`` parsed: site name -> first round its SuperNode is online (simulation)."""
@@ -160,6 +193,9 @@ class RunConfig:
             kw["filters"] = self.filters
         if self.head == "gated":
             kw.update(experts=self.head_experts, gate=self.head_gate, confidence=self.gate_confidence)
+        tasks = ("recon",) if self.phase == "pretrain" else (("presence",) if self.tasks else ())
+        if tasks:
+            kw["tasks"] = tasks
         if self.model_norm == "uharmony":
             kw.update(
                 order=self.poly_order,
@@ -202,7 +238,8 @@ def _convert(key: str, raw, default):
                 raise ValueError
             return text in ("1", "true", "yes")
         if isinstance(default, tuple):
-            return tuple(int(v) for v in str(raw).split(",") if v.strip()) if isinstance(raw, str) else tuple(raw)
+            kind = type(default[0]) if default else int
+            return tuple(kind(v) for v in (str(raw).split(",") if isinstance(raw, str) else raw) if str(v).strip())
         if isinstance(default, int):
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError

@@ -76,11 +76,14 @@ class ModalityStems(nn.Module):
 
 
 class UHarmonyNet(nn.Module):
-    def __init__(self, stems: ModalityStems, backbone: nn.Module, head: nn.Module, spec: dict) -> None:
+    def __init__(
+        self, stems: ModalityStems, backbone: nn.Module, head: nn.Module, spec: dict, tasks: nn.ModuleDict | None = None
+    ) -> None:
         super().__init__()
         self.stems = stems
         self.backbone = backbone
         self.head = head
+        self.tasks = tasks if tasks is not None else nn.ModuleDict()  # UMS-Rep heads (uharmony.umsrep.heads)
         self.spec = dict(spec)  # how it was built (for checkpoints)
 
     @property
@@ -196,6 +199,7 @@ def build_model(
     experts: str = "residual",
     gate: str = "scan",
     confidence: float = 0.5,
+    tasks: Sequence[str] = (),
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
@@ -250,6 +254,8 @@ def build_model(
     )
     if head == "gated":
         spec.update(experts=experts, gate=gate, confidence=confidence)
+    if tasks:  # UMS-Rep: a reconstruction head (phase P) and/or an image-level head (phase F)
+        spec["tasks"] = sorted(set(tasks))
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -280,7 +286,12 @@ def build_model(
         )
     else:
         head_module = PlainHead(spatial_dims, feat, out_channels)
-    return UHarmonyNet(stems, backbone, head_module, spec)
+    task_heads = None
+    if tasks:
+        from .umsrep.heads import make_task_heads
+
+        task_heads = make_task_heads(spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone)
+    return UHarmonyNet(stems, backbone, head_module, spec, task_heads)
 
 
 def model_from_spec(spec: dict) -> UHarmonyNet:

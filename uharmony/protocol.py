@@ -56,9 +56,18 @@ PROFILE = "profile"  # ConfigRecord: client -> server, the site's declared profi
 MODALITIES = "modalities"  # comma-separated modality names the site acquires
 REGIONS = "regions"  # comma-separated output regions its labelling protocol annotates
 TRAIN_CASES = "train-cases"
+LABELLED = "labelled"  # False: a label-free site (regions empty): it takes part in label-free work only
 READY = "ready"  # False: the SuperNode is up but the site does not take part yet (simulated late join)
 
 # Prototypes of the scan gate: before every evaluation the server asks the sites (a query message, action
 # PROTOTYPE_ACTION, with the aggregated model) for their domain's prototype under that model: mean,
 # variance and count of their training scans' descriptors (``uharmony.gating``), and merges them per domain.
 PROTOTYPE_ACTION = "prototype"  # message type "query.prototype"
+
+# UMS-Rep (uharmony.umsrep): the run config's ``phase`` decides what a train / evaluate message means at a
+# site (denoising in phase P). CALIBRATE_ACTION ("query.calibrate"): re-estimate the site's harmonization
+# statistics on clean scans under the model sent, keep them at the site, answer with counts only (a
+# label-free site in phase F, every site when phase P ends).
+CALIBRATE_ACTION = "calibrate"
+DENOISE_PREFIXES = ("psnr-noisy-", "psnr-denoised-", "ssim-noisy-", "ssim-denoised-")
+VAL_LOSS = "val-loss"  # phase P: masked MSE of the denoised validation scans at the middle noise level

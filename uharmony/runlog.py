@@ -102,6 +102,11 @@ class RunLog:
                             "region": region.upper(),
                             "dice": dice,
                             "hd95": hd,
+                            **(
+                                {"presence-accuracy": m[f"presence-{region}-{mode}"]}
+                                if m.get(f"presence-{region}-{mode}", -1) >= 0
+                                else {}
+                            ),
                             "val_cases": m.get("num-examples"),
                             **tags,
                         }

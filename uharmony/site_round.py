@@ -76,6 +76,14 @@ class SiteRound:
         reference = subset(self.model.state_dict(), sent_keys) if proximal_mu > 0 else None
         seed = seed + self.site.domain
         torch.manual_seed(seed)
+        if self.cfg.phase == "pretrain":  # UMS-Rep phase P: denoising, labels unused
+            from .umsrep.site import pretrain
+
+            return pretrain(self, server_round, lr, local_steps, seed)
+        if self.cfg.tasks or self.cfg.umsrep or self.cfg.finetune != "full":  # UMS-Rep phase F: a plan
+            from .umsrep.site import finetune
+
+            return finetune(self, server_round, lr, local_steps, proximal_mu, seed)
         opt_state = (
             load_optimizer_state(self.state_dir, self.run_id, server_round) if self.cfg.keep_optimizer_state else None
         )
@@ -152,6 +160,13 @@ class SiteRound:
             for rec in cases[first:]:
                 rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)
             metrics.update({f"{k}-{mode}": v for k, v in scores.items()})
+        if "presence" in self.model.tasks:  # UMS-Rep's image-level head (dataset-free: no domain involved)
+            from .umsrep.training import presence_accuracy
+
+            scores = presence_accuracy(
+                self.model, self.data.val, self.cfg.patch_size, self.cfg.seed, device=self.device
+            )
+            metrics.update({f"{k}-gated": v for k, v in scores.items()})
         _file_cases(Path(self.state_dir) / "cases.jsonl", cases)
         if not self.model.gated:  # one head: dataset-free and oracle coincide
             metrics.update(

@@ -230,3 +230,38 @@ def test_batch_mode_survives_any_case_and_writes_as_it_goes(tiny_federation, che
     assert seen == [0, 1, 1]  # the first case's line was on disk before the second began
     lines = (tmp_path / "out" / "volumes.jsonl").read_text().splitlines()
     assert [json.loads(x)["case"] for x in lines] == ["SYN_001_000", "SYN_004_001"]
+
+
+def test_derivable_outputs_need_no_training(umsrep_runs, tiny_federation, tmp_path, capsys):
+    """UMS-Rep's third step at the hospital: TTA uncertainty, presence + Grad-CAM, a review flag, from the trained
+    heads; the labels are those of the plain call."""
+    case = tiny_federation / "SYN_002_000"
+    model = umsrep_runs["finetune"] / "final_model.pt"
+    plain, derived = tmp_path / "plain.nii.gz", tmp_path / "derived.nii.gz"
+    assert main_segment(["--model", str(model), "--input", str(case), "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert main_segment(["--model", str(model), "--input", str(case), "--out", str(derived), "--derive"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert np.array_equal(np.asarray(nib.load(plain).dataobj), np.asarray(nib.load(derived).dataobj))
+    assert 0 <= report["uncertainty"]["wt_agreement"] <= 1 and report["uncertainty"]["lesion_std"] >= 0
+    assert set(report["presence"]) == {"ET", "TC", "WT"} and all(0 <= p <= 1 for p in report["presence"].values())
+    assert isinstance(report["review_recommended"], bool)
+    assert report["review_recommended"] == bool(report["review_reasons"])
+    ref = nib.load(case / "SYN_002_000_flair.nii.gz")
+    for name in ("uncertainty", "gradcam"):
+        img = nib.load(report["maps"][name])
+        data = np.asarray(img.dataobj)
+        assert img.shape == ref.shape and np.allclose(img.affine, ref.affine) and np.isfinite(data).all()
+    cam = np.asarray(nib.load(report["maps"]["gradcam"]).dataobj)
+    assert cam.min() >= -1e-3 and cam.max() <= 1 + 1e-3
+
+
+def test_review_flag_reasons():
+    from uharmony.umsrep.derive import review
+
+    model = build_model("dynunet", 4, 3, 1, "instance", head="plain", filters=(8, 16, 32))
+    prob = torch.zeros(3, 4, 4, 4)
+    calm = {"agreement": 1.0, "lesion_std": 0.0, "probability": prob}
+    assert review(calm, None, model) == (False, [])
+    flag, reasons = review({**calm, "agreement": 0.5}, torch.tensor([0.0, 0.0, 0.9]), model)
+    assert flag and len(reasons) == 2 and "disagree" in reasons[0] and "is empty" in reasons[1]

@@ -4,7 +4,9 @@ The coordinator makes the PKI (CA key encrypted), starts the SuperLink on the lo
 gateway (nginx) in front, registers the keys the hospitals made themselves for named sites and domains,
 and publishes a signed app. Three hospitals start together; a fourth, post-operative one (ADC contrast,
 resection-cavity labels, a new domain) starts its SuperNode after round 1 and joins the running
-federation. Then what must fail, fails: a registration or a run listing from outside, an unsigned app,
+federation. A fifth hospital has scans but no annotations (``"labels": "none"``): it is admitted, trains nothing
+and is not scored in the segmentation run (it only recalibrates its statistics), then trains in a UMS-Rep
+phase-P run with the others. Then what must fail, fails: a registration or a run listing from outside, an unsigned app,
 an unregistered key, a key registered behind the registry's back, a plaintext connection.
 """
 
@@ -37,6 +39,19 @@ def _joining_site(tmp) -> Path:
     return site
 
 
+def _label_free_site(tmp) -> Path:
+    """Site s5: scans only (no label file anywhere), declared with ``"labels": "none"``."""
+    generate_federation(tmp / "fed5", 1, 3, seed=0, spacing=6.0, first_site=4, progress=False)
+    site = tmp / "data" / "s5"
+    for case in (tmp / "fed5").glob("SYN_*"):
+        (site / case.name).mkdir(parents=True)
+        for image in case.glob("*.nii.gz"):
+            if not image.name.endswith("_seg.nii.gz"):
+                (site / case.name / image.name).symlink_to(image)
+    (site / "site.json").write_text(json.dumps({"labels": "none"}))
+    return site
+
+
 def _outsider(c: LocalConsortium) -> dict:
     """The environment of someone who has the public ca.crt and reaches the coordinator's public port."""
     home = c.root / "outsider-home"
@@ -52,11 +67,12 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
     tmp = tmp_path
     with LocalConsortium(tmp) as c:
         c.init_pki()  # the CA key encrypted; localhost / 127.0.0.1 are always in the server certificate
-        for name in ("s1", "s2", "s3", "s4", "mallory", "intruder"):  # each hospital makes its own key
+        for name in ("s1", "s2", "s3", "s4", "s5", "mallory", "intruder"):  # each hospital makes its own key
             c.keygen(name)
         c.start_coordinator()
         for i, name in enumerate(("s1", "s2", "s3", "s4")):
             c.register(name, i)
+        c.register("s5", 0)  # label-free, on the scanners of s1's domain
         # an insider registers a key with the SuperLink directly, bypassing the coordinator's registry
         home = tmp / "state" / "flwr"
         c.cmd("flwr", "supernode", "register", "keys/mallory/auth.pub", "consortium", "--name", "s5",
@@ -66,6 +82,7 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         folders = c.site_folders(3, 3)
         for i, folder in enumerate(folders):
             c.start_site(folder.name, c.site_config(folder.name, i, folder, tmp / "keys" / folder.name / "auth.key"))
+        c.start_site("s5", c.site_config("s5", 0, _label_free_site(tmp), tmp / "keys" / "s5" / "auth.key"))
         # claims to be s1, with a key the registry does not know
         c.start_site("mallory", c.site_config("s1", 0, folders[0], tmp / "keys" / "mallory" / "auth.key", "mallory"))
 
@@ -107,6 +124,26 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         verify_manifest(tmp / "run", load_public_keys(tmp / "pki" / "trusted-entities.yaml"))
         assert " train: " in c.log("s1")  # the site worker answered the train messages
         print(f"TLS deployment: 3 rounds with a join in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
+        # the label-free hospital: admitted without regions, never trained or scored, its statistics kept current
+        free = [r for r in recs if r.get("event") == "join" and r["site"] == "s5"]
+        assert len(free) == 1 and free[0]["regions"] == [] and free[0]["added"]["domains"] == []
+        assert not any("s5" in r["sites"] for r in trains.values())
+        assert not any(r.get("site") == "s5" for r in recs if "dice" in r)
+        assert any(r.get("event") == "calibrated" and r["sites"] >= 1 for r in recs)
+
+        # UMS-Rep phase P: every hospital denoises its own scans, the label-free one included
+        pretrain = c.submit(
+            f"phase='pretrain' num-server-rounds=1 {TINY_RUN} num-domains=3 min-sites=5 profile-timeout=60.0 "
+            f"run-dir='{tmp / 'pretrain'}'",
+            name="pretrain-run",
+        )
+        status = final_status(c, pretrain, name="pretrain-run")
+        assert status["status"] == "finished:completed", status
+        recs = records(tmp / "pretrain")
+        trained = next(r for r in recs if r.get("event") == "train")
+        assert sorted(trained["sites"]) == ["s1", "s2", "s3", "s4", "s5"] and not trained["rejected"]
+        assert {r["site"] for r in recs if r.get("event") == "denoise"} == {"s1", "s2", "s3", "s4", "s5"}
+        assert (tmp / "pretrain" / "umsrep.pt").is_file() and (tmp / "pretrain" / "umsrep.json").is_file()
 
         # the control plane is closed to outsiders: the gateway forwards the Fleet API only
         for args in (["supernode", "register", "keys/intruder/auth.pub", "pub"], ["ls", "pub"]):

@@ -32,10 +32,21 @@ def test_a_good_profile_becomes_plain_python():
         "domain": 3,
         "train_cases": 12,
         "ready": True,
+        "labelled": True,
         "modalities": ["t1", "t1ce", "t2", "flair", "adc"],
         "regions": ["ET", "TC", "WT", "RC"],
     }
     assert parse_profile({**GOOD, P.READY: False})["ready"] is False
+
+
+def test_a_label_free_profile_declares_no_regions():
+    """A hospital without annotations says so; it may not claim regions (nothing label-derived in its profile)."""
+    free = parse_profile({**GOOD, P.LABELLED: False, P.REGIONS: ""})
+    assert free["labelled"] is False and free["regions"] == []
+    with pytest.raises(BadProfile, match="must be empty for a label-free site"):
+        parse_profile({**GOOD, P.LABELLED: False})
+    with pytest.raises(BadProfile, match="labelled"):
+        parse_profile({**GOOD, P.LABELLED: "no"})
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,11 @@ class Site:
     skipped: list[dict] = field(default_factory=list)  # {"case"/"file", "reason"}
 
     @property
+    def labelled(self) -> bool:
+        """False for a label-free site (``"labels": "none"``): it takes part in label-free work only."""
+        return self.label_map != "none" or any(c.label_map != "none" for c in self.cases)
+
+    @property
     def regions(self) -> tuple[bool, ...]:
         return annotated_regions(self.label_map)
 
@@ -98,11 +103,12 @@ class Federation:
 
     def pooled(self) -> Site:
         """Every site's train/val cases as one site (the centralized baseline); each case keeps its
-        label protocol and its site's domain."""
-        mods = tuple(dict.fromkeys(m for s in self.sites for m in s.modalities))
-        pooled = Site("pooled", 0, [c for s in self.sites for c in s.cases], self.sites[0].label_map, mods)
-        pooled.train = [c for s in self.sites for c in s.train]
-        pooled.val = [c for s in self.sites for c in s.val]
+        label protocol and its site's domain. Label-free sites have nothing to add to a segmentation model."""
+        sites = [s for s in self.sites if s.labelled]
+        mods = tuple(dict.fromkeys(m for s in sites for m in s.modalities))
+        pooled = Site("pooled", 0, [c for s in sites for c in s.cases], sites[0].label_map, mods)
+        pooled.train = [c for s in sites for c in s.train]
+        pooled.val = [c for s in sites for c in s.val]
         return pooled
 
 
@@ -139,7 +145,8 @@ def brats_case(root: Path, subject: str, label_map: str, modalities, suffix=None
     else:
         images = {m: str(folder / f"{subject}-{suffix.get(m, m)}.nii.gz") for m in modalities}
         seg = folder / f"{subject}-seg.nii.gz"
-    return Case(subject, images, str(seg), label_map, tuple(modalities), domain=domain)
+    label = None if label_map == "none" else str(seg)  # a label-free site's folders hold scans only
+    return Case(subject, images, label, label_map, tuple(modalities), domain=domain)
 
 
 def load_site_folder(
@@ -148,10 +155,11 @@ def load_site_folder(
     """One hospital's data folder (deployment): case folders in BraTS 2021 naming
     (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``) or BraTS 2023 naming (``-t1n`` ... ``-seg``).
 
-    An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt" | PROTOCOL}`` for
-    sites that do not acquire every modality, acquire others (e.g. ``"adc"``, read from
-    ``<case>_adc.nii.gz``), annotate whole tumour only or follow another protocol (``"brats2024"``: post-
-    operative labels with the resection cavity).
+    An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt" | "none" | PROTOCOL}``
+    for sites that do not acquire every modality, acquire others (e.g. ``"adc"``, read from
+    ``<case>_adc.nii.gz``), annotate whole tumour only, annotate nothing (``"none"``: scans only; the site
+    takes part in label-free pretraining, ``uharmony.umsrep``) or follow another protocol (``"brats2024"``:
+    post-operative labels with the resection cavity).
     """
     root = Path(path)
     if not root.is_dir():

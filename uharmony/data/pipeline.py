@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from monai.data import DataLoader, Dataset, PersistentDataset
+from monai.data import DataLoader, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -27,6 +27,7 @@ from monai.transforms import (
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSpatialCropd,
     Spacingd,
     SpatialPadd,
     Transform,
@@ -86,7 +87,12 @@ class ReadCased(Transform):
 
     def __call__(self, data: dict) -> dict:
         case = Case(**{k: tuple(v) if k in ("modalities", "channels") else v for k, v in data["case"].items()})
-        return {**read_case(case, self.modalities), "domain": case.domain}
+        out = read_case(case, self.modalities)
+        if "label" not in out:  # a label-free case: an empty label map (no region is annotated, none is scored)
+            if case.label_map != "none":
+                raise DataError(case.case_id, f"case has no label file but its site's protocol is {case.label_map!r}")
+            out["label"] = MetaTensor(torch.zeros((1, *out["image"].shape[1:])), affine=out["image"].affine)
+        return {**out, "domain": case.domain}
 
 
 class CaseMeta(Transform):
@@ -186,10 +192,36 @@ class SiteData:
         ds.transform.set_random_state(seed=seed % (2**32))
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, generator=gen, drop_last=False)
-        done = 0
-        while done < steps:
-            for batch in loader:
-                yield batch
-                done += 1
-                if done >= steps:
-                    return
+        yield from _cycle(loader, steps)
+
+    def scan_batches(self, batch_size: int, steps: int, seed: int, items: list[dict] | None = None) -> Iterator[dict]:
+        """``steps`` batches of random patches anywhere in the scan, labels unused (denoising pretraining and
+        recalibrating the harmonization statistics; a label-free site has nothing else)."""
+        items = self.train if items is None else items
+        if not items:
+            raise DataError(self.site.name, "site has no usable scan")
+        patch = (self.patch,) * 3
+        ds = Dataset(
+            [{k: it[k] for k in ("image", "present")} for it in items],
+            transform=Compose(
+                [
+                    SpatialPadd(keys="image", spatial_size=patch),
+                    RandSpatialCropd(keys="image", roi_size=patch, random_size=False),
+                    RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+                ]
+            ),
+        )
+        ds.transform.set_random_state(seed=seed % (2**32))
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0, generator=gen, drop_last=False)
+        yield from _cycle(loader, steps)
+
+
+def _cycle(loader, steps: int) -> Iterator[dict]:
+    done = 0
+    while done < steps:
+        for batch in loader:
+            yield batch
+            done += 1
+            if done >= steps:
+                return

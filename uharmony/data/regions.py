@@ -13,6 +13,7 @@ order of the model it prepares data for.
 | MSD Task01         | 1 oedema, 2 non-enhancing tumour, 3 enhancing   | 3   | 2, 3      | 1, 2, 3       | -  |
 | synthetic (full)   | as BraTS 2021                                   | 4   | 1, 4      | 1, 2, 4       | -  |
 | synthetic (wt)     | 2 = whole tumour; only WT is annotated          | -   | -         | 2             | -  |
+| none (label-free)  | no label file; nothing is annotated             | -   | -         | -             | -  |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LABEL_MAPS: dict[str, dict] = {
     "brats2024": dict(values=(0, 1, 2, 3, 4), regions={"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3), "RC": (4,)}),
     "msd": dict(values=(0, 1, 2, 3), regions={"ET": (3,), "TC": (2, 3), "WT": (1, 2, 3)}),
     "wt": dict(values=(0, 2), regions={"WT": (2,)}),
+    "none": dict(values=(0,), regions={}),  # a label-free site (UMS-Rep phase P): scans only, no annotation
 }
 
 

@@ -1,0 +1,1 @@
+"""The UMS-Rep evidence (docs/umsrep.md): label efficiency, cost to a target, strategies, denoising."""

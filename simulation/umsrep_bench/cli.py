@@ -1,0 +1,110 @@
+"""``uharmony-umsrep``: the UMS-Rep evidence, by one command (docs/umsrep.md).
+
+    uharmony-umsrep                      # the default size on 2 CPU cores, writes docs/umsrep.md
+    uharmony-umsrep --size quick --out runs/umsrep-quick --doc runs/umsrep-quick/umsrep.md   # minutes (tested)
+
+Phase-P jobs run first (two side by side, one thread each), then the phase-F jobs that start from their
+artifacts. Each finished job is appended to ``<out>/results.jsonl`` at once; a rerun skips the jobs found
+there (``--fresh`` starts over), so an interrupted evidence run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import shutil
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from uharmony.files import append_jsonl, read_jsonl
+
+from ..bench.cli import machine, software
+from .jobs import SIZES, plan, run_call, size_dict
+from .report import write_report
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("uharmony.server").setLevel(logging.ERROR)
+
+
+def _timed(size, call: tuple, out: Path) -> dict:
+    t0 = time.time()
+    rec = {"job": list(call), **run_call(size, call, out)}
+    rec["job_seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+def run_stage(size, calls: list[tuple], out: Path, results: Path, label: str) -> None:
+    done = {tuple(r["job"]) for r in read_jsonl(results)}
+    todo = [c for c in calls if tuple(c) not in done]
+    print(f"[umsrep] {label}: {len(todo)} jobs to run ({len(calls) - len(todo)} already in {results})", flush=True)
+    t0 = time.time()
+
+    def finished(i: int, rec: dict) -> None:
+        append_jsonl(results, rec)
+        left = len(todo) - i
+        eta = (time.time() - t0) / i * left
+        print(
+            f"[umsrep] {label} {i}/{len(todo)} {rec['job']} {rec['job_seconds']} s; ~{eta / 60:.0f} min left",
+            flush=True,
+        )
+
+    if size.workers > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
+            futures = [pool.submit(_timed, size, c, out) for c in todo]
+            for i, fut in enumerate(as_completed(futures), 1):
+                finished(i, fut.result())
+    else:
+        for i, c in enumerate(todo, 1):
+            finished(i, _timed(size, c, out))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="uharmony-umsrep", description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="default")
+    p.add_argument("--out", type=Path, default=Path("runs/umsrep"))
+    p.add_argument("--doc", type=Path, default=Path("docs/umsrep.md"))
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--fresh", action="store_true", help="forget earlier results in --out")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from --out/results.jsonl")
+    a = p.parse_args(argv)
+    size = SIZES[a.size]
+    if a.workers:
+        from dataclasses import replace
+
+        size = replace(size, workers=a.workers)
+    a.out.mkdir(parents=True, exist_ok=True)
+    results = a.out / "results.jsonl"
+    if a.fresh and results.exists():
+        results.unlink()
+    meta = {"size": size_dict(size), "machine": machine(), "software": software(), "command": " ".join(sys.argv)}
+    t0 = time.time()
+    if not a.report_only:
+        pre, fine = plan(size)
+        run_stage(size, pre, a.out, results, "phase P")
+        run_stage(size, fine, a.out, results, "phase F")
+        meta["seconds"] = round(time.time() - t0, 1)
+        (a.out / "meta.json").write_text(json.dumps(meta, indent=1))
+    elif (a.out / "meta.json").exists():
+        meta = json.loads((a.out / "meta.json").read_text())
+    doc = write_report(read_jsonl(results), meta, a.doc, a.out)
+    kept = a.doc.parent / "umsrep"  # the figures behind the report, kept beside it
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results, kept / "results.jsonl")
+    (kept / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(json.dumps({"doc": str(doc), "results": str(results), "seconds": round(time.time() - t0, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""UMS-Rep library: noise, heads, plans (what each trains and sends), training steps, recalibration."""
+
+import pytest
+import torch
+
+from uharmony import build_model, model_from_spec
+from uharmony.adaptation import add_classes, add_modality
+from uharmony.norm import UHarmonyNorm
+from uharmony.umsrep.heads import forward_tasks
+from uharmony.umsrep.plans import FINETUNE, PLANS, get_plan, module_groups
+from uharmony.umsrep.training import (
+    brain_mask,
+    corrupt,
+    finetune_steps,
+    masked_mse,
+    presence_targets,
+    pretrain_steps,
+    recalibrate,
+)
+
+
+def tiny(tasks=("presence",), **kw):
+    torch.manual_seed(0)
+    return build_model("dynunet", 4, 3, 2, "uharmony", filters=(8, 16, 32), tasks=tasks, **kw)
+
+
+def scan(batch=2, n=16):
+    torch.manual_seed(1)
+    x = torch.zeros(batch, 4, n, n, n)
+    x[:, :, 2:-2, 2:-2, 2:-2] = torch.randn(batch, 4, n - 4, n - 4, n - 4)
+    label = torch.zeros(batch, 3, n, n, n)
+    label[:, :, 5:9, 5:9, 5:9] = 1
+    return {
+        "image": x,
+        "label": label,
+        "present": torch.ones(batch, 4, dtype=torch.bool),
+        "regions": torch.ones(batch, 3, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rician", "gaussian"])
+def test_noise_touches_brain_voxels_of_present_modalities_only(kind):
+    b = scan()
+    present = torch.tensor([[True, True, False, True]] * 2)
+    b["image"][:, 2] = 0
+    mask = brain_mask(b["image"], present)
+    noisy = corrupt(b["image"], mask, kind, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[~mask], b["image"][~mask])
+    err = (noisy - b["image"])[mask]
+    assert 0.1 < float(err.std()) < 0.35
+    if kind == "rician":  # the magnitude stays above the brain's minimum: a non-negative magnitude image
+        floor = b["image"][mask].min()
+        assert float(noisy[mask].min()) >= float(floor) - 1e-5
+    with pytest.raises(ValueError, match="noise must be one of"):
+        corrupt(b["image"], mask, "poisson", 0.2)
+
+
+def test_heads_share_one_trunk_pass_and_grow_with_the_model():
+    model = tiny(("recon", "presence"))
+    b = scan()
+    out = forward_tasks(model, b["image"], b["present"], domain=0, want=("seg", "recon", "presence"))
+    assert out["seg"].shape == (2, 3, 16, 16, 16) and out["presence"].shape == (2, 3)
+    assert torch.equal(out["recon"], b["image"])  # the zero-initialized residual: the identity at start
+    add_modality(model, "adc")
+    add_classes(model, ["RC"])
+    x = torch.cat([b["image"], torch.zeros(2, 1, 16, 16, 16)], 1)
+    out = forward_tasks(model, x, torch.ones(2, 5, dtype=torch.bool), domain=0, want=("recon", "presence"))
+    assert out["recon"].shape[1] == 5 and out["presence"].shape[1] == 4
+    rebuilt = model_from_spec(model.spec)  # a checkpoint of the grown model rebuilds it
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_module_groups_partition_the_state_by_type():
+    model = tiny(("recon", "presence"))
+    groups = module_groups(model)
+    keys = [k for g in groups.values() for k in g]
+    assert sorted(keys) == sorted(model.state_dict()) and len(keys) == len(set(keys))
+    assert all(k.startswith("head.") for k in groups["seg"])
+    assert groups["decoder"] and groups["encoder"] and groups["recon"] and groups["presence"]
+
+
+def test_independent_heads_send_at_most_two_percent_of_the_model():
+    model = build_model("dynunet", 4, 3, 5, "uharmony", filters=(8, 16, 32, 64), tasks=("presence",))
+    state = model.state_dict()
+    size = {k: v.numel() * v.element_size() for k, v in state.items()}
+    share = sum(size[k] for k in get_plan("independent").trained_keys(model)) / sum(size.values())
+    assert share <= 0.02, share
+    assert sum(size[k] for k in get_plan("joint").trained_keys(model)) / sum(size.values()) > 0.9
+
+
+def test_every_plan_trains_something_and_names_known_groups():
+    model = tiny(("presence",))
+    assert set(FINETUNE) == set(PLANS) - {"pretrain"}
+    for plan in PLANS.values():
+        assert plan.trained_keys(tiny(("recon",)) if plan.name == "pretrain" else model)
+    with pytest.raises(ValueError, match="unknown module groups"):
+        type(get_plan("full"))("x", "y", ("nose",))
+
+
+def test_pretraining_learns_to_denoise_a_fixed_batch():
+    model = tiny(("recon",))
+    b = scan()
+    grid = torch.linspace(0, 3.14, 12)
+    smooth = torch.sin(grid)[:, None, None] * torch.cos(grid)[None, :, None] + torch.sin(2 * grid)[None, None, :]
+    b["image"][:, :, 2:-2, 2:-2, 2:-2] = smooth + torch.arange(4.0).view(1, 4, 1, 1, 1) * 0.1  # anatomy is smooth
+    mask = brain_mask(b["image"], b["present"])
+    gen = torch.Generator().manual_seed(3)
+    noisy = corrupt(b["image"], mask, "gaussian", 0.5, gen)
+    before = float(masked_mse(noisy, b["image"], mask))
+    pretrain_steps(model, [b] * 40, "gaussian", (0.5,), 0.01, seed=3)
+    model.eval()
+    with torch.no_grad():
+        den = forward_tasks(model, noisy, b["present"], want=("recon",))["recon"]
+    assert float(masked_mse(den, b["image"], mask)) < 0.5 * before  # > 3 dB
+
+
+def test_recalibration_changes_statistics_only():
+    model = tiny(())
+    params = {n: p.clone() for n, p in model.named_parameters()}
+    norm = next(m for m in model.modules() if isinstance(m, UHarmonyNorm))
+    before = norm.site_std.clone()
+    b = scan()
+    b["image"] = b["image"] * 3 + 1
+    assert recalibrate(model, [b, b]) == 2
+    assert not torch.allclose(norm.site_std, before)
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("plan", ["independent", "independent-decoder", "joint", "alternating", "full"])
+def test_a_plan_changes_exactly_the_groups_it_trains(plan):
+    model = tiny(("presence",), experts="residual")
+    groups = module_groups(model)
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    out = finetune_steps(model, [scan()] * 4, get_plan(plan), 0, 1e-2, alternate=2)
+    assert out["steps"] == 4 and out["state"]
+    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    trained = get_plan(plan).trained_keys(model)
+    assert changed <= trained, sorted(changed - trained)[:3]
+    for g in ("encoder", "seg", "presence"):
+        if groups[g] & set(params) and g in get_plan(plan).trains and (g != "presence" or plan != "full"):
+            assert changed & groups[g], f"{plan}: nothing of {g} changed"
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the steps
+
+
+def test_presence_targets_read_the_patch():
+    label = torch.zeros(2, 3, 4, 4, 4)
+    label[0, 2, 1, 1, 1] = 1
+    assert presence_targets(label).tolist() == [[0, 0, 1], [0, 0, 0]]

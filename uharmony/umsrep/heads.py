@@ -1,0 +1,114 @@
+"""UMS-Rep task heads on the segmentation trunk (stems + MONAI backbone + U-Harmony layers).
+
+- :class:`ReconstructionHead` (phase P, label-free): the trunk's full-resolution features -> one channel per
+  modality, read as the residual ``clean - noisy`` and added to the noisy input (residual learning as in
+  DnCNN; ours: the paper's CDAE reconstructs the image directly).
+- :class:`PresenceHead` (phase F, image-level): the backbone's bottleneck -> global average pooling -> FC ->
+  ReLU -> dropout -> FC, one logit per output region: "does this patch contain the region?" (the paper's
+  classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive).
+
+Which module is the bottleneck is decided by the backbone's type (MONAI's DynUNet: ``bottleneck``;
+SwinUNETR: ``encoder10``), never by searching names.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers.factories import Conv
+from monai.networks.nets import DynUNet, SwinUNETR
+from torch import nn
+
+TASKS = ("recon", "presence")  # extra heads a UHarmonyNet can carry beside segmentation
+PRESENCE_HIDDEN = 32  # ours: the paper's FC width is not recoverable
+PRESENCE_DROPOUT = 0.5  # the paper's echo network B
+
+
+class ReconstructionHead(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int, modalities: int) -> None:
+        super().__init__()
+        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, modalities, kernel_size=1)
+        nn.init.zeros_(self.conv.weight)  # starts as the identity on the noisy input
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, features: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        return noisy + self.conv(features)
+
+    @torch.no_grad()
+    def add_output_channels(self, n: int) -> None:
+        """One more modality: its residual starts at zero (the noisy input itself)."""
+        old = self.conv
+        new = type(old)(old.in_channels, old.out_channels + n, kernel_size=1).to(old.weight.device)
+        new.weight.zero_()
+        new.bias.zero_()
+        new.weight[: old.out_channels] = old.weight
+        new.bias[: old.out_channels] = old.bias
+        self.conv = new
+
+
+class PresenceHead(nn.Module):
+    def __init__(self, in_channels: int, regions: int) -> None:
+        super().__init__()
+        self.tap = nn.Identity()  # the bottleneck as this head sees it: where Grad-CAM hooks (uharmony.umsrep.derive)
+        self.net = nn.Sequential(
+            nn.Linear(in_channels, PRESENCE_HIDDEN),
+            nn.ReLU(inplace=True),
+            nn.Dropout(PRESENCE_DROPOUT),
+            nn.Linear(PRESENCE_HIDDEN, regions),
+        )
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        return self.net(self.tap(bottleneck).flatten(2).mean(2))
+
+    @torch.no_grad()
+    def add_output_channels(self, n: int) -> None:
+        """A new region: its logit starts at zero weight and bias -4.6 (probability 0.01: absent)."""
+        old = self.net[3]
+        new = nn.Linear(old.in_features, old.out_features + n).to(old.weight.device)
+        new.weight.zero_()
+        new.bias.fill_(-4.6)
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+        self.net[3] = new
+
+
+def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
+    """(the module whose output is the backbone's deepest feature map, its channels), by backbone type."""
+    if isinstance(backbone, DynUNet):
+        return backbone.bottleneck, int(backbone.filters[-1])
+    if isinstance(backbone, SwinUNETR):
+        return backbone.encoder10, int(backbone.encoder10.layer.conv1.conv.out_channels)
+    raise ValueError(f"UMS-Rep heads: no known bottleneck for a {type(backbone).__name__} backbone")
+
+
+def make_task_heads(tasks, spatial_dims: int, features: int, modalities: int, regions: int, backbone) -> nn.ModuleDict:
+    """The extra heads named in ``tasks`` (a subset of :data:`TASKS`)."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"build_model: unknown tasks {unknown} (known: {list(TASKS)})")
+    heads = nn.ModuleDict()
+    if "recon" in tasks:
+        heads["recon"] = ReconstructionHead(spatial_dims, features, modalities)
+    if "presence" in tasks:
+        heads["presence"] = PresenceHead(bottleneck_of(backbone)[1], regions)
+    return heads
+
+
+def forward_tasks(net, x: torch.Tensor, present=None, domain=None, gate_weights=None, want=("seg",)) -> dict:
+    """One trunk pass, every wanted output: ``seg`` (logits), ``recon`` (denoised input), ``presence``
+    (region logits per sample)."""
+    out, caught = {}, {}
+    handle = None
+    if "presence" in want:
+        handle = bottleneck_of(net.backbone)[0].register_forward_hook(lambda m, i, o: caught.setdefault("b", o))
+    try:
+        features = net.features(x, present)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if "seg" in want:
+        out["seg"] = net.head(features, domain, gate_weights) if net.gated else net.head(features)
+    if "recon" in want:
+        out["recon"] = net.tasks["recon"](features, x)
+    if "presence" in want:
+        out["presence"] = net.tasks["presence"](caught["b"])
+    return out

@@ -1,0 +1,277 @@
+"""UMS-Rep training at a site (Flower-free): denoising pretraining, statistics recalibration, multi-task
+fine-tuning under a plan (``uharmony.umsrep.plans``), and the denoising scores a site reports.
+
+Noise (ours; the paper's sigma values are not recoverable): scans are z-scored per modality on brain
+voxels, so sigma is in units of the brain's intensity SD. Rician noise, the noise of MRI magnitude
+images, is added to the magnitude: the channel is shifted to be non-negative on the brain (its minimum
+there becomes 0), ``sqrt((m + s n1)^2 + (s n2)^2)`` is taken and the shift undone; Gaussian noise (the
+paper's option) adds ``s n``. Only brain voxels of present modalities are corrupted and scored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import SSIMMetric
+
+from ..norm import UHarmonyNorm
+from ..training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term
+from .heads import forward_tasks
+from .plans import Plan, module_groups
+
+NOISES = ("rician", "gaussian")
+
+
+def brain_mask(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(B, M, *spatial) bool: brain voxels (any modality non-zero) of present modalities."""
+    brain = (x != 0).any(1, keepdim=True)
+    pres = present.bool().view(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+    return brain & pres
+
+
+def corrupt(x: torch.Tensor, mask: torch.Tensor, kind: str, sigma: float, generator=None) -> torch.Tensor:
+    """``x`` with ``kind`` noise of level ``sigma`` on the ``mask`` voxels."""
+    n1 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * sigma
+    if kind == "gaussian":
+        noisy = x + n1
+    elif kind == "rician":
+        n2 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * sigma
+        big = torch.finfo(x.dtype).max
+        floor = torch.where(mask, x, torch.full_like(x, big)).flatten(2).min(2).values
+        floor = torch.where(floor < big, floor, torch.zeros_like(floor)).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+        noisy = torch.sqrt((x - floor + n1) ** 2 + n2**2) + floor
+    else:
+        raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
+    return torch.where(mask, noisy, x)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _params(model, keys: set[str] | None):
+    """(name, parameter) pairs to optimize; others get requires_grad False (restored by the caller)."""
+    named = list(model.named_parameters())
+    return [(n, p) for n, p in named if keys is None or n in keys]
+
+
+class _Frozen:
+    """Only ``keys`` train inside the block."""
+
+    def __init__(self, model, keys: set[str]) -> None:
+        self.model, self.keys = model, keys
+
+    def __enter__(self):
+        self.saved = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n in self.keys)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self.saved[n])
+
+
+def pretrain_steps(model, batches, noise: str, levels, lr: float, seed: int, device="cpu", **opt) -> dict:
+    """Denoising steps: each batch corrupted at a level drawn from ``levels``; masked MSE to the clean scan.
+    ``opt``: weight_decay, optimizer, state (as ``uharmony.training.train_steps``)."""
+    model.to(device).train()
+    keys = module_groups(model)
+    trained = keys["encoder"] | keys["decoder"] | keys["recon"]
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    with _Frozen(model, trained):
+        named = _params(model, trained)
+        kind, decay = opt.get("optimizer", "adamw"), opt.get("weight_decay", 1e-2)
+        optim = make_optimizer(named, kind, lr, decay, opt.get("state"))
+        for batch in batches:
+            x = torch.as_tensor(batch["image"]).to(device)
+            present = torch.as_tensor(batch["present"]).to(device)
+            mask = brain_mask(x, present)
+            sigma = float(levels[int(torch.randint(len(levels), (1,), generator=gen))])
+            noisy = corrupt(x, mask, noise, sigma, gen)
+            optim.zero_grad(set_to_none=True)
+            loss = masked_mse(forward_tasks(model, noisy, present, want=("recon",))["recon"], x, mask)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite denoising loss {loss.item()}")
+            loss.backward()
+            optim.step()
+            losses.append(loss.item())
+    return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(optim, named)}
+
+
+@torch.no_grad()
+def recalibrate(model, batches, device="cpu") -> int:
+    """Re-estimate the site's harmonization statistics from clean scans under the current weights (forward
+    passes in training mode, nothing learned); returns the number of batches used."""
+    norms = [m for m in model.modules() if isinstance(m, UHarmonyNorm)]
+    if not norms:
+        return 0
+    for m in norms:
+        m.num_updates.zero_()  # a cumulative average over these batches (then the layer's momentum)
+    model.to(device).train()
+    used = 0
+    for batch in batches:
+        model.features(torch.as_tensor(batch["image"]).to(device), torch.as_tensor(batch["present"]).to(device))
+        used += 1
+    return used
+
+
+def presence_targets(label: torch.Tensor) -> torch.Tensor:
+    """(B, R) 1 where a region has a voxel in the patch."""
+    return (label.flatten(2) > 0.5).any(2).float()
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor) -> torch.Tensor | None:
+    mask = regions.bool().reshape(logits.shape)
+    if not bool(mask.any()):
+        return None
+    return F.binary_cross_entropy_with_logits(logits[mask], target[mask])
+
+
+def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.5, alternate=5, **opt) -> dict:
+    """Phase-F steps under ``plan``. ``domain``: as ``uharmony.training.train_steps`` (a domain expert, or a
+    batch key when pooled). ``opt``: device, weight_decay, optimizer, state, proximal_mu, reference."""
+    device = opt.get("device", "cpu")
+    model.to(device).train()
+    groups = module_groups(model)
+    trained = plan.trained_keys(model)
+    tasks = ["seg"] + (["presence"] if plan.losses == "tasks" and "presence" in model.tasks else [])
+    seg_loss = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    kind, decay, state = opt.get("optimizer", "adamw"), opt.get("weight_decay", 1e-2), opt.get("state")
+    with _Frozen(model, trained):
+        if plan.schedule == "independent":  # one optimizer per task over its own trained groups
+            own = {"seg": trained - groups["presence"], "presence": trained & groups["presence"]}
+            named = {t: _params(model, own[t]) for t in tasks}
+        else:
+            named = dict.fromkeys(tasks, _params(model, trained))
+        optims = {}
+        for t in tasks:
+            key = id(named[t]) if plan.schedule != "independent" else t
+            optims.setdefault(key, make_optimizer(named[t], kind, lr, decay, state))
+        losses = []
+        for i, batch in enumerate(batches):
+            x, y = torch.as_tensor(batch["image"]).to(device), torch.as_tensor(batch["label"]).to(device)
+            present, regions = batch["present"].to(device), batch["regions"].to(device)
+            if plan.schedule == "joint":
+                active = tasks
+            else:
+                block = i if plan.schedule == "independent" else i // max(1, alternate)
+                active = [tasks[block % len(tasks)]]
+            dom = domain if domain is None or isinstance(domain, int) else batch[domain]
+            out = forward_tasks(model, x, present, dom, want=tuple(active))
+            loss = x.new_zeros(())
+            if "seg" in active:
+                loss = loss + masked_dice_ce(seg_loss, out["seg"], y, regions)
+            if "presence" in active:
+                term = masked_bce(out["presence"], presence_targets(y), regions)
+                if term is not None:
+                    loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
+            if opt.get("proximal_mu", 0) > 0 and opt.get("reference"):
+                loss = loss + opt["proximal_mu"] * proximal_term(model, opt["reference"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()}")
+            if not loss.requires_grad:
+                continue
+            chosen = {id(named[t]) if plan.schedule != "independent" else t for t in active}
+            for key in chosen:
+                optims[key].zero_grad(set_to_none=True)
+            loss.backward()
+            for key in chosen:
+                optims[key].step()
+            losses.append(loss.item())
+        saved = {}
+        for t in tasks:
+            key = id(named[t]) if plan.schedule != "independent" else t
+            saved.update(optimizer_state(optims[key], named[t]))
+    return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": saved}
+
+
+def psnr(pred: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> float:
+    """PSNR (dB) on ``mask`` voxels, the peak being the clean scan's range there."""
+    values = clean[mask]
+    peak = float(values.max() - values.min()) if values.numel() else 1.0
+    mse = float(masked_mse(pred, clean, mask))
+    return 10 * math.log10(peak**2 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def denoise_scores(
+    model, items: list[dict], noise: str, levels, roi: int, seed: int, device="cpu", full: bool = True
+) -> dict:
+    """Mean over ``items`` of PSNR and SSIM, noisy and denoised, at each level (``psnr-noisy-<i>``,
+    ``psnr-denoised-<i>``, ``ssim-noisy-<i>``, ``ssim-denoised-<i>``, i = level index), and ``val-loss`` (the
+    masked MSE at the middle level). The noise is drawn from ``seed``: the same at every evaluation.
+    ``full`` False: the middle level's PSNR and loss only (the cheap check between rounds)."""
+    model.to(device).eval()
+    ssim = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=7)
+    sums: dict[str, float] = {}
+    middle = len(levels) // 2
+    for item in items:
+        x = torch.as_tensor(item["image"]).unsqueeze(0).float()
+        present = torch.as_tensor(item["present"]).view(1, -1)
+        mask = brain_mask(x, present)
+        lo, hi = x[mask].min(), x[mask].max()
+        for i, sigma in enumerate(levels):
+            if not full and i != middle:
+                continue
+            gen = torch.Generator().manual_seed(seed * 7919 + i)
+            noisy = corrupt(x, mask, noise, float(sigma), gen)
+
+            pres = present.to(device)
+
+            def predictor(p, pres=pres):
+                return forward_tasks(model, p, pres.expand(p.shape[0], -1), want=("recon",))["recon"]
+
+            den = sliding_window_inference(noisy.to(device), (roi,) * 3, 2, predictor, overlap=0.25, mode="gaussian")
+            den = torch.where(mask, torch.as_tensor(den).cpu(), x)
+            chans = present[0].nonzero().flatten()
+            for name, img in (("noisy", noisy), ("denoised", den)):
+                scaled = ((img - lo) / (hi - lo)).clamp(0, 1)[:, chans]
+                ref = ((x - lo) / (hi - lo)).clamp(0, 1)[:, chans]
+                pairs = [(f"psnr-{name}-{i}", psnr(img, x, mask))]
+                if full:
+                    pairs.append((f"ssim-{name}-{i}", float(ssim(scaled.transpose(0, 1), ref.transpose(0, 1)).mean())))
+                for key, value in pairs:
+                    sums[key] = sums.get(key, 0.0) + value
+            if i == middle:
+                sums["val-loss"] = sums.get("val-loss", 0.0) + float(masked_mse(den, x, mask))
+    return {k: v / len(items) for k, v in sums.items()} if items else {}
+
+
+@torch.no_grad()
+def presence_accuracy(model, items: list[dict], roi: int, seed: int, per_case: int = 4, device="cpu") -> dict:
+    """Accuracy of the presence head per region (``presence-<region>``) on ``per_case`` patches of each
+    validation scan (half centred on lesion, half on background, drawn from ``seed``); regions a scan's
+    protocol does not annotate are not scored."""
+    from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
+
+    model.to(device).eval()
+    pad = SpatialPadd(keys=["image", "label"], spatial_size=(roi,) * 3)
+    crop = RandCropByPosNegLabeld(
+        keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=1, num_samples=per_case
+    )
+    crop.set_random_state(seed=seed % (2**32))
+    right = torch.zeros(len(model.regions))
+    count = torch.zeros(len(model.regions))
+    for item in items:
+        mask = torch.as_tensor(item["regions"]).bool()
+        if not bool(mask.any()):
+            continue
+        patches = crop(pad({"image": item["image"], "label": item["label"]}))
+        x = torch.stack([torch.as_tensor(p["image"]) for p in patches]).to(device)
+        y = torch.stack([torch.as_tensor(p["label"]) for p in patches])
+        present = torch.as_tensor(item["present"]).view(1, -1).expand(len(patches), -1).to(device)
+        pred = forward_tasks(model, x, present, want=("presence",))["presence"].cpu() > 0
+        hits = (pred == presence_targets(y).bool()).float()
+        right += hits.sum(0) * mask
+        count += len(patches) * mask
+    return {
+        f"presence-{r.lower()}": (float(right[i] / count[i]) if count[i] > 0 else float("nan"))
+        for i, r in enumerate(model.regions)
+    }
