@@ -24,7 +24,7 @@ from pathlib import Path
 from uharmony.files import append_jsonl, read_jsonl
 
 from ..bench.cli import machine, software
-from .jobs import SIZES, plan, run_call, size_dict
+from .jobs import SIZES, plan, run_call, scan_noise, size_dict
 from .report import write_report
 
 
@@ -69,6 +69,12 @@ def run_stage(size, calls: list[tuple], out: Path, results: Path, label: str) ->
             finished(i, _timed(size, c, out))
 
 
+def _earlier_seconds(out: Path) -> float:
+    """Wall seconds of the earlier invocations that wrote this folder's results (a rerun adds its own)."""
+    meta = out / "meta.json"
+    return float(json.loads(meta.read_text()).get("seconds", 0)) if meta.exists() else 0.0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-umsrep", description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="default")
@@ -77,7 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="forget earlier results in --out")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --out/results.jsonl")
+    p.add_argument("--redo", default="", help="run again the jobs whose call contains this text (with --why)")
+    p.add_argument("--why", default="", help="why they are redone: the report says it")
     a = p.parse_args(argv)
+    if a.redo and not a.why:
+        p.error("--redo needs --why (the report states every redone job and its reason)")
     size = SIZES[a.size]
     if a.workers:
         from dataclasses import replace
@@ -87,16 +97,27 @@ def main(argv=None) -> int:
     results = a.out / "results.jsonl"
     if a.fresh and results.exists():
         results.unlink()
+    redone = json.loads((a.out / "meta.json").read_text()).get("redone", []) if (a.out / "meta.json").exists() else []
+    if a.redo:  # the old records move to results.superseded.jsonl; the report lists what was redone and why
+        old = read_jsonl(results)
+        gone = [r for r in old if a.redo in json.dumps(r["job"])]
+        for r in gone:
+            append_jsonl(a.out / "results.superseded.jsonl", r)
+        results.write_text("".join(json.dumps(r) + "\n" for r in old if r not in gone))
+        redone.append({"jobs": a.redo, "count": len(gone), "why": a.why})
     meta = {"size": size_dict(size), "machine": machine(), "software": software(), "command": " ".join(sys.argv)}
     t0 = time.time()
     if not a.report_only:
         pre, fine = plan(size)
         run_stage(size, pre, a.out, results, "phase P")
         run_stage(size, fine, a.out, results, "phase F")
-        meta["seconds"] = round(time.time() - t0, 1)
+        meta["seconds"] = round(time.time() - t0, 1) + (0 if a.fresh else _earlier_seconds(a.out))
         (a.out / "meta.json").write_text(json.dumps(meta, indent=1))
     elif (a.out / "meta.json").exists():
-        meta = json.loads((a.out / "meta.json").read_text())
+        meta = {**json.loads((a.out / "meta.json").read_text()), "command": meta["command"]}
+    meta["scan-noise"] = scan_noise(size, size.seeds[0])
+    meta["redone"] = redone
+    (a.out / "meta.json").write_text(json.dumps(meta, indent=1))
     doc = write_report(read_jsonl(results), meta, a.doc, a.out)
     kept = a.doc.parent / "umsrep"  # the figures behind the report, kept beside it
     kept.mkdir(parents=True, exist_ok=True)

@@ -245,6 +245,30 @@ def plan(size: Size) -> tuple[list[tuple], list[tuple]]:
     return list(dict.fromkeys(pre)), list(dict.fromkeys(fine))
 
 
+def scan_noise(size: Size, seed: int) -> dict[str, float]:
+    """Per site: the noise already in its preprocessed validation scans, estimated robustly from neighbouring
+    voxels (1.4826 x median |x_i - x_i+1| / sqrt(2) on brain voxels, mean over modalities and scans). Edges and
+    texture count too, so it bounds the noise from above; it is in the same brain-SD units as phase P's sigma."""
+    import math
+
+    import torch
+
+    from uharmony.data import SiteData, load_federation
+
+    out = {}
+    for site in load_federation(federation(size, seed), seed=seed).sites:
+        data = SiteData(site, size.spacing, size.patch_size, cache_dir=None)
+        values = []
+        for item in data.val:
+            for channel in torch.as_tensor(item["image"]).float():
+                inside = (channel[1:] != 0) & (channel[:-1] != 0)
+                diff = (channel[1:] - channel[:-1])[inside]
+                if diff.numel():
+                    values.append(1.4826 * float(diff.abs().median()) / math.sqrt(2))
+        out[site.name] = round(sum(values) / len(values), 3) if values else None
+    return out
+
+
 def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dict:
     """Leave-one-site-out: phase F (full, every weight) on the other sites, all labelled; then the held-out
     hospital segments its validation scans dataset-free, with statistics calibrated on its own scans (no

@@ -219,11 +219,11 @@ def test_batch_mode_survives_any_case_and_writes_as_it_goes(tiny_federation, che
     (batch / "notes.nii.gz").write_bytes(b"a stray file beside the case folders")
     real, seen = cli.segment_case, []
 
-    def flaky(model, spacing, roi, calibrated, folder, out, png=None):
+    def flaky(model, spacing, roi, calibrated, folder, out, png=None, derive=False):
         seen.append(len((tmp_path / "out" / "volumes.jsonl").read_text().splitlines()))
         if folder.name == "SYN_002_000":
             raise RuntimeError("an error no one planned for")
-        return real(model, spacing, roi, calibrated, folder, out, png)
+        return real(model, spacing, roi, calibrated, folder, out, png, derive)
 
     monkeypatch.setattr(cli, "segment_case", flaky)
     assert main_segment(["--model", str(checkpoint), "--input", str(batch), "--out", str(tmp_path / "out")]) == 0

@@ -136,6 +136,10 @@ REGIONS = ["ET", "TC", "WT"]
         ({"dice-et-gated": float("nan")}, "dice-et-gated"),
         ({"num-examples": [1, 2]}, "num-examples"),
         ({"dice-rc-gated": 0.5}, "region the model does not have"),
+        ({"presence-wt-gated": 1.5}, "presence-wt-gated"),  # UMS-Rep: an accuracy
+        ({"psnr-denoised-1": float("inf")}, "psnr-denoised-1"),  # phase P's scores
+        ({"ssim-noisy-0": 2.0}, "ssim-noisy-0"),
+        ({"val-loss": -1.0}, "val-loss"),
     ],
 )
 def test_bad_evaluation_replies(metrics, words):

@@ -102,3 +102,5 @@ def test_phase_p_refuses_what_it_cannot_do():
         RunConfig.from_flwr({"phase": "pretrain", "strategy": "centralized"})
     with pytest.raises(ValueError, match="finetune"):
         RunConfig.from_flwr({"finetune": "sideways"})
+    with pytest.raises(ValueError, match="differential privacy needs every entry"):
+        RunConfig.from_flwr({"strategy": "fedavg", "dp-noise-multiplier": 1.0, "finetune": "independent"})

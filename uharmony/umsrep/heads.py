@@ -3,9 +3,11 @@
 - :class:`ReconstructionHead` (phase P, label-free): the trunk's full-resolution features -> one channel per
   modality, read as the residual ``clean - noisy`` and added to the noisy input (residual learning as in
   DnCNN; ours: the paper's CDAE reconstructs the image directly).
-- :class:`PresenceHead` (phase F, image-level): the backbone's bottleneck -> global average pooling -> FC ->
-  ReLU -> dropout -> FC, one logit per output region: "does this patch contain the region?" (the paper's
+- :class:`PresenceHead` (phase F, image-level): the backbone's bottleneck -> global average and max pooling ->
+  FC -> ReLU -> dropout -> FC, one logit per output region: "does this patch contain the region?" (the paper's
   classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive).
+  Max pooling is ours: the bottleneck ends with instance normalization, which fixes each channel's spatial
+  mean, so average pooling alone carries almost nothing (our first evidence run: accuracy at the base rate).
 
 Which module is the bottleneck is decided by the backbone's type (MONAI's DynUNet: ``bottleneck``;
 SwinUNETR: ``encoder10``), never by searching names.
@@ -50,14 +52,15 @@ class PresenceHead(nn.Module):
         super().__init__()
         self.tap = nn.Identity()  # the bottleneck as this head sees it: where Grad-CAM hooks (uharmony.umsrep.derive)
         self.net = nn.Sequential(
-            nn.Linear(in_channels, PRESENCE_HIDDEN),
+            nn.Linear(2 * in_channels, PRESENCE_HIDDEN),
             nn.ReLU(inplace=True),
             nn.Dropout(PRESENCE_DROPOUT),
             nn.Linear(PRESENCE_HIDDEN, regions),
         )
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
-        return self.net(self.tap(bottleneck).flatten(2).mean(2))
+        flat = self.tap(bottleneck).flatten(2)
+        return self.net(torch.cat([flat.mean(2), flat.amax(2)], 1))
 
     @torch.no_grad()
     def add_output_channels(self, n: int) -> None:
