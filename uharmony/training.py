@@ -112,12 +112,18 @@ def train_steps(
         )
         if proximal_mu > 0 and reference:
             loss = loss + proximal_mu * proximal_term(model, reference)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()}")
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(step(loss, [opt]))
     return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(opt, named)}
+
+
+def step(loss: torch.Tensor, optimizers, what: str = "training") -> float:
+    """Backpropagate ``loss`` (refused when not finite) and step ``optimizers``; returns the loss value."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite {what} loss {loss.item()}")
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss.item()
 
 
 @torch.no_grad()

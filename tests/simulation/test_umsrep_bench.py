@@ -66,10 +66,12 @@ def test_the_report_states_each_target_with_its_number(tmp_path):
             _fine(seed, 1.0, "scratch", 0.70),
             _fine(seed, 1.0, "all", 0.695),
         ]
-    results.append({"kind": "pretrain", "seed": 0, "sites": "all", "site_seconds": 50.0, "rounds": 2, "curve": [], "denoise": [
+    denoise = [
         {"site": "1", "psnr-noisy-1": 30.0, "psnr-denoised-1": 34.0},
         {"site": "2", "psnr-noisy-1": 30.0, "psnr-denoised-1": 32.0},
-    ]})  # fmt: skip
+    ]
+    results.append({"kind": "pretrain", "seed": 0, "sites": "all", "site_seconds": 50.0, "rounds": 2, "curve": []})
+    results[-1]["denoise"] = denoise
     results.append(_fine(0, 0.25, "all", 0.5, "independent", "presence"))
     doc = write_report(results, {"size": {"name": "made-up"}}, tmp_path / "umsrep.md", tmp_path)
     text = doc.read_text()

@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import SSIMMetric
 
 from ..norm import UHarmonyNorm
-from ..training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term
+from ..training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
 from .heads import forward_tasks
 from .plans import Plan, module_groups
 
@@ -97,11 +97,7 @@ def pretrain_steps(model, batches, noise: str, levels, lr: float, seed: int, dev
             noisy = corrupt(x, mask, noise, sigma, gen)
             optim.zero_grad(set_to_none=True)
             loss = masked_mse(forward_tasks(model, noisy, present, want=("recon",))["recon"], x, mask)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite denoising loss {loss.item()}")
-            loss.backward()
-            optim.step()
-            losses.append(loss.item())
+            losses.append(step(loss, [optim], "denoising"))
     return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(optim, named)}
 
 
@@ -174,17 +170,12 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
                     loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
             if opt.get("proximal_mu", 0) > 0 and opt.get("reference"):
                 loss = loss + opt["proximal_mu"] * proximal_term(model, opt["reference"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()}")
             if not loss.requires_grad:
                 continue
-            chosen = {id(named[t]) if plan.schedule != "independent" else t for t in active}
-            for key in chosen:
-                optims[key].zero_grad(set_to_none=True)
-            loss.backward()
-            for key in chosen:
-                optims[key].step()
-            losses.append(loss.item())
+            chosen = [optims[k] for k in {id(named[t]) if plan.schedule != "independent" else t for t in active}]
+            for opt_ in chosen:
+                opt_.zero_grad(set_to_none=True)
+            losses.append(step(loss, chosen))
         saved = {}
         for t in tasks:
             key = id(named[t]) if plan.schedule != "independent" else t
