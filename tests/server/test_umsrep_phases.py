@@ -104,3 +104,36 @@ def test_phase_p_refuses_what_it_cannot_do():
         RunConfig.from_flwr({"finetune": "sideways"})
     with pytest.raises(ValueError, match="differential privacy needs every entry"):
         RunConfig.from_flwr({"strategy": "fedavg", "dp-noise-multiplier": 1.0, "finetune": "independent"})
+
+
+def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):
+    """The server's rule on the sites' case-weighted validation loss: progress is a 1 % gain."""
+    import math
+
+    from server import phases
+
+    losses = iter([1.0, 0.9, 0.895, 0.894, 0.85, 0.849, 0.848, 0.847, 0.846])
+    monkeypatch.setattr(phases, "evaluate_denoising", lambda engine, rnd, final=False: {P.VAL_LOSS: next(losses)})
+
+    class Engine:
+        cfg = RunConfig.from_flwr({"plateau-patience": 2, "stop-patience": 3, "lr": 0.004})
+        umsrep_lr, umsrep_best, umsrep_stale, stop_reason = 0.004, math.inf, 0, ""
+
+        class runlog:
+            written = []
+
+            @classmethod
+            def write(cls, record):
+                cls.written.append(record)
+
+    engine = Engine()
+    rates = []
+    for rnd in range(1, 10):
+        phases.after_pretraining_round(engine, rnd, last=False)
+        rates.append(engine.umsrep_lr)
+        if engine.stop_reason:
+            break
+    # 1.0, 0.9: progress; 0.895, 0.894: two stale evaluations -> halved; 0.85: progress; then 3 stale -> stop
+    assert rates == [0.004, 0.004, 0.004, 0.002, 0.002, 0.002, 0.001, 0.001]
+    assert "has not improved by 1 % in 3 evaluations" in engine.stop_reason
+    assert [r["lr"] for r in Engine.runlog.written if r["event"] == "lr-plateau"] == [0.002, 0.001]
