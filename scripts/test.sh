@@ -15,4 +15,5 @@ fi
 export FLWR_HOME="$PWD/.flwr" MPLBACKEND=Agg
 .venv/bin/ruff check . || exit 1  # (an && list would not stop the script under set -e)
 .venv/bin/ruff format --check . >/dev/null || exit 1
-exec .venv/bin/python -m pytest -q --durations=12 "$@"  # the slowest tests: the suite must stay within 10 min
+# two workers: the deployment tests (one group, in order) beside the rest; the slowest tests are listed
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=12 "$@"

@@ -35,6 +35,14 @@ def tiny_label(shape=(16, 16, 16), values=(1, 2, 4)) -> np.ndarray:
     return lab
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) the deployment tests, which mostly wait on real
+    processes, run in turn on one worker and every other test on the other."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("main"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Generated federations and preprocessed scans go to a folder of this test run, not ~/.cache."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from uharmony.config import RunConfig
 from uharmony.files import read_jsonl
 
+from ..bench.jobs import SCENARIO_SITES
 from ..embedded import ensure_federation
 from ..label_fraction import label_free_view, pick_labelled
 from ..runner import run
@@ -235,9 +236,9 @@ def plan(size: Size) -> tuple[list[tuple], list[tuple]]:
     for f in size.curve_fractions:
         pre.append(("pretrain", first, f"labelled-{f:g}"))
         fine += [("finetune", first, f, arm, "full", "") for arm in (ARMS if f < 1 else ARMS[:2])]
-    for seed in size.unseen_seeds:
-        sites = len(_site_names(size, seed))
-        fine += [("unseen", seed, held, arm, "full", "") for held in range(sites) for arm in ("scratch", "all")]
+    for seed in size.unseen_seeds:  # every scenario has SCENARIO_SITES sites (simulation.synth.scenarios)
+        held_out = range(SCENARIO_SITES)
+        fine += [("unseen", seed, held, arm, "full", "") for held in held_out for arm in ("scratch", "all")]
     for seed in size.strategy_seeds:
         f = size.strategy_fraction
         fine.append(("finetune", seed, f, "scratch", "joint", "presence"))

@@ -21,7 +21,7 @@ from simulation.synth import generate_federation
 from simulation.synth.profiles import make_join_profile
 from uharmony.signing import load_public_keys, verify_manifest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployment")]  # one worker, in turn
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -133,7 +133,8 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
 
         # UMS-Rep phase P: every hospital denoises its own scans, the label-free one included
         pretrain = c.submit(
-            f"phase='pretrain' num-server-rounds=1 {TINY_RUN} num-domains=3 min-sites=5 profile-timeout=60.0 "
+            f"phase='pretrain' num-server-rounds=1 noise-levels='0.2' {TINY_RUN} num-domains=3 min-sites=5 "
+            "profile-timeout=60.0 "
             f"run-dir='{tmp / 'pretrain'}'",
             name="pretrain-run",
         )
