@@ -104,7 +104,6 @@ QUICK = BenchSize(
     kappas=(2.0,),
     unseen_sites=(0,),
     flower_rounds=2,
-    workers=1,  # minutes of tiny jobs: no worker processes to start (the suite runs beside the deployment tests)
     scale_sites=8,  # the path the default's 23 sites take, at a third of the Ray actors (test time)
     scale_spacing=6.0,
     scale_steps=1,
