@@ -26,8 +26,8 @@ from uharmony.checkpoint import CheckpointError, load_checkpoint
 from uharmony.files import atomic_write
 from uharmony.umsrep.plans import get_plan, sendable_keys
 
+from . import evaluation
 from .members import MembersGrid
-from .replies import RejectedUpdate, check_evaluation
 
 log = logging.getLogger("uharmony.server")
 ARTIFACT, MANIFEST = "umsrep.pt", "umsrep.json"
@@ -38,12 +38,12 @@ def pretraining(engine) -> bool:
     return engine.cfg.phase == "pretrain"
 
 
-def uses_plan(cfg) -> bool:
-    return cfg.phase == "pretrain" or bool(cfg.tasks or cfg.umsrep or cfg.finetune != "full")
-
-
 def labelled(engine, nodes: list[int]) -> list[int]:
     return [n for n in nodes if engine.admission.members[n].get("labelled", True)]
+
+
+def label_free(engine, nodes: list[int]) -> list[int]:
+    return [n for n in nodes if not engine.admission.members[n].get("labelled", True)]
 
 
 def trainers(engine, members: list[int]) -> list[int]:
@@ -54,7 +54,7 @@ def trainers(engine, members: list[int]) -> list[int]:
 def sent_keys(engine) -> set[str] | None:
     """What a reply may carry under the run's plan (None: the strategy's outgoing entries, as before)."""
     cfg = engine.cfg
-    if not uses_plan(cfg):
+    if not cfg.uses_plan:
         return None
     plan = get_plan("pretrain" if pretraining(engine) else cfg.finetune)
     return set(sendable_keys(engine.model, plan, list(engine.state)))
@@ -116,17 +116,12 @@ def evaluate_denoising(engine, rnd: int, final: bool = False) -> dict:
         rnd, ArrayRecord(engine.state), config, MembersGrid(engine.grid, members)
     )
     replies = engine.grid.send_and_receive(messages, timeout=engine.cfg.round_timeout)
+    per_site, rejected = evaluation.collect(replies, engine.admission.members, engine.model.regions, server_round=rnd)
+    for r in rejected:
+        engine.runlog.write({"round": rnd, "event": "denoise-rejected", **r})
     totals: dict[str, float] = {}
     weight = 0.0
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        try:
-            if node not in engine.admission.members:
-                raise RejectedUpdate(f"node {node} is not a member of this run")
-            site, metrics = check_evaluation(msg, engine.admission.members[node], engine.model.regions)
-        except RejectedUpdate as exc:
-            engine.runlog.write({"round": rnd, "event": "denoise-rejected", "node": node, "reason": str(exc)})
-            continue
+    for site, metrics in sorted(per_site.items()):
         n = float(metrics.get(P.NUM_EXAMPLES, 0))
         scores = {k: v for k, v in metrics.items() if k == P.VAL_LOSS or k.startswith(P.DENOISE_PREFIXES)}
         engine.runlog.write({"round": rnd, "event": "denoise", "site": site, "val_cases": n, **scores})

@@ -327,7 +327,7 @@ class RoundEngine:
             if (last or rnd % cfg.eval_every == 0) and phases.pretraining(self):
                 line += f" | {phases.after_pretraining_round(self, rnd, last)}"
             elif last or rnd % cfg.eval_every == 0:
-                phases.calibrate(self, rnd, [n for n in self.members() if n not in phases.labelled(self, [n])])
+                phases.calibrate(self, rnd, phases.label_free(self, self.members()))
                 self.refresh_prototypes(rnd)
                 if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
                     summary = self.evaluate(rnd, experts=last)

@@ -176,6 +176,12 @@ class RunConfig:
         return get_strategy(self.strategy)
 
     @property
+    def uses_plan(self) -> bool:
+        """UMS-Rep: the run trains under a plan of ``uharmony.umsrep.plans`` (phase P, a phase-P start, task
+        heads or a fine-tuning strategy other than full); otherwise the plain segmentation path."""
+        return self.phase == "pretrain" or bool(self.tasks or self.umsrep or self.finetune != "full")
+
+    @property
     def model_norm(self) -> str:
         return self.strategy_spec.norm if self.norm == "auto" else self.norm
 

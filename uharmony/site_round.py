@@ -80,7 +80,7 @@ class SiteRound:
             from .umsrep.site import pretrain
 
             return pretrain(self, server_round, lr, local_steps, seed)
-        if self.cfg.tasks or self.cfg.umsrep or self.cfg.finetune != "full":  # UMS-Rep phase F: a plan
+        if self.cfg.uses_plan:  # UMS-Rep phase F: a plan
             from .umsrep.site import finetune
 
             return finetune(self, server_round, lr, local_steps, proximal_mu, seed)
