@@ -339,8 +339,8 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
         f"{size['cases_per_site']} cases per site before S1/S2's size skew, at {size['spacing']:g} mm (25 % of each "
         f"site's cases held out for validation), S2 at κ = {size['kappa']:g}; {size['rounds']} rounds × "
         f"{size['local_steps']} local steps per site, batch 2, patch {size['patch_size']}³, DynUNet filters "
-        f"{size['filters']}, AdamW with a cosine decay, moments kept at each site. Centralized training takes "
-        "sites × local steps per round on the pooled data.",
+        f"{size['filters']}, AdamW at {size.get('lr', 2e-3):g} with a cosine decay, moments kept at each site. "
+        "Centralized training takes sites × local steps per round on the pooled data.",
         f"- Wall time (jobs side by side, {size['workers']} workers): {walls}.",
         "- Dice: a site's score is the mean over the regions it annotates, a method's the mean over sites, at the "
         "last round; cells are mean ± sample std over seeds, in DSC points (×100).",

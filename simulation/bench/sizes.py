@@ -1,9 +1,11 @@
 """Benchmark sizes: the default (about an hour on 2 CPU cores), ``--quick`` (minutes, tested) and ``gpu``.
 
-The default size was chosen by a pilot on 2 cores (S2, seed 0, 20 × 30 steps: over the last 4 rounds
-FedAvg still gained 2.4 DSC and U-Harmony 3.2) and the hour's budget: 8-16-32-64 DynUNet, patch 24³ at
-3 mm, 20 rounds × 25 local steps with a cosine learning-rate decay. The ``plateau`` part checks it (twice
-the rounds): it is not the plateau (docs/results.md).
+The default size was chosen by pilots on 2 cores and the hour's budget: 8-16-32-64 DynUNet, patch 24³ at
+3 mm, 25 local steps per round with a cosine learning-rate decay. At 2e-3 and 20 rounds the plateau check
+(twice the rounds) moved every federated method by 10-22 DSC; the learning-rate pilot
+(``python -m simulation.bench.lr_pilot``, S2, seeds 0-1, FedAvg and U-Harmony alike, docs/results/lr_pilot.jsonl)
+gave at 20 rounds: 2e-3 → 62.0/61.8 (FedAvg) and 70.8/68.1 (U-Harmony); 5e-3 → 73.2/68.0 and 67.8/77.5;
+1e-2 → 35.8/71.3 (unstable) and 71.5/68.2. Hence 5e-3, and 24 rounds: what 35 method jobs fit in the hour.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class BenchSize:
     filters: str
     ablation_seeds: tuple[int, ...]
     unseen_seeds: tuple[int, ...]
+    lr: float = 5e-3  # the same for every method (lr pilot above)
     kappa: float = 1.0  # S2's default strength
     kappas: tuple[float, ...] = KAPPAS  # the kappa part's other strengths
     kappa_seeds: tuple[int, ...] = (0,)  # one seed in the hour's budget: a curve, not a paired test
@@ -66,6 +69,7 @@ class BenchSize:
             "spacing": self.spacing,
             "num-server-rounds": self.rounds,
             "local-steps": self.local_steps,
+            "lr": self.lr,
             "eval-every": self.eval_every,
             "patch-size": self.patch_size,
             "filters": self.filters,
@@ -81,9 +85,9 @@ DEFAULT = BenchSize(
     seeds=(0, 1, 2, 3, 4),
     cases_per_site=8,
     spacing=3.0,
-    rounds=20,
+    rounds=24,
     local_steps=25,
-    eval_every=10,
+    eval_every=8,
     patch_size=24,
     filters="8,16,32,64",
     ablation_seeds=(0, 1, 2),
