@@ -12,7 +12,7 @@ from .strategies import STRATEGIES, Strategy, get_strategy
 
 @dataclass(frozen=True)
 class RunConfig:
-    num_server_rounds: int = 20
+    num_server_rounds: int = 24
     strategy: str = "uharmony"
     arch: str = "dynunet"
     norm: str = "auto"  # auto: the strategy's (uharmony.strategies)
@@ -27,14 +27,14 @@ class RunConfig:
     local_steps: int = 25
     batch_size: int = 2
     patch_size: int = 24
-    lr: float = 2e-3
+    lr: float = 5e-3
     lr_schedule: str = "cosine"  # cosine: from lr to 5 % of it at the last round | constant
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 in the gradient) | sgd (nnU-Net's)
     weight_decay: float = 1e-2
     keep_optimizer_state: bool = True  # each site keeps its optimizer's moments across rounds (site state folder)
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
-    eval_every: int = 5
+    eval_every: int = 8
     data_root: str = ""  # a federation manifest's folder; empty: the embedded synthetic federation
     synth_sites: int = 4
     synth_cases_per_site: int = 8

@@ -62,8 +62,8 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
     if "plateau" in parts:  # the doubling check of the regime: twice the rounds, seed 0
         jobs += [
             (f"plateau/{scen}/{m}/seed{size.seeds[0]}", ("plateau", scen, m, size.seeds[0]))
-            for scen, ms in METHODS.items()
-            for m in ms
+            for scen in size.plateau_scenarios
+            for m in METHODS[scen]
         ]
     if "costs" in parts:
         jobs += [

@@ -322,6 +322,19 @@ def _scale(records: list[dict]) -> list[str]:
     return out
 
 
+def _not_run(records: list[dict]) -> list[str]:
+    """A line naming the benchmark's parts whose records this page lacks, with the command that adds them."""
+    from .cli import PARTS
+
+    done = {p for r in records if r.get("kind") == "wall" for p in r.get("parts", ())}
+    missing = [p for p in PARTS if p not in done]
+    if not missing:
+        return []
+    return [
+        f"- Not run at this size yet: {', '.join(missing)} (`uharmony-bench --resume --parts {' '.join(missing)}`)."
+    ]
+
+
 def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, Path], overlay_png: Path | None) -> Path:
     size = meta["size"]
     walls = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("wall_minutes", {}).items()) or "–"
@@ -342,6 +355,7 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
         f"{size['filters']}, AdamW at {size.get('lr', 2e-3):g} with a cosine decay, moments kept at each site. "
         "Centralized training takes sites × local steps per round on the pooled data.",
         f"- Wall time (jobs side by side, {size['workers']} workers): {walls}.",
+        *_not_run(records),
         "- Dice: a site's score is the mean over the regions it annotates, a method's the mean over sites, at the "
         "last round; cells are mean ± sample std over seeds, in DSC points (×100).",
         "",

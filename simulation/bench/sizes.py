@@ -49,6 +49,7 @@ class BenchSize:
     kappas: tuple[float, ...] = KAPPAS  # the kappa part's other strengths
     kappa_seeds: tuple[int, ...] = (0,)  # one seed in the hour's budget: a curve, not a paired test
     unseen_sites: tuple[int, ...] | None = None  # partitions left out in turn (None: every site)
+    plateau_scenarios: tuple[str, ...] = ("S0", "S2")  # scenarios whose methods the plateau part doubles
     workers: int = 2  # jobs run side by side, one thread each
     device: str = "cpu"
     flower_rounds: int = 4
@@ -107,7 +108,8 @@ QUICK = BenchSize(
     unseen_seeds=(0,),
     kappas=(2.0,),
     unseen_sites=(0,),
-    flower_rounds=2,
+    plateau_scenarios=("S0",),  # the doubling path at two jobs (test time)
+    flower_rounds=1,
     scale_sites=8,  # the path the default's 23 sites take, at a third of the Ray actors (test time)
     scale_spacing=6.0,
     scale_steps=1,

@@ -129,3 +129,14 @@ def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
     assert cli.main(["--quick", "--out", str(out), "--results-md", str(md), "--resume"]) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == n
     assert not math.isnan(scale["train_round_seconds"])
+
+
+def test_the_page_names_the_parts_not_run_yet():
+    from simulation.bench.results_md import _not_run
+
+    line = _not_run([{"kind": "wall", "parts": ["methods"]}, {"kind": "wall", "parts": ["plateau", "unseen"]}])
+    assert line == [
+        "- Not run at this size yet: ablations, kappa, costs, scale "
+        "(`uharmony-bench --resume --parts ablations kappa costs scale`)."
+    ]
+    assert _not_run([{"kind": "wall", "parts": list(cli.PARTS)}]) == []
