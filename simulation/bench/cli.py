@@ -28,7 +28,16 @@ from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
-from .sizes import ABLATIONS, KAPPA_METHODS, METHODS, SIZES, UNSEEN_METHODS, UNSEEN_SCENARIO, BenchSize
+from .sizes import (
+    ABLATIONS,
+    KAPPA_METHODS,
+    METHODS,
+    S0_ABLATIONS,
+    SIZES,
+    UNSEEN_METHODS,
+    UNSEEN_SCENARIO,
+    BenchSize,
+)
 
 PARTS = ("methods", "unseen", "ablations", "kappa", "plateau", "costs", "scale")
 DEFAULT_PARTS = ("methods",)  # the full comparison (S0 and S2, every method, every seed): about an hour
@@ -52,6 +61,9 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
         ]
     if "ablations" in parts:
         jobs += [(f"ablation/{n}/seed{s}", ("ablation", n, s)) for s in size.ablation_seeds for n in ABLATIONS]
+        jobs += [
+            (f"ablation/S0/{n}/seed{s}", ("ablation", n, s, "S0")) for s in size.ablation_seeds for n in S0_ABLATIONS
+        ]
     if "kappa" in parts:
         jobs += [
             (f"kappa/{k:g}/{m}/seed{s}", ("kappa", k, m, s))
@@ -93,7 +105,8 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
     if kind == "unseen":
         return J.unseen_job(size, *call[1:], out)
     if kind == "ablation":
-        return J.ablation_job(size, call[1], ABLATIONS[call[1]], call[2], out)
+        scen = call[3] if len(call) > 3 else "S2"
+        return J.ablation_job(size, call[1], (S0_ABLATIONS if scen == "S0" else ABLATIONS)[call[1]], call[2], out, scen)
     if kind == "bytes":
         return J.bytes_job(size)
     if kind == "flower_ratio":

@@ -128,15 +128,15 @@ def per_case_records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "run"} for r in recs if r["round"] == last]
 
 
-def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path) -> dict:
+def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path, scenario: str = "S2") -> dict:
     change = dict(change)
     slug = "".join(c if c.isalnum() else "-" for c in name)[:40]
-    run_dir = out / "runs" / f"ablation-{slug}-seed{seed}"
-    run({**size.base_overrides(seed, "S2"), "strategy": "uharmony", "run-dir": _fresh(run_dir), **change})
+    run_dir = out / "runs" / f"ablation-{scenario}-{slug}-seed{seed}"
+    run({**size.base_overrides(seed, scenario), "strategy": "uharmony", "run-dir": _fresh(run_dir), **change})
     curve, seconds = run_curve(run_dir, ("oracle", "gated"))
     return {
         "kind": "ablation",
-        "scenario": "S2",
+        "scenario": scenario,
         "variant": name,
         "change": change,
         "seed": seed,

@@ -225,24 +225,22 @@ def _ablations(records: list[dict]) -> list[str]:
     recs = [r for r in records if r["kind"] == "ablation"]
     if not recs:
         return []
-    base = method_rows(records, "S2")
     out = [
-        "U-Harmony on S2, one setting changed each, same seeds and budget; difference to the default U-Harmony "
-        "of the same seed (95 % interval). The default: residual experts, scan gate, restore = ratio, every "
+        "U-Harmony, one setting changed each, same seeds and budget; difference to the default U-Harmony of the "
+        "same scenario and seed (95 % interval). The default: residual experts, scan gate, restore = ratio, every "
         "normalization layer harmonized, K = 1, optimizer moments kept at the site.",
         "",
-        "| variant | gated | paired vs default (gated) | oracle | gate accuracy | s / round |",
-        "|---|---|---|---|---|---|",
+        "| scenario | variant | gated | paired vs default (gated) | oracle | gate accuracy | s / round |",
+        "|---|---|---|---|---|---|---|",
     ]
-    default = seed_scores(base, "uharmony/gated")
-    for name in dict.fromkeys(r["variant"] for r in recs):
-        sel = [r for r in recs if r["variant"] == name]
+    for scen, name in dict.fromkeys((r.get("scenario", "S2"), r["variant"]) for r in recs):
+        sel = [r for r in recs if r.get("scenario", "S2") == scen and r["variant"] == name]
         mine = {r["seed"]: _mean(r["final"]["gated"]) for r in sel}
-        d = paired(mine, default)
+        d = paired(mine, seed_scores(method_rows(records, scen), "uharmony/gated"))
         acc = [v for r in sel for v in (r.get("gate_accuracy") or {}).values() if v is not None]
         t = statistics.median(s for r in sel for s in r["train_seconds_per_round"])
         out.append(
-            f"| {name} | {ms(list(mine.values()))} | {d.text() if d else '–'} | "
+            f"| {scen} | {name} | {ms(list(mine.values()))} | {d.text() if d else '–'} | "
             f"{ms([_mean(r['final']['oracle']) for r in sel])} | "
             f"{f'{statistics.fmean(acc) * 100:.0f} %' if acc else '–'} | {t:.1f} |"
         )
