@@ -3,7 +3,7 @@
 The default size was chosen by pilots on 2 cores and the hour's budget: 8-16-32-64 DynUNet, patch 24³ at
 3 mm, 25 local steps per round with a cosine learning-rate decay. At 2e-3 and 20 rounds the plateau check
 (twice the rounds) moved every federated method by 10-22 DSC; the learning-rate pilot
-(``python -m simulation.bench.lr_pilot``, S2, seeds 0-1, FedAvg and U-Harmony alike, docs/results/lr_pilot.jsonl)
+(``python -m simulation.bench.pilot``, S2, seeds 0-1, FedAvg and U-Harmony alike, docs/results/pilot.jsonl)
 gave at 20 rounds: 2e-3 → 62.0/61.8 (FedAvg) and 70.8/68.1 (U-Harmony); 5e-3 → 73.2/68.0 and 67.8/77.5;
 1e-2 → 35.8/71.3 (unstable) and 71.5/68.2. Hence 5e-3, and 24 rounds: what 35 method jobs fit in the hour.
 """
