@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         for i, fut in enumerate(as_completed(futures), 1):
             rec = fut.result()
             append_jsonl(a.out, rec)
-            print(f"[lr-pilot] {i}/{len(grid)}: {json.dumps(rec)}", flush=True)
+            print(f"[pilot] {i}/{len(grid)}: {json.dumps(rec)}", flush=True)
     return 0
 
 
