@@ -264,6 +264,15 @@ def _plateau(records: list[dict]) -> list[str]:
     return out
 
 
+def _ratio_text(r: dict) -> str:
+    if r.get("ratio_after_first") is None:  # one round
+        return f"ratio **{r['ratio_median']:.3f}**"
+    return (
+        f"ratio of the medians over the rounds after the first **{r['ratio_after_first']:.3f}** "
+        f"(over all rounds {r['ratio_median']:.3f})"
+    )
+
+
 def _costs(records: list[dict]) -> list[str]:
     out = ["| method | training seconds per round (median) |", "|---|---|"]
     times: dict[str, list[float]] = {}
@@ -278,9 +287,8 @@ def _costs(records: list[dict]) -> list[str]:
                 "",
                 f"**Flower vs in-process transport** ({r['strategy']}, {r['rounds']} rounds, same engine, seed and "
                 f"local work): Flower simulation rounds {r['flower_round_seconds']} s, in-process rounds "
-                f"{r['bare_round_seconds']} s; ratio of the medians over the rounds after the first "
-                f"**{r['ratio_after_first']:.3f}** (over all rounds {r['ratio_median']:.3f}; the first Flower round "
-                "also starts the Ray worker and imports torch and MONAI in it). "
+                f"{r['bare_round_seconds']} s; {_ratio_text(r)} (the first Flower round also starts the Ray worker "
+                "and imports torch and MONAI in it). "
                 f"Whole Flower run {r['flower_wall_seconds']} s wall, including Ray start-up and evaluation. "
                 f"Final Dice Flower {_fmt(r['dice_flower'])} vs in-process {_fmt(r['dice_bare'])}.",
             ]

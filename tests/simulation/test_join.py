@@ -21,11 +21,11 @@ def _records(run_dir):
     return RunLog(run_dir).records()
 
 
-@pytest.mark.slow
 def test_join_grows_the_model_keeps_old_sites_and_resumes(tiny_join_federation, tmp_path):
-    """Through Flower's simulation runtime (the other tests of joins use the in-process transport)."""
+    """In process (a join through Flower's runtime: the TLS deployment test; Flower's simulation runtime and this
+    transport give identical results: tests/simulation/test_runner.py)."""
     run_dir = tmp_path / "run"
-    run(tiny_overrides(tiny_join_federation, run_dir, num_server_rounds=2, join_schedule="4@2"), transport="flower")
+    run(tiny_overrides(tiny_join_federation, run_dir, num_server_rounds=2, join_schedule="4@2"))
     recs = _records(run_dir)
     assert [r["site"] for r in recs if r.get("event") == "join-pending"] == ["4"]
     joins = {r["site"]: r for r in recs if r.get("event") == "join"}
@@ -79,6 +79,7 @@ def test_a_site_needing_an_extension_is_refused_when_extension_is_off(tiny_join_
     assert load_checkpoint(run_dir, "final_model.pt")["spec"]["num_domains"] == 3
 
 
+@pytest.mark.xdist_group("deployment")  # beside the deployment tests, which mostly wait: balances the workers
 def test_join_command_quick(tmp_path, capsys):
     out, md = tmp_path / "join", tmp_path / "join.md"
     assert join_main(["--quick", "--out", str(out), "--md", str(md)]) == 0
