@@ -138,3 +138,11 @@ def plot_overlays(files: dict[str, Path], png: Path) -> Path | None:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def ratio_text(r: dict) -> str:
+    """The Flower-over-in-process time ratio of a ``flower_ratio`` record, in words."""
+    if r.get("ratio_after_first") is None:  # one round
+        return f"ratio **{r['ratio_median']:.3f}**"
+    first, every = r["ratio_after_first"], r["ratio_median"]
+    return f"ratio of the medians over the rounds after the first **{first:.3f}** (over all rounds {every:.3f})"

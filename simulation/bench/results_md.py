@@ -8,7 +8,7 @@ from pathlib import Path
 
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
 
-from .report import LABELS, method_rows, ms, seed_scores, site_score
+from .report import LABELS, method_rows, ms, ratio_text, seed_scores, site_score
 from .report import mean_over_sites as _mean
 from .stats import paired
 
@@ -264,15 +264,6 @@ def _plateau(records: list[dict]) -> list[str]:
     return out
 
 
-def _ratio_text(r: dict) -> str:
-    if r.get("ratio_after_first") is None:  # one round
-        return f"ratio **{r['ratio_median']:.3f}**"
-    return (
-        f"ratio of the medians over the rounds after the first **{r['ratio_after_first']:.3f}** "
-        f"(over all rounds {r['ratio_median']:.3f})"
-    )
-
-
 def _costs(records: list[dict]) -> list[str]:
     out = ["| method | training seconds per round (median) |", "|---|---|"]
     times: dict[str, list[float]] = {}
@@ -287,7 +278,7 @@ def _costs(records: list[dict]) -> list[str]:
                 "",
                 f"**Flower vs in-process transport** ({r['strategy']}, {r['rounds']} rounds, same engine, seed and "
                 f"local work): Flower simulation rounds {r['flower_round_seconds']} s, in-process rounds "
-                f"{r['bare_round_seconds']} s; {_ratio_text(r)} (the first Flower round also starts the Ray worker "
+                f"{r['bare_round_seconds']} s; {ratio_text(r)} (the first Flower round also starts the Ray worker "
                 "and imports torch and MONAI in it). "
                 f"Whole Flower run {r['flower_wall_seconds']} s wall, including Ray start-up and evaluation. "
                 f"Final Dice Flower {_fmt(r['dice_flower'])} vs in-process {_fmt(r['dice_bare'])}.",
