@@ -32,7 +32,6 @@ from .sizes import (
     ABLATIONS,
     KAPPA_METHODS,
     METHODS,
-    S0_ABLATIONS,
     SIZES,
     UNSEEN_METHODS,
     UNSEEN_SCENARIO,
@@ -60,9 +59,11 @@ def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
             for m in UNSEEN_METHODS
         ]
     if "ablations" in parts:
-        jobs += [(f"ablation/{n}/seed{s}", ("ablation", n, s)) for s in size.ablation_seeds for n in ABLATIONS]
         jobs += [
-            (f"ablation/S0/{n}/seed{s}", ("ablation", n, s, "S0")) for s in size.ablation_seeds for n in S0_ABLATIONS
+            (f"ablation/{scen}/{n}/seed{s}", ("ablation", scen, n, s))
+            for scen, variants in ABLATIONS.items()
+            for s in size.ablation_seeds
+            for n in variants
         ]
     if "kappa" in parts:
         jobs += [
@@ -105,8 +106,8 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
     if kind == "unseen":
         return J.unseen_job(size, *call[1:], out)
     if kind == "ablation":
-        scen = call[3] if len(call) > 3 else "S2"
-        return J.ablation_job(size, call[1], (S0_ABLATIONS if scen == "S0" else ABLATIONS)[call[1]], call[2], out, scen)
+        scen, name, seed = call[1:]
+        return J.ablation_job(size, name, ABLATIONS[scen][name], seed, out, scen)
     if kind == "bytes":
         return J.bytes_job(size)
     if kind == "flower_ratio":

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 from uharmony.files import append_jsonl
@@ -36,28 +37,16 @@ def pilot_job(
     scenario: str = "S2",
     every: int = 5,
 ) -> dict:
+    """The bench's own method job (``jobs.method_job``) at the default size with ``lr`` and rounds × steps."""
     import torch
 
-    from simulation.runner import run
-    from uharmony.strategies import STRATEGIES
-
-    from .jobs import run_curve
+    from .jobs import method_job
 
     torch.set_num_threads(1)
     tag = f"{scenario}-{method}-seed{seed}-lr{lr:g}-r{rounds}x{steps}"
-    over = {
-        **DEFAULT.base_overrides(seed, scenario),
-        "strategy": method,
-        "run-dir": str(work / tag),
-        "lr": lr,
-        "num-server-rounds": rounds,
-        "local-steps": steps,
-        "eval-every": every,
-    }
+    size = replace(DEFAULT, lr=lr, rounds=rounds, local_steps=steps, eval_every=every)
     t0 = time.time()
-    run(over)
-    modes = ("oracle", "gated") if STRATEGIES[method].head == "gated" else ("gated",)
-    curve, _ = run_curve(work / tag, modes)
+    rec = method_job(size, scenario, method, seed, work / f"lr{lr:g}-r{rounds}x{steps}", kind="pilot")
     return {
         "job": tag,
         "scenario": scenario,
@@ -66,7 +55,7 @@ def pilot_job(
         "lr": lr,
         "rounds": rounds,
         "local_steps": steps,
-        "curve": [(c["round"], round(100 * mean_over_sites(c["gated"]), 1)) for c in curve],
+        "curve": [(c["round"], round(100 * mean_over_sites(c["gated"]), 1)) for c in rec["curve"]],
         "seconds": round(time.time() - t0),
     }
 

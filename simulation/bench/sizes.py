@@ -19,18 +19,18 @@ METHODS = {
 }
 UNSEEN_METHODS = ("fedavg", "fedbn", "uharmony")
 UNSEEN_SCENARIO = "S1"  # one labelling convention: an unseen site's Dice measures acquisition and case mix only
-# U-Harmony variants, each differing from the default in one setting (docs/method.md explains them)
+# U-Harmony variants per scenario, each differing from the default in one setting (docs/method.md explains them)
 ABLATIONS = {
-    "experts=separate (paper)": {"head-experts": "separate"},
-    "gate=window (per-window softmax)": {"head-gate": "window"},
-    # restore=none is this model exactly (identity polynomial, no statistic: InstanceNorm); both gave identical
-    # Dice to the last digit in the lr-2e-3 run (commit 0a92654), so only this one runs
-    "harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0},
-    "keep-optimizer-state=false": {"keep-optimizer-state": False},
-}
-# the same on S0 (the control, where U-Harmony must not lose): which half of the method costs what there
-S0_ABLATIONS = {
-    "harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0},
+    "S2": {
+        "experts=separate (paper)": {"head-experts": "separate"},
+        "gate=window (per-window softmax)": {"head-gate": "window"},
+        # restore=none is this model exactly (identity polynomial, no statistic: InstanceNorm); both gave identical
+        # Dice to the last digit in the lr-2e-3 run (commit 0a92654), so only this one runs
+        "harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0},
+        "keep-optimizer-state=false": {"keep-optimizer-state": False},
+    },
+    # S0, the control where U-Harmony must not lose: which half of the method costs what there
+    "S0": {"harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0}},
 }
 KAPPAS = (0.0, 0.5, 2.0)  # S2 strengths beside the default 1.0 (kappa part)
 KAPPA_METHODS = ("fedavg", "fedbn", "uharmony")

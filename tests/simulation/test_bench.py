@@ -7,7 +7,7 @@ import pytest
 
 from simulation.bench import cli
 from simulation.bench.report import mean_over_sites, method_rows, ms, site_score
-from simulation.bench.sizes import ABLATIONS, DEFAULT, GPU, KAPPAS, METHODS, QUICK, S0_ABLATIONS, UNSEEN_METHODS
+from simulation.bench.sizes import ABLATIONS, DEFAULT, GPU, KAPPAS, METHODS, QUICK, UNSEEN_METHODS
 from simulation.bench.stats import paired
 
 
@@ -22,7 +22,7 @@ def test_plan_covers_every_part_and_keys_are_unique():
     assert len(DEFAULT.seeds) >= 5 and set(METHODS) == {"S0", "S2"}
     assert {"fedavg", "fedbn", "uharmony", "centralized", "centralized-uharmony"} <= set(METHODS["S2"])
     assert {"bytes", "flower_ratio", "memory/fedavg", "memory/uharmony", "scale"} <= set(keys)
-    assert sum(k.startswith("ablation/") for k in keys) == (len(ABLATIONS) + len(S0_ABLATIONS)) * len(
+    assert sum(k.startswith("ablation/") for k in keys) == sum(map(len, ABLATIONS.values())) * len(
         DEFAULT.ablation_seeds
     )
     assert len(DEFAULT.ablation_seeds) >= 3
