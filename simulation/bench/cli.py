@@ -1,6 +1,6 @@
 """``uharmony-bench``: every method, the unseen site, ablations, costs and scale, then docs/results.md.
 
-    uharmony-bench                          # S0 and S2, every method, 5 seeds (about an hour on 2 CPU cores)
+    uharmony-bench                          # S0 and S2, every method, 5 seeds (about two hours on 2 CPU cores)
     uharmony-bench --resume --parts plateau unseen ablations kappa costs   # more parts into the same page
     uharmony-bench --quick                  # every part at a tiny size; writes runs/bench-quick/results.md
     uharmony-bench --size gpu               # the GPU size (--device cuda); writes runs/bench-gpu/results.md
@@ -183,6 +183,32 @@ def software() -> str:
     return ", ".join(f"{p} {version(p)}" for p in ("torch", "monai", "flwr", "numpy"))
 
 
+def wall_minutes(records: list[dict]) -> dict[str, float]:
+    """Wall time per set of parts, summed over the invocations that ran them (a killed bench resumed with
+    ``--resume`` ran its parts in several)."""
+    walls: dict[str, float] = {}
+    for r in records:
+        if r["kind"] == "wall":
+            key = "+".join(r["parts"])
+            walls[key] = walls.get(key, 0.0) + r["minutes"]
+    return {k: round(v, 1) for k, v in walls.items()}
+
+
+def check_same_size(path: Path, size: BenchSize, resume: bool) -> None:
+    """--resume must not mix sizes in one page: the work folder records the size its jobs ran at."""
+    now = json.loads(json.dumps(size.to_dict()))  # tuples as the file holds them: lists
+    ignore = ("seeds", "workers")  # what --seeds / --workers may change between invocations of one size
+    if resume and path.exists():
+        was = json.loads(path.read_text())
+        diff = sorted(k for k in now if k not in ignore and was.get(k) != now[k])
+        if diff:
+            raise SystemExit(
+                f"{path}: the jobs recorded there ran at another size ({', '.join(f'{k}={was.get(k)!r}' for k in diff)}"
+                f"; now {', '.join(f'{k}={now[k]!r}' for k in diff)}): use another --out or drop --resume"
+            )
+    path.write_text(json.dumps(now, indent=2))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny size: a few minutes, every part exercised")
@@ -215,6 +241,7 @@ def main(argv=None) -> int:
     jsonl = out / "results.jsonl"
     if not a.resume and jsonl.exists():
         jsonl.unlink()
+    check_same_size(out / "size.json", size, a.resume)
     records = read_jsonl(jsonl)
     done = {r["job"] for r in records}
     todo = [(k, c) for k, c in plan(size, parts) if k not in done]
@@ -266,7 +293,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "software": software(),
         "size": size.to_dict(),
-        "wall_minutes": {"+".join(r["parts"]): round(r["minutes"], 1) for r in records if r["kind"] == "wall"},
+        "wall_minutes": wall_minutes(records),
     }
     (art / "meta.json").write_text(json.dumps(meta, indent=2))
     write_results(records, meta, md, curves, overlay)

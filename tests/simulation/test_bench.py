@@ -41,6 +41,29 @@ def test_same_budget_for_every_method():
     assert GPU.device == "cuda" and GPU.patch_size > DEFAULT.patch_size
 
 
+def test_resume_refuses_a_work_folder_of_another_size(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "size.json"
+    cli.check_same_size(path, DEFAULT, resume=False)
+    cli.check_same_size(path, replace(DEFAULT, seeds=(0,), workers=1), resume=True)  # what --seeds/--workers change
+    other = replace(DEFAULT, rounds=DEFAULT.rounds // 2)
+    with pytest.raises(SystemExit, match=rf"size.json.*rounds={DEFAULT.rounds}.*now rounds={other.rounds}"):
+        cli.check_same_size(path, other, resume=True)
+    cli.check_same_size(path, other, resume=False)  # a fresh start records the new size
+    assert json.loads(path.read_text())["rounds"] == other.rounds
+
+
+def test_wall_time_of_a_part_sums_its_invocations():
+    recs = [
+        {"kind": "wall", "parts": ["methods"], "minutes": 20.0},
+        {"kind": "method"},
+        {"kind": "wall", "parts": ["methods"], "minutes": 61.7},  # the same part, resumed after a kill
+        {"kind": "wall", "parts": ["unseen", "ablations"], "minutes": 5.04},
+    ]
+    assert cli.wall_minutes(recs) == {"methods": 81.7, "unseen+ablations": 5.0}
+
+
 def test_paired_interval_and_verdict():
     d = paired({0: 0.80, 1: 0.82, 2: 0.78}, {0: 0.70, 1: 0.71, 2: 0.69})
     assert d.n == 3 and d.low > 0 and d.significant and "not significant" not in d.text()
