@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from uharmony import protocol as P
 
 from . import worker
+from .packing import packed_arrays
 
 LOCAL_STATE = "uharmony-local-state"  # the newest site-local state
 LOCAL_PREVIOUS = "uharmony-local-state-previous"  # the one before it
@@ -139,7 +140,7 @@ def _forwarded(msg: Message, context: Context) -> Message | None:
 def make_app(overrides: dict | None = None) -> ClientApp:
     """``overrides``: run-config entries on top of ``context.run_config`` (``flwr.simulation.run_simulation``
     cannot pass a run config)."""
-    app = ClientApp()
+    app = ClientApp(mods=[packed_arrays])  # packed model entries in and out (uharmony.wire)
 
     @app.train()
     @_site_handler

@@ -1,4 +1,5 @@
-"""Views of a run's grid: one that polls for replies often, and one restricted to a set of nodes.
+"""Views of a run's grid: one that packs model entries into one array per message, one that polls for
+replies often, and one restricted to a set of nodes.
 
 Flower's deployment grid sleeps 3 s between pulls for replies; a round waits for every site's reply several
 times (profiles, train, prototypes, evaluation), so :class:`PollingGrid` pulls every ``poll`` seconds with
@@ -10,8 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.serverapp import Grid
+
+from uharmony import protocol as P
+from uharmony import wire
 
 POLL_SECONDS = 0.2
 
@@ -68,6 +72,62 @@ class PollingGrid(DelegatingGrid):
                 break
             time.sleep(self._poll)
         return replies
+
+
+WIRE_ERROR = 10  # the Error code of a reply whose packed arrays could not be read
+
+
+class PackingGrid(DelegatingGrid):
+    """Sends each message's ``ARRAYS`` record packed (``uharmony.wire``: one array instead of one per
+    entry) and restores the arrays of packed replies. A reply whose packed record is malformed becomes
+    an error reply naming the problem, screened out and counted like any other; plain replies pass."""
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(packed(messages))
+
+    def pull_messages(self, message_ids):
+        return [unpacked(m) for m in self._grid.pull_messages(message_ids)]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [unpacked(m) for m in self._grid.send_and_receive(packed(messages), timeout=timeout)]
+
+
+def packed(messages) -> list[Message]:
+    """The messages, each with its ``ARRAYS`` record packed."""
+    messages = list(messages)
+    # one packing per distinct record (Flower's strategies give every message the same one); the cache holds
+    # each record, so that no id is reused while it runs
+    cache: dict[int, tuple[ArrayRecord, ArrayRecord, ConfigRecord]] = {}
+    for msg in messages:
+        if msg.has_content() and P.ARRAYS in msg.content.array_records:
+            record = msg.content.array_records[P.ARRAYS]
+            if id(record) not in cache:
+                buffer, manifest = wire.pack({k: v.numpy() for k, v in record.items()})
+                cache[id(record)] = (
+                    record,
+                    ArrayRecord({wire.PACKED: Array(buffer)}),
+                    ConfigRecord({wire.MANIFEST: manifest}),
+                )
+            arrays, manifest = cache[id(record)][1:]  # a new RecordDict: messages may share one
+            msg.content = RecordDict({**dict(msg.content), P.ARRAYS: arrays, P.WIRE: manifest})
+    return messages
+
+
+def unpacked(msg: Message) -> Message:
+    """``msg`` with its packed ``ARRAYS`` restored, or an error reply saying why they cannot be."""
+    if not msg.has_content() or P.WIRE not in msg.content.config_records:
+        return msg
+    content = msg.content
+    try:
+        if P.ARRAYS not in content.array_records:
+            raise wire.WireError(f"a {P.WIRE!r} manifest without an {P.ARRAYS!r} record")
+        manifest = content.config_records[P.WIRE].get(wire.MANIFEST)
+        arrays = wire.unpack_record(content.array_records[P.ARRAYS], manifest)
+    except (wire.WireError, ValueError) as exc:
+        return Message(error=Error(WIRE_ERROR, f"packed arrays: {exc}"), metadata=msg.metadata)
+    content[P.ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    del content[P.WIRE]
+    return msg
 
 
 class MembersGrid(DelegatingGrid):

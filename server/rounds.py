@@ -37,7 +37,7 @@ from uharmony.training import round_lr
 from . import evaluation, joins, phases
 from .admission import Admission
 from .aggregation import build_strategy
-from .members import MembersGrid
+from .members import MembersGrid, PackingGrid
 from .privacy import PrivacyLedger
 from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
@@ -367,5 +367,6 @@ def _dice_line(summary: dict) -> str:
 
 
 def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> dict:
-    """Run the rounds of one run; returns ``{"run_dir", "summary"}``."""
-    return RoundEngine(grid, RunConfig.from_flwr({**dict(run_config), **(overrides or {})})).run()
+    """Run the rounds of one run; returns ``{"run_dir", "summary"}``. Model entries travel packed
+    (``PackingGrid``) whatever the transport, so the benchmark's runs send what a deployment sends."""
+    return RoundEngine(PackingGrid(grid), RunConfig.from_flwr({**dict(run_config), **(overrides or {})})).run()

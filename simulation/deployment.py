@@ -241,6 +241,7 @@ def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
         if status.get("status") != "finished:completed":
             raise RuntimeError(f"the deployed run did not complete: {status}")
     recs = records(root / "deployed" / "run")
+    requests = fleet_requests(root / "deployed" / "state" / "gateway" / "access.log")
     from flwr.common.config import parse_config_args
 
     overrides = {**parse_config_args([run_cfg]), "data-root": str(root / "deployed" / "fed")}
@@ -254,7 +255,21 @@ def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
         "simulated-seconds": sim["seconds"],
         "ratio": round(deployed / sim["seconds"], 2),
         "deployed-round-seconds": [r.get("seconds") for r in recs if r.get("event") == "train"],
+        "fleet-requests": sum(requests.values()),
+        "fleet-requests-by-endpoint": requests,
     }
+
+
+def fleet_requests(access_log: Path) -> dict[str, int]:
+    """Requests the SuperNodes made to the Fleet API through the gateway, per endpoint (nginx's access log)."""
+    counts: dict[str, int] = {}
+    for line in access_log.read_text().splitlines():
+        parts = line.split('"')
+        words = parts[1].split() if len(parts) > 2 else []
+        if len(words) >= 2 and "/fleet/" in words[1]:
+            name = words[1].split("?")[0].rsplit("/", 1)[-1]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv=None) -> int:

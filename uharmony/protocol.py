@@ -2,7 +2,8 @@
 
 Records of a message: ``ARRAYS`` (``flwr.app.ArrayRecord`` of model entries), ``CONFIG`` (server ->
 site settings), ``METRICS`` (site -> server numbers), ``SITE`` (site -> server identity), ``PROFILE``
-(site -> server, answer to the profile query).
+(site -> server, answer to the profile query). Between the apps ``ARRAYS`` travels packed (one array and
+the ``WIRE`` manifest, ``uharmony.wire``); the handlers on either side see it unpacked.
 """
 
 ARRAYS = "arrays"
@@ -10,6 +11,7 @@ CONFIG = "config"
 METRICS = "metrics"
 SITE = "site"
 EVALUATION = "evaluation"  # a train reply's evaluation of the received model (the METRICS of an evaluate reply)
+WIRE = "wire"  # ConfigRecord: the manifest of a packed ARRAYS record (uharmony.wire), either direction
 
 # CONFIG: server -> site
 SERVER_ROUND = "server-round"

@@ -5,12 +5,14 @@ import json
 
 import pytest
 import torch
+from flwr.app import ConfigRecord
 
 from client.client_app import make_app
 from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
+from uharmony import wire
 from uharmony.checkpoint import load_checkpoint
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, global_state_of
@@ -22,24 +24,27 @@ from uharmony.runlog import RunLog
 class RecordingGrid(InProcessGrid):
     """Keeps every (request, reply) pair; can make chosen nodes fail their train messages."""
 
-    def __init__(self, *args, fail_train: tuple = (), **kwargs):
+    def __init__(self, *args, fail_train: tuple = (), bad_manifest: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
-        self.log, self.fail_train = [], set(fail_train)
+        self.log, self.fail_train, self.bad_manifest = [], set(fail_train), set(bad_manifest)
         app = self.client_app
 
         def client_app(msg, context):
             if msg.metadata.message_type == "train" and context.node_id in self.fail_train:
                 raise OSError("the site's data folder disappeared")
             reply = app(msg, context)
+            if msg.metadata.message_type == "train" and context.node_id in self.bad_manifest:
+                reply.content[P.WIRE] = ConfigRecord({wire.MANIFEST: '[["x", "float32", [3]]]'})  # a lying manifest
             self.log.append((msg, reply))
             return reply
 
         self.client_app = client_app
 
 
-def _run(root, run_dir, fail_train=(), nodes=4, **extra):
+def _run(root, run_dir, fail_train=(), nodes=4, bad_manifest=(), **extra):
     overrides = {k.replace("_", "-"): v for k, v in tiny_overrides(root, run_dir, **extra).items()}
-    grid = RecordingGrid(make_app(), [{"partition-id": i} for i in range(nodes)], overrides, fail_train=fail_train)
+    nodes = [{"partition-id": i} for i in range(nodes)]
+    grid = RecordingGrid(make_app(), nodes, overrides, fail_train=fail_train, bad_manifest=bad_manifest)
     return run_server(grid, overrides), grid
 
 
@@ -193,13 +198,18 @@ def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra):
         assert norm_keys and len(sent_keys) == 4 and not any(k & norm_keys for k in sent_keys)
 
 
-def test_a_node_failing_mid_round_and_one_that_never_joins(tiny_federation, tmp_path):
+def test_a_node_failing_mid_round_a_lying_manifest_and_a_node_that_never_joins(tiny_federation, tmp_path):
     run_dir = tmp_path / "faults"
-    _, grid = _run(tiny_federation, run_dir, fail_train=(1001,), nodes=5, num_server_rounds=1)
+    _, grid = _run(tiny_federation, run_dir, fail_train=(1001,), bad_manifest=(1002,), nodes=5, num_server_rounds=1)
     recs = RunLog(run_dir).records()
     train = next(r for r in recs if r.get("event") == "train")
-    assert sorted(train["sites"]) == ["1", "3", "4"]  # the round went on without site 2
-    assert len(train["rejected"]) == 1 and "data folder disappeared" in train["rejected"][0]["reason"]
+    assert sorted(train["sites"]) == ["1", "4"]  # the round went on without sites 2 and 3
+    reasons = sorted(r["reason"] for r in train["rejected"])
+    assert len(reasons) == 2 and "data folder disappeared" in reasons[0]
+    assert "packed arrays: packed buffer: the manifest describes 12 bytes" in reasons[1]
+    # the model travelled packed: one array per message (the replies are unpacked by now)
+    trains = [m for m, _ in grid.log if m.metadata.message_type == "train"]
+    assert len(trains) == 3 and all(list(m.content.array_records[P.ARRAYS]) == [wire.PACKED] for m in trains)
     errors = [r for r in recs if r.get("event") == "join-error"]  # node 5 has no site: never admitted
     assert len(errors) == 1 and "partition-id 4" in errors[0]["reason"]
     assert RunLog(run_dir).done() is not None
