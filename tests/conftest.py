@@ -36,8 +36,10 @@ def tiny_label(shape=(16, 16, 16), values=(1, 2, 4)) -> np.ndarray:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) the deployment tests, which mostly wait on real
-    processes, run in turn on one worker and every other test on the other."""
+    """Under ``pytest -n 2 --dist loadgroup`` (scripts/test.sh) the tests of Flower's runtimes (group
+    ``flower-runtimes``: the deployment tests with real processes, the join tests, the simulation-engine
+    comparison) run in turn on one worker and every other test (group ``main``, sharing the session's
+    fixtures) on the other; the split balances the two workers' time on 2 cores."""
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("main"))

@@ -119,7 +119,7 @@ QUICK = BenchSize(
     unseen_sites=(0,),
     plateau_scenarios=("S0",),  # the doubling path at two jobs (test time)
     flower_rounds=1,
-    scale_sites=8,  # the path the default's 23 sites take, at a third of the Ray actors (test time)
+    scale_sites=4,  # the path the default's 23 sites take, at a sixth of the sites (test time)
     scale_spacing=6.0,
     scale_steps=1,
 )

@@ -21,7 +21,7 @@ import torch
 from simulation.deployment import TINY_RUN, LocalConsortium, final_status, records, wait_for
 from uharmony.checkpoint import load_checkpoint
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployment")]  # one worker, in turn
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]  # one worker, in turn
 
 
 def _trained(run_dir, rnd):

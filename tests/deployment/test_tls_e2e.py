@@ -21,7 +21,7 @@ from simulation.synth import generate_federation
 from simulation.synth.profiles import make_join_profile
 from uharmony.signing import load_public_keys, verify_manifest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployment")]  # one worker, in turn
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]  # one worker, in turn
 REPO = Path(__file__).resolve().parents[2]
 
 

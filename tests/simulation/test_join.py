@@ -14,6 +14,9 @@ from tests.conftest import tiny_overrides
 from uharmony.checkpoint import load_checkpoint
 from uharmony.runlog import RunLog
 
+# with the deployment tests, on the worker of Flower's runtimes: balances the two workers of scripts/test.sh
+pytestmark = pytest.mark.xdist_group("flower-runtimes")
+
 TOL = 1e-6  # old sites' Dice right after the extension: unchanged but for float rounding
 
 
@@ -79,7 +82,6 @@ def test_a_site_needing_an_extension_is_refused_when_extension_is_off(tiny_join_
     assert load_checkpoint(run_dir, "final_model.pt")["spec"]["num_domains"] == 3
 
 
-@pytest.mark.xdist_group("deployment")  # beside the deployment tests, which mostly wait: balances the workers
 def test_join_command_quick(tmp_path, capsys):
     out, md = tmp_path / "join", tmp_path / "join.md"
     assert join_main(["--quick", "--out", str(out), "--md", str(md)]) == 0

@@ -13,6 +13,7 @@ from uharmony.runlog import RunLog
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("flower-runtimes")  # Flower's simulation runtime: beside the deployment tests
 def test_flower_simulation_and_the_inprocess_grid_give_identical_results(tiny_federation, tmp_path):
     over = tiny_overrides(tiny_federation, None, num_server_rounds=1)
     flower = run({**over, "run_dir": str(tmp_path / "flower")}, transport="flower")
