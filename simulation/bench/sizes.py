@@ -7,9 +7,9 @@ The default size was chosen by pilots on 2 cores and the hour's budget: 8-16-32-
 gave at 20 rounds: 2e-3 → 62.0/61.8 (FedAvg) and 70.8/68.1 (U-Harmony); 5e-3 → 73.2/68.0 and 67.8/77.5;
 1e-2 → 35.8/71.3 (unstable) and 71.5/68.2. Hence 5e-3. At 24 rounds (what 35 method jobs fit in the hour)
 the plateau check moved U-Harmony by up to +13.8 DSC; from 32 to 48 rounds (seed 0) every method moved 0.3-1.1 DSC
-except FedAvg on S2 (+4.3). Hence 48 rounds: about the plateau (the doubling check of 48 itself, the plateau part,
-is not run yet), at about twice the hour (the 60-minute target is missed on this machine kind; docs/results.md
-says so).
+except FedAvg on S2 (+4.3). Hence 48 rounds: the doubling check of 48 itself (the plateau part, seed 0) moved the
+federated methods by at most 2.1 DSC (FedBN on S2) and centralized U-Harmony by 2.9; at about twice the hour
+(the 60-minute target is missed on this machine kind; docs/results.md says so).
 """
 
 from __future__ import annotations
