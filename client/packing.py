@@ -19,9 +19,7 @@ def packed_arrays(msg: Message, context: Context, call_next: ClientAppCallable) 
         return call_next(msg, context)
     content = RecordDict(dict(msg.content))  # the message as received stays as it is
     try:
-        if P.ARRAYS not in content.array_records:
-            raise wire.WireError(f"a {P.WIRE!r} manifest without an {P.ARRAYS!r} record")
-        arrays = wire.unpack_record(content.array_records[P.ARRAYS], content.config_records[P.WIRE].get(wire.MANIFEST))
+        arrays = wire.unpack_message_records(content.array_records, content.config_records)
     except (wire.WireError, ValueError) as exc:
         return Message(Error(WIRE_ERROR, f"packed arrays: {exc}"), reply_to=msg)
     content[P.ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})

@@ -119,10 +119,7 @@ def unpacked(msg: Message) -> Message:
         return msg
     content = msg.content
     try:
-        if P.ARRAYS not in content.array_records:
-            raise wire.WireError(f"a {P.WIRE!r} manifest without an {P.ARRAYS!r} record")
-        manifest = content.config_records[P.WIRE].get(wire.MANIFEST)
-        arrays = wire.unpack_record(content.array_records[P.ARRAYS], manifest)
+        arrays = wire.unpack_message_records(content.array_records, content.config_records)
     except (wire.WireError, ValueError) as exc:
         return Message(error=Error(WIRE_ERROR, f"packed arrays: {exc}"), metadata=msg.metadata)
     content[P.ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import protocol as P
+
 PACKED = "packed"  # the one entry of a packed ArrayRecord
 MANIFEST = "manifest"  # its manifest (JSON) in the message's ``protocol.WIRE`` ConfigRecord
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -100,3 +102,11 @@ def unpack_record(record: Mapping[str, object], manifest: str) -> dict[str, np.n
         names = ", ".join(sorted(map(str, record)))[:200]
         raise WireError(f"packed record: expected the single entry {PACKED!r}, got [{names}]")
     return unpack(record[PACKED].numpy(), manifest)
+
+
+def unpack_message_records(array_records: Mapping, config_records: Mapping) -> dict[str, np.ndarray]:
+    """The arrays of a packed message, given its ``array_records`` and ``config_records`` mappings (both
+    apps' one check: the ``WIRE`` manifest needs a packed ``ARRAYS`` record)."""
+    if P.ARRAYS not in array_records:
+        raise WireError(f"a {P.WIRE!r} manifest without an {P.ARRAYS!r} record")
+    return unpack_record(array_records[P.ARRAYS], config_records[P.WIRE].get(MANIFEST))
