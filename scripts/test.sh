@@ -13,6 +13,9 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 export FLWR_HOME="$PWD/.flwr" MPLBACKEND=Agg
+# one compute thread per process: two pytest workers and the Flower processes they start share the cores
+# (torch's default, a thread per core in every process, oversubscribes them)
+export OMP_NUM_THREADS=1
 .venv/bin/ruff check . || exit 1  # (an && list would not stop the script under set -e)
 .venv/bin/ruff format --check . >/dev/null || exit 1
 # two workers: the deployment tests (one group, in order) beside the rest; the slowest tests are listed

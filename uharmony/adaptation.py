@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .fingerprint import fingerprint_size
 from .head import DomainGatedHead
 from .networks import UHarmonyNet
 
@@ -33,6 +34,8 @@ def add_modality(model: UHarmonyNet, name: str) -> int:
         model.tasks["recon"].add_output_channels(1)
     model.spec["modalities"] = model.modalities
     model.spec["in_channels"] = len(model.modalities)
+    if isinstance(model.head, DomainGatedHead):  # the fingerprint has slots per modality: prototypes restart
+        model.head.resize_fingerprint(fingerprint_size(len(model.modalities), model.head.spatial_dims))
     return len(model.modalities) - 1
 
 

@@ -23,6 +23,9 @@ class RunConfig:
     head_experts: str = "residual"  # gated head: shared conv + zero-initialized residual per domain | separate
     head_gate: str = "scan"  # gated head: one decision per scan (calibrated distance) | window (per window)
     gate_confidence: float = 0.5  # scan gate: below this best weight the shared answer alone is used
+    gate_descriptor: str = (
+        "features+acquisition"  # scan gate: head-input features + the scan's acquisition fingerprint | features
+    )
     filters: tuple[int, ...] = (8, 16, 32, 64)
     local_steps: int = 25
     batch_size: int = 2
@@ -101,6 +104,7 @@ class RunConfig:
         one_of("run config: 'lr-schedule'", self.lr_schedule, ("cosine", "constant"))
         one_of("run config: 'head-experts'", self.head_experts, ("residual", "separate"))
         one_of("run config: 'head-gate'", self.head_gate, ("scan", "window"))
+        one_of("run config: 'gate-descriptor'", self.gate_descriptor, ("features+acquisition", "features"))
         if not 0.0 <= self.gate_confidence < 1.0:
             raise ValueError("run config: 'gate-confidence' must be in [0, 1)")
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
@@ -202,7 +206,12 @@ class RunConfig:
         if self.arch == "dynunet":
             kw["filters"] = self.filters
         if self.head == "gated":
-            kw.update(experts=self.head_experts, gate=self.head_gate, confidence=self.gate_confidence)
+            kw.update(
+                experts=self.head_experts,
+                gate=self.head_gate,
+                confidence=self.gate_confidence,
+                gate_descriptor=self.gate_descriptor,
+            )
         tasks = ("recon",) if self.phase == "pretrain" else (("presence",) if self.tasks else ())
         if tasks:
             kw["tasks"] = tasks

@@ -1,9 +1,11 @@
 """Scan-level gating (Flower-free): a scan's descriptor, the domains' prototypes, the gate's decision.
 
 The ``scan`` gate of :class:`uharmony.head.DomainGatedHead` decides once per scan which domain expert(s)
-to use. A scan's descriptor is the mean, over the scan's non-empty windows (the windows training and
+to use. A scan's descriptor is the mean, over the scan's fullest non-empty windows (of the grid training and
 calibration visit), of the globally pooled features that enter the head, computed in evaluation mode,
-i.e. with the site's harmonization statistics. A domain's prototype is the mean and variance of the
+i.e. with the site's harmonization statistics; then, when the head has one, the scan's acquisition
+fingerprint (``uharmony.fingerprint``: what z-scoring leaves of the scanner, which harmonized features are
+built to ignore). A domain's prototype is the mean and variance of the
 descriptors of its sites' training scans under the model the site received this round; no label is used.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from monai.inferers import SlidingWindowSplitter
 
+from .fingerprint import acquisition_fingerprint
 from .head import DomainGatedHead
 
 
@@ -29,8 +32,9 @@ MAX_WINDOWS = 8  # the descriptor's windows per scan: those with the most non-ze
 def scan_descriptor(
     model, image: torch.Tensor, present: torch.Tensor, roi: int, device: str = "cpu", max_windows: int = MAX_WINDOWS
 ) -> torch.Tensor:
-    """(C,) mean pooled head-input features over the scan's ``max_windows`` fullest ``roi`` windows of a
-    non-overlapping grid (eval mode); a whole-scan pass would cost as much as ~3 training steps per window."""
+    """(C [+ F],) mean pooled head-input features over the scan's ``max_windows`` fullest ``roi`` windows of a
+    non-overlapping grid (eval mode; a whole-scan pass would cost as much as ~3 training steps per window),
+    then the acquisition fingerprint if the head's descriptor has one."""
     was_training = model.training
     model.to(device).eval()
     pres = torch.as_tensor(present).view(1, -1)
@@ -46,7 +50,10 @@ def scan_descriptor(
         batch = torch.cat(chosen[i : i + 2]).to(device)
         pooled.append(model.features(batch, pres.to(device).expand(len(batch), -1)).flatten(2).mean(-1))
     model.train(was_training)
-    return torch.cat(pooled).mean(0).cpu()
+    features = torch.cat(pooled).mean(0).cpu()
+    if getattr(model.head, "fingerprint", 0):
+        return torch.cat([features, acquisition_fingerprint(image, present).to(features.dtype)])
+    return features
 
 
 def scan_descriptors(model, items: Iterable[dict], roi: int, device: str = "cpu") -> torch.Tensor:

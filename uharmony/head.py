@@ -10,9 +10,10 @@ gate over the domains' prototypes (dataset-free inference). Two expert modes:
 
 Two gates:
 
-- ``scan`` (default, ours): one decision per scan. A scan's descriptor is the mean of its feature maps over
-  the whole scan; a domain's prototype is the mean and variance of its sites' scan descriptors, computed
-  with the model each site received (``uharmony.inference.scan_descriptor``), label-free. The gate is a
+- ``scan`` (default, ours): one decision per scan. A scan's descriptor is the mean of its pooled feature maps
+  over its fullest windows, followed (``fingerprint`` > 0) by its acquisition fingerprint
+  (``uharmony.fingerprint``); a domain's prototype is the mean and variance of its sites' scan descriptors,
+  computed with the model each site received (``uharmony.gating.scan_descriptor``), label-free. The gate is a
   softmax over the negative Mahalanobis distance with the domains' pooled per-dimension variance (no
   temperature to tune); below ``confidence`` the residual experts are left out (the shared answer).
 - ``window``: a softmax over negative squared distances of each window's pooled, L2-normalized features
@@ -42,15 +43,18 @@ class DomainExpert(nn.Module):
     """One domain's part of the head: a 1x1 conv to the outputs, and the domain's prototype (mean and
     per-dimension variance of its descriptors, and how many went into them)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, zero: bool = False) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, zero: bool = False, descriptor: int = 0
+    ) -> None:
         super().__init__()
         self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
         if zero:
             with torch.no_grad():
                 self.conv.weight.zero_()
                 self.conv.bias.zero_()
-        self.register_buffer("prototype", torch.zeros(in_channels))
-        self.register_buffer("spread", torch.ones(in_channels))
+        descriptor = descriptor or in_channels  # the scan descriptor's length (features, then a fingerprint)
+        self.register_buffer("prototype", torch.zeros(descriptor))
+        self.register_buffer("spread", torch.ones(descriptor))
         self.register_buffer("count", torch.zeros(()))
 
     @property
@@ -111,6 +115,7 @@ class DomainGatedHead(nn.Module):
         experts: str = "residual",
         gate: str = "scan",
         confidence: float = 0.5,
+        fingerprint: int = 0,
     ) -> None:
         super().__init__()
         if experts not in EXPERT_MODES or gate not in GATES:
@@ -130,6 +135,11 @@ class DomainGatedHead(nn.Module):
             raise ValueError(f"DomainGatedHead: temperature must be > 0, got {temperature!r}")
         if not 0.0 < prototype_momentum <= 1.0:
             raise ValueError(f"DomainGatedHead: prototype_momentum must be in (0, 1], got {prototype_momentum!r}")
+        if not isinstance(fingerprint, int) or fingerprint < 0 or (fingerprint and gate != "scan"):
+            raise ValueError(
+                f"DomainGatedHead: fingerprint must be an int >= 0, with the scan gate only; got {fingerprint!r}"
+            )
+        self.fingerprint = fingerprint  # scan gate: acquisition-fingerprint entries after the pooled features
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -138,9 +148,7 @@ class DomainGatedHead(nn.Module):
         self.trunk = head_trunk(spatial_dims, in_channels)
         if self.residual:  # every domain's common answer; the experts add to it
             self.shared = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
-        self.experts = nn.ModuleList(
-            DomainExpert(spatial_dims, in_channels, out_channels, zero=self.residual) for _ in range(num_domains)
-        )
+        self.experts = nn.ModuleList(self._new_expert() for _ in range(num_domains))
         # knows[d, c]: expert d was trained on output c (its sites annotate it). Structure, not state: it
         # comes from the model spec, so it is not in the state dict and never aggregated.
         knows = (
@@ -152,6 +160,15 @@ class DomainGatedHead(nn.Module):
             )
         self.register_buffer("knows", knows, persistent=False)
 
+    def _new_expert(self) -> DomainExpert:
+        return DomainExpert(
+            self.spatial_dims,
+            self.in_channels,
+            self.out_channels,
+            zero=self.residual,
+            descriptor=self.in_channels + self.fingerprint,
+        )
+
     @property
     def num_domains(self) -> int:
         return len(self.experts)
@@ -162,18 +179,26 @@ class DomainGatedHead(nn.Module):
         return pooled if self.gate_kind == "scan" else F.normalize(pooled, dim=1)
 
     def gate_probs(self, features_or_descriptors: torch.Tensor) -> torch.Tensor:
-        """Softmax over the domains (B, D) from feature maps (B, C, ...) or scan descriptors (B, C). Domains
-        without a prototype get 0; with none at all, the weights are uniform."""
+        """Softmax over the domains (B, D) from feature maps (B, C, ...) or scan descriptors (B, C [+ the
+        fingerprint]). Feature maps alone (a window without its scan: calibration, a training-mode call) are
+        compared with the feature part of the prototypes. Domains without a prototype get 0; with none at
+        all, the weights are uniform."""
         x = features_or_descriptors
         pooled = self.pooled(x) if x.dim() > 2 else x
+        if pooled.shape[1] not in (self.in_channels, self.in_channels + self.fingerprint):
+            raise ValueError(
+                f"DomainGatedHead: descriptors of {self.in_channels} or {self.in_channels + self.fingerprint} "
+                f"entries expected, got {tuple(pooled.shape)}"
+            )
         ready = torch.tensor([e.has_prototype for e in self.experts], device=x.device)
         if not bool(ready.any()):
             return torch.full((x.shape[0], self.num_domains), 1.0 / self.num_domains, device=x.device)
-        protos = torch.stack([e.prototype for e in self.experts]).to(pooled.dtype)
+        width = pooled.shape[1]
+        protos = torch.stack([e.prototype[:width] for e in self.experts]).to(pooled.dtype)
         if self.gate_kind == "window":
             logits = -torch.cdist(pooled, protos).pow(2) / self.temperature
         else:  # Mahalanobis (diagonal) with the domains' pooled within-domain variance
-            spread = torch.stack([e.spread for e in self.experts]).to(pooled.dtype)[ready].mean(0)
+            spread = torch.stack([e.spread[:width] for e in self.experts]).to(pooled.dtype)[ready].mean(0)
             scale = spread + 1e-3 * spread.mean().clamp_min(1e-12) + 1e-12
             logits = -0.5 * ((pooled.unsqueeze(1) - protos.unsqueeze(0)).pow(2) / scale).sum(-1)
         return torch.softmax(logits.masked_fill(~ready, float("-inf")), dim=1)
@@ -248,9 +273,7 @@ class DomainGatedHead(nn.Module):
     @torch.no_grad()
     def add_domain(self) -> int:
         """Append a new expert (residual: zero; separate: the mean of the existing ones); returns its id."""
-        new = DomainExpert(self.spatial_dims, self.in_channels, self.out_channels, zero=self.residual).to(
-            self.experts[0].conv.weight.device
-        )
+        new = self._new_expert().to(self.experts[0].conv.weight.device)
         if not self.residual:
             new.conv.weight.copy_(torch.stack([e.conv.weight for e in self.experts]).mean(0))
             new.conv.bias.copy_(torch.stack([e.conv.bias for e in self.experts]).mean(0))
@@ -259,6 +282,21 @@ class DomainGatedHead(nn.Module):
             [self.knows, torch.ones(1, self.out_channels, dtype=torch.bool, device=self.knows.device)]
         )
         return self.num_domains - 1
+
+    @torch.no_grad()
+    def resize_fingerprint(self, size: int) -> None:
+        """A modality was added: the fingerprint has ``size`` entries now (the new modality's slots last).
+        A prototype is padded with mean 0 and variance 0 there: exactly what its domain's scans, which lack
+        the modality (zeros in its slots), would give if recomputed."""
+        if not self.fingerprint or size == self.fingerprint:
+            return
+        if size < self.fingerprint:
+            raise ValueError(f"DomainGatedHead: the fingerprint cannot shrink ({self.fingerprint} -> {size})")
+        extra = size - self.fingerprint
+        self.fingerprint = int(size)
+        for e in self.experts:
+            e.prototype = torch.cat([e.prototype, e.prototype.new_zeros(extra)])
+            e.spread = torch.cat([e.spread, e.spread.new_zeros(extra)])
 
     @torch.no_grad()
     def add_output_channels(self, n: int, bias: float = NEW_CLASS_BIAS) -> None:

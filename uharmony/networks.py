@@ -15,12 +15,15 @@ from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
 from .checks import one_of
+from .fingerprint import fingerprint_size
 from .head import DomainGatedHead, PlainHead
 from .norm import INSTANCE_NORMS, UHarmonyNorm
 
 ARCHS = ("dynunet", "swinunetr")
 NORMS = ("uharmony", "instance", "batch")
 HEADS = ("gated", "plain")
+# what the scan gate compares: the head-input features, and the scan's acquisition fingerprint (default)
+GATE_DESCRIPTORS = ("features+acquisition", "features")
 DEFAULT_MODALITIES = ("t1", "t1ce", "t2", "flair")
 DEFAULT_REGIONS = ("ET", "TC", "WT")  # BraTS evaluation regions: enhancing, tumour core, whole tumour
 
@@ -199,6 +202,7 @@ def build_model(
     experts: str = "residual",
     gate: str = "scan",
     confidence: float = 0.5,
+    gate_descriptor: str = "features+acquisition",
     tasks: Sequence[str] = (),
     **options,
 ) -> UHarmonyNet:
@@ -253,7 +257,8 @@ def build_model(
         **options,
     )
     if head == "gated":
-        spec.update(experts=experts, gate=gate, confidence=confidence)
+        one_of("build_model: gate_descriptor", gate_descriptor, GATE_DESCRIPTORS)
+        spec.update(experts=experts, gate=gate, confidence=confidence, gate_descriptor=gate_descriptor)
     if tasks:  # UMS-Rep: a reconstruction head (phase P) and/or an image-level head (phase F)
         spec["tasks"] = sorted(set(tasks))
     options = dict(options)
@@ -283,6 +288,9 @@ def build_model(
             experts=experts,
             gate=gate,
             confidence=confidence,
+            fingerprint=fingerprint_size(len(modalities), spatial_dims)
+            if gate == "scan" and gate_descriptor == "features+acquisition"
+            else 0,
         )
     else:
         head_module = PlainHead(spatial_dims, feat, out_channels)
@@ -296,6 +304,8 @@ def build_model(
 
 def model_from_spec(spec: dict) -> UHarmonyNet:
     spec = dict(spec)
+    if spec.get("head") == "gated":  # a model saved before the acquisition fingerprint: features only
+        spec.setdefault("gate_descriptor", "features")
     return build_model(
         spec.pop("arch"),
         spec.pop("in_channels"),

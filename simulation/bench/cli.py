@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -183,15 +184,39 @@ def software() -> str:
     return ", ".join(f"{p} {version(p)}" for p in ("torch", "monai", "flwr", "numpy"))
 
 
-def wall_minutes(records: list[dict]) -> dict[str, float]:
+def wall_minutes(records: list[dict], reruns: bool = False) -> dict[str, float]:
     """Wall time per set of parts, summed over the invocations that ran them (a killed bench resumed with
-    ``--resume`` ran its parts in several)."""
+    ``--resume`` ran its parts in several). An invocation with ``--rerun`` re-ran jobs whose first run is
+    already counted: its minutes are left out (``reruns``: only those, e.g. for the page's note)."""
     walls: dict[str, float] = {}
     for r in records:
-        if r["kind"] == "wall":
+        if r["kind"] == "wall" and bool(r.get("rerun")) == reruns:
             key = "+".join(r["parts"])
             walls[key] = walls.get(key, 0.0) + r["minutes"]
     return {k: round(v, 1) for k, v in walls.items()}
+
+
+def drop_for_rerun(jsonl: Path, prefixes: list[str]) -> list[dict]:
+    """``--rerun``: remove the records whose job key starts with one of ``prefixes`` from ``jsonl`` (they
+    go to ``replaced.jsonl`` beside it, kept); returns them."""
+    records = read_jsonl(jsonl)
+    gone = [r for r in records if r.get("kind") != "wall" and any(r["job"].startswith(x) for x in prefixes)]
+    if gone:
+        with (jsonl.parent / "replaced.jsonl").open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in gone)
+        kept = [r for r in records if not any(r is g for g in gone)]
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return gone
+
+
+def _command(r: dict) -> str:
+    """The invocation that wrote a wall record."""
+    cmd = "uharmony-bench"
+    if tuple(r["parts"]) != DEFAULT_PARTS or r.get("rerun"):
+        cmd += " --resume --parts " + " ".join(r["parts"])
+    if r.get("rerun"):
+        cmd += " --rerun " + " ".join(shlex.quote(x) for x in r["rerun"])
+    return cmd
 
 
 def check_same_size(path: Path, size: BenchSize, resume: bool) -> None:
@@ -227,7 +252,17 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the size's seeds")
     p.add_argument("--workers", type=int, default=None, help="jobs side by side (default: the size's)")
     p.add_argument("--resume", action="store_true", help="keep results.jsonl and skip jobs already recorded")
+    p.add_argument(
+        "--rerun",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="with --resume: run again the recorded jobs whose key starts with PREFIX (e.g. method/S2/uharmony/) "
+        "after a change to the method; the old records go to replaced.jsonl",
+    )
     a = p.parse_args(argv)
+    if a.rerun and not a.resume:
+        p.error("--rerun needs --resume (without it every job runs anyway)")
     size = SIZES[a.size or ("quick" if a.quick else "default")]
     changes = {"device": a.device, "workers": a.workers, "seeds": tuple(a.seeds) if a.seeds else None}
     size = BenchSize(**{**size.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
@@ -242,6 +277,8 @@ def main(argv=None) -> int:
     if not a.resume and jsonl.exists():
         jsonl.unlink()
     check_same_size(out / "size.json", size, a.resume)
+    if a.rerun:
+        print(f"[bench] --rerun: {len(drop_for_rerun(jsonl, a.rerun))} records set aside in replaced.jsonl", flush=True)
     records = read_jsonl(jsonl)
     done = {r["job"] for r in records}
     todo = [(k, c) for k, c in plan(size, parts) if k not in done]
@@ -261,8 +298,9 @@ def main(argv=None) -> int:
     run_jobs(size, todo, out, on_done)
     if todo:
         wall_now = (time.time() - t_start) / 60
-        append_jsonl(jsonl, {"job": f"wall/{len(records)}", "kind": "wall", "parts": list(parts), "minutes": wall_now})
-        records.append({"kind": "wall", "parts": list(parts), "minutes": wall_now})
+        wall = {"kind": "wall", "parts": list(parts), "minutes": wall_now, **({"rerun": a.rerun} if a.rerun else {})}
+        append_jsonl(jsonl, {"job": f"wall/{len(records)}", **wall})
+        records.append(wall)
     from .report import method_rows, plot_curves, plot_overlays
     from .results_md import write_results
 
@@ -283,17 +321,13 @@ def main(argv=None) -> int:
     )
     meta = {
         "command": " ".join(["uharmony-bench", *(sys.argv[1:] if argv is None else argv)]),
-        "commands": [  # every invocation whose records the page holds, in order
-            "uharmony-bench"
-            + ("" if tuple(r["parts"]) == DEFAULT_PARTS else " --resume --parts " + " ".join(r["parts"]))
-            for r in records
-            if r["kind"] == "wall"
-        ],
+        "commands": [_command(r) for r in records if r["kind"] == "wall"],  # every invocation, in order
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "software": software(),
         "size": size.to_dict(),
         "wall_minutes": wall_minutes(records),
+        "rerun_minutes": wall_minutes(records, reruns=True),
     }
     (art / "meta.json").write_text(json.dumps(meta, indent=2))
     write_results(records, meta, md, curves, overlay)

@@ -227,8 +227,9 @@ def _ablations(records: list[dict]) -> list[str]:
         return []
     out = [
         "U-Harmony, one setting changed each, same seeds and budget; difference to the default U-Harmony of the "
-        "same scenario and seed (95 % interval). The default: residual experts, scan gate, restore = ratio, every "
-        "normalization layer harmonized, K = 1, optimizer moments kept at the site.",
+        "same scenario and seed (95 % interval). The default: residual experts, scan gate on features and the "
+        "acquisition fingerprint, restore = ratio, every normalization layer harmonized, K = 1, optimizer moments "
+        "kept at the site. Variants run before the fingerprint are not listed until re-run (docs/method.md).",
         "",
         "| scenario | variant | gated | paired vs default (gated) | oracle | gate accuracy | s / round |",
         "|---|---|---|---|---|---|---|",
@@ -338,6 +339,8 @@ def _not_run(records: list[dict]) -> list[str]:
 def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, Path], overlay_png: Path | None) -> Path:
     size = meta["size"]
     walls = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("wall_minutes", {}).items()) or "–"
+    reruns = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("rerun_minutes", {}).items())
+    reruns = f" Re-runs after a method change (`--rerun`, not counted): {reruns}." if reruns else ""
     lines = [
         "# Results",
         "",
@@ -354,7 +357,7 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
         f"{size['local_steps']} local steps per site, batch 2, patch {size['patch_size']}³, DynUNet filters "
         f"{size['filters']}, AdamW at {size.get('lr', 2e-3):g} with a cosine decay, moments kept at each site. "
         "Centralized training takes sites × local steps per round on the pooled data.",
-        f"- Wall time (jobs side by side, {size['workers']} workers): {walls}.",
+        f"- Wall time (jobs side by side, {size['workers']} workers): {walls}.{reruns}",
         *_not_run(records),
         "- Dice: a site's score is the mean over the regions it annotates, a method's the mean over sites, at the "
         "last round; cells are mean ± sample std over seeds, in DSC points (×100).",

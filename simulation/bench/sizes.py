@@ -32,9 +32,13 @@ ABLATIONS = {
         # Dice to the last digit in the lr-2e-3 run (commit 0a92654), so only this one runs
         "harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0},
         "keep-optimizer-state=false": {"keep-optimizer-state": False},
+        "gate descriptor=features (no acquisition fingerprint)": {"gate-descriptor": "features"},
     },
     # S0, the control where U-Harmony must not lose: which half of the method costs what there
-    "S0": {"harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0}},
+    "S0": {
+        "harmonized layers=none (InstanceNorm + gated head)": {"harmonize-layers": 0},
+        "gate descriptor=features (no acquisition fingerprint)": {"gate-descriptor": "features"},
+    },
 }
 KAPPAS = (0.0, 0.5, 2.0)  # S2 strengths beside the default 1.0 (kappa part)
 KAPPA_METHODS = ("fedavg", "fedbn", "uharmony")

@@ -62,6 +62,28 @@ def test_wall_time_of_a_part_sums_its_invocations():
         {"kind": "wall", "parts": ["unseen", "ablations"], "minutes": 5.04},
     ]
     assert cli.wall_minutes(recs) == {"methods": 81.7, "unseen+ablations": 5.0}
+    rerun = {"kind": "wall", "parts": ["methods"], "minutes": 49.1, "rerun": ["method/S2/uharmony/"]}
+    assert cli.wall_minutes([*recs, rerun]) == {"methods": 81.7, "unseen+ablations": 5.0}  # counted once
+    assert cli.wall_minutes([*recs, rerun], reruns=True) == {"methods": 49.1}
+    assert cli._command(rerun) == "uharmony-bench --resume --parts methods --rerun method/S2/uharmony/"
+    assert cli._command(recs[0]) == "uharmony-bench"
+
+
+def test_rerun_sets_the_matching_records_aside_and_keeps_the_rest(tmp_path):
+    jsonl = tmp_path / "results.jsonl"
+    recs = [
+        {"job": "method/S2/uharmony/seed0", "kind": "method"},
+        {"job": "method/S2/uharmony-x/seed0", "kind": "method"},
+        {"job": "method/S2/fedavg/seed0", "kind": "method"},
+        {"job": "wall/2", "kind": "wall", "parts": ["methods"], "minutes": 1.0},
+    ]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    gone = cli.drop_for_rerun(jsonl, ["method/S2/uharmony/"])
+    assert [r["job"] for r in gone] == ["method/S2/uharmony/seed0"]
+    assert [json.loads(x)["job"] for x in jsonl.read_text().splitlines()] == [r["job"] for r in recs[1:]]
+    assert json.loads((tmp_path / "replaced.jsonl").read_text())["job"] == "method/S2/uharmony/seed0"
+    with pytest.raises(SystemExit):  # --rerun without --resume would rerun everything: refused
+        cli.main(["--quick", "--out", str(tmp_path), "--rerun", "method/"])
 
 
 def test_paired_interval_and_verdict():

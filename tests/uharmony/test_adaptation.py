@@ -6,6 +6,7 @@ import torch
 from uharmony import build_model, extend_model, model_from_spec
 from uharmony.adaptation import spec_extends
 from uharmony.federated import ModelRoles, extend_global_model, global_state_of, load_global_and_local, model_needs
+from uharmony.fingerprint import acquisition_fingerprint
 
 TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
 
@@ -21,10 +22,11 @@ def _trained_like(head="gated", norm="uharmony", **kw):
             p.add_(0.05 * torch.randn_like(p))
         if model.gated:
             model(x, domain=[0, 1, 2])  # the site statistics (and the window gate's prototypes)
-            if model.head.gate_kind == "scan":  # two scan descriptors per domain
+            if model.head.gate_kind == "scan":  # two scan descriptors per domain (features, fingerprint)
                 pooled = model.eval().features(x).flatten(2).mean(-1)
                 for d in range(3):
-                    model.head.experts[d].set_prototype(pooled[d] + 0.01 * torch.randn(2, pooled.shape[1]))
+                    desc = torch.cat([pooled[d], acquisition_fingerprint(x[d])])
+                    model.head.experts[d].set_prototype(desc + 0.01 * torch.randn(2, desc.shape[0]))
     return model.eval()
 
 

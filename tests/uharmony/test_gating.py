@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from uharmony import build_model
+from uharmony.fingerprint import acquisition_fingerprint, fingerprint_size
 from uharmony.gating import gate_decisions, scan_descriptor, scan_gate, set_prototypes
 from uharmony.training import predict
 
@@ -37,7 +38,10 @@ def _scans(domain: int, n: int, seed: int) -> list[dict]:
 def test_descriptor_is_a_deterministic_vector_and_an_empty_scan_is_refused():
     model, scan = _model(), _scans(0, 1, 0)[0]
     d = scan_descriptor(model, scan["image"], scan["present"], ROI)
-    assert d.shape == (8,) and torch.isfinite(d).all()
+    assert d.shape == (8 + fingerprint_size(4),) and torch.isfinite(d).all()  # features, then the fingerprint
+    torch.testing.assert_close(d[8:], acquisition_fingerprint(scan["image"], scan["present"]))
+    features_only = _model(gate_descriptor="features")
+    assert scan_descriptor(features_only, scan["image"], scan["present"], ROI).shape == (8,)
     torch.testing.assert_close(d, scan_descriptor(model, scan["image"], scan["present"], ROI))
     with pytest.raises(ValueError, match="no non-empty window"):
         scan_descriptor(model, torch.zeros(4, 24, 24, 24), scan["present"], ROI)
@@ -69,3 +73,23 @@ def test_window_gate_models_are_left_alone():
     model = _model(experts="separate", gate="window")
     assert set_prototypes(model, _scans(0, 2, 1), [0, 0], ROI) == {}
     assert not any(e.has_prototype for e in model.head.experts)
+
+
+def test_an_old_spec_without_a_gate_descriptor_rebuilds_the_features_only_head():
+    from uharmony import model_from_spec
+
+    model = _model()
+    old = {k: v for k, v in model.spec.items() if k != "gate_descriptor"}  # a model saved before the fingerprint
+    assert model_from_spec(old).head.fingerprint == 0
+    assert model_from_spec(model.spec).head.fingerprint == fingerprint_size(4)
+    with pytest.raises(ValueError, match="gate_descriptor"):
+        _model(gate_descriptor="histogram")
+
+
+def test_window_features_alone_are_gated_on_the_feature_part_of_the_prototypes():
+    model = _model()
+    set_prototypes(model, _scans(0, 3, 1) + _scans(1, 3, 2), [0] * 3 + [1] * 3, ROI)
+    feats = model.features(_scans(1, 1, 5)[0]["image"][None, :, :16, :16, :16])
+    assert model.head.gate_probs(feats).shape == (1, 2)  # calibration and training-mode calls pass windows
+    with pytest.raises(ValueError, match="descriptors of 8 or"):
+        model.head.gate_probs(torch.zeros(1, 9))
