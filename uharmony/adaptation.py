@@ -34,7 +34,7 @@ def add_modality(model: UHarmonyNet, name: str) -> int:
         model.tasks["recon"].add_output_channels(1)
     model.spec["modalities"] = model.modalities
     model.spec["in_channels"] = len(model.modalities)
-    if isinstance(model.head, DomainGatedHead):  # the fingerprint has slots per modality: prototypes restart
+    if isinstance(model.head, DomainGatedHead):  # the fingerprint has slots per modality: prototypes padded
         model.head.resize_fingerprint(fingerprint_size(len(model.modalities), model.head.spatial_dims))
     return len(model.modalities) - 1
 

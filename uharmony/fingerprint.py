@@ -28,7 +28,7 @@ def _channel(c: torch.Tensor) -> list[float]:
     v = c[inside].double()
     dims = c.dim()
     if v.numel() < 8:  # an absent modality (zeros) or next to nothing: no evidence, the neutral values
-        return [0.0] * (len(QUANTILES) + 2 + dims)
+        return [0.0] * fingerprint_size(1, dims)
     q = torch.quantile(
         v if v.numel() <= 2**24 else v[:: v.numel() // 2**24 + 1], torch.tensor(QUANTILES, dtype=v.dtype)
     )
@@ -62,5 +62,5 @@ def acquisition_fingerprint(image: torch.Tensor, present: torch.Tensor | None = 
         raise ValueError(f"acquisition_fingerprint: {pres.numel()} presence flags for {image.shape[0]} modalities")
     rows = []
     for c, p in zip(image.float(), pres.tolist()):
-        rows += _channel(c) if p else [0.0] * (len(QUANTILES) + 2 + c.dim())
+        rows += _channel(c) if p else [0.0] * fingerprint_size(1, c.dim())
     return torch.tensor(rows, dtype=torch.float32)

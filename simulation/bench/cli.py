@@ -199,12 +199,13 @@ def wall_minutes(records: list[dict], reruns: bool = False) -> dict[str, float]:
 def drop_for_rerun(jsonl: Path, prefixes: list[str]) -> list[dict]:
     """``--rerun``: remove the records whose job key starts with one of ``prefixes`` from ``jsonl`` (they
     go to ``replaced.jsonl`` beside it, kept); returns them."""
-    records = read_jsonl(jsonl)
-    gone = [r for r in records if r.get("kind") != "wall" and any(r["job"].startswith(x) for x in prefixes)]
+    kept, gone = [], []
+    for r in read_jsonl(jsonl):
+        rerun = r.get("kind") != "wall" and r["job"].startswith(tuple(prefixes))
+        (gone if rerun else kept).append(r)
     if gone:
         with (jsonl.parent / "replaced.jsonl").open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in gone)
-        kept = [r for r in records if not any(r is g for g in gone)]
         jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return gone
 
