@@ -4,10 +4,11 @@ Training never uses the prototypes (each site trains its own domain's expert), b
 scan's descriptor with them, and descriptors move as the model trains: prototypes from an earlier model
 route scans by that drift, not by their domain. So before each evaluation (and the final checkpoint) the
 server sends the aggregated model in a ``query.prototype`` message to the sites, each answers with its
-domain's prototype entries (mean, variance and number of its training scans' descriptors: label-free
-statistics, no image, no label, no single-scan value), and the server merges them per domain
-(``uharmony.gating.merge_prototypes``). A reply is checked like a training reply: the admitted identity,
-only its own domain's entries, shapes and dtypes, finite values, a variance >= 0 and a count within the
+domain's prototype entries (mean, variance and number of its training scans' descriptors, and their reach:
+the largest leave-one-out distance among them, one number about the site's most atypical scan; label-free,
+no image, no label), and the server merges them per domain (``uharmony.gating.merge_prototypes``; the
+reach: the largest). A reply is checked like a training reply: the admitted identity, only its own
+domain's entries, shapes and dtypes, finite values, a variance and reach >= 0 and a count within the
 training cases the site declared. A bad reply is rejected, logged and counted; the rest are used.
 """
 
@@ -26,7 +27,7 @@ from uharmony.gating import merge_prototypes
 from .replies import RejectedUpdate, _identity, check_arrays
 
 QUERY = f"{MessageType.QUERY}.{P.PROTOTYPE_ACTION}"
-Part = tuple[torch.Tensor, torch.Tensor, float]
+Part = tuple[torch.Tensor, torch.Tensor, float, float]
 
 
 def check_prototype_reply(msg: Message, profile: dict | None, roles: ModelRoles, state: State, limit: float) -> dict:
@@ -52,11 +53,11 @@ def check_prototype_reply(msg: Message, profile: dict | None, roles: ModelRoles,
     check_arrays(arrays, state, roles)
     out = {}
     for d in domains:
-        mean_key, var_key, count_key = roles.prototypes[d]
+        mean_key, var_key, count_key, reach_key = roles.prototypes[d]
         count = float(arrays[count_key])
         if not count.is_integer() or not 1 <= count <= limit:
             raise RejectedUpdate(f"{count_key}: must count 1 to {limit:g} training scans, got {count:g}")
-        out[d] = (arrays[mean_key], arrays[var_key], count)
+        out[d] = (arrays[mean_key], arrays[var_key], count, float(arrays[reach_key]))
     return out
 
 
@@ -83,8 +84,12 @@ def refresh_prototypes(
             rejected.append({"node": node, "reason": str(exc)})
     new = dict(state)
     for d, domain_parts in sorted(parts.items()):
-        mean, var, count = merge_prototypes(domain_parts)
-        mean_key, var_key, count_key = roles.prototypes[d]
+        mean, var, count = merge_prototypes([part[:3] for part in domain_parts])
+        mean_key, var_key, count_key, reach_key = roles.prototypes[d]
         new[mean_key], new[var_key] = mean, var
         new[count_key] = torch.tensor(count, dtype=state[count_key].dtype)
+        # the merged variance adds the spread of the site means, so a site's scans usually lie no farther from
+        # the merged prototype than from their own: the largest site reach is kept (0 if a site's is unknown)
+        reaches = [part[3] for part in domain_parts]
+        new[reach_key] = torch.tensor(0.0 if min(reaches) <= 0 else max(reaches), dtype=state[reach_key].dtype)
     return new, rejected, sorted(parts)

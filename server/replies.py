@@ -59,7 +59,7 @@ def _number(value, key: str, low: float = -math.inf, high: float = math.inf) -> 
 
 
 def check_arrays(arrays: dict, reference: dict, roles) -> None:
-    """Every array as its reference entry (shape, dtype), finite, and a prototype's variance >= 0."""
+    """Every array as its reference entry (shape, dtype), finite, and a prototype's variance and reach >= 0."""
     for k, v in arrays.items():
         ref = reference[k]
         if v.shape != ref.shape or v.dtype != ref.dtype:
@@ -69,7 +69,7 @@ def check_arrays(arrays: dict, reference: dict, roles) -> None:
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise RejectedUpdate(f"{k}: contains NaN or Inf")
         if k in roles.nonnegative and bool((v < 0).any()):
-            raise RejectedUpdate(f"{k}: a prototype's variance cannot be negative")
+            raise RejectedUpdate(f"{k}: a prototype's variance or reach cannot be negative")
 
 
 def _identity(msg: Message, profile: dict | None, gated: bool) -> tuple[str, int | None]:
@@ -225,7 +225,7 @@ def check_evaluation(
                 _number(value, key, 0.0, high)
         elif key in (P.NUM_EXAMPLES, P.SKIPPED):
             _number(value, key, 0.0)
-        elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT):
+        elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT, P.GATE_UNSEEN):
             _number(value, key, 0.0, 1.0)
         elif DENOISE_KEY.fullmatch(key):
             _number(value, key, -1.0, 1.0) if key.startswith("ssim") else _number(value, key, -200.0, 400.0)

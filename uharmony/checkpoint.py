@@ -100,6 +100,16 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: not a checkpoint of this project ({type(exc).__name__}: {exc})") from None
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in out["state"].items()):
         raise CheckpointError(f"{path}: 'state' must map names to tensors")
+    _add_reach(out["state"])
     if spec is not None and json.dumps(out["spec"], sort_keys=True) != json.dumps(spec, sort_keys=True):
         raise CheckpointError(f"{path}: model spec differs from this run's configuration; refusing to resume")
     return out
+
+
+def _add_reach(state: dict) -> None:
+    """A checkpoint written before the gate prototypes' reach: each prototype gets reach 0 (unknown: the gate's
+    "none of these" test stays off for its domain), so the file loads into today's model."""
+    for key in [k for k in state if k.endswith(".prototype")]:
+        stem = key[: -len("prototype")]
+        if stem + "count" in state and stem + "reach" not in state:
+            state[stem + "reach"] = torch.zeros((), dtype=state[stem + "count"].dtype)

@@ -26,6 +26,7 @@ class RunConfig:
     gate_descriptor: str = (
         "features+acquisition"  # scan gate: head-input features + the scan's acquisition fingerprint | features
     )
+    gate_unseen: str = "nearest"  # scan gate: a scan beyond every domain's reach: nearest domain | shared answer
     filters: tuple[int, ...] = (8, 16, 32, 64)
     local_steps: int = 25
     batch_size: int = 2
@@ -105,6 +106,7 @@ class RunConfig:
         one_of("run config: 'head-experts'", self.head_experts, ("residual", "separate"))
         one_of("run config: 'head-gate'", self.head_gate, ("scan", "window"))
         one_of("run config: 'gate-descriptor'", self.gate_descriptor, ("features+acquisition", "features"))
+        one_of("run config: 'gate-unseen'", self.gate_unseen, ("shared", "nearest"))
         if not 0.0 <= self.gate_confidence < 1.0:
             raise ValueError("run config: 'gate-confidence' must be in [0, 1)")
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
@@ -211,6 +213,7 @@ class RunConfig:
                 gate=self.head_gate,
                 confidence=self.gate_confidence,
                 gate_descriptor=self.gate_descriptor,
+                gate_unseen=self.gate_unseen,
             )
         tasks = ("recon",) if self.phase == "pretrain" else (("presence",) if self.tasks else ())
         if tasks:

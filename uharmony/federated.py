@@ -25,13 +25,13 @@ class ModelRoles:
         self.roles = keep_local(model, roles) if keep_local else roles
         self.domain_of = {k: d for k, d in domains.items() if self.roles[k] == DOMAIN}
         self.parameters = {name for name, _ in model.named_parameters()}  # trained weights (not statistics)
-        # each domain's prototype entries: (mean, per-dimension variance, number of scans)
-        self.prototypes: dict[int, tuple[str, str, str]] = {}
+        # each domain's prototype entries: (mean, per-dimension variance, number of scans, reach)
+        self.prototypes: dict[int, tuple[str, str, str, str]] = {}
         for name, module in model.named_modules():
             if isinstance(module, DomainExpert) and f"{name}.prototype" in self.domain_of:
-                keys = (f"{name}.prototype", f"{name}.spread", f"{name}.count")
+                keys = (f"{name}.prototype", f"{name}.spread", f"{name}.count", f"{name}.reach")
                 self.prototypes[self.domain_of[keys[0]]] = keys
-        self.nonnegative = {k[1] for k in self.prototypes.values()}
+        self.nonnegative = {k for keys in self.prototypes.values() for k in (keys[1], keys[3])}
         # a scan gate's prototype counts scans (at most a site's cases); the window gate's counts windows
         scan_gate = any(isinstance(m, DomainGatedHead) and m.gate_kind == "scan" for m in model.modules())
         self.scan_counts = {k[2] for k in self.prototypes.values()} if scan_gate else set()

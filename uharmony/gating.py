@@ -105,12 +105,14 @@ def merge_prototypes(parts: list[tuple[torch.Tensor, torch.Tensor, float]]) -> t
 
 def gate_decisions(model, items: list[dict], domain: int, roi: int, device: str = "cpu") -> tuple[list, dict]:
     """For the validation scans of a site of ``domain``: (each scan's (1, D) gate weights, {"gate-accuracy":
-    fraction whose most probable domain is ``domain``, "gate-weight": mean probability of ``domain``})."""
+    fraction whose most probable domain is ``domain``, "gate-weight": mean probability of ``domain``,
+    "gate-unseen": fraction beyond every domain's reach})."""
     descriptors = scan_descriptors(model, items, roi, device)
     probs = model.head.gate_probs(descriptors)
     weights = model.head.gate(descriptors)
     summary = {
         "gate-accuracy": float((probs.argmax(1) == domain).float().mean()),
         "gate-weight": float(probs[:, domain].mean()),
+        "gate-unseen": float(model.head.beyond_reach(descriptors).float().mean()),
     }
     return [w.unsqueeze(0) for w in weights], summary

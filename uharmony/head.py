@@ -15,7 +15,11 @@ Two gates:
   (``uharmony.fingerprint``); a domain's prototype is the mean and variance of its sites' scan descriptors,
   computed with the model each site received (``uharmony.gating.scan_descriptor``), label-free. The gate is a
   softmax over the negative Mahalanobis distance with the domains' pooled per-dimension variance (no
-  temperature to tune); below ``confidence`` the residual experts are left out (the shared answer).
+  temperature to tune); below ``confidence`` the residual experts are left out (the shared answer). A scan
+  beyond every domain's *reach* (``unseen="shared"``) gets the shared answer too: a softmax has no "none of
+  these" answer and hands the nearest domain the weight however far the scan is. A domain's reach is the
+  largest leave-one-out distance of its own prototype scans (under its own variance), so a new scan of the
+  domain lies beyond it with probability about 1/(n + 1) for n scans.
 - ``window``: a softmax over negative squared distances of each window's pooled, L2-normalized features
   to running means updated during training (temperature ``temperature``).
 
@@ -36,12 +40,23 @@ from torch import nn
 # threshold, yet within reach of Adam, which moves a parameter by about lr per step (a -10 bias was not
 # learnt in 160 steps at lr 2e-3: measured with uharmony-join).
 NEW_CLASS_BIAS = -math.log(99.0)
-EXPERT_MODES, GATES = ("residual", "separate"), ("scan", "window")
+EXPERT_MODES, GATES, UNSEEN = ("residual", "separate"), ("scan", "window"), ("shared", "nearest")
+
+
+def _scale(spread: torch.Tensor) -> torch.Tensor:
+    """The scan gate's per-dimension variance, kept away from 0 (a constant dimension: 1e-3 of the mean)."""
+    return spread + 1e-3 * spread.mean().clamp_min(1e-12) + 1e-12
+
+
+def distance2(x: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Squared diagonal Mahalanobis distance of descriptors ``x`` (..., C) to ``mean`` under ``spread``."""
+    return ((x - mean).pow(2) / _scale(spread)).sum(-1)
 
 
 class DomainExpert(nn.Module):
     """One domain's part of the head: a 1x1 conv to the outputs, and the domain's prototype (mean and
-    per-dimension variance of its descriptors, and how many went into them)."""
+    per-dimension variance of its descriptors, how many went into them, and their reach: the largest
+    leave-one-out distance among them, 0 where unknown)."""
 
     def __init__(
         self, spatial_dims: int, in_channels: int, out_channels: int, zero: bool = False, descriptor: int = 0
@@ -56,6 +71,7 @@ class DomainExpert(nn.Module):
         self.register_buffer("prototype", torch.zeros(descriptor))
         self.register_buffer("spread", torch.ones(descriptor))
         self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("reach", torch.zeros(()))  # checkpoints from before it load with 0 (unknown)
 
     @property
     def has_prototype(self) -> bool:
@@ -71,11 +87,17 @@ class DomainExpert(nn.Module):
 
     @torch.no_grad()
     def set_prototype(self, descriptors: torch.Tensor) -> None:
-        """Mean and variance of a site's scan descriptors (``scan`` gate)."""
+        """Mean, variance and reach of a site's scan descriptors (``scan`` gate). The reach needs 3 scans
+        (each left out in turn against the mean and variance of at least 2 others)."""
         d = descriptors.to(self.prototype.dtype).reshape(-1, self.prototype.numel())
         self.prototype.copy_(d.mean(0))
         self.spread.copy_(d.var(0, unbiased=False) if len(d) > 1 else torch.zeros_like(self.spread))
         self.count.fill_(float(len(d)))
+        reach = 0.0
+        if len(d) >= 3:
+            rest = [torch.cat([d[:i], d[i + 1 :]]) for i in range(len(d))]
+            reach = max(float(distance2(d[i], r.mean(0), r.var(0, unbiased=False))) for i, r in enumerate(rest))
+        self.reach.fill_(reach)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -116,16 +138,18 @@ class DomainGatedHead(nn.Module):
         gate: str = "scan",
         confidence: float = 0.5,
         fingerprint: int = 0,
+        unseen: str = "nearest",
     ) -> None:
         super().__init__()
-        if experts not in EXPERT_MODES or gate not in GATES:
+        if experts not in EXPERT_MODES or gate not in GATES or unseen not in UNSEEN:
             raise ValueError(
-                f"DomainGatedHead: experts must be one of {EXPERT_MODES} and gate one of {GATES}, "
-                f"got {experts!r} / {gate!r}"
+                f"DomainGatedHead: experts must be one of {EXPERT_MODES}, gate one of {GATES} and unseen one of "
+                f"{UNSEEN}, got {experts!r} / {gate!r} / {unseen!r}"
             )
         if not 0.0 <= confidence < 1.0:
             raise ValueError(f"DomainGatedHead: confidence must be in [0, 1), got {confidence!r}")
         self.residual, self.gate_kind, self.confidence = experts == "residual", gate, confidence
+        self.unseen = unseen  # a scan beyond every domain's reach: the shared answer | the nearest domain's
         if spatial_dims not in (2, 3):
             raise ValueError(f"DomainGatedHead: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_domains", num_domains)):
@@ -199,19 +223,36 @@ class DomainGatedHead(nn.Module):
             logits = -torch.cdist(pooled, protos).pow(2) / self.temperature
         else:  # Mahalanobis (diagonal) with the domains' pooled within-domain variance
             spread = torch.stack([e.spread[:width] for e in self.experts]).to(pooled.dtype)[ready].mean(0)
-            scale = spread + 1e-3 * spread.mean().clamp_min(1e-12) + 1e-12
-            logits = -0.5 * ((pooled.unsqueeze(1) - protos.unsqueeze(0)).pow(2) / scale).sum(-1)
+            logits = -0.5 * distance2(pooled.unsqueeze(1), protos.unsqueeze(0), spread)
         return torch.softmax(logits.masked_fill(~ready, float("-inf")), dim=1)
 
     def gate(self, features_or_descriptors: torch.Tensor) -> torch.Tensor:
         """The weights the experts are mixed with (B, D): :meth:`gate_probs`, where residual experts with the
         ``scan`` gate are left out (a row of zeros: the shared answer) when the best weight is below
-        ``confidence``."""
+        ``confidence`` or (``unseen="shared"``) the scan is :meth:`beyond_reach`."""
         weights = self.gate_probs(features_or_descriptors)
-        if self.residual and self.gate_kind == "scan" and self.confidence > 0:
+        if self.residual and self.gate_kind == "scan":
             sure = weights.max(1, keepdim=True).values >= self.confidence
+            if self.unseen == "shared":
+                sure = sure & ~self.beyond_reach(features_or_descriptors).unsqueeze(1)
             weights = torch.where(sure, weights, torch.zeros_like(weights))
         return weights
+
+    def beyond_reach(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the scan (whole descriptor) is farther from every domain's prototype, under that domain's
+        own variance, than the domain's reach. False where a domain's reach is unknown (fewer than 3 scans, a
+        model saved before the reach, the window gate) or for feature maps / the feature part alone."""
+        x = descriptors
+        batch = x.shape[0]
+        if self.gate_kind != "scan" or x.dim() != 2 or x.shape[1] != self.in_channels + self.fingerprint:
+            return torch.zeros(batch, dtype=torch.bool, device=x.device)
+        ready = [e for e in self.experts if e.has_prototype]
+        if not ready or any(float(e.reach) <= 0 for e in ready):
+            return torch.zeros(batch, dtype=torch.bool, device=x.device)
+        beyond = torch.ones(batch, dtype=torch.bool, device=x.device)
+        for e in ready:
+            beyond &= distance2(x, e.prototype.to(x.dtype), e.spread.to(x.dtype)) > float(e.reach)
+        return beyond
 
     def forward(
         self,

@@ -24,6 +24,7 @@ NORMS = ("uharmony", "instance", "batch")
 HEADS = ("gated", "plain")
 # what the scan gate compares: the head-input features, and the scan's acquisition fingerprint (default)
 GATE_DESCRIPTORS = ("features+acquisition", "features")
+GATE_UNSEEN = ("shared", "nearest")  # a scan beyond every domain's reach: shared answer | nearest domain
 DEFAULT_MODALITIES = ("t1", "t1ce", "t2", "flair")
 DEFAULT_REGIONS = ("ET", "TC", "WT")  # BraTS evaluation regions: enhancing, tumour core, whole tumour
 
@@ -203,6 +204,7 @@ def build_model(
     gate: str = "scan",
     confidence: float = 0.5,
     gate_descriptor: str = "features+acquisition",
+    gate_unseen: str = "nearest",
     tasks: Sequence[str] = (),
     **options,
 ) -> UHarmonyNet:
@@ -258,7 +260,10 @@ def build_model(
     )
     if head == "gated":
         one_of("build_model: gate_descriptor", gate_descriptor, GATE_DESCRIPTORS)
-        spec.update(experts=experts, gate=gate, confidence=confidence, gate_descriptor=gate_descriptor)
+        one_of("build_model: gate_unseen", gate_unseen, GATE_UNSEEN)
+        spec.update(
+            experts=experts, gate=gate, confidence=confidence, gate_descriptor=gate_descriptor, gate_unseen=gate_unseen
+        )
     if tasks:  # UMS-Rep: a reconstruction head (phase P) and/or an image-level head (phase F)
         spec["tasks"] = sorted(set(tasks))
     options = dict(options)
@@ -291,6 +296,7 @@ def build_model(
             fingerprint=fingerprint_size(len(modalities), spatial_dims)
             if gate == "scan" and gate_descriptor == "features+acquisition"
             else 0,
+            unseen=gate_unseen,
         )
     else:
         head_module = PlainHead(spatial_dims, feat, out_channels)

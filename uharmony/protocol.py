@@ -35,6 +35,7 @@ SKIPPED = "skipped-cases"  # how many of the site's cases were unusable
 UPDATE_BYTES = "update-bytes"
 GATE_ACCURACY = "gate-accuracy"  # fraction of the validation scans the scan gate gives to the site's domain
 GATE_WEIGHT = "gate-weight"  # mean gate probability of the site's own domain over its validation scans
+GATE_UNSEEN = "gate-unseen"  # fraction of its validation scans the gate found beyond every domain's reach
 
 # SITE: site -> server
 SITE_ID = "site-id"

@@ -80,6 +80,7 @@ class RunLog:
                         "event": "gate",
                         "gate-accuracy": m["gate-accuracy"],
                         "gate-weight": m.get("gate-weight"),
+                        "gate-unseen": m.get("gate-unseen"),
                         "val_cases": n,
                         **tags,
                     }

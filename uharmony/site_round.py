@@ -145,6 +145,7 @@ class SiteRound:
                 self.model, self.data.val, self.site.domain, self.cfg.patch_size, self.device
             )
             metrics.update({P.GATE_ACCURACY: summary["gate-accuracy"], P.GATE_WEIGHT: summary["gate-weight"]})
+            metrics[P.GATE_UNSEEN] = summary["gate-unseen"]
         cases: list[dict] = []
         for mode, dom in modes.items():
             first = len(cases)

@@ -26,6 +26,7 @@ from uharmony.config import RunConfig
 from uharmony.data import federation_root, load_federation
 from uharmony.federated import ModelRoles, subset
 from uharmony.files import read_jsonl
+from uharmony.gating import scan_descriptors, uses_scan_gate
 from uharmony.inference import calibrate, regions_to_brats
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
 from uharmony.norm import UHarmonyNorm
@@ -100,6 +101,7 @@ def method_job(
         "final": curve[-1],
         "curve": curve,
         "gate_accuracy": run_gate_accuracy(run_dir),
+        "gate_unseen": run_gate_accuracy(run_dir, "gate-unseen"),
         "per_case": per_case_records(run_dir),
         "train_seconds_per_round": [round(s, 2) for s in seconds],
         "run_dir": str(run_dir),
@@ -109,13 +111,14 @@ def method_job(
     return rec
 
 
-def run_gate_accuracy(run_dir: Path) -> dict | None:
-    """The scan gate's last evaluation: per site, the share of validation scans given to the site's domain."""
+def run_gate_accuracy(run_dir: Path, key: str = "gate-accuracy") -> dict | None:
+    """The scan gate's last evaluation: per site, the share of validation scans given to the site's domain
+    (``key`` "gate-unseen": the share found beyond every domain's reach, given the shared answer)."""
     gates = [r for r in RunLog(run_dir).records() if r.get("event") == "gate"]
     if not gates:
         return None
     last = max(r["round"] for r in gates)
-    return {str(r["site"]): r.get("gate-accuracy") for r in gates if r["round"] == last}
+    return {str(r["site"]): r.get(key) for r in gates if r["round"] == last}
 
 
 def per_case_records(run_dir: Path) -> list[dict]:
@@ -142,6 +145,7 @@ def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path,
         "seed": seed,
         "final": {m: curve[-1][m] for m in ("oracle", "gated")},
         "gate_accuracy": run_gate_accuracy(run_dir),
+        "gate_unseen": run_gate_accuracy(run_dir, "gate-unseen"),
         "train_seconds_per_round": [round(s, 2) for s in seconds],
     }
 
@@ -206,6 +210,14 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
         calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
         rec["calibration_seconds"] = round(time.time() - t0, 2)
         rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+    if uses_scan_gate(job.model) and job.model.head.residual:  # the gate with and without "none of these"
+        head, items = job.model.head, job.data.val
+        rec["beyond_reach"] = float(
+            head.beyond_reach(scan_descriptors(job.model, items, cfg.patch_size)).float().mean()
+        )
+        default, head.unseen = head.unseen, "shared" if head.unseen == "nearest" else "nearest"
+        rec[f"unseen_{head.unseen}"] = _dice(evaluate_cases(job.model, items, None, cfg.patch_size))
+        head.unseen = default
     rec["dice"] = rec.get("calibrated", rec["uncalibrated"])
     rec["training_sites_final"] = dict(run_curve(run_dir)[0][-1]["gated"])
     return rec

@@ -11,6 +11,8 @@ from uharmony.networks import DEFAULT_REGIONS as REGIONS
 from .report import LABELS, method_rows, ms, ratio_text, seed_scores, site_score
 from .report import mean_over_sites as _mean
 from .stats import paired
+from .unseen_md import unseen_pairs as _unseen_pairs
+from .unseen_md import unseen_section as _unseen
 
 FED_BASELINES = ("fedavg", "fedbn", "centralized", "centralized-uharmony/gated", "uharmony/oracle")
 
@@ -76,9 +78,21 @@ def _gate(records: list[dict], scenario: str) -> tuple[float | None, list[str]]:
         return None, []
     overall = statistics.fmean(v for vals in per_site.values() for v in vals)
     cells = " | ".join(f"site {s}: {statistics.fmean(v) * 100:.0f} %" for s, v in sorted(per_site.items()))
+    unseen = [
+        v
+        for r in records
+        if r["kind"] == "method" and r.get("scenario") == scenario and r["method"] == "uharmony"
+        for v in (r.get("gate_unseen") or {}).values()
+        if v is not None
+    ]
+    beyond = (
+        f" Scans found beyond every domain's reach (given the shared answer): {statistics.fmean(unseen) * 100:.0f} %."
+        if unseen
+        else ""
+    )
     return overall, [
         f"Scan gate (U-Harmony), share of validation scans routed to the site's own domain: {cells}; "
-        f"overall **{overall * 100:.0f} %**."
+        f"overall **{overall * 100:.0f} %**.{beyond}"
     ]
 
 
@@ -154,45 +168,6 @@ def _plateau_rows(records: list[dict]) -> list[tuple]:
             key = f"{r['method']}/{mode}" if len(r["modes"]) > 1 else r["method"]
             a, b = _mean(base[0]["final"][mode]), _mean(r["final"][mode])
             out.append((r["scenario"], key, a, b - a))
-    return out
-
-
-def _unseen_pairs(records: list[dict]) -> dict[tuple, dict]:
-    """(method, "dice" | "uncalibrated") -> {(seed, held-out site): score}: paired over both."""
-    out: dict[tuple, dict] = {}
-    for r in records:
-        if r["kind"] == "unseen":
-            for key in ("dice", "uncalibrated"):
-                if key in r:
-                    out.setdefault((r["method"], key), {})[(r["seed"], r["held_out"])] = site_score(r[key])
-    return out
-
-
-def _unseen(records: list[dict]) -> list[str]:
-    recs = [r for r in records if r["kind"] == "unseen"]
-    if not recs:
-        return []
-    sites = sorted({r["held_out"] for r in recs}, key=lambda s: (len(s), s))
-    out = [
-        f"Scenario {recs[0]['scenario']}. Each site in turn is left out of training (the others train for the same "
-        "rounds and steps); its validation scans are then segmented without a site label. U-Harmony first "
-        "computes the site's harmonization statistics from its unlabeled training scans (forward passes, no "
-        "labels, no gradients); FedBN's unseen site gets the mean of the training sites' normalization layers. "
-        f"Seeds {sorted({r['seed'] for r in recs})}.",
-        "",
-        "| method | " + " | ".join(f"site {s} left out" for s in sites) + " | mean |",
-        "|---|" + "---|" * (len(sites) + 1),
-    ]
-    for method, key, name in (
-        ("fedavg", "dice", "FedAvg"),
-        ("fedbn", "dice", "FedBN (mean of the sites' norm layers)"),
-        ("uharmony", "uncalibrated", "U-Harmony, gated, no calibration"),
-        ("uharmony", "dice", "U-Harmony, gated, calibrated"),
-    ):
-        sel = [r for r in recs if r["method"] == method and key in r]
-        if sel:
-            cells = [ms([site_score(r[key]) for r in sel if r["held_out"] == s]) for s in sites]
-            out.append(f"| {name} | " + " | ".join(cells) + f" | **{ms([site_score(r[key]) for r in sel])}** |")
     return out
 
 

@@ -164,7 +164,11 @@ def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
     assert all(r["peak_rss_mib"] >= r["rss_after_imports_mib"] > 0 for r in mem)
     unseen = [r for r in records if r["kind"] == "unseen" and r["method"] == "uharmony"]
     assert all("uncalibrated" in r and r["calibration_scans"] > 0 for r in unseen)
+    assert all("unseen_shared" in r and 0.0 <= r["beyond_reach"] <= 1.0 for r in unseen)  # with the test, its rate
+    gated = [r for r in records if r["kind"] == "method" and r["method"] == "uharmony"]
+    assert all(0.0 <= v <= 1.0 for r in gated for v in r["gate_unseen"].values())
     page = md.read_text()
+    assert "with the “none of these” test" in page and "beyond every domain's reach" in page
     for heading in ("## Targets", "## Scenario S2", "## Scenario S0", "## Unseen site", "## Ablations", "## Costs"):
         assert heading in page
     assert "Machine:" in page and "seeds [0, 1]" in page and "nan" not in page.lower()

@@ -93,3 +93,69 @@ def test_window_features_alone_are_gated_on_the_feature_part_of_the_prototypes()
     assert model.head.gate_probs(feats).shape == (1, 2)  # calibration and training-mode calls pass windows
     with pytest.raises(ValueError, match="descriptors of 8 or"):
         model.head.gate_probs(torch.zeros(1, 9))
+
+
+def test_reach_is_the_largest_leave_one_out_distance_and_needs_three_scans():
+    from uharmony.head import DomainExpert, distance2
+
+    expert = DomainExpert(3, 4, 3, zero=True)
+    d = torch.tensor([[0.0, 1, 2, 3], [1, 1, 0, 3], [2, 0, 1, 1], [0, 3, 1, 0]])
+    expert.set_prototype(d)
+    loo = [
+        distance2(d[i], torch.cat([d[:i], d[i + 1 :]]).mean(0), torch.cat([d[:i], d[i + 1 :]]).var(0, False))
+        for i in range(4)
+    ]
+    assert float(expert.reach) == pytest.approx(float(max(loo))) and float(expert.reach) > 0
+    expert.set_prototype(d[:2])
+    assert float(expert.reach) == 0.0  # unknown: no variance from a single other scan
+
+
+def _unseen_style(n: int, seed: int) -> list[dict]:
+    """A third acquisition: thick slices along the last axis and a compressed, noisy contrast."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randn(4, 24, 24, 24, generator=g).repeat_interleave(4, dim=-1)[..., :24] * 0.3
+        x = x + 0.5 * torch.randn(4, 24, 24, 24, generator=g)
+        x[:, :2] = 0
+        out.append({"image": x, "present": torch.ones(4, dtype=torch.bool)})
+    return out
+
+
+@pytest.mark.parametrize("unseen", ["shared", "nearest"])
+def test_a_scan_beyond_every_domains_reach_gets_the_shared_answer(unseen):
+    model = _model(gate_unseen=unseen)
+    set_prototypes(model, _scans(0, 8, 1) + _scans(1, 8, 2), [0] * 8 + [1] * 8, ROI)
+    assert all(float(e.reach) > 0 for e in model.head.experts)
+    for domain, seed in ((0, 3), (1, 4)):  # new scans of the training domains: within reach, routed
+        weights, summary = gate_decisions(model, _scans(domain, 4, seed), domain, ROI)
+        assert summary["gate-unseen"] == 0.0 and [int(w.argmax()) for w in weights] == [domain] * 4
+    scan = _unseen_style(1, 9)[0]
+    weights, summary = gate_decisions(model, [scan], 0, ROI)
+    assert summary["gate-unseen"] == 1.0  # measured either way; acted on only with "shared"
+    assert (float(weights[0].abs().sum()) == 0.0) == (unseen == "shared")
+    free = predict(model, scan["image"], scan["present"], None, ROI)
+    with torch.no_grad():  # the shared answer: the head without its residual experts
+        for e in model.head.experts:
+            e.conv.weight.zero_()
+            e.conv.bias.zero_()
+    shared = predict(model, scan["image"], scan["present"], None, ROI)
+    assert (float((free - shared).abs().max()) < 1e-5) == (unseen == "shared")
+
+
+def test_a_model_saved_before_the_reach_loads_with_the_test_off(tmp_path):
+    from uharmony import model_from_spec
+    from uharmony.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _model()
+    set_prototypes(model, _scans(0, 4, 1) + _scans(1, 4, 2), [0] * 4 + [1] * 4, ROI)
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(".reach")}
+    save_checkpoint(tmp_path, 3, model.spec, old)
+    again = model_from_spec(model.spec)
+    again.load_state_dict(load_checkpoint(tmp_path)["state"])  # strict: each reach is filled with 0 (unknown)
+    assert all(float(e.reach) == 0 for e in again.head.experts)
+    assert all(float(e.reach) > 0 for e in model.head.experts)
+    assert not bool(again.head.beyond_reach(torch.full((1, 8 + fingerprint_size(4)), 1e6)).any())
+    assert bool(model.head.beyond_reach(torch.full((1, 8 + fingerprint_size(4)), 1e6)).all())
+    with pytest.raises(ValueError, match="gate_unseen"):
+        _model(gate_unseen="ignore")
