@@ -46,6 +46,7 @@ def machine() -> dict:
     import torch
 
     info["torch-threads"] = torch.get_num_threads()
+    info["cpu-capability"] = torch.backends.cpu.get_cpu_capability()  # AVX2 / AVX512: kernels, hence speed
     info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
 

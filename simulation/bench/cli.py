@@ -175,7 +175,13 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (all jobs on CPU)"
-    return f"{cpu}, {cores} cores, {gib:.0f} GiB RAM, {gpu}, {platform.system()} Python {platform.python_version()}"
+    # the vector units torch's kernels use tell two machines of one name apart (an AVX2-only EPYC ran the
+    # bench's jobs 3.7x slower than an earlier one of the same name)
+    simd = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"{cpu} ({simd}), {cores} cores, {gib:.0f} GiB RAM, {gpu}, {platform.system()} Python "
+        f"{platform.python_version()}"
+    )
 
 
 def software() -> str:

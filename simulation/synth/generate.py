@@ -8,7 +8,11 @@ and declare ``labels: "wt"``.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -100,6 +104,24 @@ def write_case(
     nib.save(seg_img, folder / f"{case}_seg.nii.gz")
 
 
+PARALLEL_FROM = 16  # cases: below this, starting worker processes costs more than it saves
+
+
+def _spawnable() -> bool:
+    """Whether a spawned worker can start: it re-imports the caller's main script, which a script read from
+    stdin (``python - <<EOF``) does not have on disk."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main is None or Path(main).is_file()
+
+
+def _case(out: Path, base, affine, profile: SiteProfile, spacing: float, key: list[int], case: str) -> None:
+    """One case, from its own random stream (so cases can be made in any order, in any process)."""
+    rng = np.random.default_rng(key)
+    tissue = deform(base, rng, brain_scale=profile.brain_scale)
+    seg = insert_lesions(tissue, profile.lesion, spacing, rng, affine)
+    write_case(out, case, tissue, seg, affine, profile, rng)
+
+
 def generate_federation(
     out: str | Path,
     sites: int = 4,
@@ -109,11 +131,13 @@ def generate_federation(
     first_site: int = 0,
     progress: bool = True,
     profiles: list[SiteProfile] | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Write the federation under ``out``; returns its description (the manifest's content).
 
     ``first_site`` offsets the site indices, so ``first_site=sites`` of an existing federation yields
-    new, unseen sites with different profiles from the same seed.
+    new, unseen sites with different profiles from the same seed. ``workers``: processes making cases side
+    by side (default: one per core, from 16 cases on); the files are the same for any number.
     """
     if sites < 1 or cases_per_site < 1:
         raise ValueError(f"need at least one site and one case per site, got sites={sites}, cases={cases_per_site}")
@@ -122,17 +146,12 @@ def generate_federation(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     profiles = profiles or [make_site_profile(seed, first_site + i) for i in range(sites)]
-    entries = []
-    total = sum(p.cases or cases_per_site for p in profiles)
-    bar = tqdm(total=total, desc="synthesizing cases", unit="case", disable=not progress)
+    jobs, entries = [], []
     for p_idx, profile in enumerate(profiles):
         cases = []
         for c in range(profile.cases or cases_per_site):
-            rng = np.random.default_rng([seed, first_site + p_idx, c, 104729])
             case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
-            tissue = deform(base, rng, brain_scale=profile.brain_scale)
-            seg = insert_lesions(tissue, profile.lesion, spacing, rng, affine)
-            write_case(out, case, tissue, seg, affine, profile, rng)
+            jobs.append((profile, [seed, first_site + p_idx, c, 104729], case))
             cases.append(
                 {
                     "id": case,
@@ -140,7 +159,6 @@ def generate_federation(
                     "label": f"{case}/{case}_seg.nii.gz",
                 }
             )
-            bar.update(1)
         entries.append(
             {
                 "name": str(first_site + p_idx + 1),
@@ -151,7 +169,19 @@ def generate_federation(
                 "profile": profile.to_dict(),
             }
         )
-    bar.close()
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if len(jobs) >= PARALLEL_FROM and _spawnable() else 1
+    with tqdm(total=len(jobs), desc="synthesizing cases", unit="case", disable=not progress) as bar:
+        if workers > 1:  # spawn: the caller may have started torch's threads, which a fork would copy
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_case, out, base, affine, p, spacing, key, case) for p, key, case in jobs]
+                for fut in futures:
+                    fut.result()
+                    bar.update(1)
+        else:
+            for p, key, case in jobs:
+                _case(out, base, affine, p, spacing, key, case)
+                bar.update(1)
     description = {"seed": seed, "spacing_mm": spacing, "seconds": round(time.time() - t0, 2)}
     write_manifest(out, "synthetic", entries, generator=description)
     return {**description, "sites": {e["name"]: e["profile"] for e in entries}}

@@ -58,14 +58,16 @@ def test_profiles_are_deterministic_and_varied():
     assert make_site_profile(0, 4).scale != profiles[0].scale  # an unseen site has its own scanner
 
 
-def test_generation_is_deterministic(tmp_path):
-    a = generate_federation(tmp_path / "a", sites=1, cases_per_site=1, seed=3, spacing=6.0, progress=False)
-    b = generate_federation(tmp_path / "b", sites=1, cases_per_site=1, seed=3, spacing=6.0, progress=False)
+def test_generation_is_deterministic_in_one_process_or_two(tmp_path):
+    kw = dict(sites=1, cases_per_site=2, seed=3, spacing=6.0, progress=False)
+    a = generate_federation(tmp_path / "a", **kw, workers=1)
+    b = generate_federation(tmp_path / "b", **kw, workers=2)  # cases made side by side, out of order
     assert a["sites"] == b["sites"]
-    for name in ("SYN_001_000_flair.nii.gz", "SYN_001_000_seg.nii.gz"):
-        x = np.asarray(nib.load(tmp_path / "a" / "SYN_001_000" / name).dataobj)
-        y = np.asarray(nib.load(tmp_path / "b" / "SYN_001_000" / name).dataobj)
-        np.testing.assert_array_equal(x, y)
+    for case in ("SYN_001_000", "SYN_001_001"):
+        for name in (f"{case}_flair.nii.gz", f"{case}_seg.nii.gz"):
+            x = np.asarray(nib.load(tmp_path / "a" / case / name).dataobj)
+            y = np.asarray(nib.load(tmp_path / "b" / case / name).dataobj)
+            np.testing.assert_array_equal(x, y)
 
 
 def test_cli_writes_federation_and_montage(tmp_path, capsys):
