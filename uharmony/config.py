@@ -38,7 +38,7 @@ class RunConfig:
     keep_optimizer_state: bool = True  # each site keeps its optimizer's moments across rounds (site state folder)
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
-    eval_every: int = 8
+    eval_every: int = 16
     data_root: str = ""  # a federation manifest's folder; empty: the embedded synthetic federation
     synth_sites: int = 4
     synth_cases_per_site: int = 8

@@ -184,6 +184,14 @@ def machine() -> str:
     )
 
 
+def records_machine(records: list[dict]) -> str:
+    """The machine(s) the recorded invocations ran on (each wall record names its own; the page is not
+    relabelled by regenerating it elsewhere)."""
+    walls = [r for r in records if r.get("kind") == "wall"]
+    names = list(dict.fromkeys(r.get("machine", "not recorded (before 2026-11-25)") for r in walls))
+    return "; ".join(names) if names else machine()
+
+
 def software() -> str:
     from importlib.metadata import version
 
@@ -305,7 +313,8 @@ def main(argv=None) -> int:
     run_jobs(size, todo, out, on_done)
     if todo:
         wall_now = (time.time() - t_start) / 60
-        wall = {"kind": "wall", "parts": list(parts), "minutes": wall_now, **({"rerun": a.rerun} if a.rerun else {})}
+        wall = {"kind": "wall", "parts": list(parts), "minutes": wall_now, "machine": machine()}
+        wall.update({"rerun": a.rerun} if a.rerun else {})
         append_jsonl(jsonl, {"job": f"wall/{len(records)}", **wall})
         records.append(wall)
     from .report import method_rows, plot_curves, plot_overlays
@@ -330,7 +339,7 @@ def main(argv=None) -> int:
         "command": " ".join(["uharmony-bench", *(sys.argv[1:] if argv is None else argv)]),
         "commands": [_command(r) for r in records if r["kind"] == "wall"],  # every invocation, in order
         "date": dt.date.today().isoformat(),
-        "machine": machine(),
+        "machine": records_machine(records),
         "software": software(),
         "size": size.to_dict(),
         "wall_minutes": wall_minutes(records),

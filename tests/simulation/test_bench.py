@@ -191,3 +191,9 @@ def test_the_page_names_the_parts_not_run_yet():
         "(`uharmony-bench --resume --parts ablations kappa costs scale`)."
     ]
     assert _not_run([{"kind": "wall", "parts": list(cli.PARTS)}]) == []
+
+
+def test_the_page_names_the_machines_its_records_ran_on_not_the_one_regenerating_it():
+    walls = [{"kind": "wall", "parts": ["methods"]}, {"kind": "wall", "parts": ["unseen"], "machine": "EPYC (AVX2)"}]
+    assert cli.records_machine(walls) == "not recorded (before 2026-11-25); EPYC (AVX2)"
+    assert cli.records_machine([]) == cli.machine()
