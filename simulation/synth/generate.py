@@ -107,9 +107,19 @@ def write_case(
 PARALLEL_FROM = 16  # cases: below this, starting worker processes costs more than it saves
 
 
+def _context():
+    """Fork where there is one (Linux): the workers run numpy, SciPy and nibabel only, never torch, and a fork
+    does not re-run the caller's script (a spawned worker re-imports it: a script without a ``__main__`` guard
+    would start the generation again in every worker)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def _spawnable() -> bool:
-    """Whether a spawned worker can start: it re-imports the caller's main script, which a script read from
-    stdin (``python - <<EOF``) does not have on disk."""
+    """Whether a worker can start: a spawned one re-imports the caller's main script, which a script read
+    from stdin (``python - <<EOF``) does not have on disk; a forked one needs nothing."""
+    if _context().get_start_method() == "fork":
+        return True
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     return main is None or Path(main).is_file()
 
@@ -172,8 +182,8 @@ def generate_federation(
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if len(jobs) >= PARALLEL_FROM and _spawnable() else 1
     with tqdm(total=len(jobs), desc="synthesizing cases", unit="case", disable=not progress) as bar:
-        if workers > 1:  # spawn: the caller may have started torch's threads, which a fork would copy
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
                 futures = [pool.submit(_case, out, base, affine, p, spacing, key, case) for p, key, case in jobs]
                 for fut in futures:
                     fut.result()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -102,3 +103,21 @@ def test_embedded_command_generates_the_run_configs_federation_once(capsys):
 def test_bad_spacing():
     with pytest.raises(ValueError, match="spacing"):
         generate_federation("/tmp/never", sites=1, cases_per_site=1, spacing=0.2, progress=False)
+
+
+def test_a_script_without_a_main_guard_can_generate_in_parallel(tmp_path):
+    """Workers must not re-run the caller's script (a spawned worker would, hanging a script with no guard)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "make.py"
+    script.write_text(
+        "from simulation.synth import generate_federation\n"
+        f"generate_federation({str(tmp_path / 'fed')!r}, sites=2, cases_per_site=8, seed=1, spacing=6.0, "
+        "progress=False, workers=2)\n"
+        "print('done')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
+    assert len(list((tmp_path / "fed").glob("SYN_*"))) == 16
