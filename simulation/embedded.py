@@ -29,6 +29,7 @@ def embedded_federation(
     join_sites: int = 0,
     scenario: str = "",
     kappa: float = 1.0,
+    val_cases: int = 0,
 ) -> Path:
     """Path of the synthetic federation with these settings, generating it if absent.
 
@@ -39,13 +40,14 @@ def embedded_federation(
     it has not seen (``make_join_profile``).
 
     Safe against concurrent callers (file lock) and interruptions (generated in a temporary folder,
-    then renamed into place).
+    then renamed into place). ``val_cases``: held-out validation cases per site beyond the others
+    (``synth.generate_federation``).
     """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     if not 0 <= join_sites < sites:
         raise ValueError(f"join_sites must be in [0, sites), got {join_sites} with sites={sites}")
-    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites, scenario, kappa)
+    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites, scenario, kappa, val_cases)
     if (path / MANIFEST).exists():
         return path
     if scenario:
@@ -59,7 +61,8 @@ def embedded_federation(
         if not (path / MANIFEST).exists():
             tmp = path.with_name(path.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            generate_federation(tmp, len(profiles), cases_per_site, seed, spacing, progress=progress, profiles=profiles)
+            kw = {"progress": progress, "profiles": profiles, "val_cases": val_cases}
+            generate_federation(tmp, len(profiles), cases_per_site, seed, spacing, **kw)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
     return path
@@ -78,4 +81,5 @@ def ensure_federation(cfg: RunConfig, progress: bool = True) -> Path:
         join_sites=cfg.synth_join_sites,
         scenario=cfg.synth_scenario,
         kappa=cfg.synth_kappa,
+        val_cases=cfg.synth_val_cases,
     )

@@ -42,6 +42,7 @@ class RunConfig:
     data_root: str = ""  # a federation manifest's folder; empty: the embedded synthetic federation
     synth_sites: int = 4
     synth_cases_per_site: int = 8
+    synth_val_cases: int = 0  # held-out validation cases per site beyond those (the split of the others unchanged)
     synth_spacing: float = 3.0
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
     synth_scenario: str = "S2"  # S0 | S1 | S2 (docs/scenarios.md); "": the development federation (synth-sites)
@@ -140,6 +141,8 @@ class RunConfig:
         one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2"))
         if not 0.0 <= self.synth_kappa <= 2.0:
             raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
+        if self.synth_val_cases < 0:
+            raise ValueError("run config: 'synth-val-cases' must be >= 0")
         self.join_rounds()  # checks the format
         self._check_umsrep()
 

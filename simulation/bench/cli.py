@@ -13,6 +13,7 @@ holding what it links to: ``results.jsonl``, ``dice_per_round.png``, ``overlays.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -239,7 +240,10 @@ def check_same_size(path: Path, size: BenchSize, resume: bool) -> None:
     now = json.loads(json.dumps(size.to_dict()))  # tuples as the file holds them: lists
     ignore = ("seeds", "workers")  # what --seeds / --workers may change between invocations of one size
     if resume and path.exists():
-        was = json.loads(path.read_text())
+        # a key the folder's record lacks ran at that key's default (the key was added since)
+        fields = dataclasses.fields(BenchSize)
+        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        was = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
         diff = sorted(k for k in now if k not in ignore and was.get(k) != now[k])
         if diff:
             raise SystemExit(
@@ -266,6 +270,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the size's seeds")
     p.add_argument("--workers", type=int, default=None, help="jobs side by side (default: the size's)")
+    p.add_argument(
+        "--val-cases",
+        type=int,
+        default=None,
+        help="held-out validation cases per site beyond the 25 %% split (training cases unchanged; another size)",
+    )
     p.add_argument("--resume", action="store_true", help="keep results.jsonl and skip jobs already recorded")
     p.add_argument(
         "--rerun",
@@ -279,7 +289,12 @@ def main(argv=None) -> int:
     if a.rerun and not a.resume:
         p.error("--rerun needs --resume (without it every job runs anyway)")
     size = SIZES[a.size or ("quick" if a.quick else "default")]
-    changes = {"device": a.device, "workers": a.workers, "seeds": tuple(a.seeds) if a.seeds else None}
+    changes = {
+        "device": a.device,
+        "workers": a.workers,
+        "seeds": tuple(a.seeds) if a.seeds else None,
+        "val_cases": a.val_cases,
+    }
     size = BenchSize(**{**size.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
     parts = tuple(a.parts or (PARTS if size.name == "quick" else DEFAULT_PARTS))
     out = a.out or Path(f"runs/bench-{size.name}" if size.name != "default" else "runs/bench")

@@ -298,6 +298,11 @@ def _scale(records: list[dict]) -> list[str]:
     return out
 
 
+def _held_out(size: dict) -> str:
+    n = size.get("val_cases", 0)
+    return f", plus {n} held-out validation cases per site drawn beside them" if n else ""
+
+
 def _not_run(records: list[dict]) -> list[str]:
     """A line naming the benchmark's parts whose records this page lacks, with the command that adds them."""
     from .cli import PARTS
@@ -328,7 +333,8 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
         f"- Size `{size['name']}`: seeds {list(size['seeds'])} (the seed also generates the federation and the "
         f"initial weights, so methods are paired by seed); scenarios of docs/scenarios.md, five sites each, "
         f"{size['cases_per_site']} cases per site before S1/S2's size skew, at {size['spacing']:g} mm (25 % of each "
-        f"site's cases held out for validation), S2 at κ = {size['kappa']:g}; {size['rounds']} rounds × "
+        f"site's cases held out for validation{_held_out(size)}), S2 at κ = {size['kappa']:g}; "
+        f"{size['rounds']} rounds × "
         f"{size['local_steps']} local steps per site, batch 2, patch {size['patch_size']}³, DynUNet filters "
         f"{size['filters']}, AdamW at {size.get('lr', 2e-3):g} with a cosine decay, moments kept at each site. "
         "Centralized training takes sites × local steps per round on the pooled data.",

@@ -70,6 +70,7 @@ class BenchSize:
     scale_cases: int = 2
     scale_spacing: float = 3.0
     scale_steps: int = 5
+    val_cases: int = 0  # held-out validation cases per site beyond the 25 % split (the training cases unchanged)
 
     def base_overrides(self, seed: int, scenario: str = "S2", kappa: float | None = None) -> dict:
         """Run-config entries shared by every training job of ``seed`` in ``scenario`` (same data, budget,
@@ -78,6 +79,7 @@ class BenchSize:
             "seed": seed,
             "synth-scenario": scenario,
             "synth-kappa": self.kappa if kappa is None else kappa,
+            "synth-val-cases": self.val_cases,
             "synth-cases-per-site": self.cases_per_site,
             "synth-spacing": self.spacing,
             "spacing": self.spacing,

@@ -142,15 +142,20 @@ def generate_federation(
     progress: bool = True,
     profiles: list[SiteProfile] | None = None,
     workers: int | None = None,
+    val_cases: int = 0,
 ) -> dict:
     """Write the federation under ``out``; returns its description (the manifest's content).
 
     ``first_site`` offsets the site indices, so ``first_site=sites`` of an existing federation yields
     new, unseen sites with different profiles from the same seed. ``workers``: processes making cases side
     by side (default: one per core, from 16 cases on); the files are the same for any number.
+    ``val_cases``: that many more cases per site, drawn like the others and fixed to validation
+    (``"split": "val"``): every other case, and the train/validation split of those, is as without them.
     """
     if sites < 1 or cases_per_site < 1:
         raise ValueError(f"need at least one site and one case per site, got sites={sites}, cases={cases_per_site}")
+    if not isinstance(val_cases, int) or val_cases < 0:
+        raise ValueError(f"val_cases must be a non-negative int, got {val_cases!r}")
     t0 = time.time()
     base, affine = tissue_maps(float(spacing))
     out = Path(out)
@@ -159,7 +164,8 @@ def generate_federation(
     jobs, entries = [], []
     for p_idx, profile in enumerate(profiles):
         cases = []
-        for c in range(profile.cases or cases_per_site):
+        own = profile.cases or cases_per_site
+        for c in range(own + val_cases):  # each case from its own stream: the held-out ones change no other
             case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
             jobs.append((profile, [seed, first_site + p_idx, c, 104729], case))
             cases.append(
@@ -167,6 +173,7 @@ def generate_federation(
                     "id": case,
                     "images": {m: f"{case}/{case}_{m}.nii.gz" for m in profile.modalities},
                     "label": f"{case}/{case}_seg.nii.gz",
+                    **({"split": "val"} if c >= own else {}),
                 }
             )
         entries.append(

@@ -52,6 +52,12 @@ def test_resume_refuses_a_work_folder_of_another_size(tmp_path):
         cli.check_same_size(path, other, resume=True)
     cli.check_same_size(path, other, resume=False)  # a fresh start records the new size
     assert json.loads(path.read_text())["rounds"] == other.rounds
+    # a folder recorded before a size field existed ran at its default: resumable at it, not at another value
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "val_cases"}))
+    cli.check_same_size(path, other, resume=True)
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "val_cases"}))
+    with pytest.raises(SystemExit, match=r"val_cases=0.*now val_cases=6"):
+        cli.check_same_size(path, replace(other, val_cases=6), resume=True)
 
 
 def test_wall_time_of_a_part_sums_its_invocations():

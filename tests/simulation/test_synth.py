@@ -71,6 +71,27 @@ def test_generation_is_deterministic_in_one_process_or_two(tmp_path):
             np.testing.assert_array_equal(x, y)
 
 
+def test_held_out_validation_cases_change_no_other_case_nor_the_split(tmp_path):
+    from uharmony.data import load_federation
+
+    kw = dict(sites=1, cases_per_site=3, seed=4, spacing=6.0, progress=False, workers=1)
+    generate_federation(tmp_path / "a", **kw)
+    generate_federation(tmp_path / "b", **kw, val_cases=2)
+    a, b = load_federation(tmp_path / "a").sites[0], load_federation(tmp_path / "b").sites[0]
+    assert [c.case_id for c in b.train] == [c.case_id for c in a.train]  # the same training cases
+    assert [c.case_id for c in b.val] == [c.case_id for c in a.val] + ["SYN_001_003", "SYN_001_004"]
+    for case in ("SYN_001_000", "SYN_001_002"):
+        for path in sorted((tmp_path / "a" / case).iterdir()):  # every contrast and the labels
+            x = np.asarray(nib.load(path).dataobj)
+            np.testing.assert_array_equal(x, np.asarray(nib.load(tmp_path / "b" / case / path.name).dataobj))
+    held = np.asarray(nib.load(tmp_path / "b" / "SYN_001_003" / "SYN_001_003_seg.nii.gz").dataobj)
+    assert held.any() and not np.array_equal(
+        held, np.asarray(nib.load(tmp_path / "b" / "SYN_001_000" / "SYN_001_000_seg.nii.gz").dataobj)
+    )
+    with pytest.raises(ValueError, match="val_cases"):
+        generate_federation(tmp_path / "c", **kw, val_cases=-1)
+
+
 def test_cli_writes_federation_and_montage(tmp_path, capsys):
     out = tmp_path / "cli"
     assert synth_cli(["synth", "--out", str(out), "--sites", "2", "--cases-per-site", "1", "--spacing", "6"]) == 0

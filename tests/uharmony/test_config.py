@@ -27,6 +27,7 @@ def test_pyproject_run_config_matches_the_typed_defaults():
         ({"patch-size": 30}, "multiple of 8"),
         ({"norm": "layer"}, "'norm'"),
         ({"dp-noise-multiplier": 0.5}, "differential privacy works with fedavg"),
+        ({"synth-val-cases": -1}, "'synth-val-cases' must be >= 0"),
     ],
 )
 def test_bad_run_config_names_the_key(entry, match):

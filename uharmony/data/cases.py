@@ -21,6 +21,7 @@ from .regions import LABEL_MAPS, annotated_regions, protocol_regions
 MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")  # order of the 4-D MSD images (FLAIR, T1w, t1gd, T2w)
+SPLITS = ("train", "val")  # what a manifest may fix a case to (a held-out validation set, say)
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:'\"]*[\\/]([^\s:'\"\\/]+)")
@@ -50,6 +51,7 @@ class Case:
     image4d: str | None = None  # one 4-D file holding every channel, in ``channels`` order (MSD)
     channels: tuple[str, ...] = MSD_CHANNELS
     domain: int = 0  # the domain of the site it comes from (a pooled site mixes domains)
+    split: str | None = None  # "train" / "val": fixed by the manifest (a held-out set); None: the seeded split
 
 
 @dataclass
@@ -79,13 +81,16 @@ class Site:
         return tuple(dict.fromkeys(names))
 
     def split(self, val_fraction: float = 0.25, seed: int = 0) -> Site:
-        """Deterministic train/validation split of the cases (by seed and site name)."""
+        """Deterministic train/validation split of the cases (by seed and site name). Cases whose split is fixed
+        (a held-out validation set) go where they say; the others are split as if the fixed ones were absent,
+        so adding held-out cases to a site leaves its training cases as they were."""
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        cases = sorted(self.cases, key=lambda c: c.case_id)
+        fixed = {k: sorted((c for c in self.cases if c.split == k), key=lambda c: c.case_id) for k in SPLITS}
+        cases = sorted((c for c in self.cases if c.split is None), key=lambda c: c.case_id)
         random.Random(f"{seed}-{self.name}").shuffle(cases)
         n_val = max(1, round(len(cases) * val_fraction)) if len(cases) > 1 else 0
-        self.val, self.train = cases[:n_val], cases[n_val:]
+        self.val, self.train = cases[:n_val] + fixed["val"], cases[n_val:] + fixed["train"]
         return self
 
 

@@ -9,8 +9,10 @@ institution); every simulated site reads its own part from it here, as a hospita
                            "label": "BraTS2021_00000/..._seg.nii.gz"}],
                 "skipped": [{"case": "BraTS2021_99999", "reason": "..."}]}]}
 
-Relative paths are relative to ``root`` (default: the manifest's folder). A 4-D case gives ``image4d``
-and ``channels`` instead of ``images``. Every malformed entry is an error naming the file and the key.
+A case may carry ``"split": "val"`` (or ``"train"``): it is then always in that part (a held-out validation
+set); the other cases are split by seed as if it were absent. Relative paths are relative to ``root``
+(default: the manifest's folder). A 4-D case gives ``image4d`` and ``channels`` instead of ``images``.
+Every malformed entry is an error naming the file and the key.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 from pathlib import Path
 
 from ..files import atomic_write
-from .cases import MSD_CHANNELS, Case, DataError, Federation, Site, check_modality_names, protocol_label_map
+from .cases import MSD_CHANNELS, SPLITS, Case, DataError, Federation, Site, check_modality_names, protocol_label_map
 
 FORMAT = "uharmony-federation/1"
 MANIFEST = "federation.json"
@@ -48,6 +50,8 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
     )
     label = entry.get("label")
     _need(label is None or isinstance(label, str), where, f"{key}.label", "must be a path or null")
+    split = entry.get("split")
+    _need(split is None or split in SPLITS, where, f"{key}.split", f"must be one of {list(SPLITS)} or absent")
     label = str(base / label) if label else None
     if "image4d" in entry:
         channels = check_modality_names(entry.get("channels", MSD_CHANNELS), f"{where} ({key}.channels)")
@@ -60,6 +64,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
             str(base / entry["image4d"]),
             channels,
             domain=site.domain,
+            split=split,
         )
     images = entry.get("images")
     _need(
@@ -77,6 +82,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
         site.label_map,
         site.modalities,
         domain=site.domain,
+        split=split,
     )
 
 
@@ -145,12 +151,14 @@ def embedded_name(
     join_sites: int = 0,
     scenario: str = "",
     kappa: float = 1.0,
+    val_cases: int = 0,
 ) -> str:
+    held = f"+v{val_cases}" if val_cases else ""  # held-out validation cases per site
     if scenario:  # a benchmark scenario fixes its own sites
         strength = f"-k{kappa:g}" if scenario == "S2" else ""
-        return f"scenario-{scenario}{strength}-x{cases_per_site}-seed{seed}-{spacing:g}mm"
+        return f"scenario-{scenario}{strength}-x{cases_per_site}{held}-seed{seed}-{spacing:g}mm"
     join = f"-join{join_sites}" if join_sites else ""
-    return f"synthetic-{sites}x{cases_per_site}{join}-seed{seed}-{spacing:g}mm"
+    return f"synthetic-{sites}x{cases_per_site}{held}{join}-seed{seed}-{spacing:g}mm"
 
 
 def federation_root(cfg) -> Path:
@@ -165,6 +173,7 @@ def federation_root(cfg) -> Path:
         cfg.synth_join_sites,
         cfg.synth_scenario,
         cfg.synth_kappa,
+        cfg.synth_val_cases,
     )
     if not (path / MANIFEST).is_file():
         keys = (
@@ -175,6 +184,7 @@ def federation_root(cfg) -> Path:
             "synth-join-sites",
             "synth-scenario",
             "synth-kappa",
+            "synth-val-cases",
         )
         settings = " ".join(f"{k}={getattr(cfg, k.replace('-', '_'))!r}" for k in keys).replace("'", "")
         raise DataError(

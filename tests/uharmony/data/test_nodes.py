@@ -74,6 +74,8 @@ def test_site_folder_for_deployment(tmp_path):
         (lambda d: d["sites"][0].update(labels="brats1999"), "brats1999"),
         (lambda d: d["sites"][0]["cases"][0].update(images={"swi": "x.nii.gz"}), r"sites\[0\].cases\[0\].images"),
         (lambda d: d["sites"][0]["cases"][0].pop("id"), r"sites\[0\].cases\[0\]"),
+        (lambda d: d["sites"][0]["cases"][0].update(split="test"), r"sites\[0\].cases\[0\].split"),
+        (lambda d: d["sites"][0]["cases"][0].update(split=["val"]), r"sites\[0\].cases\[0\].split"),
     ],
 )
 def test_a_malformed_manifest_names_the_key(tiny_federation, tmp_path, change, key):
@@ -86,3 +88,23 @@ def test_a_malformed_manifest_names_the_key(tiny_federation, tmp_path, change, k
     if key != "format":
         with pytest.raises(DataError, match=key):
             write_manifest(tmp_path / "w", doc.get("kind", ""), doc["sites"])  # writing checks it too
+
+
+def test_cases_fixed_to_a_split_leave_the_seeded_split_of_the_others_as_it_was(tiny_federation, tmp_path):
+    doc = json.loads((tiny_federation / "federation.json").read_text())
+    before = {
+        s.name: ([c.case_id for c in s.train], [c.case_id for c in s.val])
+        for s in load_federation(tiny_federation).sites
+    }
+    site = doc["sites"][0]
+    extra = [dict(c, id=f"{c['id']}_held", split="val") for c in site["cases"]]
+    site["cases"] = site["cases"] + extra + [dict(site["cases"][0], id="forced_train", split="train")]
+    write_manifest(tmp_path, doc.get("kind", ""), doc["sites"], root=tiny_federation)
+    after = {s.name: s for s in load_federation(tmp_path).sites}
+    first = after[site["name"]]
+    train, val = before[site["name"]]
+    assert [c.case_id for c in first.train] == [*train, "forced_train"]
+    assert [c.case_id for c in first.val] == [*val, *sorted(c["id"] for c in extra)]
+    for name, (train, val) in before.items():  # the other sites: untouched
+        if name != site["name"]:
+            assert ([c.case_id for c in after[name].train], [c.case_id for c in after[name].val]) == (train, val)
