@@ -54,6 +54,9 @@ def main(argv=None) -> int:
         help="one of the benchmark's scenarios (docs/scenarios.md); it fixes the sites",
     )
     s.add_argument("--kappa", type=float, default=1.0, help="S2: strength of the label-convention conflicts (0..2)")
+    s.add_argument(
+        "--val-cases", type=int, default=0, help="held-out validation cases per site beyond --cases-per-site"
+    )
     s.add_argument("--no-montage", action="store_true")
     t = sub.add_parser(
         "stats", help="per-site mean intensity per contrast and lesion volume (prints + site_stats.jsonl)"
@@ -98,7 +101,14 @@ def main(argv=None) -> int:
                 make_join_profile(a.seed, i) for i in idx[a.sites - a.join_sites :]
             ]
         desc = generate_federation(
-            a.out, len(profiles), a.cases_per_site, a.seed, a.spacing, a.first_site, profiles=profiles
+            a.out,
+            len(profiles),
+            a.cases_per_site,
+            a.seed,
+            a.spacing,
+            a.first_site,
+            profiles=profiles,
+            val_cases=a.val_cases,
         )
     except ValueError as exc:
         print(f"uharmony-data: error: {exc}", file=sys.stderr)

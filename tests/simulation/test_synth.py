@@ -102,6 +102,8 @@ def test_cli_writes_federation_and_montage(tmp_path, capsys):
     assert [r["site"] for r in rows] == ["1", "2"] and all(r["lesion_ml_mean"] > 0 for r in rows)
     assert synth_cli(["synth", "--out", str(tmp_path / "bad"), "--sites", "0"]) == 2
     assert "at least one site" in capsys.readouterr().err
+    assert synth_cli(["synth", "--out", str(tmp_path / "bad"), "--val-cases", "-2"]) == 2
+    assert "val_cases" in capsys.readouterr().err
 
 
 def test_embedded_command_generates_the_run_configs_federation_once(capsys):
