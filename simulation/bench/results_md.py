@@ -8,6 +8,7 @@ from pathlib import Path
 
 from uharmony.networks import DEFAULT_REGIONS as REGIONS
 
+from .noise_md import noise_section
 from .report import LABELS, method_rows, ms, ratio_text, seed_scores, site_score
 from .report import mean_over_sites as _mean
 from .stats import paired
@@ -361,6 +362,7 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
     for title, part in (
         ("Strength of the label conflicts (S2, κ)", _kappa(records)),
         ("Plateau check", _plateau(records)),
+        ("Where the seed-to-seed spread comes from", noise_section(records)),
         ("Unseen site, rotated", _unseen(records)),
         ("Ablations", _ablations(records)),
         ("Costs", _costs(records)),
