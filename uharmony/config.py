@@ -35,6 +35,7 @@ class RunConfig:
     lr_schedule: str = "cosine"  # cosine: from lr to 5 % of it at the last round | constant
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 in the gradient) | sgd (nnU-Net's)
     weight_decay: float = 1e-2
+    residual_weight_decay: float = -1.0  # a residual gated head's experts (pulls them to the shared answer); -1: same
     keep_optimizer_state: bool = True  # each site keeps its optimizer's moments across rounds (site state folder)
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
@@ -141,6 +142,8 @@ class RunConfig:
         one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2"))
         if not 0.0 <= self.synth_kappa <= 2.0:
             raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
+        if self.residual_weight_decay < 0 and self.residual_weight_decay != -1:
+            raise ValueError("run config: 'residual-weight-decay' must be >= 0, or -1 (the same as 'weight-decay')")
         if self.synth_val_cases < 0:
             raise ValueError("run config: 'synth-val-cases' must be >= 0")
         self.join_rounds()  # checks the format

@@ -98,6 +98,7 @@ class SiteRound:
             weight_decay=self.cfg.weight_decay,
             optimizer=self.cfg.optimizer,
             state=opt_state,
+            residual_weight_decay=None if self.cfg.residual_weight_decay < 0 else self.cfg.residual_weight_decay,
         )
         if self.cfg.keep_optimizer_state:
             save_optimizer_state(self.state_dir, stats["state"], self.run_id, server_round)

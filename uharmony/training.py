@@ -18,7 +18,9 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
 from .gating import scan_gate, uses_scan_gate
+from .head import DomainGatedHead
 from .networks import DEFAULT_REGIONS as REGIONS
+from .roles import DOMAIN, param_roles
 
 
 def masked_dice_ce(
@@ -54,10 +56,34 @@ def round_lr(lr: float, server_round: int, rounds: int, schedule: str = "cosine"
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
-def make_optimizer(named_params: list, kind: str, lr: float, weight_decay: float, state: dict | None = None):
+def residual_expert_names(model) -> set[str]:
+    """Names of the parameters of a residual gated head's domain experts (by module type, ``uharmony.roles``):
+    each is a domain's correction to the shared answer."""
+    head = getattr(model, "head", None)
+    if not (isinstance(head, DomainGatedHead) and head.residual):
+        return set()
+    roles = param_roles(model)
+    return {n for n, _ in model.named_parameters() if roles.get(n) == DOMAIN}
+
+
+def make_optimizer(
+    named_params: list,
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    state: dict | None = None,
+    decay: dict[str, float] | None = None,
+):
     """AdamW (decoupled weight decay; default), Adam (L2 in the gradient, as before) or nnU-Net's SGD, with the
-    site's saved moments restored by parameter name where the shapes still match."""
+    site's saved moments restored by parameter name where the shapes still match. ``decay``: another weight
+    decay for the parameters it names (Adam/AdamW; a group of its own)."""
     params = [p for _, p in named_params]
+    if decay and kind != "sgd":
+        other = {n: v for n, v in decay.items() if v != weight_decay}
+        groups = [{"params": [p for n, p in named_params if n not in other]}]
+        for value in sorted(set(other.values())):
+            groups.append({"params": [p for n, p in named_params if other.get(n) == value], "weight_decay": value})
+        params = [g for g in groups if g["params"]]
     if kind == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
     elif kind == "adam":
@@ -91,12 +117,18 @@ def train_steps(
     weight_decay: float = 1e-2,
     optimizer: str = "adamw",
     state: dict | None = None,
+    residual_weight_decay: float | None = None,
 ) -> dict:
     """Run the given batches; returns mean loss, step count and the optimizer's state (``"state"``, by
-    parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds)."""
+    parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds).
+    ``residual_weight_decay``: the decay of a residual gated head's experts (None: ``weight_decay``), which
+    pulls each domain's correction towards the shared answer."""
     model.to(device).train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = make_optimizer(named, optimizer, lr, weight_decay, state)
+    decay = None
+    if residual_weight_decay is not None:
+        decay = dict.fromkeys(residual_expert_names(model), residual_weight_decay)
+    opt = make_optimizer(named, optimizer, lr, weight_decay, state, decay)
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     losses = []
     for batch in batches:

@@ -28,6 +28,7 @@ def test_pyproject_run_config_matches_the_typed_defaults():
         ({"norm": "layer"}, "'norm'"),
         ({"dp-noise-multiplier": 0.5}, "differential privacy works with fedavg"),
         ({"synth-val-cases": -1}, "'synth-val-cases' must be >= 0"),
+        ({"residual-weight-decay": -0.5}, "'residual-weight-decay' must be >= 0, or -1"),
     ],
 )
 def test_bad_run_config_names_the_key(entry, match):
