@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
+from uharmony.config import RunConfig, parse_assignments
 from uharmony.files import append_jsonl
 
 from .report import mean_over_sites
@@ -66,13 +67,10 @@ def pilot_job(
     }
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+def _setting(key: str, text: str) -> dict:
+    """``{key: value}`` with the value of the run-config field's own type (an unknown key or a bad value is refused
+    here, before any job starts)."""
+    return {key: getattr(RunConfig.from_flwr({key: text}), key.replace("-", "_"))}
 
 
 def variant_job(
@@ -123,10 +121,11 @@ def main(argv=None) -> int:
     p.add_argument("--references", nargs="*", default=[], help="with --vary: methods run beside it as they are")
     a = p.parse_args(argv)
     if a.vary:
-        key, _, values = a.vary.partition("=")
-        if not key or not values:
-            p.error("--vary needs KEY=V1,V2,...")
-        runs = [("uharmony", {key: _value(v)}) for v in values.split(",")] + [(m, {}) for m in a.references]
+        try:
+            ((key, values),) = parse_assignments([a.vary]).items()
+            runs = [("uharmony", _setting(key, v)) for v in values.split(",")] + [(m, {}) for m in a.references]
+        except ValueError as exc:
+            p.error(f"--vary KEY=V1,V2,...: {exc}")
         grid = [(m, st, s, lr, sc) for lr in a.lrs for sc in a.scenarios for s in a.seeds for m, st in runs]
         call = [(variant_job, (m, st, s, lr, a.work, a.rounds, a.steps, sc, a.eval_every)) for m, st, s, lr, sc in grid]
     else:

@@ -203,3 +203,13 @@ def test_the_page_names_the_machines_its_records_ran_on_not_the_one_regenerating
     walls = [{"kind": "wall", "parts": ["methods"]}, {"kind": "wall", "parts": ["unseen"], "machine": "EPYC (AVX2)"}]
     assert cli.records_machine(walls) == "not recorded (before 2026-11-25); EPYC (AVX2)"
     assert cli.records_machine([]) == cli.machine()
+
+
+@pytest.mark.parametrize("vary", ["nokey=1", "residual-weight-decay=abc", "novalue"])
+def test_the_pilot_refuses_a_bad_setting_before_any_job(vary, capsys):
+    from simulation.bench.pilot import _setting, main
+
+    with pytest.raises(SystemExit):
+        main(["--vary", vary, "--workers", "1"])
+    assert "--vary" in capsys.readouterr().err
+    assert _setting("residual-weight-decay", "1") == {"residual-weight-decay": 1.0}  # the field's own type
