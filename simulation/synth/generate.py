@@ -36,9 +36,11 @@ def render(
     profile: SiteProfile,
     rng: np.random.Generator,
     spacing: float = 3.0,
+    case: dict | None = None,
 ) -> np.ndarray:
-    """One contrast of one subject as seen by the site's scanner (skull-stripped, float32)."""
-    ti = TISSUE_INTENSITY[modality]
+    """One contrast of one subject as seen by the site's scanner (skull-stripped, float32). ``case``: this
+    subject's draws of a harder image (``case_image``), else the generator's usual intensities."""
+    ti = case_intensities(modality, case) if case else TISSUE_INTENSITY[modality]
     img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
     for label, key, mix in (
         (ED, "ed", 0.75),
@@ -66,8 +68,39 @@ def render(
     return (img * profile.scale[modality] * brain).astype(np.float32)
 
 
+def case_image(profile: SiteProfile, rng: np.random.Generator) -> dict | None:
+    """A subject's draws for a profile with a harder image (``extra["image"]``, S3): the contrast-agent dose (the
+    share of full enhancement T1ce shows) and how far solid non-enhancing tumour sits from oedema in every
+    contrast; None (and no random draw) for the other profiles."""
+    spec = profile.extra.get("image") if profile.extra else None
+    if not spec:
+        return None
+    return {"dose": float(rng.uniform(*spec["dose"])), "net_contrast": float(rng.uniform(*spec["net_contrast"]))}
+
+
+def case_intensities(modality: str, case: dict) -> dict:
+    """``TISSUE_INTENSITY[modality]`` for one subject of a harder image: enhancement scaled by the dose between the
+    unenhanced (T1) and the full T1ce value; NET pulled towards oedema."""
+    ti = dict(TISSUE_INTENSITY[modality])
+    if modality == "t1ce":
+        t1 = TISSUE_INTENSITY["t1"]
+        for key in ("et", "fe"):
+            ti[key] = t1[key] + case["dose"] * (ti[key] - t1[key])
+    ti["net"] = ti["ed"] + case["net_contrast"] * (ti["net"] - ti["ed"])
+    return ti
+
+
+# BraTS-PEDs 2023 (a separate non-enhancing class): 1 ET, 2 NET, 3 CC (cyst / necrosis), 4 ED
+_PEDS = np.zeros(7, np.uint8)
+_PEDS[[NCR, ED, ET, NET]] = (3, 4, 1, 2)
+
+
 def protocol_labels(seg: np.ndarray, protocol: str) -> np.ndarray:
-    """Codes 1 NCR, 2 ED, 3 RC, 4 ET (after ``scenarios.write_labels``) in a labelling protocol's values."""
+    """Codes 1 NCR, 2 ED, 3 RC, 4 ET, 6 NET (after ``scenarios.write_labels``) in a labelling protocol's values."""
+    if protocol == "brats-peds":
+        if ((seg == RC) | (seg == FE)).any():
+            raise ValueError("the BraTS-PEDs protocol has no resection-cavity or faint-enhancement label")
+        return _PEDS[seg]
     seg = np.where((seg == FE) | (seg == NET), NCR, seg)  # both are core unless a convention says otherwise
     if protocol == "full":  # BraTS 2021: 1 NCR, 2 ED, 4 ET (no cavity in pre-operative scans)
         if (seg == RC).any():
@@ -93,8 +126,9 @@ def write_case(
 ) -> None:
     folder = root / case
     folder.mkdir(parents=True, exist_ok=True)
+    subject = case_image(profile, rng)
     for modality in profile.modalities:
-        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng, float(affine[0, 0])), affine)
+        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng, float(affine[0, 0]), subject), affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, folder / f"{case}_{modality}.nii.gz")
     brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5

@@ -21,16 +21,28 @@ from scipy import ndimage
 from .anatomy import smooth_field
 
 NCR, ED, RC, ET, FE, NET = 1, 2, 3, 4, 5, 6
-ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa", "postop")
+ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa", "postop", "pediatric-cystic")
 # radius: core radius in mm; count: lesions per case; oedema: oedema reach in core radii (white matter; grey
 # matter reaches 60 % of it); necrosis: necrotic fraction of the core (0: solid); et: probability that a lesion
-# enhances at all; faint: faint-enhancement shell width in voxels
+# enhances at all; faint: faint-enhancement shell width in voxels; cyst (S3's paediatric archetype only): the
+# probability that a case has a cyst and the cyst's share of the core radius
 LESION_TYPES = {
     "glioma": dict(count=(1, 1), radius=(12.0, 22.0), oedema=(1.4, 2.2), necrosis=(0.3, 0.6), et=1.0, faint=1),
     "metastasis": dict(count=(1, 6), radius=(4.0, 9.0), oedema=(2.0, 4.0), necrosis=(0.0, 0.35), et=1.0, faint=1),
     "meningioma": dict(count=(1, 2), radius=(10.0, 20.0), oedema=(1.0, 1.6), necrosis=(0.0, 0.15), et=1.0, faint=1),
     "pediatric": dict(count=(1, 1), radius=(14.0, 22.0), oedema=(1.1, 1.5), necrosis=(0.0, 0.2), et=0.4, faint=1),
     "ssa": dict(count=(1, 1), radius=(16.0, 24.0), oedema=(1.6, 2.4), necrosis=(0.3, 0.6), et=1.0, faint=1),
+    # S3's paediatric site: the midline tumour of "pediatric" with a cystic component in half of the cases (BraTS-PEDs
+    # annotates the cyst as a class of its own, CC); a new type, so S1/S2's paediatric cases stay as they were
+    "pediatric-cystic": dict(
+        count=(1, 1),
+        radius=(14.0, 22.0),
+        oedema=(1.1, 1.5),
+        necrosis=(0.0, 0.2),
+        et=0.4,
+        faint=1,
+        cyst=(0.5, 0.45, 0.7),
+    ),
     # after resection: a fluid-filled cavity, residual enhancement on part of its wall, a little residual core
     "postop": dict(
         count=(1, 1), radius=(16.0, 24.0), oedema=(1.4, 1.9), necrosis=(0.0, 0.25), et=1.0, faint=0, cavity=(0.65, 0.85)
@@ -56,7 +68,7 @@ def _centre(kind: str, tissue: dict, depth_mm, radius: float, occupied, rng, aff
     parenchyma = (tissue["wm"] + tissue["gm"]) > 0.5
     if kind == "meningioma":  # dural-based: at the brain surface, so part of it lies outside the brain
         ok = np.argwhere((depth_mm > 0) & (depth_mm < 3.0) & ~occupied)
-    elif kind == "pediatric":  # pons / midline: nearest brain voxels to the MNI pons
+    elif kind.startswith("pediatric"):  # pons / midline: nearest brain voxels to the MNI pons
         vox = np.linalg.solve(affine[:3, :3], PONS_MNI - affine[:3, 3])
         idx = np.argwhere(parenchyma & ~occupied)
         d = np.linalg.norm(idx - vox, axis=1)
@@ -125,6 +137,7 @@ def insert_lesions(
             seg[core] = NET
             if necrosis_fraction > 0:
                 seg[core & (smooth_field(rng, shape, coarse=6) > 1.0 - necrosis_fraction)] = NCR
+            _cyst(seg, core, spec, grid, centre, radius / spacing, rng, shape)
             continue
         # necrosis: an off-centre, irregular part of the core; the enhancing rim is the rest
         shift = rng.normal(0, 0.25, size=3) * radius / spacing
@@ -135,4 +148,18 @@ def insert_lesions(
         if spec["faint"]:  # a faint-enhancement shell on part of the rim's outside
             shell = ndimage.binary_dilation(core, iterations=spec["faint"]) & ~core & region
             seg[shell & (smooth_field(rng, shape, coarse=5) > 0.0) & (seg == ED)] = FE
+        _cyst(seg, core, spec, grid, centre, radius / spacing, rng, shape)
     return seg
+
+
+def _cyst(seg, core, spec, grid, centre, radius_vox: float, rng, shape) -> None:
+    """A fluid cyst (written as code NCR: necrosis / cyst) inside part of the core, for types with ``cyst``
+    (probability, share of the core radius low, high); no random draw for the others."""
+    if "cyst" not in spec:
+        return
+    chance, low, high = spec["cyst"]
+    if rng.uniform() >= chance:
+        return
+    shift = rng.normal(0, 0.2, size=3) * radius_vox
+    rc = _lobulated(grid, centre + shift, np.full(3, radius_vox), rng, shape)
+    seg[core & (rc < rng.uniform(low, high))] = NCR

@@ -4,7 +4,10 @@
   sizes, one labelling convention. FedAvg should be optimal here.
 - **S1**, plus case mix: the archetypes GLI, MET, MEN, PED, SSA, one site each, skewed sizes; one convention.
 - **S2**, plus label-convention conflicts at strength ``kappa`` (``write_labels``): C1 oedema extent, C2 what
-  the tumour core contains, C3 whether faint enhancement is enhancing. At kappa 0, S2 is S1.
+  the tumour core contains, C3 whether faint enhancement is enhancing. At kappa 0, S2 is S1. Kept exactly as
+  first generated (its records stay valid); what it does not contain is in docs/scenarios.md.
+- **S3**, the paper's setting: sites whose modality sets and label spaces differ, conventions in millimetres
+  (``conventions.py``), two adult-glioma sites on similar scanners with different conventions, a harder image.
 
 Every parameter was fixed from the documented ranges before any method was run on these scenarios and
 is not tuned to a method.
@@ -16,10 +19,11 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import smooth_field
+from .conventions import write_labels_mm
 from .lesions import ED, ET, FE, NCR, NET
 from .profiles import MODALITIES, SiteProfile
 
-SCENARIOS = ("S0", "S1", "S2")
+SCENARIOS = ("S0", "S1", "S2", "S3")
 SITE_ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa")  # S1/S2, one site each
 SIZE_RATIOS = (2.0, 1.4, 1.0, 0.75, 0.6)  # S1/S2: skewed site sizes (FeTS partitions are strongly imbalanced)
 # acquisition ranges per archetype: noise (Rician sigma relative to white matter), bias-field amplitude,
@@ -65,7 +69,7 @@ CONVENTIONS = {
     "pediatric": dict(oedema=0, tc_excludes_necrosis=True, faint_is_et=False),
     "ssa": dict(oedema=+1, tc_excludes_necrosis=False, faint_is_et=True),
 }
-OEDEMA_MM = 3.0  # C1 at kappa 1: the oedema boundary moves by 3 mm (one voxel at 3 mm spacing)
+OEDEMA_MM = 3.0  # C1 at kappa 1: the oedema boundary moves by 3 mm (S0-S2: rounded to whole voxels)
 
 
 def _acquisition(archetype: str, seed: int, index: int, name: str) -> dict:
@@ -92,6 +96,8 @@ def scenario_profiles(scenario: str, seed: int, cases_per_site: int = 8, kappa: 
         raise ValueError(f"unknown scenario {scenario!r}; expected one of {SCENARIOS}")
     if not 0.0 <= kappa <= 2.0:
         raise ValueError(f"kappa must be in [0, 2], got {kappa}")
+    if scenario == "S3":
+        return s3_profiles(seed, cases_per_site, kappa)
     profiles = []
     for i in range(len(SITE_ARCHETYPES)):
         archetype = "glioma" if scenario == "S0" else SITE_ARCHETYPES[i]
@@ -109,16 +115,102 @@ def scenario_profiles(scenario: str, seed: int, cases_per_site: int = 8, kappa: 
     return profiles
 
 
+# S3 (docs/scenarios.md): per site its archetype, lesion type, acquired modalities, labelling protocol,
+# convention (C1 sign, C2, C3) and size ratio. Sites 1 and 2 are adult-glioma hospitals on near-identical
+# scanners (site 2's drawn as a perturbation of site 1's) that label differently: no gate can tell them apart
+# from the image alone, which the benchmark reports rather than hides.
+S3_SITES = (
+    dict(archetype="glioma", lesion="glioma", modalities=MODALITIES, labels="full", convention={}, ratio=2.0),
+    dict(
+        archetype="glioma",
+        lesion="glioma",
+        modalities=MODALITIES,
+        labels="full",
+        convention=dict(oedema=+1, tc_excludes_necrosis=True),
+        ratio=1.4,
+    ),
+    dict(  # a metastasis collection without T2
+        archetype="metastasis",
+        lesion="metastasis",
+        modalities=("t1", "t1ce", "flair"),
+        labels="full",
+        convention=dict(oedema=+1, faint_is_et=True),
+        ratio=1.0,
+    ),
+    dict(  # a meningioma site without T1 that annotates the whole tumour only
+        archetype="meningioma",
+        lesion="meningioma",
+        modalities=("t1ce", "t2", "flair"),
+        labels="wt",
+        convention=dict(oedema=-1),
+        ratio=0.75,
+    ),
+    dict(  # BraTS-PEDs labels (ET, NET, CC, ED: a separate non-enhancing class); its annotators put cysts outside TC
+        archetype="pediatric",
+        lesion="pediatric-cystic",
+        modalities=MODALITIES,
+        labels="brats-peds",
+        convention=dict(tc_excludes_necrosis=True),
+        ratio=0.6,
+    ),
+)
+S3_BOUNDARY_NOISE_MM = 3.0  # annotator noise of the whole-tumour outline, every S3 site
+# the harder image of S3, per case: contrast-agent dose (share of full enhancement on T1ce) and how far solid
+# non-enhancing tumour's intensities sit from oedema's (0: identical, 1: the generator's usual NET)
+S3_IMAGE = dict(dose=(0.6, 1.0), net_contrast=(0.0, 0.35))
+
+
+def _twin(acquisition: dict, seed: int, name: str) -> dict:
+    """A scanner like ``acquisition``'s: the same protocol on another unit of the same make (noise, bias, gamma,
+    blur and slice thickness within a few per cent; its own gains, which z-scoring removes)."""
+    rng = np.random.default_rng([seed, 1, 7919, 15])
+    a = dict(acquisition, name=name)
+    a["scale"] = {m: float(rng.choice([100.0, 500.0, 1000.0, 3000.0]) * rng.uniform(0.8, 1.2)) for m in MODALITIES}
+    a["noise"] = acquisition["noise"] * float(rng.uniform(0.9, 1.1))
+    a["bias"] = acquisition["bias"] + float(rng.uniform(-0.02, 0.02))
+    a["gamma"] = {m: g * float(rng.uniform(0.97, 1.03)) for m, g in acquisition["gamma"].items()}
+    a["blur"] = acquisition["blur"] * float(rng.uniform(0.9, 1.1))
+    a["slice_thickness"] = acquisition["slice_thickness"] + float(rng.uniform(-0.25, 0.25))
+    return a
+
+
+def s3_profiles(seed: int, cases_per_site: int = 8, kappa: float = 1.0) -> list[SiteProfile]:
+    """S3's five sites (``S3_SITES``), their scanners drawn from ``seed``."""
+    profiles, first = [], None
+    for i, site in enumerate(S3_SITES):
+        name = f"site-{i + 1}"
+        acquisition = _acquisition(site["archetype"], seed, i, name) if i != 1 else _twin(first, seed, name)
+        first = first or acquisition
+        convention = {**site["convention"], "rules": "mm", "kappa": kappa, "boundary_noise_mm": S3_BOUNDARY_NOISE_MM}
+        profiles.append(
+            SiteProfile(
+                **acquisition,
+                modalities=tuple(site["modalities"]),
+                lesion=site["lesion"],
+                labels=site["labels"],
+                convention=convention,
+                cases=max(3, round(site["ratio"] * cases_per_site)),
+                extra={"image": S3_IMAGE},
+            )
+        )
+    return profiles
+
+
 def write_labels(
     seg: np.ndarray, convention: dict, rng: np.random.Generator, brain: np.ndarray | None = None, spacing: float = 3.0
 ) -> np.ndarray:
     """The generator's codes as this site's annotators label them (codes 1 NCR, 2 ED, 4 ET; no FE left).
+
+    A convention with ``"rules": "mm"`` (S3 on) follows ``conventions.write_labels_mm``; the rest (S0-S2) the
+    rules below, kept as first generated.
 
     Reference (no convention): faint enhancement is non-enhancing core (NCR), necrosis is core, oedema
     as generated. A convention moves the oedema boundary by ``oedema * kappa * OEDEMA_MM`` mm (C1),
     writes a ``kappa`` fraction of the necrosis as oedema (C2: outside the core) and a ``kappa`` fraction
     of the faint enhancement as enhancing (C3); the fractions are spatially coherent (a smooth field).
     """
+    if convention.get("rules") == "mm":
+        return write_labels_mm(seg, convention, rng, brain, spacing)
     out = seg.copy()
     kappa = float(convention.get("kappa", 0.0))
     out[(out == FE) | (out == NET)] = NCR

@@ -155,7 +155,7 @@ def embedded_name(
 ) -> str:
     held = f"+v{val_cases}" if val_cases else ""  # held-out validation cases per site
     if scenario:  # a benchmark scenario fixes its own sites
-        strength = f"-k{kappa:g}" if scenario == "S2" else ""
+        strength = f"-k{kappa:g}" if scenario in ("S2", "S3") else ""
         return f"scenario-{scenario}{strength}-x{cases_per_site}{held}-seed{seed}-{spacing:g}mm"
     join = f"-join{join_sites}" if join_sites else ""
     return f"synthetic-{sites}x{cases_per_site}{held}{join}-seed{seed}-{spacing:g}mm"
@@ -168,7 +168,7 @@ def federation_root(cfg) -> Path:
     path = cache_root() / embedded_name(
         cfg.synth_sites,
         cfg.synth_cases_per_site,
-        cfg.seed,
+        cfg.federation_seed,
         cfg.synth_spacing,
         cfg.synth_join_sites,
         cfg.synth_scenario,

@@ -11,6 +11,7 @@ order of the model it prepares data for.
 | BraTS 2023+        | 1 NCR, 2 ED (SNFH), 3 ET                        | 3   | 1, 3      | 1, 2, 3       | -  |
 | BraTS 2024 post-op | 1 NETC, 2 SNFH, 3 ET, 4 RC (resection cavity)   | 3   | 1, 3      | 1, 2, 3       | 4  |
 | MSD Task01         | 1 oedema, 2 non-enhancing tumour, 3 enhancing   | 3   | 2, 3      | 1, 2, 3       | -  |
+| BraTS-PEDs 2023    | 1 ET, 2 NET, 3 CC (cyst), 4 ED; NET region: 2   | 1   | 1, 2, 3   | 1, 2, 3, 4    | -  |
 | synthetic (full)   | as BraTS 2021                                   | 4   | 1, 4      | 1, 2, 4       | -  |
 | synthetic (wt)     | 2 = whole tumour; only WT is annotated          | -   | -         | 2             | -  |
 | none (label-free)  | no label file; nothing is annotated             | -   | -         | -             | -  |
@@ -33,6 +34,8 @@ LABEL_MAPS: dict[str, dict] = {
     "brats2023": dict(values=(0, 1, 2, 3), regions={"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}),
     "brats2024": dict(values=(0, 1, 2, 3, 4), regions={"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3), "RC": (4,)}),
     "msd": dict(values=(0, 1, 2, 3), regions={"ET": (3,), "TC": (2, 3), "WT": (1, 2, 3)}),
+    # paediatric (BraTS-PEDs 2023): the non-enhancing tumour is a class, and a region, of its own
+    "brats-peds": dict(values=(0, 1, 2, 3, 4), regions={"ET": (1,), "TC": (1, 2, 3), "WT": (1, 2, 3, 4), "NET": (2,)}),
     "wt": dict(values=(0, 2), regions={"WT": (2,)}),
     "none": dict(values=(0,), regions={}),  # a label-free site (UMS-Rep phase P): scans only, no annotation
 }
