@@ -9,6 +9,8 @@ calibration query (``query.calibrate``, UMS-Rep) by re-estimating its statistics
 In phase P (``phase = "pretrain"``) a train message means denoising and an evaluate message the denoising
 scores (``uharmony.umsrep.site``).
 
+The site's node config may raise the run's ``min-report-cases`` (its own privacy floor; ``SiteRound``).
+
 A train message may ask the site to evaluate the model it carries before training (``evaluate-first``):
 the reply then holds both, and the round needs no evaluate message. In a deployment Flower starts a new
 process for every message, so torch and MONAI are imported inside the handlers that use them: the
@@ -92,13 +94,11 @@ def _round(msg: Message) -> int:
 
 
 def _identity(job) -> ConfigRecord:
-    """Who is answering, and which cases it could not use: case ids and reasons, never a file path."""
-    from uharmony.data.cases import redact_paths
+    """Who is answering, and which cases it could not use: per case a reason category and a keyed hash of
+    its id (``uharmony.data.redaction.skipped_report``), never a case id, file name or free text."""
+    from uharmony.data.redaction import site_secret, skipped_report
 
-    skipped = [
-        redact_paths(": ".join(str(s[k]) for k in ("case", "file", "reason") if s.get(k)))[:300]
-        for s in job.data.skipped
-    ]
+    skipped = skipped_report(job.data.skipped, site_secret(job.state_dir)) if job.data.skipped else []
     return ConfigRecord({P.SITE_ID: job.site.name, P.DOMAIN_ID: job.site.domain, P.SKIPPED_LIST: skipped or [""]})
 
 
@@ -156,6 +156,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
         )
         _keep_state(context, local, server_round)
         record = ArrayRecord(arrays)
+        metrics = job.withhold(metrics)  # no train loss over fewer cases than the site's privacy floor
         metrics[P.UPDATE_BYTES] = record.count_bytes()
         content[P.ARRAYS], content[P.METRICS], content[P.SITE] = record, MetricRecord(metrics), _identity(job)
         return Message(content=content, reply_to=msg)

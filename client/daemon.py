@@ -4,28 +4,28 @@
     uharmony-site preflight --data /data/brats-site --site-id hospital-a
     uharmony-site start --config site.toml
 
-``site.toml``::
+``site.toml`` (every key, its type, default and meaning: ``docs/site-toml.md``, from ``client/site_config.py``)::
 
     [site]
-    site-id = "hospital-a"
-    domain-id = 0                       # assigned by the coordinator
-    data = "/data/brats-site"           # case folders in BraTS naming (+ optional site.json)
-    state-dir = "/var/lib/uharmony"     # site-local parameters + harmonization statistics
+    site-id = "hospital-a"                   # as the coordinator registered it
+    domain-id = 0                            # as the coordinator registered it
+    data = "/data/brats-site"                # case folders in BraTS naming (+ optional site.json)
+    state-dir = "/var/lib/uharmony"
     superlink = "superlink.example.org:9092"
-    ca = "/etc/uharmony/ca.crt"          # from the coordinator
-    trusted-entities = "/etc/uharmony/trusted-entities.yaml"   # from the coordinator: run only apps it signed
-    key = "/etc/uharmony/auth.key"      # from `uharmony-site keygen`; never leaves the site
-    port = 9094                         # local ClientApp API port
-    max-retries = 10                    # connection attempts before giving up (optional)
-    max-wait-time = 300                 # seconds of retrying before giving up (optional)
-    worker = true                       # the long-lived site worker (client/worker.py); false: none
-    rejoin-seconds = 150                # after a crash: how long to retry while the SuperLink frees the old connection
+    ca = "/etc/uharmony/ca.crt"
+    trusted-entities = "/etc/uharmony/trusted-entities.yaml"
+    key = "/etc/uharmony/auth.key"
+    min-report-cases = 5
 
-``start`` validates the data folder first, then runs the real ``flower-supernode`` with TLS, the
-site's authentication key, ``--trusted-entities`` (the SuperNode refuses any app the coordinator did not
-sign) and ``--node-config`` (data-path, site-id, domain-id, state-dir), beside the site worker that keeps
-torch, MONAI and the site's code loaded between messages. It stops both together and exits with the
-SuperNode's status; a worker that dies is started again (the ClientApp does the work itself meanwhile).
+``start`` validates the data folder first, then runs the real ``flower-supernode`` (through
+``client/guarded_supernode.py``) with TLS, the site's authentication key, ``--trusted-entities`` (the
+SuperNode refuses any app the coordinator did not sign) and ``--node-config`` (data-path, site-id, domain-id,
+state-dir, min-report-cases), beside the site worker that keeps torch, MONAI and the site's code loaded
+between messages. The SuperNode's Runtime API on 127.0.0.1:``port`` (a free port unless set) answers only this
+site's account (and root); a SuperNode that stopped talking to the SuperLink exits and is started again.
+Everything the site writes is its account's alone (umask 077; the state folder is made 0700 at every start).
+It stops the SuperNode and the worker together and exits with the SuperNode's status; a worker that dies is
+started again (the ClientApp does the work itself meanwhile).
 """
 
 from __future__ import annotations
@@ -38,17 +38,15 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
+from .guarded_supernode import CONNECTION_LOST
 from .keys import generate_node_key
+from .site_config import free_port, load_site_config
 from .worker import SOCKET_ENV
 
-REQUIRED = ("site-id", "data", "superlink", "ca", "key", "trusted-entities")
-
-
 POLL_ENV, POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
-REJOIN_SECONDS, REJOIN_RETRY = 150.0, 3.0
+REJOIN_SECONDS, REJOIN_RETRY, REJOIN_MAX_WAIT = 150.0, 3.0, 15.0  # the wait doubles from 3 s up to 15 s
 
 
 def preflight(data: Path, site_id: str) -> dict:
@@ -81,31 +79,34 @@ def preflight(data: Path, site_id: str) -> dict:
     return report
 
 
-def load_site_config(path: Path) -> dict:
-    try:
-        cfg = tomllib.loads(path.read_text()).get("site", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read site config ({exc})") from None
-    missing = [k for k in REQUIRED if k not in cfg]
-    if missing:
-        raise ValueError(f"{path}: [site] lacks {missing}")
-    for key in ("ca", "key", "trusted-entities"):
-        if not Path(cfg[key]).is_file():
-            raise ValueError(f"{path}: {key} = {cfg[key]!r} is not a file")
-    return cfg
+def site_accounts() -> list[int]:
+    """The accounts that may use the SuperNode's Runtime API: the site's own (the one running
+    ``uharmony-site``) and root."""
+    return sorted({os.geteuid(), 0})
+
+
+def state_dir(cfg: dict) -> Path:
+    return Path(cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))).resolve()
 
 
 def supernode_command(cfg: dict) -> list[str]:
-    exe = shutil.which("flower-supernode")
-    if exe is None:
-        raise ValueError("flower-supernode not found on PATH (activate the project's .venv)")
-    state = cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))
+    """Flower's SuperNode, through ``client.guarded_supernode`` (its Runtime API serves only this site's
+    account; it exits when its connection to the SuperLink has ended)."""
+    if shutil.which("flower-supernode") is None or shutil.which("flower-superexec") is None:
+        raise ValueError("flower-supernode / flower-superexec not found on PATH (activate the project's .venv)")
     node_config = (
         f"data-path='{Path(cfg['data']).resolve()}' site-id='{cfg['site-id']}' "
-        f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{Path(state).resolve()}'"
+        f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{state_dir(cfg)}'"
     )
+    if "min-report-cases" in cfg:  # the site's own privacy floor (uharmony.site_round): the run cannot lower it
+        node_config += f" min-report-cases={int(cfg['min-report-cases'])}"
+    accounts = [arg for uid in site_accounts() for arg in ("--account", str(uid))]
     return [
-        exe,
+        sys.executable,
+        "-m",
+        "client.guarded_supernode",
+        *accounts,
+        "--",
         "--superlink",
         cfg["superlink"],
         "--root-certificates",
@@ -117,10 +118,22 @@ def supernode_command(cfg: dict) -> list[str]:
         "--node-config",
         node_config,
         "--port",
-        str(int(cfg.get("port", 9094))),
+        str(int(cfg.get("port") or free_port())),  # unset: a free one (never another site's or the coordinator's)
         "--max-retries",
         str(int(cfg.get("max-retries", 10))),
     ] + (["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
+
+
+def make_private(folder: Path) -> None:
+    """``folder`` and everything in it readable by this account only (0700 folders, no group/other bits):
+    a site's state holds preprocessed scans and labels, per-case Dice and its statistics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & 0o7700)
+        except OSError:
+            continue
 
 
 def _start_worker(sock: Path, env: dict) -> subprocess.Popen:
@@ -133,16 +146,20 @@ WORKER_RESTARTS = 3  # a worker that keeps dying (e.g. another one serves this s
 
 
 def run_site(cfg: dict) -> int:
-    """The SuperNode and the site worker, stopped together; returns the SuperNode's exit status."""
+    """The SuperNode and the site worker, stopped together; returns the SuperNode's exit status.
+
+    The SuperNode is started again (after 3, 6, 12, then every 15 s, for ``rejoin-seconds``) when it exits
+    after losing its connection to the SuperLink (``CONNECTION_LOST``), or after a crash of a site that has
+    trained before: the SuperLink may still hold its previous connection (until it misses two 30-s
+    heartbeats) and refuses the new one meanwhile."""
     cmd = supernode_command(cfg)
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     # the SuperNode's executor looks for new messages every second by default: each message waits for that
     # poll before its ClientApp process starts
     env.setdefault(POLL_ENV, POLL_SECONDS)
-    worker, sock = (
-        None,
-        Path(cfg.get("state-dir", str(Path(cfg["data"]) / ".uharmony-state"))).resolve() / "worker.sock",
-    )
+    sock = state_dir(cfg) / "worker.sock"
+    make_private(sock.parent)
+    worker = None
     if cfg.get("worker", True):
         env.pop(SOCKET_ENV, None)
         worker = _start_worker(sock, env)
@@ -156,22 +173,24 @@ def run_site(cfg: dict) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)
-    # A site restarted after a crash (it has trained: its local state exists) may be refused activation
-    # until the SuperLink notices the old connection is gone (two missed 30-s heartbeats): keep trying.
-    rejoin_until, restarts = time.time() + float(cfg.get("rejoin-seconds", REJOIN_SECONDS)), 0
-    has_trained = (sock.parent / "local_state.pt").exists()
+    rejoin = float(cfg.get("rejoin-seconds", REJOIN_SECONDS))
+    rejoin_until, restarts, attempt = time.time() + rejoin, 0, 0
+    # a site restarted after a crash (it has trained: its local state exists) may be refused activation until
+    # the SuperLink notices the old connection is gone (two missed 30-s heartbeats): keep trying
+    was_connected = (sock.parent / "local_state.pt").exists()
     while stop["signal"] is None:
         if node.poll() is not None:
-            if node.returncode == 0 or not has_trained or time.time() > rejoin_until:
+            if node.returncode == CONNECTION_LOST:  # the watchdog's case: connected, then Flower gave up
+                was_connected, rejoin_until, attempt = True, time.time() + rejoin, 0
+                why = "stopped talking to the SuperLink"
+            elif node.returncode == 0 or not was_connected or time.time() > rejoin_until:
                 break
-            print(
-                f"uharmony-site: the SuperNode exited with {node.returncode}; the SuperLink may still hold this "
-                f"site's previous connection; trying again in {REJOIN_RETRY:g} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            time.sleep(REJOIN_RETRY)
-            node = subprocess.Popen(cmd, env=env)
+            else:
+                why = f"exited with {node.returncode}; the SuperLink may still hold this site's previous connection"
+            wait, attempt = min(REJOIN_RETRY * 2**attempt, REJOIN_MAX_WAIT), attempt + 1
+            print(f"uharmony-site: the SuperNode {why}; starting it again in {wait:g} s", file=sys.stderr, flush=True)
+            time.sleep(wait)
+            node = subprocess.Popen(supernode_command(cfg), env=env)  # (a free port again, unless site.toml sets one)
         if worker is not None and worker.poll() is not None:
             restarts += 1
             if restarts > WORKER_RESTARTS:
@@ -199,15 +218,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-site", description="Hospital-side commands")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("preflight", help="validate a site's data folder and print a report")
-    f.add_argument("--data", type=Path, required=True)
-    f.add_argument("--site-id", default="site")
-    s = sub.add_parser("start", help="pre-flight, then exec flower-supernode")
-    s.add_argument("--config", type=Path, required=True)
+    f.add_argument("--data", type=Path, required=True, help="the site's data folder (case folders, site.json)")
+    f.add_argument("--site-id", default="site", help="the site's name in the report")
+    s = sub.add_parser("start", help="pre-flight, then run the SuperNode and the site worker")
+    s.add_argument("--config", type=Path, required=True, help="the site's site.toml (docs/site-toml.md)")
     k = sub.add_parser("keygen", help="make this site's SuperNode key pair; send only auth.pub to the coordinator")
-    k.add_argument("--dir", type=Path, required=True)
-    k.add_argument("--site-id", default="")
-    k.add_argument("--force", action="store_true")
+    k.add_argument("--dir", type=Path, required=True, help="where auth.key and auth.pub are written")
+    k.add_argument("--site-id", default="", help="a comment in auth.pub naming the site")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair")
     a = p.parse_args(argv)
+    os.umask(0o077)  # every file this site writes (state, scans, statistics, logs) is its account's alone
     try:
         if a.cmd == "keygen":
             priv, pub = generate_node_key(a.dir, a.site_id, a.force)

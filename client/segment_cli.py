@@ -4,8 +4,10 @@
     uharmony-segment --model runs/latest/final_model.pt --input CASE_DIR --out seg.nii.gz [--state-dir DIR]
     uharmony-segment ... --derive      # + TTA uncertainty, presence, Grad-CAM and a "review recommended" flag
 
-Inputs are case folders in BraTS naming with any subset of the model's modalities (including any a
-joining site added, e.g. ``<case>_adc.nii.gz``). ``segment`` writes BraTS labels (1 necrotic core,
+Inputs are case folders in BraTS naming, or nnU-Net-named channel files (``<case>_0000.nii.gz``: see
+``client/segment_inputs.py``), with any subset of the model's modalities (including any a joining site added,
+e.g. ``<case>_adc.nii.gz``). ``--device`` picks cpu (default), cuda or auto. A batch that had to skip a case
+says so at the end and exits 1 (2: nothing segmented). ``segment`` writes BraTS labels (1 necrotic core,
 2 oedema, 4 enhancing; 3 resection cavity if the model has learnt that class) on the input's grid (same
 shape and affine) and prints the volume of each region in mL. Without ``--state-dir`` the case's own statistics are used
 (calibration on that scan alone). No site label is needed: the domain-gated head decides.
@@ -32,44 +34,45 @@ from monai.transforms import Invertd
 from tqdm import tqdm
 
 from uharmony import LOCAL, UHarmonyNorm, model_from_spec
-from uharmony.checkpoint import CheckpointError, load_checkpoint
-from uharmony.data import MODALITIES, Case, DataError, preprocess_transform, read_case
-from uharmony.data.cases import BRATS23_SUFFIX
-from uharmony.export import load_bundle
+from uharmony.bundle_trust import BundleError
+from uharmony.checkpoint import CheckpointError
+from uharmony.data import Case, DataError, preprocess_transform, read_case
+from uharmony.data.cases import case_from_folder  # noqa: F401 - also this module's name for it (before it moved)
+from uharmony.deployable import open_model_file
+from uharmony.export import open_bundle
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
 from uharmony.files import append_jsonl
-from uharmony.inference import RC_LABEL, calibrate, label_volumes, regions_to_brats, segment
+from uharmony.inference import calibrate, label_volumes, regions_to_brats, segment
+from uharmony.release import ReleaseError, Revocations, load_revocations
 from uharmony.signing import SignatureError, load_public_keys
 from uharmony.site_state import load_local_state, save_local_state
 
-
-def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
-    """The files of ``modalities`` (the model's) that a case folder has; other files are ignored."""
-    if not folder.is_dir():
-        raise DataError(folder, "not a case folder")
-    images = {}
-    for m in modalities:
-        for name in (f"{folder.name}_{m}.nii.gz", f"{folder.name}-{BRATS23_SUFFIX.get(m, m)}.nii.gz"):
-            if (folder / name).exists():
-                images[m] = str(folder / name)
-    if not images:
-        raise DataError(
-            folder,
-            f"no modality file named <case>_{{{','.join(modalities)}}}.nii.gz (or BraTS 2023 names) "
-            "for the model's modalities",
-        )
-    return Case(folder.name, images, None, "brats2021", tuple(images))
+from .segment_inputs import add_input_options, case_name, find_cases, output_path, torch_device
 
 
-def load_model(path: Path, state_dir: Path | None, trusted: list | None = None):
-    """(model, roles, spacing, patch size, site entries loaded?) of a federated model file.
+def load_model(
+    path: Path,
+    state_dir: Path | None,
+    trusted: list | None = None,
+    allow_checkpoint: bool = False,
+    revoked: Revocations | None = None,
+):
+    """(model, roles, spacing, patch size, site entries loaded?) of a federated model file or bundle.
 
-    The roles follow the strategy the model was trained with (recorded in the file): the site-local
-    entries (U-Harmony's statistics, FedBN's normalization layers, a local-only model) come from
-    ``state_dir``; without one they keep their initial values (U-Harmony then calibrates on each scan).
+    Checked before use: with ``trusted`` keys the manifest's signature, every digest and the release record
+    (a final model, not expired, not on ``revoked``; a checkpoint only with ``allow_checkpoint``). The
+    spacing and patch size come from the signed file itself, never from files beside it. The roles follow
+    the strategy the model was trained with (recorded in the file): the site-local entries (U-Harmony's
+    statistics, FedBN's normalization layers, a local-only model) come from ``state_dir``; without one they
+    keep their initial values (U-Harmony then calibrates on each scan).
     """
     if path.is_dir():  # a MONAI bundle written by uharmony-export
-        model, spacing, roi, meta = load_bundle(path)
+        try:
+            model, spacing, roi, meta, _ = open_bundle(path, trusted, allow_checkpoint, revoked)
+        except BundleError as exc:
+            raise DataError(path, str(exc)) from None
+        if state_dir is not None:
+            _warn(f"{path} is a bundle with its own site statistics ({meta['site_statistics']}); --state-dir ignored")
         return (
             model,
             ModelRoles(model, str(meta.get("strategy"))),
@@ -78,7 +81,7 @@ def load_model(path: Path, state_dir: Path | None, trusted: list | None = None):
             meta["site_statistics"] != "initial values",
         )
     try:
-        blob = load_checkpoint(path.parent, path.name, trusted=trusted)
+        blob = open_model_file(path, trusted, allow_checkpoint, revoked, warn=_warn)
     except CheckpointError as exc:
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])
@@ -92,31 +95,44 @@ def load_model(path: Path, state_dir: Path | None, trusted: list | None = None):
     if saved is None and not roles.global_keys():
         raise DataError(path, f"a {strategy!r} model lives entirely at its site: give that site's --state-dir")
     if saved is None and roles.keys(LOCAL) and not any(isinstance(m, UHarmonyNorm) for m in model.modules()):
-        print(
-            f"uharmony-segment: warning: {path} keeps {len(roles.keys(LOCAL))} entries at each site "
-            f"({strategy}); without --state-dir they keep their initial values",
-            file=sys.stderr,
+        _warn(
+            f"{path} keeps {len(roles.keys(LOCAL))} entries at each site ({strategy}); without --state-dir they "
+            "keep their initial values"
         )
     load_global_and_local(model, roles, blob["state"], saved)
-    cfg_path = path.parent / "config.json"
-    run_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    return (
-        model.eval(),
-        roles,
-        float(run_cfg.get("spacing", 3.0)),
-        int(run_cfg.get("patch-size", 32)),
-        saved is not None,
+    settings = blob["settings"]
+    return model.eval(), roles, settings["spacing-mm"], settings["patch-size"], saved is not None
+
+
+def _warn(text: str, prog: str = "uharmony-segment") -> None:
+    print(f"{prog}: warning: {text}", file=sys.stderr)
+
+
+def _revocations(path: Path | None) -> Revocations | None:
+    if path is None:
+        return None
+    try:
+        return load_revocations(path)
+    except ReleaseError as exc:
+        raise DataError(path, str(exc)) from None
+
+
+def add_trust_options(p: argparse.ArgumentParser) -> None:
+    """--trusted-key, --allow-checkpoint and --revoked: how a tool checks the model it is given."""
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        default=None,
+        help="the signer's public key(s) (trusted-entities.yaml, signing.pub): the model must be signed by one",
     )
-
-
-def _cases(inp: Path) -> tuple[list[Path], list[str]]:
-    """(case folders, notes on what was ignored): a folder of case folders is a batch (files beside them
-    are ignored and reported); a folder with image files and no sub-folder is one case."""
-    folders = sorted(p for p in inp.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        return [inp], []
-    stray = sorted(p.name for p in inp.iterdir() if p.is_file() and not p.name.startswith("."))
-    return folders, [f"{inp / name}: not a case folder; ignored" for name in stray]
+    p.add_argument(
+        "--allow-checkpoint",
+        action="store_true",
+        help="accept a signed intermediate checkpoint (default: only a run's released final model)",
+    )
+    p.add_argument(
+        "--revoked", type=Path, default=None, help="revocation list: a model file's SHA-256 or 'run <run-id>' a line"
+    )
 
 
 def _trusted(path: Path | None, prog: str) -> list | None:
@@ -136,24 +152,30 @@ def _trusted(path: Path | None, prog: str) -> list | None:
 def main_calibrate(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-calibrate", description="Harmonization statistics from unlabeled scans")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--input", type=Path, required=True, help="a case folder or a folder of case folders")
-    p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument(
-        "--trusted-key", type=Path, default=None, help="coordinator's public key(s): the model must be signed"
+        "--input", type=Path, required=True, help="a case folder or a folder of case folders (or nnU-Net-named files)"
     )
+    p.add_argument("--state-dir", type=Path, required=True)
+    add_trust_options(p)
+    add_input_options(p)
     a = p.parse_args(argv)
     try:
-        model, roles, spacing, roi, _ = load_model(a.model, None, _trusted(a.trusted_key, "uharmony-calibrate"))
+        device = torch_device(a.device)
+        trusted = _trusted(a.trusted_key, "uharmony-calibrate")
+        model, roles, spacing, roi, _ = load_model(a.model, None, trusted, a.allow_checkpoint, _revocations(a.revoked))
         pre = preprocess_transform(spacing, with_label=False)
-        folders, skipped = _cases(a.input)
+        entries, skipped, ignored, _ = find_cases(a.input, model.modalities, a.channels)
+        skipped += ignored
         items = []
-        for folder in folders:
+        for entry in entries:
             try:
-                item = pre(read_case(case_from_folder(folder, model.modalities), model.modalities))
+                case = entry if isinstance(entry, Case) else case_from_folder(entry, model.modalities)
+                item = pre(read_case(case, model.modalities, spacing))
                 items.append((item["image"].as_tensor(), item["present"]))
             except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
-                skipped.append(str(exc) if isinstance(exc, DataError) else f"{folder}: {type(exc).__name__}: {exc}")
-        updates = calibrate(model, items, roi)
+                skipped.append(str(exc) if isinstance(exc, DataError) else f"{entry}: {type(exc).__name__}: {exc}")
+        updates = calibrate(model, items, roi, device=device)
+        model.cpu()
         save_local_state(
             a.state_dir, local_state_of(model, roles), {"calibrated_on": len(items), "model": str(a.model)}
         )
@@ -169,19 +191,21 @@ def segment_case(
     spacing: float,
     roi: int,
     calibrated: bool,
-    folder: Path,
+    folder: Path | Case,
     out: Path,
     png: Path | None = None,
     derive: bool = False,
 ) -> dict:
-    """Segment one case folder; writes ``out`` (and ``png``); returns its report (with its seconds)."""
+    """Segment one case (a BraTS case folder, or the ``Case`` of nnU-Net-named files) on the device the model is
+    on; writes ``out`` (and ``png``); returns its report (with its seconds)."""
     t0 = time.perf_counter()
-    case = case_from_folder(folder, model.modalities)
+    device = str(next(model.parameters()).device)
+    case = folder if isinstance(folder, Case) else case_from_folder(folder, model.modalities)
     pre = preprocess_transform(spacing, with_label=False)
-    item = pre(read_case(case, model.modalities))
+    item = pre(read_case(case, model.modalities, spacing))
     ref = nib.load(next(iter(case.images.values())))
     if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
-        calibrate(model, [(item["image"].as_tensor(), item["present"])], roi)  # this scan's own statistics
+        calibrate(model, [(item["image"].as_tensor(), item["present"])], roi, device=device)  # this scan's own
         model.eval()
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
 
@@ -190,11 +214,11 @@ def segment_case(
         meta.copy_meta_from(item["image"])
         return torch.as_tensor(inv({"pred": meta, "image": item["image"]})["pred"])
 
-    derived, extra = _derive(model, item, roi) if derive else (None, {})
-    prob = derived["plain"] if derived else segment(model, item["image"].as_tensor(), item["present"], roi)
+    derived, extra = _derive(model, item, roi, device) if derive else (None, {})
+    prob = derived["plain"] if derived else segment(model, item["image"].as_tensor(), item["present"], roi, device)
     labels = regions_to_brats(to_input_grid(prob), model.regions).numpy()
     if labels.shape != ref.shape[:3]:
-        raise DataError(folder, f"output shape {labels.shape} differs from the input's {ref.shape}")
+        raise DataError(case.case_id, f"output shape {labels.shape} differs from the input's {ref.shape}")
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine), out)
     for name, volume in (derived or {}).get("maps", {}).items():  # float maps on the input's grid
@@ -203,9 +227,9 @@ def segment_case(
         extra.setdefault("maps", {})[name] = str(path)
     voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
     if png is not None:
-        _overlay(np.asarray(ref.dataobj), labels, png)
+        _overlay(case.images, labels, png, case.case_id)
     return {
-        "case": folder.name,
+        "case": case.case_id,
         "out": str(out),
         "modalities": list(case.images),
         "volumes_ml": label_volumes(labels, voxel_ml, model.regions),
@@ -215,39 +239,44 @@ def segment_case(
     }
 
 
-def _derive(model, item: dict, roi: int) -> tuple[dict, dict]:
-    """UMS-Rep's derivable outputs of one preprocessed case: (tensors, report entries)."""
+def _derive(model, item: dict, roi: int, device: str = "cpu") -> tuple[dict, dict]:
+    """UMS-Rep's derivable outputs of one preprocessed case: (tensors on the CPU, report entries)."""
     from uharmony.umsrep.derive import grad_cam, presence_probability, review, tta_uncertainty
 
     image, present = item["image"].as_tensor(), item["present"]
-    tta = tta_uncertainty(model, image, present, roi)
+    tta = tta_uncertainty(model, image, present, roi, device)
     wt = list(model.regions).index("WT")
     maps = {"uncertainty": tta["std"][wt]}
     presence = None
     report = {"uncertainty": {"wt_agreement": round(tta["agreement"], 3), "lesion_std": round(tta["lesion_std"], 3)}}
     if "presence" in model.tasks:
-        presence = presence_probability(model, image, present)
+        on = (image.to(device), torch.as_tensor(present).to(device))  # the whole scan, where the model is
+        presence = presence_probability(model, *on).cpu()
         report["presence"] = {r: round(float(p), 3) for r, p in zip(model.regions, presence)}
-        maps["gradcam"] = grad_cam(model, image, present, "WT")
+        maps["gradcam"] = grad_cam(model, *on, "WT").cpu()
     flag, reasons = review(tta, presence, model)
     report.update(review_recommended=flag, review_reasons=reasons)
     return {"plain": tta["plain"], "maps": maps}, report
 
 
-def _overlay(image: np.ndarray, labels: np.ndarray, png: Path) -> None:
-    import matplotlib
+def _overlay(images: dict[str, str], labels: np.ndarray, png: Path, case: str = "") -> None:
+    """The axial slice with the most labelled voxels of the case's FLAIR (else another contrast), beside the
+    same slice with the output labels in fixed colours and a legend."""
+    from uharmony.plots import draw_labels, legend_handles, protocol_entries, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    modality = next((m for m in ("flair", "t2", "t1ce", "t1") if m in images), next(iter(images)))
+    image = np.asarray(nib.load(images[modality]).dataobj)
+    image = image[..., 0] if image.ndim == 4 else image
     z = int(np.argmax((labels > 0).sum(axis=(0, 1)))) if labels.any() else labels.shape[2] // 2
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
-    ax.imshow(np.rot90(np.ma.masked_equal(labels[:, :, z], 0)), cmap="autumn", alpha=0.5, vmin=0, vmax=4)
-    cavity = f", {RC_LABEL} cavity" if (labels == RC_LABEL).any() else ""
-    ax.set_title(f"slice {z}: 1 core, 2 oedema, 4 enhancing{cavity}", fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 4.2), layout="constrained")
+    draw_labels(axes[0], image[:, :, z], None)
+    draw_labels(axes[1], image[:, :, z], labels[:, :, z])
+    axes[0].set_title(f"{modality.upper()}, axial slice {z + 1} of {labels.shape[2]}", fontsize=9)
+    axes[1].set_title("with the model's labels", fontsize=9)
+    fig.suptitle(f"{case}: segmentation (slice with the most labelled voxels)", fontsize=10)
+    handles = legend_handles(protocol_entries("output", labels))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -260,9 +289,15 @@ def main_segment(argv=None) -> int:
         "--input",
         type=Path,
         required=True,
-        help="a case folder (BraTS naming, any modality subset) or a folder of case folders (batch)",
+        help="a case folder (BraTS naming, any modality subset), a folder of case folders (batch), or nnU-Net-named "
+        "files (<case>_0000.nii.gz ...; see --channels)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output .nii.gz (one case) or folder (batch)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output .nii.gz (one case) or folder (a batch; one case: <folder>/<case>_seg.nii.gz)",
+    )
     p.add_argument("--state-dir", type=Path, default=None, help="site statistics from uharmony-calibrate")
     p.add_argument("--png", action="store_true", help="also write a PNG overlay next to each output")
     p.add_argument(
@@ -270,27 +305,28 @@ def main_segment(argv=None) -> int:
         action="store_true",
         help="also: TTA uncertainty, presence + Grad-CAM (if the model has a presence head), review flag",
     )
-    p.add_argument(
-        "--trusted-key", type=Path, default=None, help="coordinator's public key(s): the model must be signed"
-    )
+    add_trust_options(p)
+    add_input_options(p)
     a = p.parse_args(argv)
     try:
+        device = torch_device(a.device)
+        trusted = _trusted(a.trusted_key, "uharmony-segment")
         model, _, spacing, roi, calibrated = load_model(
-            a.model, a.state_dir, _trusted(a.trusted_key, "uharmony-segment")
+            a.model, a.state_dir, trusted, a.allow_checkpoint, _revocations(a.revoked)
         )
-        if not a.input.is_dir():
-            raise DataError(a.input, "not a folder")
+        model.to(device)
+        folders, skipped, ignored, batch = find_cases(a.input, model.modalities, a.channels)
     except (DataError, ValueError) as exc:
         print(f"uharmony-segment: error: {exc}", file=sys.stderr)
         return 2
-    folders, skipped = _cases(a.input)
-    batch = folders != [a.input]
+    for reason in skipped:
+        print(f"uharmony-segment: skipping {reason}", file=sys.stderr)
     reports = []
     if batch:  # each case's line is written as soon as it is done
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "volumes.jsonl").write_text("")
     for folder in tqdm(folders, desc="segmenting", unit="case", disable=not batch):
-        out = a.out / f"{folder.name}_seg.nii.gz" if batch else a.out
+        out = output_path(a.out, case_name(folder), batch)
         try:
             reports.append(
                 segment_case(
@@ -313,16 +349,15 @@ def main_segment(argv=None) -> int:
             append_jsonl(a.out / "volumes.jsonl", reports[-1])
     if batch:
         per_case = round(sum(r["seconds"] for r in reports) / len(reports), 2) if reports else None
-        print(
-            json.dumps(
-                {
-                    "cases": len(reports),
-                    "skipped": skipped,
-                    "seconds_per_case": per_case,
-                    "volumes": str(a.out / "volumes.jsonl"),
-                }
-            )
-        )
+        summary = {"cases": len(reports), "skipped": skipped, "ignored": ignored, "seconds_per_case": per_case}
+        print(json.dumps({**summary, "volumes": str(a.out / "volumes.jsonl")}))
     elif reports:
         print(json.dumps(reports[0]))
-    return 0 if reports else 2
+    if skipped:
+        total = len(reports) + len(skipped)
+        print(
+            f"uharmony-segment: {len(skipped)} of {total} cases skipped (listed above and under 'skipped'); "
+            f"{len(reports)} segmented; exit status {1 if reports else 2}",
+            file=sys.stderr,
+        )
+    return (1 if skipped else 0) if reports else 2

@@ -13,6 +13,11 @@ Frames are length-prefixed Flower protobufs (``flwr.common.serde``) and one JSON
 unpickled. The worker answers only when its code is the code the ClientApp process runs (a digest of the
 ``client`` and ``uharmony`` packages: the signed app the SuperNode verified against the code the site
 installed); otherwise, or when the worker is not there, the ClientApp process does the work itself.
+
+Nothing can hold the worker: a caller has ``REQUEST_SECONDS`` to send its whole request (the worker serves
+one connection at a time), and a caller that gets no answer within ``ACCEPT_SECONDS`` (a worker that hangs,
+or is busy with another message) does the work itself. So that a message is never handled twice, the worker
+says "ready" and handles it only after the caller's "go": a caller that gave up has sent no "go".
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from pathlib import Path
 
 SOCKET_ENV = "UHARMONY_WORKER_SOCKET"
 MAX_FRAME = 2 << 30  # 2 GiB: a model update is far below; a larger length is a corrupt stream
+REQUEST_SECONDS = 30.0  # the worker's limit for reading one request (and the caller's "go")
+ACCEPT_SECONDS = 30.0  # the caller's limit for the worker's "ready"; then it does the work itself
+GO = b"go"
 
 
 def code_digest() -> str:
@@ -47,9 +55,14 @@ def _send(sock: socket.socket, *frames: bytes) -> None:
         sock.sendall(struct.pack(">Q", len(frame)) + frame)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     chunks, got = [], 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the peer is too slow")
+            sock.settimeout(left)
         chunk = sock.recv(min(n - got, 1 << 20))
         if not chunk:
             raise ConnectionError("the peer closed the connection mid-frame")
@@ -58,33 +71,46 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(sock: socket.socket) -> bytes:
-    (n,) = struct.unpack(">Q", _recv_exact(sock, 8))
+def _recv(sock: socket.socket, deadline: float | None = None) -> bytes:
+    (n,) = struct.unpack(">Q", _recv_exact(sock, 8, deadline))
     if n > MAX_FRAME:
         raise ConnectionError(f"frame of {n} bytes refused")
-    return _recv_exact(sock, n)
+    return _recv_exact(sock, n, deadline)
 
 
-def call(path: str, message, context):
+def call(path: str, message, context, accept_seconds: float | None = None):
     """Forward ``message`` and ``context`` to the worker at ``path``. Returns the reply content
-    (``RecordDict``) and updates ``context.state``; None when no compatible worker answers (the caller then
-    does the work itself). A handler's error in the worker is raised here, as it would be in-process."""
+    (``RecordDict``) and updates ``context.state``; None when no compatible worker is ready within
+    ``accept_seconds`` (default ``ACCEPT_SECONDS``; the caller then does the work itself). A handler's error
+    in the worker is raised here, as it would be in-process."""
     from flwr.common.serde import context_to_proto, message_to_proto, recorddict_from_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+    accept_seconds = ACCEPT_SECONDS if accept_seconds is None else accept_seconds
+    deadline = time.monotonic() + accept_seconds
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(accept_seconds)
         sock.connect(path)
     except OSError:
         return None
     with sock:
         header = json.dumps({"code": code_digest()}).encode()
-        _send(
-            sock, header, message_to_proto(message).SerializeToString(), context_to_proto(context).SerializeToString()
-        )
-        status = json.loads(_recv(sock))
-        if status.get("status") == "incompatible":
+        try:
+            _send(
+                sock,
+                header,
+                message_to_proto(message).SerializeToString(),
+                context_to_proto(context).SerializeToString(),
+            )
+            status = json.loads(_recv(sock, deadline))
+        except (OSError, ConnectionError, ValueError):  # a worker that hangs or went away: no "go" was sent
             return None
+        if status.get("status") != "ready":
+            return None  # "incompatible": other code
+        sock.settimeout(None)  # from here the worker works on it: its answer takes as long as the handler
+        _send(sock, GO)
+        status = json.loads(_recv(sock))
         if status.get("status") != "ok":
             raise RuntimeError(f"site worker: {status.get('error', 'failed')}")
         content, state = ProtoRecordDict(), ProtoRecordDict()
@@ -133,13 +159,18 @@ def serve(path: Path, once: bool = False) -> None:
         conn, _ = server.accept()
         with conn:
             try:
-                header = json.loads(_recv(conn))
+                deadline = time.monotonic() + REQUEST_SECONDS  # a silent caller holds the worker this long at most
+                header = json.loads(_recv(conn, deadline))
                 message_proto, context_proto = ProtoMessage(), ProtoContext()
-                message_proto.ParseFromString(_recv(conn))
-                context_proto.ParseFromString(_recv(conn))
+                message_proto.ParseFromString(_recv(conn, deadline))
+                context_proto.ParseFromString(_recv(conn, deadline))
                 if header.get("code") != digest:
                     _send(conn, json.dumps({"status": "incompatible"}).encode())
                     continue
+                _send(conn, json.dumps({"status": "ready"}).encode())
+                if _recv(conn, time.monotonic() + REQUEST_SECONDS) != GO:  # the caller gave up: it does the work
+                    continue
+                conn.settimeout(None)
                 message, context = message_from_proto(message_proto), context_from_proto(context_proto)
                 t0 = time.time()
                 try:
@@ -157,7 +188,7 @@ def serve(path: Path, once: bool = False) -> None:
                     recorddict_to_proto(reply.content).SerializeToString(),
                     recorddict_to_proto(context.state).SerializeToString(),
                 )
-            except (ConnectionError, OSError, ValueError) as exc:  # a broken caller costs its own message only
+            except (ConnectionError, OSError, ValueError) as exc:  # a broken or slow caller costs its own message only
                 print(f"site worker: connection dropped: {exc}", file=sys.stderr, flush=True)
         if once:
             break

@@ -8,8 +8,14 @@ unless ``extend-on-join`` is off.
 
 With a site registry (a deployment), a node is asked only if the key it authenticated with is
 registered for a site, and its profile must name that site and that site's domain: a node cannot speak
-for another site or choose its domain. A node that does not answer within ``profile-timeout`` seconds,
-or answers badly, is asked again next round, and refused after ``MAX_QUERY_FAILURES`` such rounds.
+for another site or choose its domain, and it may declare at most the training cases registered with its
+key (``uharmony-coordinator register --max-cases``): its weight in the average is the coordinator's to bound.
+A node that does not answer within ``profile-timeout`` seconds, or answers badly, is asked again next
+round, and refused after ``MAX_QUERY_FAILURES`` such rounds.
+
+Without a registry any node is admitted as whatever site its profile names, which is right for a simulation
+and wrong where the nodes authenticate with keys: :func:`check_binding` refuses such a run unless
+``allow-unregistered`` is set.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from flwr.serverapp import Grid
 
 from uharmony import protocol as P
 
-from .registry import SiteRegistry
+from .registry import MAX_CASES, SiteRegistry, is_public_key
 
 log = logging.getLogger("uharmony.server")
 QUERY = f"{MessageType.QUERY}.{P.PROFILE_ACTION}"
 MAX_QUERY_FAILURES = 3
 MAX_MODALITIES, MAX_REGIONS, MAX_DOMAINS = 16, 16, 256  # bounds on what one joining site can make the model grow
-MAX_TRAIN_CASES = 100_000  # a site's declared case count bounds the weight of its updates
+MAX_TRAIN_CASES = MAX_CASES  # a site's declared case count bounds the weight of its updates
 SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MODALITY = re.compile(r"[a-z][a-z0-9]{0,15}")
 _REGION = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}")
@@ -38,6 +44,25 @@ _REGION = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}")
 
 class BadProfile(ValueError):
     pass
+
+
+class UnboundRun(RuntimeError):
+    """A run without a site registry on a grid whose nodes authenticate with public keys."""
+
+
+def check_binding(grid: Grid, registry: SiteRegistry | None, allow_unregistered: bool) -> None:
+    """Refuse to run without ``site-registry`` where the grid's nodes carry public keys (SuperNode
+    authentication is on, so each key is a site) unless ``allow-unregistered`` is set. (Flower's simulation
+    engine gives its nodes random bytes, not keys.)"""
+    if registry is not None or allow_unregistered:
+        return
+    keyed = [info.node_id for info in grid.get_nodes() if is_public_key(getattr(info, "public_key", b""))]
+    if keyed:
+        raise UnboundRun(
+            f"run config: 'site-registry' is empty, but {len(keyed)} node(s) authenticate with public keys: without "
+            "the registry any node would be admitted as whatever site and domain it names. Pass site-registry "
+            "(uharmony-coordinator run does), or set allow-unregistered = true"
+        )
 
 
 def _names(value, key: str, pattern: re.Pattern, limit: int) -> list[str]:
@@ -93,11 +118,13 @@ def check_regions(profile: dict, model_regions: list[str]) -> None:
 class Admission:
     """The run's members (node id -> profile) and the nodes refused for good (node id -> reason)."""
 
-    def __init__(self, registry: SiteRegistry | None = None, timeout: float = 120.0) -> None:
+    def __init__(
+        self, registry: SiteRegistry | None = None, timeout: float = 120.0, allow_unregistered: bool = True
+    ) -> None:
         self.members: dict[int, dict] = {}
         self.refused: dict[int, str] = {}
         self.failures: dict[int, int] = {}
-        self.registry, self.timeout = registry, timeout
+        self.registry, self.timeout, self.allow_unregistered = registry, timeout, allow_unregistered
 
     def online_members(self, grid: Grid) -> list[int]:
         online = set(grid.get_node_ids())
@@ -150,6 +177,7 @@ class Admission:
         new = [n for n in grid.get_node_ids() if n not in self.members and n not in self.refused]
         if not new:
             return [], []
+        check_binding(grid, self.registry, self.allow_unregistered)  # nodes that connected after the start too
         events = []
         entries = self._registered(grid, new) if self.registry is not None else None
         if entries is not None:
@@ -179,8 +207,17 @@ class Admission:
                         f"its key is registered for site {entry.site!r} (domain {entry.domain}), but its "
                         f"profile says {profile['site']!r} (domain {profile['domain']})"
                     )
-            except BadProfile as exc:
-                events.append({"event": "join-error", "node": node, "reason": self._failed(node, str(exc))})
+                if entry is not None and entry.max_cases and profile["train_cases"] > entry.max_cases:
+                    raise BadProfile(
+                        f"profile {P.TRAIN_CASES!r} declares {profile['train_cases']} training cases, but the key of "
+                        f"site {entry.site!r} is registered for at most {entry.max_cases} "
+                        "(uharmony-coordinator register --max-cases)"
+                    )
+            except Exception as exc:  # noqa: BLE001 - a malformed reply is that node's failed query, not the run's
+                reason = (
+                    str(exc) if isinstance(exc, BadProfile) else f"unreadable profile ({type(exc).__name__}: {exc})"
+                )
+                events.append({"event": "join-error", "node": node, "reason": self._failed(node, reason[:500])})
                 continue
             if not profile["ready"]:
                 events.append({"event": "join-pending", "node": node, "site": profile["site"]})

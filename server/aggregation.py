@@ -7,18 +7,29 @@ reply and each domain's head parts over that domain's replies only, weighted by 
 (Flower's ``aggregate_arrayrecords``). Site-local entries never arrive. With differential privacy the
 result is wrapped in Flower's server-side fixed-clipping wrapper.
 
+The weights are the coordinator's, not a site's (issue 29, F6): a declared case count is bounded at admission
+(by the cap registered with the site's key), and in each average a reply weighs at most ``max-weight-ratio``
+x the median weight of the others (:func:`capped_weights`). ``robust-aggregation`` replaces the weighted mean
+of a group of 3 or more replies by Flower's coordinate-wise median or trimmed mean (unweighted). Under
+differential privacy every reply weighs the same (F7): the noise and the accountant assume the unweighted
+mean of the clipped updates.
+
 Replies reach it only after ``server/replies.py`` has checked them.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Iterable
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from uharmony import protocol as P
 from uharmony.config import RunConfig
@@ -27,13 +38,34 @@ from uharmony.federated import ModelRoles, State
 from .replies import TRAIN_METRICS
 
 log = logging.getLogger("uharmony.server")
+TRIM_BETA = 0.2  # robust-aggregation = "trimmed-mean": the fraction cut at each end (Flower's FedTrimmedAvg default)
+
+
+def capped_weights(weights: list[float], ratio: float) -> list[float]:
+    """Each weight at most ``ratio`` x the median of the others' (a site cannot own an average by the cases it
+    declares: with others of median m, its share is at most ratio*m / (ratio*m + their sum)); ``ratio`` 0 or a
+    single weight: unchanged."""
+    if ratio <= 0 or len(weights) < 2:
+        return [float(w) for w in weights]
+    return [min(float(w), ratio * statistics.median(weights[:i] + weights[i + 1 :])) for i, w in enumerate(weights)]
+
+
+def robust_mean(stacked: np.ndarray, method: str) -> np.ndarray:
+    """The unweighted coordinate-wise median, or Flower's trimmed mean, of the replies' arrays (axis 0)."""
+    return np.median(stacked, axis=0) if method == "median" else trim_mean(stacked, TRIM_BETA)
 
 
 class RoleAware(FedAvg):
-    """Role-aware aggregation, placed under a Flower strategy class by :func:`build_strategy`."""
+    """Role-aware aggregation, placed under a Flower strategy class by :func:`build_strategy`.
+
+    ``uniform``: every reply weighs the same (differential privacy); ``max_weight_ratio`` and ``robust``: see
+    the module's doc."""
 
     roles: ModelRoles
     global_state: State
+    uniform: bool = False
+    max_weight_ratio: float = 0.0
+    robust: str = ""
 
     def attach(self, roles: ModelRoles, global_state: State) -> None:
         self.roles, self.global_state = roles, dict(global_state)
@@ -60,22 +92,45 @@ class RoleAware(FedAvg):
         for keys in groups:  # a UMS-Rep plan sends part of a group (a frozen trunk): what was sent is averaged
             keys = [k for k in keys if k in carried]
             members = [(arrays, weight) for arrays, weight, _ in parsed if keys and set(keys) <= set(arrays)]
-            if not members:
-                continue
-            records = [
-                RecordDict(
-                    {
-                        P.ARRAYS: ArrayRecord({k: arrays[k] for k in keys}),
-                        P.METRICS: MetricRecord({P.NUM_EXAMPLES: weight}),
-                    }
-                )
-                for arrays, weight in members
-            ]
-            merged = aggregate_arrayrecords(records, P.NUM_EXAMPLES).to_torch_state_dict()
-            new_state.update({k: merged[k].to(self.global_state[k].dtype) for k in keys})
+            if members:
+                new_state.update(self._average(keys, members))
         self.global_state = new_state
-        numeric = [RecordDict({P.METRICS: MetricRecord(metrics)}) for _, _, metrics in parsed]
-        return ArrayRecord(new_state), self.train_metrics_aggr_fn(numeric, P.NUM_EXAMPLES)
+        weights = self.weights([w for _, w, _ in parsed])
+        return ArrayRecord(new_state), self._metrics([metrics for _, _, metrics in parsed], weights)
+
+    def weights(self, declared: list[float]) -> list[float]:
+        """The weights replies that declared ``declared`` training cases are averaged with (capped; all the
+        same under differential privacy)."""
+        return capped_weights([1.0 if self.uniform else float(w) for w in declared], self.max_weight_ratio)
+
+    def _average(self, keys: list[str], members: list[tuple[State, float]]) -> State:
+        """The group's entries ``keys`` averaged over ``members`` (arrays, declared weight)."""
+        if self.robust and len(members) >= 3:
+            return {
+                k: torch.from_numpy(
+                    np.asarray(robust_mean(np.stack([arrays[k].numpy() for arrays, _ in members]), self.robust))
+                ).to(self.global_state[k].dtype)
+                for k in keys
+            }
+        weights = self.weights([w for _, w in members])
+        records = [
+            RecordDict(
+                {P.ARRAYS: ArrayRecord({k: arrays[k] for k in keys}), P.METRICS: MetricRecord({P.NUM_EXAMPLES: w})}
+            )
+            for (arrays, _), w in zip(members, weights)
+        ]
+        merged = aggregate_arrayrecords(records, P.NUM_EXAMPLES).to_torch_state_dict()
+        return {k: merged[k].to(self.global_state[k].dtype) for k in keys}
+
+    def _metrics(self, metrics: list[dict], weights: list[float]) -> MetricRecord:
+        """Each train metric averaged over the replies that carry it (a site may withhold its loss), weighted."""
+        out = MetricRecord()
+        for key in TRAIN_METRICS:
+            having = [(m[key], w) for m, w in zip(metrics, weights) if key in m]
+            if having and key != P.NUM_EXAMPLES:
+                records = [RecordDict({P.METRICS: MetricRecord({key: v, P.NUM_EXAMPLES: w})}) for v, w in having]
+                out[key] = aggregate_metricrecords(records, P.NUM_EXAMPLES)[key]
+        return out
 
 
 def build_strategy(cfg: RunConfig, roles: ModelRoles, global_state: State):
@@ -96,6 +151,8 @@ def build_strategy(cfg: RunConfig, roles: ModelRoles, global_state: State):
         **options,
     )
     inner.attach(roles, global_state)
+    inner.uniform, inner.max_weight_ratio = cfg.dp_noise_multiplier > 0, cfg.max_weight_ratio
+    inner.robust = cfg.robust_aggregation
     if cfg.dp_noise_multiplier > 0:
         return DifferentialPrivacyServerSideFixedClipping(
             inner, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, num_sampled_clients=1

@@ -3,7 +3,8 @@
 A site evaluates the model it receives either in an evaluate message (the final round, after a join
 extended the model, the centralized baseline) or at the start of the next round's train message
 (``evaluate-first``): both replies go through the same check (``server/replies.check_evaluation``) and
-are filed under the round whose model was evaluated. The final evaluation of a gated model also scores
+are filed under the round whose model was evaluated; whatever goes wrong with one reply is that reply's
+rejection, never the round's end. The final evaluation of a gated model also scores
 every domain expert on every site's data: ``cross_site.csv``.
 """
 
@@ -17,7 +18,7 @@ import re
 from uharmony import protocol as P
 from uharmony.files import atomic_write
 
-from .replies import RejectedUpdate, check_evaluation
+from .replies import RejectedUpdate, check_evaluation, rejection
 
 log = logging.getLogger("uharmony.server")
 CROSS_KEY = re.compile(r"dice-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
@@ -30,17 +31,17 @@ def collect(
     replies without that record (a train reply that was not asked to evaluate) are passed over."""
     per_site, rejected = {}, []
     for msg in replies:
-        node = msg.metadata.src_node_id
-        if record != P.METRICS and (msg.has_error() or record not in msg.content.metric_records):
-            continue  # a train reply's failure is the train check's business
         try:
+            node = msg.metadata.src_node_id
+            if record != P.METRICS and (msg.has_error() or record not in msg.content.metric_records):
+                continue  # a train reply's failure is the train check's business
             if node not in members:
                 raise RejectedUpdate(f"node {node} is not a member of this run")
             site, metrics = check_evaluation(msg, members[node], regions, record)
             per_site[site] = metrics
-        except RejectedUpdate as exc:
-            log.warning("round %d: evaluation from node %s rejected: %s", server_round, node, exc)
-            rejected.append({"node": node, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - whatever one reply carries is that reply's rejection
+            rejected.append(rejection(msg, exc))
+            log.warning("round %d: evaluation from node %s rejected: %s", server_round, *rejected[-1].values())
     return per_site, rejected
 
 

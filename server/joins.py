@@ -41,7 +41,7 @@ def admit(engine, rnd: int) -> list[str]:
                 "extend-on-join is false"
                 if not cfg.extend_on_join
                 else f"strategy {cfg.strategy!r} has no global model to extend"
-                if not engine.roles.global_keys()
+                if not engine.roles.global_keys() and not first  # before any training the spec can still grow
                 else None
             )
             if why:
@@ -49,7 +49,7 @@ def admit(engine, rnd: int) -> list[str]:
                 continue
             engine.flush_pending_evaluation()  # the last round's model is scored as it was, before it grows
             model, _, state, needs = extend_global_model(
-                engine.model.spec, engine.state, cfg.strategy, prof["modalities"], prof["regions"], domain
+                engine.model.spec, engine.state, cfg.strategy, prof["modalities"], prof["regions"], domain, first
             )
             engine.use(model, state)
             grew.append(prof["site"])

@@ -4,6 +4,10 @@ replies often, and one restricted to a set of nodes.
 Flower's deployment grid sleeps 3 s between pulls for replies; a round waits for every site's reply several
 times (profiles, train, prototypes, evaluation), so :class:`PollingGrid` pulls every ``poll`` seconds with
 the grid's own ``push_messages`` / ``pull_messages``.
+
+:func:`gather` does the same on any grid and can close early: once a quorum of replies is in, the others get
+a grace period (``straggler-seconds``), after which they are late: one slow site no longer holds every round
+until ``round-timeout`` (issue 29, F13).
 """
 
 from __future__ import annotations
@@ -18,6 +22,39 @@ from uharmony import protocol as P
 from uharmony import wire
 
 POLL_SECONDS = 0.2
+STRAGGLER_MIN_SECONDS = 60.0  # automatic grace (straggler-seconds = 0): at least this, else the time to quorum
+
+
+def gather(
+    grid: Grid, messages, timeout: float | None, quorum: int = 0, straggler: float = -1.0, poll: float = POLL_SECONDS
+) -> tuple[list[Message], list[int]]:
+    """Push ``messages``, then pull every ``poll`` s until every reply is in or ``timeout`` s have passed, or,
+    with ``quorum`` > 0 and ``straggler`` >= 0, a grace period has passed since ``quorum`` replies were in:
+    ``straggler`` s, or with 0 the time the quorum took (at least ``STRAGGLER_MIN_SECONDS``), so a round lasts
+    at most about twice its quorum's time. Returns (replies, the nodes that had not answered by then)."""
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages)}
+    waiting, replies = set(ids), []
+    start = time.time()
+    end = start + (timeout if timeout is not None else 0.0)
+    close = None  # when the stragglers' grace ends
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies.extend(got)
+        waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+        now = time.time()
+        if close is None and quorum > 0 and straggler >= 0 and len(replies) >= quorum:
+            close = now + (straggler if straggler > 0 else max(STRAGGLER_MIN_SECONDS, now - start))
+        if not waiting or (timeout is not None and now >= end) or (close is not None and now >= close):
+            break
+        time.sleep(poll)
+    return replies, sorted(node_of[i] for i in waiting if i in node_of)
+
+
+def quorum(cfg, asked: int) -> int:
+    """Replies after which the others get a grace period: ``min-sites``, and at least a majority of those asked."""
+    return min(asked, max(cfg.min_sites, asked // 2 + 1))
 
 
 class DelegatingGrid(Grid):
@@ -61,17 +98,7 @@ class PollingGrid(DelegatingGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         """Push, then pull every ``poll`` s until every reply is in or ``timeout`` s have passed."""
-        waiting = set(self.push_messages(messages))
-        end = time.time() + (timeout if timeout is not None else 0.0)
-        replies: list[Message] = []
-        while waiting:
-            got = list(self.pull_messages(waiting))
-            replies.extend(got)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not waiting or (timeout is not None and time.time() >= end):
-                break
-            time.sleep(self._poll)
-        return replies
+        return gather(self, messages, timeout, poll=self._poll)[0]
 
 
 WIRE_ERROR = 10  # the Error code of a reply whose packed arrays could not be read
@@ -120,8 +147,9 @@ def unpacked(msg: Message) -> Message:
     content = msg.content
     try:
         arrays = wire.unpack_message_records(content.array_records, content.config_records)
-    except (wire.WireError, ValueError) as exc:
-        return Message(error=Error(WIRE_ERROR, f"packed arrays: {exc}"), metadata=msg.metadata)
+    except Exception as exc:  # noqa: BLE001 - whatever one reply carries is that reply's error, not the run's
+        reason = str(exc) if isinstance(exc, wire.WireError) else f"{type(exc).__name__}: {exc}"
+        return Message(error=Error(WIRE_ERROR, f"packed arrays: {reason[:500]}"), metadata=msg.metadata)
     content[P.ARRAYS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     del content[P.WIRE]
     return msg

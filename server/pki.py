@@ -1,18 +1,27 @@
 """The coordinator's keys and certificates (``uharmony-pki``), made with ``cryptography``.
 
-    uharmony-pki init-ca     --dir pki [--name "Consortium CA"] [--days 1825] [--passphrase-file F]
+    uharmony-pki init-ca      --dir pki [--name "Consortium CA"] [--days 1825] [--passphrase-file F]
+    uharmony-pki signing-keys --dir pki [--passphrase-file F] --force   # new app- and model-signing keys
     uharmony-pki server-cert --dir pki --dns superlink.example.org --ip 10.0.0.5 [--days 825]
     uharmony-pki show        --dir pki
 
 Layout of the coordinator's folder:
-- ``ca.crt`` / ``ca.key``: the consortium CA (P-384). ``ca.key`` is encrypted with a passphrase when one is
-  given (``--passphrase-file`` or ``UHARMONY_CA_PASSPHRASE``); it is needed only to issue certificates.
+- ``ca.crt`` / ``ca.key``: the consortium CA (P-384), ``ca.key`` encrypted with the passphrase; it is needed
+  only to issue certificates.
 - ``superlink.crt`` / ``superlink.key``: TLS for the SuperLink and its gateway, signed by the CA, with the
   given DNS names / IPs and always ``localhost`` / ``127.0.0.1`` (the gateway and the coordinator's own
   ``flwr`` commands reach the SuperLink on the loopback interface).
-- ``signing.key`` / ``signing.pub``: the coordinator's Ed25519 key. It signs the app the SuperNodes run
-  (checked by Flower's ``--trusted-entities``) and the manifests of the models it releases.
-  ``trusted-entities.yaml`` is what a hospital passes to its SuperNode.
+- ``app-signing.key`` / ``app-signing.pub``: the coordinator's Ed25519 **app**-signing key. It signs the app
+  the SuperNodes run (``uharmony-coordinator publish``; checked by Flower's ``--trusted-entities``), and
+  nothing else. It is always encrypted with the passphrase (PKCS#8), so code running as the coordinator's
+  service account (a ServerApp) cannot sign an app. ``trusted-entities.yaml`` (this key only) is what a
+  hospital passes to its SuperNode.
+- ``model-signing.key`` / ``model-signing.pub``: a separate Ed25519 key with which the ServerApp signs the
+  manifests of the models it releases (it has to read it unattended, so it is not encrypted; 0600). It is
+  not in ``trusted-entities.yaml``: it cannot sign an app. Hospitals verify models with ``model-signing.pub``.
+
+The passphrase comes from ``--passphrase-file``, else ``UHARMONY_CA_PASSPHRASE``, else it is asked for on the
+terminal; ``init-ca`` refuses to run without one.
 
 Hospitals make their own SuperNode keys (``uharmony-site keygen``) and send only the public key;
 the coordinator never holds them. Private keys are written 0600 and never overwritten without ``--force``.
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import hashlib
 import ipaddress
 import os
@@ -67,8 +77,9 @@ def _check_days(days: int) -> None:
         raise PKIError(f"validity must be between 1 and 3650 days, got {days}")
 
 
-def read_passphrase(path: Path | None) -> bytes | None:
-    """The CA key's passphrase: from a file, else ``UHARMONY_CA_PASSPHRASE``, else none (unencrypted)."""
+def read_passphrase(path: Path | None, ask: str = "", confirm: bool = False) -> bytes | None:
+    """The PKI passphrase: from a file, else ``UHARMONY_CA_PASSPHRASE``, else asked for on the terminal
+    (``ask``: the prompt; ``confirm``: twice) when there is one, else none."""
     if path is not None:
         try:
             value = path.read_bytes().strip()
@@ -78,7 +89,20 @@ def read_passphrase(path: Path | None) -> bytes | None:
             raise PKIError(f"{path}: the passphrase file is empty")
         return value
     value = os.environ.get(PASSPHRASE_ENV, "").encode()
+    if value or not ask or not sys.stdin.isatty():
+        return value or None
+    value = getpass.getpass(f"{ask}: ").encode()
+    if confirm and getpass.getpass("again: ").encode() != value:
+        raise PKIError("the two passphrases differ")
     return value or None
+
+
+def _require(passphrase: bytes | None, what: str) -> bytes:
+    if not passphrase:
+        raise PKIError(f"{what} needs the PKI passphrase (--passphrase-file, {PASSPHRASE_ENV} or a terminal)")
+    if len(passphrase) < 8:
+        raise PKIError("the passphrase must have at least 8 characters")
+    return passphrase
 
 
 def init_ca(
@@ -88,8 +112,10 @@ def init_ca(
     force: bool = False,
     passphrase: bytes | None = None,
 ) -> Path:
-    """Create the CA and the coordinator's signing key. A folder holding half a CA is refused."""
+    """Create the CA and the coordinator's signing keys, all encrypted with ``passphrase`` except the
+    model-signing key. A folder holding half a CA is refused."""
     _check_days(days)
+    passphrase = _require(passphrase, "init-ca")
     have = [n for n in ("ca.key", "ca.crt") if (folder / n).exists()]
     if have and not force:
         raise PKIError(f"{folder / have[0]} exists; refusing to overwrite the CA (use --force to replace it)")
@@ -121,8 +147,8 @@ def init_ca(
     )
     _write(folder / "ca.key", _pem_key(key, passphrase), private=True, force=force)
     path = _write(folder / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), private=False, force=force)
-    if force or not (folder / "signing.key").exists():
-        signing_key(folder, force=True)
+    if force or not (folder / APP_KEY).exists():
+        signing_keys(folder, passphrase, force=True)
     return path
 
 
@@ -187,41 +213,69 @@ def public_key_id(public_openssh: bytes) -> str:
     return "fpk_" + hashlib.sha256(public_openssh.split()[1]).hexdigest()[:32]
 
 
-def signing_key(folder: Path, force: bool = False) -> Path:
-    """The coordinator's Ed25519 key in OpenSSH format, and the trusted-entities file hospitals get."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv = key.private_bytes(
+APP_KEY, APP_PUB, MODEL_KEY, MODEL_PUB = "app-signing.key", "app-signing.pub", "model-signing.key", "model-signing.pub"
+TRUSTED_ENTITIES = "trusted-entities.yaml"
+
+
+def _openssh_public(key: ed25519.Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
+
+def signing_keys(folder: Path, passphrase: bytes, force: bool = False) -> Path:
+    """The app-signing key (encrypted), the trusted-entities file hospitals get (that key only), and the
+    separate model-signing key. Returns the model-signing key's path."""
+    passphrase = _require(passphrase, "the app-signing key")
+    app, model = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    app_pub, model_pub = _openssh_public(app), _openssh_public(model)
+    model_priv = model.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
-    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write(folder / "signing.key", priv, private=True, force=force)
-    _write(folder / "signing.pub", pub + b" uharmony-coordinator\n", private=False, force=force)
-    _write(
-        folder / "trusted-entities.yaml",
-        f"{public_key_id(pub)}: '{pub.decode()}'\n".encode(),
-        private=False,
-        force=force,
-    )
-    return folder / "signing.key"
+    _write(folder / APP_KEY, _pem_key(app, passphrase), private=True, force=force)
+    _write(folder / APP_PUB, app_pub + b" uharmony-app-signing\n", private=False, force=force)
+    _write(folder / TRUSTED_ENTITIES, f"{public_key_id(app_pub)}: '{app_pub.decode()}'\n".encode(), False, force)
+    _write(folder / MODEL_KEY, model_priv, private=True, force=force)
+    _write(folder / MODEL_PUB, model_pub + b" uharmony-model-signing\n", private=False, force=force)
+    return folder / MODEL_KEY
 
 
-def load_signing_key(folder: Path) -> ed25519.Ed25519PrivateKey:
-    path = folder / "signing.key"
+def load_app_signing_key(folder: Path, passphrase: bytes | None) -> ed25519.Ed25519PrivateKey:
+    """The app-signing key, decrypted with ``passphrase``; an unencrypted one is refused."""
+    path = folder / APP_KEY
     try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise PKIError(f"{path}: not found; run `uharmony-pki init-ca --dir {folder}` first") from None
-    except ValueError as exc:
-        raise PKIError(f"{path}: not an OpenSSH private key ({exc})") from None
+        old = (
+            " (this folder predates separate app- and model-signing keys)" if (folder / "signing.key").exists() else ""
+        )
+        raise PKIError(
+            f"{path}: not found{old}; run `uharmony-pki signing-keys --dir {folder} --force`, then give hospitals "
+            f"the new {TRUSTED_ENTITIES} and {MODEL_PUB}"
+        ) from None
+    if b"ENCRYPTED" not in data:
+        raise PKIError(f"{path} is not encrypted; replace it: `uharmony-pki signing-keys --dir {folder} --force`")
+    if not passphrase:
+        raise PKIError(f"{path} is encrypted: give its passphrase (--passphrase-file, {PASSPHRASE_ENV} or a terminal)")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except ValueError:
+        raise PKIError(f"{path}: wrong passphrase or not a PEM private key") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise PKIError(f"{path}: the coordinator's signing key must be Ed25519")
+        raise PKIError(f"{path}: the app-signing key must be Ed25519")
     return key
+
+
+def model_signing_key(folder: Path) -> Path:
+    """The model-signing key's path (the ServerApp signs released models with it)."""
+    path = folder / MODEL_KEY
+    if not path.is_file():
+        raise PKIError(f"{path}: not found; run `uharmony-pki signing-keys --dir {folder} --force`")
+    return path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-pki", description="The coordinator's keys and certificates")
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("init-ca", help="create the consortium CA and the coordinator's signing key")
+    a = sub.add_parser("init-ca", help="create the consortium CA and the coordinator's signing keys")
     a.add_argument("--name", default="U-Harmony consortium CA")
     a.add_argument("--days", type=int, default=1825)
     s = sub.add_parser("server-cert", help="issue the SuperLink's TLS certificate")
@@ -229,19 +283,27 @@ def main(argv=None) -> int:
     s.add_argument("--ip", action="append", default=[])
     s.add_argument("--days", type=int, default=825)
     sub.add_parser("show", help="list what the PKI folder holds")
-    for sp in (a, s, sub.choices["show"]):
+    sub.add_parser("signing-keys", help="make new app- and model-signing keys (and trusted-entities.yaml)")
+    for sp in (a, s, sub.choices["show"], sub.choices["signing-keys"]):
         sp.add_argument("--dir", type=Path, required=True)
         sp.add_argument("--force", action="store_true", help="replace existing files")
         sp.add_argument(
-            "--passphrase-file", type=Path, default=None, help=f"the CA key's passphrase (or {PASSPHRASE_ENV})"
+            "--passphrase-file", type=Path, default=None, help=f"the PKI passphrase (or {PASSPHRASE_ENV}, or asked)"
         )
     args = p.parse_args(argv)
     try:
-        passphrase = read_passphrase(args.passphrase_file)
+        new = args.cmd in ("init-ca", "signing-keys")
+        passphrase = (
+            read_passphrase(args.passphrase_file, "PKI passphrase", confirm=new) if args.cmd != "show" else None
+        )
+        give = f"give hospitals: {args.dir / 'ca.crt'}, {args.dir / TRUSTED_ENTITIES} and {args.dir / MODEL_PUB}"
         if args.cmd == "init-ca":
             path = init_ca(args.dir, args.name, args.days, args.force, passphrase)
-            print(f"CA certificate: {path} (key {'encrypted' if passphrase else 'NOT encrypted'})")
-            print(f"give hospitals: {args.dir / 'ca.crt'} and {args.dir / 'trusted-entities.yaml'}")
+            print(f"CA certificate: {path} (CA key and app-signing key encrypted)")
+            print(give)
+        elif args.cmd == "signing-keys":
+            print(f"model-signing key: {signing_keys(args.dir, passphrase, args.force)}; app-signing key encrypted")
+            print(give)
         elif args.cmd == "server-cert":
             print(
                 f"SuperLink certificate: {server_cert(args.dir, args.dns, args.ip, args.days, args.force, passphrase)}"

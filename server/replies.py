@@ -10,7 +10,9 @@ replies, else of the updates accepted in earlier rounds); malformed numbers amon
 
 An evaluation reply is rejected for the same identity and type errors, and for Dice outside [0, 1],
 HD95 negative, or metric names for regions the model does not have. The round goes on without what was
-rejected; nothing a site sends can raise in the server.
+rejected; nothing a site sends can raise in the server: an array is read only after its ``.npy`` header
+declared the expected entry's shape and dtype and exactly the bytes that follow it (``uharmony.wire.read_npy``),
+and any other error in a reply's handling is that reply's rejection, with its reason.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import re
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import Message
 
 from uharmony import protocol as P
+from uharmony import wire
 from uharmony.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
@@ -56,6 +60,45 @@ def _number(value, key: str, low: float = -math.inf, high: float = math.inf) -> 
     ):
         raise RejectedUpdate(f"metric {key!r} must be a finite number in [{low:g}, {high:g}], got {str(value)[:40]!r}")
     return float(value)
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty((), dtype=tensor.dtype).numpy().dtype
+
+
+def read_arrays(record, reference: State, expected: set[str] | None = None) -> State:
+    """The entries of a reply's ArrayRecord as tensors: exactly ``expected`` (default: the record's names,
+    each one of ``reference``), each NumPy-serialized and read only after its header declared its reference
+    entry's shape and dtype and the bytes that follow it (nothing is allocated before; nothing unpickled)."""
+    names = list(record.keys())
+    expected = set(names) if expected is None else set(expected)
+    unknown = sorted(set(names) - set(reference))
+    if set(names) != expected or unknown:
+        missing, extra = sorted(expected - set(names)), sorted((set(names) - expected) | set(unknown))
+        raise RejectedUpdate(f"keys differ from the expected update: missing {missing[:3]}, extra {extra[:3]}")
+    out = {}
+    for name in names:
+        array = record[name]
+        if getattr(array, "stype", None) != wire.NPY:
+            stype = str(getattr(array, "stype", type(array).__name__))[:40]
+            raise RejectedUpdate(f"{name}: arrays cannot be read as NumPy arrays (serialized as {stype!r})")
+        ref = reference[name]
+        try:
+            out[name] = torch.from_numpy(wire.read_npy(array.data, name, _numpy_dtype(ref), tuple(ref.shape)))
+        except wire.WireError as exc:
+            raise RejectedUpdate(str(exc)) from None
+    return out
+
+
+def rejection(msg: Message, exc: Exception) -> dict:
+    """The record of a rejected reply: its node and the reason (a RejectedUpdate's text, else the error's type
+    and text: whatever went wrong with one reply is that reply's rejection)."""
+    reason = str(exc) if isinstance(exc, RejectedUpdate) else f"unreadable reply ({type(exc).__name__}: {exc})"
+    try:
+        node = msg.metadata.src_node_id
+    except Exception:  # noqa: BLE001 - a reply without metadata is still counted
+        node = None
+    return {"node": node, "reason": reason[:500]}
 
 
 def check_arrays(arrays: dict, reference: dict, roles) -> None:
@@ -145,16 +188,10 @@ class ReplyChecker:
                 f"its profile declared), got {str(weight)[:40]!r}"
             )
         numbers = {k: _number(metrics[k], k) for k in TRAIN_METRICS if k in metrics}
-        try:
-            arrays = dict(content.array_records[P.ARRAYS].to_torch_state_dict())
-        except (TypeError, ValueError) as exc:
-            raise RejectedUpdate(f"arrays cannot be read as NumPy arrays ({str(exc)[:200]})") from None
         expected = set(self.roles.global_keys() if self.pooled else self.roles.outgoing_keys(domain))
         if self.sent is not None:
             expected &= self.sent
-        if set(arrays) != expected:
-            missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-            raise RejectedUpdate(f"keys differ from the expected update: missing {missing[:3]}, extra {extra[:3]}")
+        arrays = read_arrays(content.array_records[P.ARRAYS], self.global_state, expected)
         check_arrays(arrays, self.global_state, self.roles)
         for k in self.roles.scan_counts & set(arrays):
             if not 0 <= float(arrays[k].max()) <= limit:
@@ -175,8 +212,8 @@ class ReplyChecker:
         for msg in replies:
             try:
                 accepted.append((self.check(msg), msg))
-            except RejectedUpdate as exc:
-                rejected.append({"node": msg.metadata.src_node_id, "reason": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - nothing one reply carries may end the round
+                rejected.append(rejection(msg, exc))
         norms = [self._norms(r) for r, _ in accepted]
         median = (
             statistics.median([n for n, _ in norms])

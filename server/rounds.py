@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from uharmony import protocol as P
 from uharmony.adaptation import spec_extends
-from uharmony.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from uharmony.checkpoint import CheckpointError, inference_settings, load_checkpoint, save_checkpoint
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, global_state_of
 from uharmony.gating import uses_scan_gate
@@ -35,9 +35,9 @@ from uharmony.tracking import TensorBoard, write_run_info
 from uharmony.training import round_lr
 
 from . import evaluation, joins, phases
-from .admission import Admission
+from .admission import Admission, check_binding
 from .aggregation import build_strategy
-from .members import MembersGrid, PackingGrid
+from .members import MembersGrid, PackingGrid, gather, quorum
 from .privacy import PrivacyLedger
 from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
@@ -52,7 +52,7 @@ def say(text: str) -> None:
 
 def round_seed(cfg: RunConfig, server_round: int) -> int:
     """The seed of a round's local training (each site adds its domain id)."""
-    return cfg.seed * 100_003 + server_round * 1009
+    return cfg.weights_seed * 100_003 + server_round * 1009
 
 
 class RoundEngine:
@@ -62,7 +62,9 @@ class RoundEngine:
         self.grid, self.cfg, self.spec = grid, cfg, cfg.strategy_spec
         self.run_dir = Path(cfg.run_dir)
         registry = SiteRegistry(Path(cfg.site_registry)) if cfg.site_registry else None
-        self.admission = Admission(registry, cfg.profile_timeout)
+        check_binding(grid, registry, cfg.allow_unregistered)  # keyed nodes need the registry's key -> site binding
+        self.admission = Admission(registry, cfg.profile_timeout, cfg.allow_unregistered)
+        self.late: dict[str, int] = {}  # site -> rounds in which it answered after the stragglers' grace
         self.model, self.strategy, self.start = None, None, 1
         self.norm_history: list[float] = []  # accepted update norms (bounds updates when a round has 1-2 replies)
         self.ledger = (
@@ -161,7 +163,7 @@ class RoundEngine:
             }
         )
         messages = self.outer.configure_train(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, trainers))
-        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        replies, info["late"] = self.gather(messages, rnd, "train")
         if self.pending:  # each reply also scored the model it received, aggregated in round `pending`
             profiles = {n: self.admission.members[n] for n in members}
             found = evaluation.collect(replies, profiles, self.model.regions, P.EVALUATION, rnd)
@@ -191,13 +193,15 @@ class RoundEngine:
                 "update-bytes": {r.site: r.metrics.get(P.UPDATE_BYTES) for r in parsed},
                 "skipped-cases": {r.site: r.metrics.get(P.SKIPPED) for r in parsed},
                 "site-seconds": {r.site: r.metrics.get(P.SECONDS) for r in parsed},
+                "site-loss": {r.site: r.metrics.get(P.TRAIN_LOSS) for r in parsed},
             },
         )
         if len(accepted) < max(1, cfg.min_sites):
             say(f"round {rnd}: {len(accepted)} usable replies (< {max(1, cfg.min_sites)}): global model unchanged")
             return info
+        weights = self.strategy.weights([r.weight for r in parsed])  # what each reply weighs in the average
         if self.ledger is not None:
-            if self.ledger.would_exceed(len(accepted)):
+            if self.ledger.would_exceed(weights):
                 self.stop_reason = (
                     f"differential privacy: this round would spend more than dp-max-epsilon "
                     f"{cfg.dp_max_epsilon} (spent {self.ledger.spent()['epsilon']})"
@@ -210,9 +214,24 @@ class RoundEngine:
             new = arrays.to_torch_state_dict()
             self.strategy.global_state = {k: new[k].to(v.dtype) for k, v in self.state.items()}
             if self.ledger is not None:
-                info["privacy"] = self.ledger.spend(len(accepted))
+                info["privacy"] = self.ledger.spend(weights)  # the worst site's epsilon
         info[P.TRAIN_LOSS] = metrics.get(P.TRAIN_LOSS) if metrics else None
         return info
+
+    def gather(self, messages, rnd: int, kind: str) -> tuple[list, list[str]]:
+        """(replies, late sites) of ``messages``: once a quorum has replied the others get the stragglers' grace
+        (``straggler-seconds``, ``server/members.py``); a late site is counted, logged and left out this time."""
+        messages = list(messages)
+        replies, late_nodes = gather(
+            self.grid, messages, self.cfg.round_timeout, quorum(self.cfg, len(messages)), self.cfg.straggler_seconds
+        )
+        late = [self.admission.members.get(n, {}).get("site", str(n)) for n in late_nodes]
+        for site in late:
+            self.late[site] = self.late.get(site, 0) + 1
+            log.warning("round %d: site %s late for the %s message (%d times)", rnd, site, kind, self.late[site])
+        if late and kind != "train":  # (a train record carries its late sites)
+            self.runlog.write({"round": rnd, "event": "late", "message": kind, "sites": late})
+        return replies, late
 
     def refresh_prototypes(self, rnd: int) -> None:
         """The scan gate's prototypes under the model just aggregated (``server/prototypes.py``)."""
@@ -230,6 +249,7 @@ class RoundEngine:
             config,
             self.cfg.round_timeout,
             pooled,
+            send=lambda messages: self.gather(messages, rnd, "prototype")[0],
         )
         self.strategy.attach(self.roles, state)
         for r in rejected:
@@ -247,7 +267,7 @@ class RoundEngine:
         experts = experts and self.model.gated
         config = ConfigRecord({**self._base_config(), P.SEED: self.cfg.seed, P.CROSS_EXPERTS: experts})
         messages = self.outer.configure_evaluate(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, members))
-        replies = self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        replies, _ = self.gather(messages, rnd, "evaluate")
         profiles = {n: self.admission.members[n] for n in members}
         per_site, rejected = evaluation.collect(replies, profiles, self.model.regions, server_round=rnd)
         if experts or (not self.model.gated and "phase" not in tags):
@@ -281,6 +301,7 @@ class RoundEngine:
             "pending-evaluation": self.pending,
             "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
             "umsrep-plateau": [self.umsrep_lr, min(self.umsrep_best, 1e30), self.umsrep_stale],
+            "inference": inference_settings(self.model.spec, self.cfg.spacing, self.cfg.patch_size),  # self-contained
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
         folder = self.run_dir / ("checkpoints" if "name" not in kw else "")

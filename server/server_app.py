@@ -5,8 +5,11 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from uharmony.config import RunConfig
+
 from .members import PollingGrid
 from .rounds import run_server
+from .simulation_size import check_simulation_size
 
 
 def make_app(overrides: dict | None = None) -> ServerApp:
@@ -16,7 +19,10 @@ def make_app(overrides: dict | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(PollingGrid(grid), dict(context.run_config), overrides)  # replies pulled every 0.2 s, not 3 s
+        run_config = dict(context.run_config)
+        # a simulation needs one SuperNode per site: a plain `flwr run .` (Flower's 2) is refused, naming main.sh
+        check_simulation_size(grid, RunConfig.from_flwr({**run_config, **(overrides or {})}))
+        run_server(PollingGrid(grid), run_config, overrides)  # replies pulled every 0.2 s, not 3 s
 
     return app
 

@@ -42,7 +42,7 @@ class LocalConsortium:
         self.root, self.app = Path(root), Path(app)
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port, self.link, self.registry = free_port(), free_port(), free_port()
+        self.port, self.link = free_port(), free_port()
 
     # -- processes ------------------------------------------------------------------------------
     def env(self, **extra) -> dict:
@@ -114,10 +114,13 @@ class LocalConsortium:
                  "--passphrase-file", "ca-pass")  # fmt: skip
 
     def start_coordinator(self) -> subprocess.Popen:
-        """The SuperLink (its database in ``state/``, kept across restarts), gateway and app registry."""
+        """The SuperLink (its database in ``state/``, kept across restarts), gateway and app registry. Started
+        as root (tests, CI), the gateway's workers run as ``uharmony-gateway``, made here if missing."""
+        if os.geteuid() == 0:
+            ensure_account("uharmony-gateway")
         return self.spawn(
             "coordinator", "uharmony-coordinator", "start", "--pki", "pki", "--state", "state", "--host",
-            "127.0.0.1", "--port", self.port, "--superlink-port", self.link, "--registry-port", self.registry,
+            "127.0.0.1", "--port", self.port, "--superlink-port", self.link,
         )  # fmt: skip
 
     def wait_superlink(self, timeout: float = 120) -> None:
@@ -138,8 +141,9 @@ class LocalConsortium:
         raise RuntimeError(f"register {site}: {res.stdout}{res.stderr}")
 
     def publish(self) -> str:
+        """Build and sign the app (the app-signing key's passphrase from ``ca-pass``)."""
         return self.cmd("uharmony-coordinator", "publish", "--pki", "pki", "--state", "state", "--app", self.app,
-                        timeout=300).stdout  # fmt: skip
+                        "--passphrase-file", "ca-pass", timeout=300).stdout  # fmt: skip
 
     def submit(self, run_config: str, name: str = "coordinator-run") -> subprocess.Popen:
         return self.spawn(name, "uharmony-coordinator", "run", "--pki", "pki", "--state", "state", "-c", run_config)
@@ -201,6 +205,19 @@ class LocalConsortium:
         for name in names:  # as at a hospital, the SuperNodes are up before a run is submitted
             wait_for(lambda n=name: "SuperNode ID:" in self.log(n), 180, f"{name}'s SuperNode", self.procs[name])
         return names
+
+
+def ensure_account(name: str) -> int:
+    """The uid of the system account ``name``, made (no home, no login shell) if missing; needs root."""
+    import pwd
+
+    for _ in range(2):
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:  # another process may be making it at the same time: look again
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           capture_output=True)  # fmt: skip
+    return pwd.getpwnam(name).pw_uid
 
 
 def records(run_dir: Path) -> list[dict]:

@@ -75,7 +75,7 @@ def ensure_federation(cfg: RunConfig, progress: bool = True) -> Path:
     return embedded_federation(
         cfg.synth_sites,
         cfg.synth_cases_per_site,
-        cfg.seed,
+        cfg.federation_seed,
         cfg.synth_spacing,
         progress=progress,
         join_sites=cfg.synth_join_sites,

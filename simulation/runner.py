@@ -57,7 +57,7 @@ def run(
         overrides["run-id"] = _resumed_run_id(cfg) if cfg.resume else uuid.uuid4().hex
         cfg = RunConfig.from_flwr(overrides)
     one_of("transport", transport, TRANSPORTS)
-    sites = load_federation(ensure_federation(cfg), seed=cfg.seed).sites
+    sites = load_federation(ensure_federation(cfg), seed=cfg.federation_seed).sites
     node_configs = node_configs if node_configs is not None else [{"partition-id": i} for i in range(len(sites))]
     os.environ.setdefault("FLWR_HOME", str(Path(cfg.run_dir).resolve().parent / ".flwr"))
     t0 = time.time()

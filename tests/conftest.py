@@ -149,3 +149,20 @@ def make_brats2021(root: Path, subjects_by_partition: dict, partition_csv: str =
             rows.append(f"{pid},{s}")
     (root / partition_csv).write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved during the test (the real figure, after it was drawn), to read its axes,
+    titles and legends instead of guessing from the PNG's bytes."""
+    from matplotlib.figure import Figure
+
+    figures, real = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        figures.append(self)
+        return out
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures

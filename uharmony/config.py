@@ -36,6 +36,7 @@ class RunConfig:
     optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 in the gradient) | sgd (nnU-Net's)
     weight_decay: float = 1e-2
     residual_weight_decay: float = -1.0  # a residual gated head's experts (pulls them to the shared answer); -1: same
+    expert_dropout: float = 0.0  # residual gated head: share of training samples scored by the shared answer alone
     keep_optimizer_state: bool = True  # each site keeps its optimizer's moments across rounds (site state folder)
     neg_ratio: float = 1.0  # background patches per lesion patch
     proximal_mu: float = 0.01
@@ -46,10 +47,13 @@ class RunConfig:
     synth_val_cases: int = 0  # held-out validation cases per site beyond those (the split of the others unchanged)
     synth_spacing: float = 3.0
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
-    synth_scenario: str = "S2"  # S0 | S1 | S2 (docs/scenarios.md); "": the development federation (synth-sites)
+    synth_scenario: str = "S2"  # S0 | S1 | S2 | S3 (docs/scenarios.md); "": the development federation (synth-sites)
     synth_kappa: float = 1.0  # S2: strength of the label-convention conflicts (0: none)
     spacing: float = 3.0
     seed: int = 0
+    data_seed: int = -1  # the federation's cases and their split (-1: seed)
+    init_seed: int = -1  # the initial weights and the sampling of training patches (-1: seed)
+    precision: str = "fp32"  # fp32 | bf16 (autocast around the forward pass) | auto (bf16 where the device has it)
     device: str = "auto"  # auto: cuda when available, else cpu
     run_dir: str = "runs/latest"
     resume: bool = False
@@ -61,8 +65,12 @@ class RunConfig:
     profile_timeout: float = 120.0  # seconds a node has to answer the profile query (3 misses: refused)
     update_norm_factor: float = 10.0
     max_relative_update: float = 10.0  # reject ||w_site - w_global|| > this x ||w_global|| (works with 1-2 replies)
+    max_weight_ratio: float = 3.0  # a reply weighs at most this x the median weight of the others it is averaged with
+    robust_aggregation: str = ""  # "": weighted mean | median | trimmed-mean (Flower's, beta 0.2): unweighted
+    straggler_seconds: float = 0.0  # grace for late sites after a quorum (0: the quorum's time, >= 60 s; -1: none)
     min_report_cases: int = 1  # a site reports evaluation metrics only over at least this many cases
     site_registry: str = ""  # coordinator: registry.json binding node keys to sites and domains ("" = no binding)
+    allow_unregistered: bool = False  # run without site-registry although the nodes authenticate with keys
     model_signing_key: str = ""  # coordinator: Ed25519 key that signs the released models' manifests
     dp_noise_multiplier: float = 0.0  # > 0: Flower's server-side fixed-clipping DP wrapper
     dp_clipping_norm: float = 1.0
@@ -112,6 +120,9 @@ class RunConfig:
         if not 0.0 <= self.gate_confidence < 1.0:
             raise ValueError("run config: 'gate-confidence' must be in [0, 1)")
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
+        one_of("run config: 'precision'", self.precision, ("fp32", "bf16", "auto"))
+        if self.data_seed < -1 or self.init_seed < -1:
+            raise ValueError("run config: 'data-seed' and 'init-seed' must be >= 0, or -1 (the 'seed')")
         for key in ("num_server_rounds", "local_steps", "batch_size", "patch_size", "eval_every", "min_report_cases"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run config: {key.replace('_', '-')!r} must be >= 1")
@@ -123,6 +134,14 @@ class RunConfig:
             raise ValueError("run config: 'dp-delta' must be in (0, 1) and 'dp-max-epsilon' >= 0")
         if self.profile_timeout <= 0 or self.max_relative_update < 0:
             raise ValueError("run config: 'profile-timeout' must be > 0 and 'max-relative-update' >= 0")
+        if self.max_weight_ratio != 0 and self.max_weight_ratio < 1:
+            raise ValueError("run config: 'max-weight-ratio' must be >= 1, or 0 (no cap)")
+        one_of("run config: 'robust-aggregation'", self.robust_aggregation, ("", "median", "trimmed-mean"))
+        if self.robust_aggregation and self.dp_noise_multiplier > 0:
+            raise ValueError(
+                "run config: 'robust-aggregation' cannot be used with differential privacy (its noise is calibrated "
+                "to the mean of the clipped updates)"
+            )
         if self.dp_noise_multiplier > 0 and not self.strategy_spec.dp:
             dp = sorted(n for n, s in STRATEGIES.items() if s.dp)
             raise ValueError(
@@ -134,14 +153,16 @@ class RunConfig:
         if self.synth_join_sites < 0 or self.synth_join_sites >= self.synth_sites:
             raise ValueError("run config: 'synth-join-sites' must be in [0, synth-sites)")
         if self.synth_scenario:
-            one_of("run config: 'synth-scenario'", self.synth_scenario, ("S0", "S1", "S2"))
+            one_of("run config: 'synth-scenario'", self.synth_scenario, ("S0", "S1", "S2", "S3"))
             if self.synth_join_sites:
                 raise ValueError(
                     "run config: 'synth-join-sites' makes the development federation: set synth-scenario='' with it"
                 )
-        one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2"))
+        one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2", "S3"))
         if not 0.0 <= self.synth_kappa <= 2.0:
             raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
+        if not 0.0 <= self.expert_dropout < 1.0:
+            raise ValueError("run config: 'expert-dropout' must be in [0, 1)")
         if self.residual_weight_decay < 0 and self.residual_weight_decay != -1:
             raise ValueError("run config: 'residual-weight-decay' must be >= 0, or -1 (the same as 'weight-decay')")
         if self.synth_val_cases < 0:
@@ -202,6 +223,29 @@ class RunConfig:
         return self.strategy_spec.head
 
     @property
+    def federation_seed(self) -> int:
+        """The seed of the data: which cases the embedded federation holds and how each site splits them."""
+        return self.seed if self.data_seed < 0 else self.data_seed
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the optimisation: the initial weights and the training patches each round draws."""
+        return self.seed if self.init_seed < 0 else self.init_seed
+
+    @property
+    def autocast_dtype(self):
+        """``torch.bfloat16`` when the run computes its forward passes in bf16 (``precision``), else None."""
+        if self.precision == "fp32":
+            return None
+        import torch
+
+        if self.precision == "bf16":
+            return torch.bfloat16
+        from .precision import native_bf16
+
+        return torch.bfloat16 if native_bf16(self.torch_device) else None
+
+    @property
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device
@@ -239,7 +283,7 @@ class RunConfig:
 
         from .networks import build_model
 
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.weights_seed)
         kw = self.model_kwargs()
         return build_model(
             kw.pop("arch"), kw.pop("in_channels"), kw.pop("out_channels"), num_domains, kw.pop("norm"), **kw

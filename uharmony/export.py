@@ -1,32 +1,41 @@
 """A model a hospital can deploy: a MONAI bundle of the federated model, with TorchScript beside it.
 
-    configs/metadata.json    MONAI's bundle metadata: input modalities and channels, output regions, spacing,
-                             patch size, and what U-Harmony keeps at each site (the harmonization statistics)
-    configs/inference.json   a MONAI bundle config: the network (``uharmony.networks.model_from_spec``), the
-                             preprocessing, the scan-gated sliding-window inferer, the checkpoint loader
+    configs/metadata.json    MONAI's bundle metadata: input modalities and channels, output regions, and
+                             (``uharmony``) the model spec, the inference settings (spacing, patch size,
+                             preprocessing) and what U-Harmony keeps at each site (the harmonization statistics)
+    configs/inference.json   a MONAI bundle config that ``python -m monai.bundle run`` runs on a folder of case
+                             folders (``dataset_dir``), writing BraTS labels on each input's grid to
+                             ``output_dir``: MONAI's ``SupervisedEvaluator`` with the components of
+                             ``uharmony.bundle_parts``
     models/model.pt          the whole state dict (the global model, and the site's statistics when exported
                              with its state folder), read with ``weights_only=True``
     models/model.ts          TorchScript (traced): logits of a patch; a gated model takes the scan's gate
                              weights as a second input (``ScanGatedInferer`` computes them)
-    docs/README.md           how to run it
+    docs/README.md           how to check and run it
+    manifest.json            SHA-256 of every file above and the release record; ``manifest.sig`` signs it
 
 MONAI's ``verify_net_in_out`` checks the network against the metadata (:func:`verify_bundle`), and the
-TorchScript outputs are compared with PyTorch's on a test volume.
+TorchScript outputs are compared with PyTorch's on a test volume. Nothing of a bundle is used before
+``uharmony.bundle_trust.check_bundle`` passed and its config is the one :func:`inference_config` writes
+for its metadata (:func:`open_bundle`).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
-from monai.inferers import Inferer
 from torch import nn
 
+from .bundle_parts import ScanGatedInferer  # noqa: F401 - named by bundles exported before bundle_parts
+from .bundle_trust import EXPRESSIONS, MANIFEST, MODEL, BundleError, bundle_files, check_bundle
+from .checkpoint import inference_settings, settings_of
 from .files import atomic_write
-from .gating import scan_gate, uses_scan_gate
 from .networks import UHarmonyNet, model_from_spec
 from .norm import UHarmonyNorm
+from .signing import sign_manifest
 
 SITE_NOTE = (
     "U-Harmony keeps each site's harmonization statistics at that site. Exported with a site's state folder, "
@@ -35,30 +44,6 @@ SITE_NOTE = (
     "uharmony-calibrate and export again for the best results). No site label is needed at inference: the "
     "domain-gated head decides per scan."
 )
-
-
-class ScanGatedInferer(Inferer):
-    """Sliding-window logits for one preprocessed scan (1, C, ...), with the gate decided once for the whole
-    scan (``uharmony.gating.scan_gate``) as ``uharmony-segment`` does."""
-
-    def __init__(self, roi_size: int, overlap: float = 0.25) -> None:
-        self.roi, self.overlap = int(roi_size), float(overlap)
-
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
-        present = torch.ones(1, inputs.shape[1], device=inputs.device)
-        weights = None
-        if uses_scan_gate(network):  # one decision for the whole scan
-            weights = scan_gate(network, inputs[0], present[0], self.roi, str(inputs.device)).to(inputs.device)
-
-        def predictor(patch):
-            kw = {} if weights is None else {"gate_weights": weights.expand(patch.shape[0], -1)}
-            return network(patch, None, present.expand(patch.shape[0], -1), **kw)
-
-        return sliding_window_inference(
-            inputs, (self.roi,) * 3, sw_batch_size=2, overlap=self.overlap, mode="gaussian", predictor=predictor
-        )
 
 
 class TracedForward(nn.Module):
@@ -98,6 +83,7 @@ def metadata(model: UHarmonyNet, spacing: float, roi: int, run: dict) -> dict:
         "references": ["U-Harmony (see docs/method.md of uharmony-fl)"],
         "uharmony": {
             "spec": model.spec,
+            "inference": inference_settings(model.spec, spacing, roi),
             "spacing_mm": spacing,
             "patch_size": roi,
             "gated": model.gated,
@@ -128,56 +114,178 @@ def _patch_format(kind: str, channels: list[str]) -> dict:
     }
 
 
-def inference_config(model: UHarmonyNet, spacing: float, roi: int) -> dict:
-    keys = [f"image_{m}" for m in model.modalities]
+def inference_config(spec: dict | UHarmonyNet, spacing: float, roi: int, calibrate: bool = False) -> dict:
+    """The bundle config ``python -m monai.bundle run`` runs: case folders of ``dataset_dir`` -> BraTS labels
+    on each input's grid in ``output_dir`` (``<case>_seg.nii.gz``). A function of the metadata alone (the
+    check of a bundle regenerates it); ``calibrate``: standardize each scan with its own statistics (a
+    bundle without a site's). ``spec``: the model spec (or the model)."""
+    spec = spec.spec if isinstance(spec, nn.Module) else spec
     return {
-        "imports": ["$import uharmony.export", "$import uharmony.networks"],
         "bundle_root": ".",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": "uharmony.networks.model_from_spec", "spec": model.spec},
-        "network": "$@network_def.to(@device).eval()",
-        "checkpoint": "$@bundle_root + '/models/model.pt'",
-        "load": "$@network.load_state_dict(torch.load(@checkpoint, map_location=@device, weights_only=True))",
-        "spacing_mm": spacing,
-        "preprocessing": {
+        "dataset_dir": "data",
+        "output_dir": EXPRESSIONS["output_dir"],
+        "device": EXPRESSIONS["device"],
+        "modalities": list(spec["modalities"]),
+        "regions": list(spec["regions"]),
+        "spacing_mm": float(spacing),
+        "patch_size": int(roi),
+        "network_def": {"_target_": "uharmony.networks.model_from_spec", "spec": spec},
+        "network": EXPRESSIONS["network"],
+        "checkpoint": EXPRESSIONS["checkpoint"],
+        "datalist": {"_target_": "uharmony.bundle_parts.case_folders", "folder": "@dataset_dir"},
+        "preprocessing": {  # as uharmony.data.preprocess_transform(spacing, with_label=False)
             "_target_": "Compose",
             "transforms": [
-                {"_target_": "LoadImaged", "keys": keys, "ensure_channel_first": True},
-                {"_target_": "ConcatItemsd", "keys": keys, "name": "image"},
-                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": [spacing] * 3, "mode": "bilinear"},
+                {
+                    "_target_": "uharmony.bundle_parts.ReadCaseFolderd",
+                    "modalities": "@modalities",
+                    "spacing": "@spacing_mm",
+                },
+                {
+                    "_target_": "Orientationd",
+                    "keys": "image",
+                    "axcodes": "RAS",
+                    "labels": [["L", "R"], ["P", "A"], ["I", "S"]],
+                },
+                {"_target_": "Spacingd", "keys": "image", "pixdim": [float(spacing)] * 3, "mode": "bilinear"},
+                {
+                    "_target_": "CropForegroundd",
+                    "keys": "image",
+                    "source_key": "image",
+                    "margin": 2,
+                    "allow_smaller": True,
+                },
                 {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
             ],
         },
-        "inferer": {"_target_": "uharmony.export.ScanGatedInferer", "roi_size": roi},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": {
+            "_target_": "uharmony.bundle_parts.ScanGatedInferer",
+            "roi_size": "@patch_size",
+            "overlap": 0.25,
+            "calibrate": bool(calibrate),
+        },
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
                 {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "uharmony.bundle_parts.RegionsToLabelsd", "keys": "pred", "regions": "@regions"},
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": "@output_dir",
+                    "output_postfix": "seg",
+                    "output_ext": ".nii.gz",
+                    "output_dtype": "uint8",
+                    "resample": False,
+                    "separate_folder": False,
+                    "print_log": False,
+                },
             ],
         },
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@checkpoint",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            }
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+        },
+        "run": [EXPRESSIONS["run#0"]],
     }
 
 
-def export_bundle(model: UHarmonyNet, out: str | Path, spacing: float, roi: int, run: dict | None = None) -> dict:
-    """Write the bundle of ``model`` (weights as loaded) to ``out``; returns the TorchScript check."""
+def export_bundle(
+    model: UHarmonyNet,
+    out: str | Path,
+    spacing: float,
+    roi: int,
+    run: dict | None = None,
+    release: dict | None = None,
+    signer=None,
+) -> dict:
+    """Write the bundle of ``model`` (weights as loaded) to ``out`` with its manifest (every file's SHA-256
+    and ``release``, a record of ``uharmony.release`` whose digest is filled in here), signed by ``signer``
+    (an Ed25519 private key) when given; returns the TorchScript check."""
     out = Path(out)
     model = model.cpu().eval()
-    atomic_write(out / "configs" / "metadata.json", json.dumps(metadata(model, spacing, roi, run or {}), indent=2))
-    atomic_write(out / "configs" / "inference.json", json.dumps(inference_config(model, spacing, roi), indent=2))
-    atomic_write(out / "models" / "model.pt", lambda p: torch.save(model.state_dict(), p))
+    run = run or {}
+    meta = metadata(model, spacing, roi, run)
+    calibrate = meta["uharmony"]["site_statistics"] == "initial values"
+    for stale in (out / MANIFEST, out / "manifest.sig"):
+        stale.unlink(missing_ok=True)  # an earlier export's signature must not cover this one
+    atomic_write(out / "configs" / "metadata.json", json.dumps(meta, indent=2))
+    config = inference_config(model.spec, spacing, roi, calibrate)
+    atomic_write(out / "configs" / "inference.json", json.dumps(config, indent=2))
+    atomic_write(out / MODEL, lambda p: torch.save(model.state_dict(), p))
     check = export_torchscript(model, out / "models" / "model.ts", roi)
-    readme = (
-        f"# {metadata(model, spacing, roi, {})['task']}\n\n{SITE_NOTE}\n\n"
-        "Run it with `uharmony-segment --model <this folder> --input CASE --out seg.nii.gz`, or load\n"
-        "`configs/inference.json` with MONAI's `ConfigParser` (network_def, preprocessing, inferer).\n"
-        f"`models/model.ts`: TorchScript, inputs (B, {len(model.modalities)}, {roi}, {roi}, {roi}) patches"
-        + (" and the scan's (B, D) gate weights" if model.gated else "")
-        + f"; outputs logits of {', '.join(model.regions)}.\n"
-    )
-    atomic_write(out / "docs" / "README.md", readme)
+    atomic_write(out / "docs" / "README.md", _readme(model, roi, meta))
+    files = bundle_files(out)
+    doc = {"format": "uharmony-bundle/1", "files": files}
+    if release is not None:
+        doc["release"] = {**release, "file": MODEL, "sha256": files[MODEL]}
+    atomic_write(out / MANIFEST, json.dumps(doc, indent=2), mode=0o644)
+    if signer is not None:
+        sign_manifest(out, signer)
     return check
+
+
+def _readme(model: UHarmonyNet, roi: int, meta: dict) -> str:
+    gate = " and the scan's (B, D) gate weights" if model.gated else ""
+    return f"""# {meta["task"]}
+
+{SITE_NOTE}
+
+## Check it first
+
+`manifest.json` lists the SHA-256 of every file here and the release (run, round, kind, expiry);
+`manifest.sig` is its signature. MONAI's `ConfigParser` runs any `$` expression and `_target_` in a config,
+so check the bundle before giving `configs/inference.json` to MONAI:
+
+    uharmony-export --verify <this folder> --trusted-key <the signer's public key or trusted-entities.yaml>
+
+It refuses a bundle whose files changed, that holds unlisted files, is signed by another key, has expired,
+or whose configs hold anything `uharmony-export` does not write. (`pip install uharmony-fl` gives the
+commands and the components the config names.)
+
+## Run it
+
+With MONAI, on a folder of case folders in BraTS naming (`CASE/CASE_t1.nii.gz`, `_t1ce`, `_t2`, `_flair`, or
+BraTS 2023 names; missing modalities are allowed), from this folder:
+
+    python -m monai.bundle run --config_file configs/inference.json --dataset_dir CASES --output_dir OUT
+
+writes `OUT/<case>_seg.nii.gz`: BraTS labels (1 necrotic core, 2 oedema, 4 enhancing; 3 resection cavity if
+the model has that output) on each input's grid. Or with `uharmony-segment --model <this folder> --input CASE
+--out seg.nii.gz --trusted-key KEY`, which checks the bundle itself.
+
+`models/model.ts`: TorchScript, inputs (B, {len(model.modalities)}, {roi}, {roi}, {roi}) patches{gate}; outputs
+logits of {", ".join(model.regions)}.
+"""
 
 
 def export_torchscript(model: UHarmonyNet, path: Path, roi: int, seed: int = 0) -> dict:
@@ -190,7 +298,9 @@ def export_torchscript(model: UHarmonyNet, path: Path, roi: int, seed: int = 0) 
     if model.gated:
         w = torch.softmax(torch.randn(1, model.head.num_domains, generator=gen), 1)
         args = (x, w)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the trace is checked below against PyTorch on another input; the tracer's generic warnings are not news
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, args, check_trace=False)
         atomic_write(path, lambda p: torch.jit.save(traced, str(p)))
         loaded = torch.jit.load(str(path))
@@ -204,24 +314,69 @@ def export_torchscript(model: UHarmonyNet, path: Path, roi: int, seed: int = 0) 
 
 def load_bundle(folder: str | Path) -> tuple[UHarmonyNet, float, int, dict]:
     """(model with the bundle's weights, spacing in mm, patch size, the metadata's ``uharmony`` part) of an
-    exported bundle."""
+    exported bundle, its inference settings checked (``uharmony.checkpoint.settings_of``). Nothing here
+    checks digests or signatures: :func:`open_bundle` does."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "configs" / "metadata.json").read_text())["uharmony"]
-        model = model_from_spec(meta["spec"])
-        state = torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True)
+        spec = meta["spec"]
+        raw = meta.get("inference") or {
+            "spacing-mm": meta["spacing_mm"],
+            "patch-size": meta["patch_size"],
+            "preprocessing": "uharmony-1",  # a bundle exported before the settings were recorded
+        }
+        settings = settings_of({"extra": {"inference": raw}, "spec": spec}, folder / "configs" / "metadata.json")
+        model = model_from_spec(spec)
+        state = torch.load(folder / MODEL, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{folder}: not a readable uharmony bundle ({str(exc)[:300]})") from None
-    return model.eval(), float(meta["spacing_mm"]), int(meta["patch_size"]), meta
+    return model.eval(), settings["spacing-mm"], settings["patch-size"], meta
+
+
+def open_bundle(folder: str | Path, trusted: list | None = None, allow_checkpoint: bool = False, revoked=None):
+    """:func:`load_bundle` after ``check_bundle`` (digests, signature by ``trusted``, release, configs) and
+    the check that ``configs/inference.json`` is exactly what :func:`inference_config` writes for the
+    metadata; returns (model, spacing, patch size, metadata's ``uharmony`` part, manifest or None)."""
+    folder = Path(folder)
+    manifest = check_bundle(folder, trusted, allow_checkpoint, revoked)
+    model, spacing, roi, meta = load_bundle(folder)
+    if manifest is not None:
+        check_config_is_generated(folder, meta, spacing, roi)
+    return model, spacing, roi, meta, manifest
+
+
+def check_config_is_generated(folder: Path, meta: dict, spacing: float, roi: int) -> None:
+    """BundleError unless the bundle's ``configs/inference.json`` is what ``uharmony-export`` writes for its
+    metadata (only then is what MONAI will run known)."""
+    path = Path(folder) / "configs" / "inference.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from None
+    calibrate = meta.get("site_statistics", "initial values") == "initial values"
+    expected = inference_config(meta["spec"], spacing, roi, calibrate)
+    for key in sorted(set(config) | set(expected)):
+        if json.dumps(config.get(key), sort_keys=True) != json.dumps(expected.get(key), sort_keys=True):
+            raise BundleError(f"{path}: {key!r} differs from what uharmony-export writes for this model")
 
 
 def verify_bundle(folder: str | Path) -> None:
     """MONAI's own check of the network against the metadata's input/output format (fake data, shapes and
-    dtypes), with the bundle's config parsed by MONAI's ``ConfigParser``."""
+    dtypes), with the bundle's config parsed by MONAI's ``ConfigParser`` once its configs passed
+    ``uharmony.bundle_trust.check_config`` (nothing but what uharmony-export writes is parsed)."""
     from monai.bundle import verify_net_in_out
 
+    from .bundle_trust import check_config
+
     folder = Path(folder)
+    for name, data_only in (("metadata.json", True), ("inference.json", False)):
+        path = folder / "configs" / name
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path}: not readable JSON ({exc})") from None
+        check_config(config, f"configs/{name}", data_only=data_only)
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(folder / "configs" / "metadata.json"),

@@ -109,24 +109,28 @@ def model_needs(model, modalities, regions, domain: int | None) -> dict[str, lis
     }
 
 
-def extend_global_model(spec: dict, global_state: State, strategy: str, modalities, regions, domain: int | None):
+def extend_global_model(
+    spec: dict, global_state: State, strategy: str, modalities, regions, domain: int | None, fresh: bool = False
+):
     """The server's side of a join: rebuild the model, load what was learned, extend it for the site.
 
     Returns ``(model, roles, new global state, added)``. Every entry the old global state held keeps
     its value, except the head entries whose shape grows with new classes (the old channels keep
     their values). Site-local entries are not touched: they live at the sites, and no extension adds one.
+    ``fresh``: no site has trained yet (the first admission), so there is no site-local state to orphan and
+    even a model without global entries (local training) can grow.
     """
     from .adaptation import extend_model
     from .networks import model_from_spec
 
     model = model_from_spec(spec)
     roles = ModelRoles(model, strategy)
-    if not roles.global_keys():
+    if not roles.global_keys() and not fresh:
         raise ValueError(f"strategy {strategy!r} has no global model to extend")
     load_global_and_local(model, roles, global_state, None)
     local_before = set(roles.keys(LOCAL))
     added = extend_model(model, modalities, regions, domain)
     roles = ModelRoles(model, strategy)
-    if set(roles.keys(LOCAL)) != local_before:  # would orphan the sites' saved local state
+    if set(roles.keys(LOCAL)) != local_before and not fresh:  # would orphan the sites' saved local state
         raise RuntimeError("extend_global_model: the extension changed the site-local entries")
     return model, roles, global_state_of(model, roles), added

@@ -1,24 +1,34 @@
-"""Small file helpers every package shares: atomic writes, JSONL records, SHA-256 digests."""
+"""Small file helpers every package shares: atomic writes, JSONL records, SHA-256 digests, private folders.
+
+Whatever these write is private to the user who runs them unless the caller asks otherwise: files 0600,
+folders 0700, whatever the umask (a site's state folder holds scans, labels and per-case scores).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None], mode: int | None = None) -> Path:
     """Write ``path`` so that a reader sees the old file or the whole new one, never a torn one.
 
     ``data``: bytes, text, or a function that writes a given temporary path (e.g. ``torch.save``).
-    ``mode``: file permissions, set on the temporary file *before* any byte is written (0o600 for keys).
+    ``mode``: file permissions (default 0o600: private to this user, whatever the umask), set on the temporary
+    file *before* any byte is written; 0o644 for what others must read (public keys, signatures).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = PRIVATE_FILE if mode is None else mode
+    if not path.parent.is_dir():
+        private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o600)
     try:
         if callable(data):
             os.close(fd)
@@ -28,10 +38,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None], m
             with os.fdopen(fd, "wb") as f:
                 fd = -1
                 f.write(data.encode() if isinstance(data, str) else data)
-        if mode is not None:
-            os.chmod(tmp, mode)  # the umask may have narrowed it
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode)  # exactly ``mode``: the umask may have narrowed or (0o600 & ...) widened it
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,10 +50,49 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None], m
     return path
 
 
-def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a folder only its owner can enter (0700), created with its parents if missing; an
+    existing folder is narrowed to 0700 (parents that exist are left as they are)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, PRIVATE_DIR)
+            _narrow(p, PRIVATE_DIR)  # the umask may have narrowed it further
+        except FileExistsError:
+            pass
+    if path.is_dir():
+        _narrow(path, PRIVATE_DIR)
+    return path
+
+
+def private_tree(path: str | Path) -> Path:
+    """Narrow every folder under ``path`` to 0700 and every file to 0600 (a state folder written by an
+    older version, or by a library that left the umask's modes)."""
+    path = Path(path)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            _narrow(Path(root) / name, PRIVATE_DIR)
+        for name in files:
+            _narrow(Path(root) / name, PRIVATE_FILE)
+    if path.is_dir():
+        _narrow(path, PRIVATE_DIR)
+    return path
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` if this user owns it (a symlink, or a file that vanished, is left alone)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) == mode:
+        return
+    os.chmod(path, mode)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -72,7 +118,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record; a new file is created 0600 (an existing one keeps its mode)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    if not path.parent.is_dir():
+        private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record) + "\n")

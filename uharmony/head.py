@@ -164,6 +164,9 @@ class DomainGatedHead(nn.Module):
                 f"DomainGatedHead: fingerprint must be an int >= 0, with the scan gate only; got {fingerprint!r}"
             )
         self.fingerprint = fingerprint  # scan gate: acquisition-fingerprint entries after the pooled features
+        # training only (set by the site from the run config, not part of the model): the share of samples whose
+        # loss is taken on the shared answer alone, so that it learns every site's task (a misrouted scan gets it)
+        self.expert_dropout = 0.0
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -240,18 +243,25 @@ class DomainGatedHead(nn.Module):
 
     def beyond_reach(self, descriptors: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the scan (whole descriptor) is farther from every domain's prototype, under that domain's
-        own variance, than the domain's reach. False where a domain's reach is unknown (fewer than 3 scans, a
-        model saved before the reach, the window gate) or for feature maps / the feature part alone."""
+        own variance, than the domain's reach. A domain whose reach is unknown (fewer than 3 scans, a model
+        saved before the reach) claims the scans the gate hands it (its nearest) and leaves the test of the
+        others to the domains whose reach is known: one domain cannot switch the test off for all. False
+        where no reach is known, for the window gate, and for feature maps / the feature part alone."""
         x = descriptors
         batch = x.shape[0]
+        none = torch.zeros(batch, dtype=torch.bool, device=x.device)
         if self.gate_kind != "scan" or x.dim() != 2 or x.shape[1] != self.in_channels + self.fingerprint:
-            return torch.zeros(batch, dtype=torch.bool, device=x.device)
-        ready = [e for e in self.experts if e.has_prototype]
-        if not ready or any(float(e.reach) <= 0 for e in ready):
-            return torch.zeros(batch, dtype=torch.bool, device=x.device)
+            return none
+        known = [e for e in self.experts if e.has_prototype and float(e.reach) > 0]
+        if not known:
+            return none
         beyond = torch.ones(batch, dtype=torch.bool, device=x.device)
-        for e in ready:
+        for e in known:
             beyond &= distance2(x, e.prototype.to(x.dtype), e.spread.to(x.dtype)) > float(e.reach)
+        unknown = [d for d, e in enumerate(self.experts) if e.has_prototype and float(e.reach) <= 0]
+        if unknown:
+            nearest = self.gate_probs(x).argmax(1)
+            beyond &= ~torch.isin(nearest, torch.tensor(unknown, device=x.device))
         return beyond
 
     def forward(
@@ -282,8 +292,12 @@ class DomainGatedHead(nn.Module):
                 rows = [i for i, di in enumerate(domains) if di == d]
                 self.experts[d].update_prototype(pooled[rows], self.prototype_momentum)
         if len(set(domains)) == 1:
-            return base + self.experts[domains[0]](hidden)
-        out = torch.cat([self.experts[d](hidden[i : i + 1]) for i, d in enumerate(domains)], dim=0)
+            out = self.experts[domains[0]](hidden)
+        else:
+            out = torch.cat([self.experts[d](hidden[i : i + 1]) for i, d in enumerate(domains)], dim=0)
+        if self.training and self.residual and self.expert_dropout > 0:  # these samples: the shared answer alone
+            keep = torch.rand(out.shape[0], device=out.device) >= self.expert_dropout
+            out = out * keep.view((-1,) + (1,) * (out.dim() - 1)).to(out.dtype)
         return base + out
 
     def channel_weights(self, weights: torch.Tensor) -> torch.Tensor:

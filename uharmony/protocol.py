@@ -40,7 +40,7 @@ GATE_UNSEEN = "gate-unseen"  # fraction of its validation scans the gate found b
 # SITE: site -> server
 SITE_ID = "site-id"
 DOMAIN_ID = "domain-id"
-SKIPPED_LIST = "skipped"  # one line per skipped case: "<case>: <reason>"
+SKIPPED_LIST = "skipped"  # one line per skipped case: "<category> case <keyed hash of its id>"
 
 
 def metric_key(region: str, mode: str, metric: str = "dice") -> str:

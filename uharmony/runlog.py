@@ -1,5 +1,5 @@
-"""Run folder outputs: ``metrics.jsonl`` (per round, per site, per region), ``metrics.csv`` and a Dice-per-round
-PNG."""
+"""Run folder outputs: ``metrics.jsonl`` (per round, per site, per region), ``metrics.csv`` and
+``dice_per_round.png`` (training loss and each site's Dice per round, drawn by ``uharmony.plots``)."""
 
 from __future__ import annotations
 
@@ -147,34 +147,8 @@ class RunLog:
         return atomic_write(self.dir / name, buf.getvalue())
 
     def plot(self, png: str | Path | None = None) -> Path | None:
-        import matplotlib
+        """``dice_per_round.png`` (or ``png``) of this run: training loss and each site's Dice per round
+        (``uharmony.plots.plot_run``); None when the run has recorded nothing to draw."""
+        from .plots import plot_run
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rows = [r for r in self.records() if "dice" in r and "phase" not in r]
-        if not rows:
-            return None
-        series: dict[tuple[str, str], dict[int, list[float]]] = {}
-        for r in rows:
-            series.setdefault((r["site"], r["mode"]), {}).setdefault(r["round"], []).append(r["dice"])
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for (site, mode), by_round in sorted(series.items()):
-            rounds = sorted(by_round)
-            ax.plot(
-                rounds,
-                [sum(by_round[x]) / len(by_round[x]) for x in rounds],
-                marker="o",
-                linestyle="-" if mode == "gated" else "--",
-                label=f"site {site} ({mode})",
-            )
-        ax.set_xlabel("round")
-        ax.set_ylabel("mean Dice over annotated regions")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        png = Path(png or self.dir / "dice_per_round.png")
-        fig.savefig(png, dpi=100)
-        plt.close(fig)
-        return png
+        return plot_run(self.records(), png or self.dir / "dice_per_round.png")

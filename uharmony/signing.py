@@ -1,9 +1,10 @@
 """Signed model releases: the coordinator signs a checkpoint folder's manifest, a hospital verifies it.
 
-The manifest (``manifest.json``) lists the SHA-256 of every model file, so one Ed25519 signature of it
-(``manifest.sig``) covers them all. The coordinator signs with the key ``uharmony-pki`` made
-(``signing.key``, OpenSSH); a hospital verifies with the public key it already holds for its SuperNode:
-``trusted-entities.yaml`` (or ``signing.pub``).
+The manifest (``manifest.json``) lists the SHA-256 of every model file and its release record
+(``uharmony.release``: run, round, kind, expiry), so one Ed25519 signature of it (``manifest.sig``) covers
+them all; a MONAI bundle's manifest is signed the same way (``uharmony.bundle_trust``). The coordinator
+signs with the key ``uharmony-pki`` made (``signing.key``, OpenSSH); a hospital verifies with the public key
+it already holds for its SuperNode: ``trusted-entities.yaml`` (or ``signing.pub``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ class SignatureError(ValueError):
     pass
 
 
-def load_private_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
+def load_private_key(path: str | Path, password: bytes | None = None) -> ed25519.Ed25519PrivateKey:
+    """An Ed25519 private key in OpenSSH format (``uharmony-pki``'s ``signing.key``, or ``ssh-keygen -t
+    ed25519``), decrypted with ``password`` when it is encrypted."""
     try:
-        key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+        key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=password)
+    except (OSError, ValueError, TypeError) as exc:
         raise SignatureError(f"{path}: cannot read the signing key ({exc})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise SignatureError(f"{path}: the signing key must be Ed25519")

@@ -1,10 +1,15 @@
 """One site's work for a round (Flower-free): load global + site-local state, train or evaluate.
 
 The ClientApp turns messages into calls of this class; nothing here knows about Flower.
+
+A hospital sets its own privacy floor: its node config (``site.toml``) key ``min-report-cases`` raises the
+run's (the coordinator's) ``min-report-cases`` and cannot be lowered by it; no evaluation metric and no train
+loss leaves over fewer cases (:func:`report_floor`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,6 +25,18 @@ from .gating import gate_decisions, set_prototypes, uses_scan_gate
 from .networks import model_from_spec
 from .site_state import load_local_state, load_optimizer_state, save_local_state, save_optimizer_state
 from .training import evaluate_cases, train_steps
+
+SITE_FLOOR = "min-report-cases"  # the node config's key of the site's own privacy floor
+
+
+def report_floor(node_config: dict, cfg: RunConfig) -> int:
+    """The fewest cases a number the site sends may describe: the larger of the run's ``min-report-cases`` and
+    the site's own (node config ``min-report-cases``, default 1), which the coordinator cannot lower."""
+    raw = node_config.get(SITE_FLOOR, 1)
+    whole = isinstance(raw, int) and not isinstance(raw, bool) or isinstance(raw, str) and raw.strip().isdigit()
+    if not whole or int(raw) < 1:
+        raise ValueError(f"node config: {SITE_FLOOR!r} must be a whole number >= 1, got {str(raw)[:40]!r}")
+    return max(cfg.min_report_cases, int(raw))
 
 
 class SiteRound:
@@ -40,10 +57,11 @@ class SiteRound:
         run_id: str = "",
         before_round: int | None = None,
     ) -> None:
+        cfg = dataclasses.replace(cfg, min_report_cases=report_floor(node_config, cfg))  # the site's floor
         self.cfg, self.run_id, self.before_round = cfg, run_id, before_round
         self.device = cfg.torch_device
         self.site, self.state_dir, cache = resolve_site(node_config, cfg, pooled=pooled)
-        torch.manual_seed(cfg.seed)  # identical initial weights at every site (matters for strategy=local)
+        torch.manual_seed(cfg.weights_seed)  # identical initial weights at every site (matters for strategy=local)
         self.model = model_from_spec(spec)
         self.data = SiteData(
             self.site, cfg.spacing, cfg.patch_size, self.model.modalities, self.model.regions, cache_dir=cache
@@ -87,6 +105,8 @@ class SiteRound:
         opt_state = (
             load_optimizer_state(self.state_dir, self.run_id, server_round) if self.cfg.keep_optimizer_state else None
         )
+        if self.model.gated:
+            self.model.head.expert_dropout = self.cfg.expert_dropout
         stats = train_steps(
             self.model,
             self.data.batches(self.cfg.batch_size, local_steps, seed, self.cfg.neg_ratio),
@@ -99,6 +119,7 @@ class SiteRound:
             optimizer=self.cfg.optimizer,
             state=opt_state,
             residual_weight_decay=None if self.cfg.residual_weight_decay < 0 else self.cfg.residual_weight_decay,
+            autocast_dtype=self.cfg.autocast_dtype,
         )
         if self.cfg.keep_optimizer_state:
             save_optimizer_state(self.state_dir, stats["state"], self.run_id, server_round)
@@ -112,7 +133,14 @@ class SiteRound:
             P.NUM_EXAMPLES: self.data.num_train_cases,
             P.SKIPPED: len(self.data.skipped),
         }
-        return subset(self.model.state_dict(), sent_keys), metrics, local
+        return subset(self.model.state_dict(), sent_keys), self.withhold(metrics), local
+
+    def withhold(self, metrics: dict) -> dict:
+        """``metrics`` of a train reply without the train loss when it would describe fewer training cases than
+        the site's privacy floor (``min-report-cases``)."""
+        if self.data.num_train_cases < self.cfg.min_report_cases:
+            return {k: v for k, v in metrics.items() if k != P.TRAIN_LOSS}
+        return metrics
 
     def prototypes(self) -> tuple[State, dict]:
         """The site's domain prototype (every domain's it holds when pooled) from its training scans under the
@@ -158,6 +186,7 @@ class SiteRound:
                 self.device,
                 gate_weights=gate if dom is None else None,
                 per_case=cases,
+                autocast_dtype=self.cfg.autocast_dtype,
             )
             for rec in cases[first:]:
                 rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)

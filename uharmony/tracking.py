@@ -91,13 +91,22 @@ class TensorBoard:
         self.writer.flush()
 
     def evaluation(self, server_round: int, summary: dict, per_region: list[dict]) -> None:
-        for mode in ("oracle", "gated"):
+        """Mean Dice (``dice/gated`` and ``dice/oracle`` for a gated head; ``dice/mean`` for a plain head, whose
+        two modes are one), the gate's accuracy and each site's Dice per region."""
+        from .plots import has_gated_head
+
+        strategy = next((str(r["strategy"]) for r in per_region if r.get("strategy")), "")
+        gated = has_gated_head(strategy, per_region) if strategy else summary.get("gated") != summary.get("oracle")
+        modes = ("oracle", "gated") if gated else ("oracle",)
+        for mode in modes:
             if mode in summary:
-                self.writer.add_scalar(f"dice/{mode}", summary[mode], server_round)
+                self.writer.add_scalar(f"dice/{mode}" if gated else "dice/mean", summary[mode], server_round)
         if "gate-accuracy" in summary:
             self.writer.add_scalar("gate/accuracy", summary["gate-accuracy"], server_round)
         for r in per_region:
-            self.writer.add_scalar(f"dice-site-{r['site']}/{r['region']}-{r['mode']}", r["dice"], server_round)
+            if r["mode"] in modes:
+                tag = f"{r['region']}-{r['mode']}" if gated else r["region"]
+                self.writer.add_scalar(f"dice-site-{r['site']}/{tag}", r["dice"], server_round)
         self.writer.flush()
 
     def close(self) -> None:

@@ -19,7 +19,9 @@ from monai.utils import MetricReduction
 
 from .gating import scan_gate, uses_scan_gate
 from .head import DomainGatedHead
+from .lesionwise import lesionwise_dice
 from .networks import DEFAULT_REGIONS as REGIONS
+from .precision import autocast
 from .roles import DOMAIN, param_roles
 
 
@@ -118,11 +120,13 @@ def train_steps(
     optimizer: str = "adamw",
     state: dict | None = None,
     residual_weight_decay: float | None = None,
+    autocast_dtype=None,
 ) -> dict:
     """Run the given batches; returns mean loss, step count and the optimizer's state (``"state"``, by
     parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds).
     ``residual_weight_decay``: the decay of a residual gated head's experts (None: ``weight_decay``), which
-    pulls each domain's correction towards the shared answer."""
+    pulls each domain's correction towards the shared answer. ``autocast_dtype``: the forward pass in this
+    precision (``torch.bfloat16``; the loss and the optimizer in fp32); None: fp32."""
     model.to(device).train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = None
@@ -136,12 +140,9 @@ def train_steps(
         present, regions = batch["present"].to(device), batch["regions"].to(device)
         opt.zero_grad(set_to_none=True)
         dom = domain if domain is None or isinstance(domain, int) else batch[domain]
-        loss = masked_dice_ce(
-            loss_fn,
-            model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present),
-            y.as_tensor() if hasattr(y, "as_tensor") else y,
-            regions,
-        )
+        with autocast(device, autocast_dtype):
+            logits = model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present)
+        loss = masked_dice_ce(loss_fn, logits.float(), y.as_tensor() if hasattr(y, "as_tensor") else y, regions)
         if proximal_mu > 0 and reference:
             loss = loss + proximal_mu * proximal_term(model, reference)
         losses.append(step(loss, [opt]))
@@ -168,11 +169,12 @@ def predict(
     overlap: float = 0.25,
     device: str = "cpu",
     gate_weights: torch.Tensor | None = None,
+    autocast_dtype=None,
 ) -> torch.Tensor:
     """Sliding-window sigmoid probabilities (1, C, *spatial) for one preprocessed case (C, *spatial).
 
     ``domain`` None with a ``scan``-gated head: the gate decides once for the whole scan (``gate_weights``
-    (1, D) when already known)."""
+    (1, D) when already known). ``autocast_dtype``: the windows' forward passes in that precision."""
     weights = gate_weights
     if weights is None and domain is None and uses_scan_gate(model):
         weights = scan_gate(model, image, present, roi, device)
@@ -182,7 +184,8 @@ def predict(
 
     def predictor(p):
         kw = {} if weights is None else {"gate_weights": weights.to(device).expand(p.shape[0], -1)}
-        return model(p, domain=domain, present=pres.expand(p.shape[0], -1), **kw)
+        with autocast(device, autocast_dtype):
+            return model(p, domain=domain, present=pres.expand(p.shape[0], -1), **kw).float()
 
     logits = sliding_window_inference(
         x, (roi,) * 3, sw_batch_size=2, overlap=overlap, mode="gaussian", predictor=predictor
@@ -199,6 +202,7 @@ def evaluate_cases(
     regions=None,
     gate_weights=None,
     per_case: list | None = None,
+    autocast_dtype=None,
 ) -> dict:
     """Per-region mean Dice and HD95 (in mm, from the item's ``spacing``) over ``items``; NaN where no case
     annotates the region (HD95 also skips cases where it is undefined: an empty prediction or truth).
@@ -213,7 +217,16 @@ def evaluate_cases(
     dices, hds = [], []
     for i, item in enumerate(items):
         weights = None if gate_weights is None else gate_weights[i]
-        prob = predict(model, item["image"], item["present"], domain, roi, device=device, gate_weights=weights)
+        prob = predict(
+            model,
+            item["image"],
+            item["present"],
+            domain,
+            roi,
+            device=device,
+            gate_weights=weights,
+            autocast_dtype=autocast_dtype,
+        )
         pred = (prob > 0.5).float().cpu()
         target = torch.as_tensor(item["label"]).unsqueeze(0).float()
         spacing = [float(s) for s in item["spacing"]] if "spacing" in item else None
@@ -225,10 +238,7 @@ def evaluate_cases(
             h = hd(pred, target, spacing=spacing)[0]
         hds.append(torch.where(mask & torch.isfinite(h), h, torch.nan))
         if per_case is not None:
-            per_case.append(
-                {"case": str(item.get("case_id", i))}
-                | {f"dice-{r.lower()}": (None if v != v else round(float(v), 4)) for r, v in zip(regions, dices[-1])}
-            )
+            per_case.append(case_record(str(item.get("case_id", i)), regions, dices[-1], pred[0], target[0], mask))
     out = {}
     if not items:
         return out
@@ -237,3 +247,19 @@ def evaluate_cases(
         for i, region in enumerate(regions):
             out[f"{name}-{region.lower()}"] = float(values[i]) if counts[i] > 0 else float("nan")
     return out
+
+
+def case_record(case: str, regions, dices: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor, mask) -> dict:
+    """One case's scores per annotated region: Dice (BraTS rule: 1 when truth and prediction are both empty),
+    the truth's voxel count (0: an empty region, so the Dice can also be read with such cases left out) and
+    the lesion-wise Dice (``uharmony.lesionwise``)."""
+    rec = {"case": case}
+    for i, r in enumerate(regions):
+        key = r.lower()
+        annotated = bool(mask[i])
+        rec[f"dice-{key}"] = round(float(dices[i]), 4) if annotated and dices[i] == dices[i] else None
+        rec[f"truth-{key}"] = int(truth[i].sum()) if annotated else None
+        rec[f"lesion-{key}"] = (
+            round(lesionwise_dice(pred[i].numpy() > 0, truth[i].numpy() > 0), 4) if annotated else None
+        )
+    return rec

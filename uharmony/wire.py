@@ -12,11 +12,18 @@ unpickled, and a manifest from elsewhere is checked whole before a byte is read:
 ``MAX_ENTRIES`` entries, unique non-empty names, dtypes from ``DTYPES``, shapes of at most ``MAX_DIMS``
 non-negative integers, sizes adding up to the buffer's length exactly. Any violation is a
 :class:`WireError` naming the entry.
+
+An array that arrives as NumPy's ``.npy`` bytes (Flower's ``Array``) is read with :func:`read_npy`: its header
+is parsed first, and the array is allocated only when its shape and dtype are the expected ones and the
+bytes that follow the header hold exactly what it declares (``numpy.load`` allocates what the header
+declares before reading: a header of 2**40 floats is a ``MemoryError``).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -95,13 +102,76 @@ def unpack(buffer: np.ndarray, manifest: str) -> dict[str, np.ndarray]:
     return out
 
 
+NPY = "numpy.ndarray"  # the serialization type (Flower's ``Array.stype``) of NumPy's .npy bytes
+
+
+def npy_header(data, name: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, Fortran order, offset of the data) of NumPy ``.npy`` bytes, without reading the data: a
+    version 1.0 or 2.0 header of at most 10,000 bytes, a dtype from ``DTYPES``, at most ``MAX_DIMS`` dimensions,
+    and exactly as many bytes after the header as it declares; anything else is a :class:`WireError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"{name}: expected the bytes of a NumPy array, got {type(data).__name__}")
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dt = read(stream)
+    except (ValueError, TypeError, SyntaxError, OverflowError) as exc:  # numpy's header parser: ValueError
+        raise WireError(f"{name}: not a NumPy array ({str(exc)[:200]})") from None
+    if dt.hasobject or dt.name not in DTYPES:
+        raise WireError(f"{name}: dtype {str(dt)[:40]!r} not allowed (allowed: {', '.join(DTYPES)})")
+    if len(shape) > MAX_DIMS:
+        raise WireError(f"{name}: at most {MAX_DIMS} dimensions, got {len(shape)}")
+    nbytes, offset = math.prod(shape) * dt.itemsize, stream.tell()  # Python integers: no overflow
+    if nbytes != len(data) - offset:
+        raise WireError(
+            f"{name}: the header declares {tuple(shape)} {dt.name} ({nbytes} bytes), "
+            f"{len(data) - offset} bytes follow it"
+        )
+    return tuple(shape), dt, bool(fortran_order), offset
+
+
+def read_npy(data, name: str, dtype: np.dtype | str | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The array in NumPy ``.npy`` bytes (its own copy, native byte order), allocated only after its header
+    passed :func:`npy_header` and, when given, declares ``dtype`` and ``shape``; else a :class:`WireError`
+    naming ``name``."""
+    found, dt, fortran_order, offset = npy_header(data, name)
+    if (shape is not None and found != tuple(shape)) or (dtype is not None and dt != np.dtype(dtype)):
+        want_shape = tuple(shape) if shape is not None else found
+        want_dtype = np.dtype(dtype).name if dtype is not None else dt.name
+        raise WireError(f"{name}: shape/dtype {found}/{dt.name} instead of {want_shape}/{want_dtype}")
+    flat = np.frombuffer(data, dtype=dt, count=math.prod(found), offset=offset)
+    array = flat.reshape(found[::-1]).T if fortran_order else flat.reshape(found)
+    return array.astype(dt.newbyteorder("="), copy=True)
+
+
+def _buffer(entry, size: int) -> np.ndarray:
+    """The packed buffer from a record's entry: NumPy's .npy bytes (a Flower ``Array``), a 1-D ``uint8`` array
+    of ``size`` bytes checked from its header before it is read; or an array already."""
+    if isinstance(entry, np.ndarray):
+        return entry
+    if getattr(entry, "stype", None) != NPY:
+        stype = str(getattr(entry, "stype", type(entry).__name__))[:40]
+        raise WireError(f"packed buffer: not a NumPy-serialized array (stype {stype!r})")
+    data = getattr(entry, "data", None)
+    shape, dt, _, _ = npy_header(data, "packed buffer")
+    if dt != np.uint8 or len(shape) != 1:
+        raise WireError(f"packed buffer: expected a 1-D uint8 array, got {dt.name} of shape {shape}")
+    if shape[0] != size:
+        raise WireError(f"packed buffer: the manifest describes {size} bytes, the buffer holds {shape[0]}")
+    return read_npy(data, "packed buffer", np.uint8, (size,))
+
+
 def unpack_record(record: Mapping[str, object], manifest: str) -> dict[str, np.ndarray]:
     """Unpack a packed ArrayRecord (given as its mapping ``{PACKED: Array}``): exactly one entry, named
-    ``PACKED``, whose ``numpy()`` is the buffer."""
+    ``PACKED``, a 1-D ``uint8`` array of the manifest's size exactly (checked from its header first)."""
     if set(record) != {PACKED}:
         names = ", ".join(sorted(map(str, record)))[:200]
         raise WireError(f"packed record: expected the single entry {PACKED!r}, got [{names}]")
-    return unpack(record[PACKED].numpy(), manifest)
+    total = sum(n for *_, n in _entries(manifest))
+    return unpack(_buffer(record[PACKED], total), manifest)
 
 
 def unpack_message_records(array_records: Mapping, config_records: Mapping) -> dict[str, np.ndarray]:

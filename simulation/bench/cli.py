@@ -1,4 +1,4 @@
-"""``uharmony-bench``: every method, the unseen site, ablations, costs and scale, then docs/results.md.
+"""``uharmony-bench``: the S0/S2 study (methods, unseen site, ablations, costs, scale), then docs/results-s2.md.
 
     uharmony-bench                          # S0 and S2, every method, 5 seeds (about two hours on 2 CPU cores)
     uharmony-bench --resume --parts plateau unseen ablations kappa costs   # more parts into the same page
@@ -44,6 +44,8 @@ PARTS = ("methods", "unseen", "ablations", "kappa", "plateau", "costs", "scale")
 DEFAULT_PARTS = ("methods",)  # the full comparison (S0 and S2, every method, every seed): about an hour
 OVERLAY_METHODS = ("fedavg", "fedbn", "uharmony")
 SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
+# the S0/S2 study's page (docs/results.md is the confirmatory comparison's, ``uharmony-evidence``) and its files
+LEGACY_PAGE, LEGACY_ART = Path("docs/results-s2.md"), Path("docs/results")
 
 
 def plan(size: BenchSize, parts: tuple[str, ...]) -> list[tuple[str, tuple]]:
@@ -130,9 +132,9 @@ def _one_thread() -> None:
     logging.getLogger("uharmony.server").setLevel(logging.ERROR)
 
 
-def _timed(size: BenchSize, key: str, call: tuple, out: Path) -> dict:
+def _timed(size, key: str, call: tuple, out: Path, job=None) -> dict:
     t0 = time.time()
-    rec = {"job": key, **run_job(size, call, out)}
+    rec = {"job": key, **(job or run_job)(size, call, out)}
     rec["job_seconds"] = round(time.time() - t0, 1)
     return rec
 
@@ -140,16 +142,18 @@ def _timed(size: BenchSize, key: str, call: tuple, out: Path) -> dict:
 ALONE = ("bytes", "flower_ratio", "memory", "scale")  # timing and memory jobs: run alone, in this process
 
 
-def run_jobs(size: BenchSize, todo: list, out: Path, on_done) -> None:
+def run_jobs(size, todo: list, out: Path, on_done, job=None) -> None:
     """Run ``todo``: training jobs with ``size.workers`` processes side by side (one thread each), then the
-    cost jobs one at a time in this process, so that nothing runs beside what they time; ``on_done(i, rec)``."""
+    cost jobs one at a time in this process, so that nothing runs beside what they time; ``on_done(i, rec)``.
+    ``job(size, call, out)``: what runs a call (default: this study's ``run_job``; a module-level function,
+    so that the worker processes can import it). Every study's jobs go through this one pool."""
     side = [(k, c) for k, c in todo if c[0] not in ALONE]
     alone = [(k, c) for k, c in todo if c[0] in ALONE]
     done = 0
     if size.workers > 1 and len(side) > 1:
         ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
         with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
-            futures = {pool.submit(_timed, size, key, call, out): key for key, call in side}
+            futures = {pool.submit(_timed, size, key, call, out, job): key for key, call in side}
             print(f"[bench] {len(side)} jobs on {size.workers} workers (one thread each)", flush=True)
             for fut in as_completed(futures):
                 done += 1
@@ -159,7 +163,7 @@ def run_jobs(size: BenchSize, todo: list, out: Path, on_done) -> None:
     for key, call in alone:
         done += 1
         print(f"[bench] job {done}/{len(todo)}: {key}", flush=True)
-        on_done(done, _timed(size, key, call, out))
+        on_done(done, _timed(size, key, call, out, job))
 
 
 def machine() -> str:
@@ -263,7 +267,7 @@ def main(argv=None) -> int:
         "--results-md",
         type=Path,
         default=None,
-        help="Markdown page to write (default docs/results.md; other sizes: OUT/results.md)",
+        help="Markdown page to write (default docs/results-s2.md; other sizes: OUT/results.md)",
     )
     p.add_argument(
         "--parts", nargs="+", choices=PARTS, default=None, help=f"default {' '.join(DEFAULT_PARTS)}; --quick: all"
@@ -298,7 +302,7 @@ def main(argv=None) -> int:
     size = BenchSize(**{**size.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
     parts = tuple(a.parts or (PARTS if size.name == "quick" else DEFAULT_PARTS))
     out = a.out or Path(f"runs/bench-{size.name}" if size.name != "default" else "runs/bench")
-    md = a.results_md or (Path("docs/results.md") if size.name == "default" else out / "results.md")
+    md = a.results_md or (LEGACY_PAGE if size.name == "default" else out / "results.md")
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLWR_HOME", str(out.resolve() / ".flwr"))
     warnings.filterwarnings("ignore")
@@ -335,7 +339,7 @@ def main(argv=None) -> int:
     from .report import method_rows, plot_curves, plot_overlays
     from .results_md import write_results
 
-    art = md.parent / md.stem  # artefacts the page links to (committed with docs/results.md)
+    art = LEGACY_ART if md == LEGACY_PAGE else md.parent / md.stem  # artefacts the page links to
     art.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(jsonl, art / "results.jsonl")
     curves = {}
@@ -361,7 +365,7 @@ def main(argv=None) -> int:
         "rerun_minutes": wall_minutes(records, reruns=True),
     }
     (art / "meta.json").write_text(json.dumps(meta, indent=2))
-    write_results(records, meta, md, curves, overlay)
+    write_results(records, meta, md, curves, overlay, art.name)
     print(f"[bench] wrote {md} and {art}/ (results.jsonl, PNG plots, meta.json)", flush=True)
     return 0
 

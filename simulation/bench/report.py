@@ -101,40 +101,36 @@ def plot_curves(rows: dict, png: Path, title: str = "") -> Path:
 
 
 def plot_overlays(files: dict[str, Path], png: Path) -> Path | None:
-    """Rows: sites; columns: FLAIR, ground truth, then each method's dataset-free prediction."""
-    import matplotlib
+    """Rows: sites; columns: FLAIR, ground truth, then each method's dataset-free prediction; labels in fixed
+    colours (``uharmony.plots``) with a legend."""
+    from uharmony.plots import draw_labels, legend_handles, protocol_entries, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
+    plt = pyplot()
     data = {m: dict(np.load(f)) for m, f in files.items() if Path(f).exists()}
     if not data:
         return None
     first = next(iter(data.values()))
     sites = sorted({k.split("__")[0] for k in first}, key=lambda s: (len(s), s))
     cols = ["FLAIR", "ground truth", *data]
-    cmap = ListedColormap(["#e41a1c", "#4daf4a", "#ffd92f"])  # necrotic core, oedema, enhancing
-    fig, axes = plt.subplots(len(sites), len(cols), figsize=(2.2 * len(cols), 2.2 * len(sites)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(sites), len(cols), figsize=(2.2 * len(cols), 2.2 * len(sites) + 0.8), squeeze=False, layout="constrained"
+    )
+    shown = []
     for i, site in enumerate(sites):
         img = first[f"{site}__image"]
         for j, col in enumerate(cols):
             ax = axes[i][j]
-            ax.imshow(np.rot90(img), cmap="gray")
             lab = None if j == 0 else first[f"{site}__truth"] if j == 1 else data[col].get(f"{site}__pred")
-            if lab is not None:
-                idx = np.select([lab == 1, lab == 2, lab == 4], [0, 1, 2], default=-1).astype(float)
-                ax.imshow(
-                    np.rot90(np.ma.masked_less(idx, 0)), cmap=cmap, vmin=0, vmax=2, alpha=0.6, interpolation="nearest"
-                )
-            ax.set_xticks([])
-            ax.set_yticks([])
+            draw_labels(ax, img, lab)
+            shown += [lab] if lab is not None else []
             if i == 0:
                 ax.set_title(LABELS.get(col, col).replace(", gated (dataset-free)", " (gated)"), fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"site {site}", fontsize=8)
-    fig.suptitle("Validation case per site (red: necrotic core, green: oedema, yellow: enhancing)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("One validation case per site: FLAIR, the axial slice with the most lesion", fontsize=9)
+    present = np.concatenate([np.ravel(x) for x in shown]) if shown else None
+    handles = legend_handles(protocol_entries("output", present))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png

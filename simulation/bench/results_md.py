@@ -317,7 +317,9 @@ def _not_run(records: list[dict]) -> list[str]:
     ]
 
 
-def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, Path], overlay_png: Path | None) -> Path:
+def write_results(
+    records: list[dict], meta: dict, md: Path, curves: dict[str, Path], overlay_png: Path | None, art: str = ""
+) -> Path:
     size = meta["size"]
     walls = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("wall_minutes", {}).items()) or "–"
     reruns = ", ".join(f"{k}: {v:.1f} min" for k, v in meta.get("rerun_minutes", {}).items())
@@ -371,8 +373,8 @@ def write_results(records: list[dict], meta: dict, md: Path, curves: dict[str, P
         if part:
             lines += [f"## {title}", "", *part, ""]
     lines += [
-        f"Raw records: `{md.stem}/results.jsonl` (one JSON object per job, with each run's per-case Dice kept at "
-        "its simulated sites); per-run `metrics.jsonl` under the benchmark's work folder (`runs/bench/runs/`).",
+        f"Raw records: `{art or md.stem}/results.jsonl` (one JSON object per job, with each run's per-case Dice kept "
+        "at its simulated sites); per-run `metrics.jsonl` under the benchmark's work folder (`runs/bench/runs/`).",
         "",
     ]
     md.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,25 @@ DATASET_FREE = {
 }
 SITE_AWARE = {"fedbn": "own", "local": "own", "uharmony": "oracle", "centralized-uharmony": "oracle"}
 SECONDARY_MODES = {"fedbn": ("mean",), "uharmony": ("mean", "own-gated")}
+# Issue 30's U-Harmony variants (registered 2026-12-06, before their pilot; docs/preregistration.md
+# "Amendment: method variants"): method name -> run-config changes to the product's U-Harmony
+VARIANTS = {
+    "uharmony-coef": {"site-local": "stats+coefficients"},  # stage 2's coefficients per site (FedBN-like capacity)
+    "uharmony-drop": {"expert-dropout": 0.3},  # the shared answer trained on 30 % of the samples alone
+    "uharmony-coef-drop": {"site-local": "stats+coefficients", "expert-dropout": 0.3},
+}
+METHOD_PILOT_SEEDS = (6, 8)  # the variants are chosen here (seed 9 left)
+for _v in VARIANTS:
+    DATASET_FREE[_v], SITE_AWARE[_v], SECONDARY_MODES[_v] = "routed", "oracle", ("mean", "own-gated")
+
+
+def method_config(method: str) -> dict:
+    """A method's run-config entries: its strategy, and a variant's changes."""
+    if method in VARIANTS:
+        return {"strategy": "uharmony", **VARIANTS[method]}
+    return {"strategy": method}
+
+
 CONVENTION_REGIONS = {"oedema": "WT", "tc_excludes_necrosis": "TC", "faint_is_et": "ET"}  # C1, C2, C3
 
 
@@ -70,13 +89,14 @@ class Size:
     lrs: dict = field(default_factory=dict)  # method -> lr chosen on the pilot seeds (default 5e-3)
 
     def lr(self, method: str) -> float:
-        return float(self.lrs.get(method, 5e-3))
+        """The method's piloted rate (a U-Harmony variant: U-Harmony's; before the pilot: 5e-3)."""
+        return float(self.lrs.get("uharmony" if method in VARIANTS else method, 5e-3))
 
     def overrides(self, scenario: str, method: str, seed: int, **extra) -> dict:
         """The run config of one job: the same data, initial weights and budget for every method of a seed."""
         over = {
             "seed": seed,
-            "strategy": method,
+            **method_config(method),
             "synth-scenario": scenario,
             "synth-kappa": 1.0,
             "synth-cases-per-site": self.cases_per_site,

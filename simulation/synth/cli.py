@@ -2,7 +2,7 @@
 
 uharmony-data synth --out DIR --sites N --cases-per-site M --seed S [--spacing MM] [--first-site K] [--join-sites J]
 uharmony-data embedded [--run-config "seed=1 synth-sites=4"]    # the run's embedded federation (cached)
-uharmony-data partition KIND --root DATASET --out DIR [--csv partitioning_1.csv] [--strict]
+uharmony-data partition KIND --root DATASET --out DIR [--csv partitioning_1.csv] [--strict]   # simulation/partition.py
 uharmony-data stats --root DIR
 """
 
@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from uharmony.data import DataError
+from uharmony.data.manifest import absolute
 
 from ..embedded import ensure_federation
 from ..main_job import run_config
-from ..partition import KINDS, partition
+from ..partition import KINDS, partition, summary
 from .generate import generate_federation
 from .montage import site_montage
 from .profiles import make_join_profile, make_site_profile
@@ -68,15 +69,25 @@ def main(argv=None) -> int:
     q.add_argument("kind", choices=KINDS)
     q.add_argument("--root", type=Path, required=True, help="the dataset's folder")
     q.add_argument("--out", type=Path, required=True, help="folder for federation.json (the run's data-root)")
-    q.add_argument("--csv", default=None, help="brats2021: FeTS partition CSV (default partitioning_1.csv)")
+    q.add_argument(
+        "--csv",
+        default=None,
+        help="brats2021 / fets2022: the FeTS partition CSV, a path from the current folder; a bare name not found "
+        "there is looked up under --root (default: ROOT/partitioning_1.csv)",
+    )
     q.add_argument("--strict", action="store_true", help="a subject the CSV names but the tree lacks is an error")
     a = parser.parse_args(argv)
+    for key in ("out", "root"):  # folders are taken from the current folder, once, here
+        if getattr(a, key, None) is not None:
+            setattr(a, key, absolute(getattr(a, key)))
     if a.command in ("embedded", "partition"):
         try:
             if a.command == "embedded":
                 print(ensure_federation(run_config(a.run_config)))
             else:
-                print(partition(a.kind, a.root, a.out, a.csv, a.strict).parent)
+                manifest = partition(a.kind, a.root, a.out, a.csv, a.strict)
+                print(manifest.parent, flush=True)  # (stdout: the folder, for scripts; the summary goes to stderr)
+                print(summary(manifest), file=sys.stderr)
         except (ValueError, DataError) as exc:
             print(f"uharmony-data: error: {exc}", file=sys.stderr)
             return 2

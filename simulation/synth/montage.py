@@ -1,4 +1,5 @@
-"""PNG montage: one axial slice per site (rows) and contrast (columns), plus the label map."""
+"""PNG montage: one axial slice per site (rows) and contrast (columns), plus the label map over FLAIR in fixed
+colours per tissue class (``uharmony.plots``: a class keeps its colour whatever number a site's protocol gives it)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from uharmony.data import MODALITIES, load_federation  # noqa: E402
-from uharmony.data.manifest import MANIFEST  # noqa: E402
+from uharmony.data.manifest import MANIFEST, absolute  # noqa: E402
+from uharmony.plots import draw_labels, legend_handles  # noqa: E402
 
 
 def site_montage(root: str | Path, out_png: str | Path) -> Path:
-    root = Path(root)
+    root = absolute(root)
     sites = load_federation(root).sites
     lesion = {
         e["name"]: e.get("profile", {}).get("lesion", "") for e in json.loads((root / MANIFEST).read_text())["sites"]
     }
     extra = [m for s in sites for m in s.modalities if m not in MODALITIES]
     cols = list(MODALITIES) + list(dict.fromkeys(extra)) + ["seg"]
-    fig, axes = plt.subplots(len(sites), len(cols), figsize=(2.2 * len(cols), 2.2 * len(sites)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(sites), len(cols), figsize=(2.2 * len(cols), 2.2 * len(sites) + 0.6), squeeze=False, layout="constrained"
+    )
+    drawn = []
     for r, site in enumerate(sites):
         case = min(site.cases, key=lambda c: c.case_id)
         seg = np.asarray(nib.load(case.label).dataobj)
@@ -37,8 +42,14 @@ def site_montage(root: str | Path, out_png: str | Path) -> Path:
                 ax.set_title(f"{name}: missing", fontsize=8)
                 continue
             data = np.asarray(nib.load(path).dataobj)[:, :, z]
-            ax.imshow(np.rot90(data), cmap="magma" if name == "seg" else "gray", interpolation="nearest")
-            ax.set_title(f"seg ({site.label_map})" if name == "seg" else f"{name} max {data.max():.0f}", fontsize=8)
+            if name == "seg":
+                under = case.images.get("flair") or next(iter(case.images.values()), None)
+                image = np.asarray(nib.load(under).dataobj)[:, :, z] if under else None
+                drawn += draw_labels(ax, image, data, site.label_map)
+                ax.set_title(f"labels ({site.label_map})", fontsize=8)
+                continue
+            ax.imshow(np.rot90(data), cmap="gray", interpolation="nearest")
+            ax.set_title(f"{name} max {data.max():.0f}", fontsize=8)
         axes[r, 0].text(
             -0.1,
             0.5,
@@ -48,7 +59,9 @@ def site_montage(root: str | Path, out_png: str | Path) -> Path:
             va="center",
             fontsize=8,
         )
-    fig.tight_layout()
+    handles = legend_handles(drawn, with_values=False)
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

@@ -1,6 +1,9 @@
 """uharmony-export: a MONAI bundle of the federated model, TorchScript beside it, segmentation from it."""
 
 import json
+import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -9,6 +12,7 @@ import torch
 
 from client.export_cli import main as main_export
 from client.segment_cli import main_segment
+from uharmony.bundle_trust import BundleError, check_bundle
 from uharmony.config import RunConfig
 from uharmony.export import TracedForward, export_bundle, load_bundle, verify_bundle
 
@@ -68,3 +72,83 @@ def test_a_damaged_bundle_is_refused_by_name(tmp_path, capsys):
     args = ["--model", str(tmp_path / "b"), "--input", str(case), "--out", str(tmp_path / "s.nii.gz")]
     assert main_segment(args) == 2
     assert "not a readable uharmony bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_site", [True, False])
+def test_the_bundle_runs_the_monai_way_and_matches_uharmony_segment(tiny_federation, trained_run, tmp_path, with_site):
+    """Issue 31 item 2: ``python -m monai.bundle run --config_file configs/inference.json`` (MONAI's CLI, its
+    SupervisedEvaluator) on a folder of NIfTI case folders writes BraTS labels on each input's grid, the same
+    labels ``uharmony-segment`` writes from the same bundle; with a site's statistics and with each scan's own.
+    (Signing and ``--verify``: ``test_segment.py::test_a_bundle_is_refused_under_trusted_key_unless_signed``.)"""
+    bundle = tmp_path / "bundle"
+    args = ["--model", str(trained_run / "final_model.pt"), "--out", str(bundle)]
+    if with_site:
+        args += ["--state-dir", str(trained_run / "site-state" / "site-1")]
+    assert main_export(args) == 0
+    cases = tmp_path / "cases"
+    for name in ("SYN_001_000", "SYN_003_001"):  # site 3 has no T1: a missing modality
+        (cases / name).mkdir(parents=True)
+        for f in (tiny_federation / name).glob("*.nii.gz"):
+            if not f.name.endswith("_seg.nii.gz"):
+                (cases / name / f.name).symlink_to(f)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    run = subprocess.run(
+        [*cmd, "--dataset_dir", str(cases), "--output_dir", str(tmp_path / "monai")],
+        cwd=bundle,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert main_segment(["--model", str(bundle), "--input", str(cases), "--out", str(tmp_path / "ours")]) == 0
+    for name in ("SYN_001_000", "SYN_003_001"):
+        theirs, ours = (
+            nib.load(tmp_path / "monai" / f"{name}_seg.nii.gz"),
+            nib.load(tmp_path / "ours" / f"{name}_seg.nii.gz"),
+        )
+        ref = nib.load(cases / name / f"{name}_flair.nii.gz")
+        assert theirs.shape == ref.shape and np.allclose(theirs.affine, ref.affine, atol=1e-4)
+        labels = np.asarray(theirs.dataobj)
+        assert theirs.get_data_dtype() == np.uint8 and set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
+        assert np.array_equal(labels, np.asarray(ours.dataobj))
+
+
+def test_a_bundle_config_that_would_run_code_is_refused_before_monai_parses_it(tmp_path, monkeypatch):
+    """F8: MONAI's ConfigParser evals "$" strings and instantiates any "_target_"; the red-team's "$" in the
+    spec ran code when the bundle was verified. Only what uharmony-export writes is ever parsed."""
+    monkeypatch.chdir(tmp_path)
+    model = RunConfig.from_flwr({"strategy": "fedavg", "filters": "8,16,32"}).build_model()
+    export_bundle(model, tmp_path / "b", spacing=6.0, roi=16, run={"strategy": "fedavg"})
+    path = tmp_path / "b" / "configs" / "inference.json"
+    original = path.read_bytes()
+    clean = json.loads(original)
+    attacks = {
+        "$ in the spec": (
+            "network_def",
+            "spec",
+            "arch",
+            "$__import__('pathlib').Path('MONAI-RAN-CODE').write_text('x') and 'dynunet'",
+        ),
+        "another target": ("network_def", "_target_", None, "os.system"),
+        "a % macro": ("network_def", "spec", "arch", "%/etc/passwd"),
+        "an unknown reference": ("checkpoint", None, None, "@_meta_#uharmony"),
+    }
+    for what, (top, key, sub, value) in attacks.items():
+        cfg = json.loads(json.dumps(clean))
+        if key is None:
+            cfg[top] = value
+        elif sub is None:
+            cfg[top][key] = value
+        else:
+            cfg[top][key][sub] = value
+        path.write_text(json.dumps(cfg))
+        with pytest.raises(BundleError, match=top):
+            verify_bundle(tmp_path / "b")
+        assert not (tmp_path / "MONAI-RAN-CODE").exists(), what
+    path.write_bytes(original)
+    check_bundle(tmp_path / "b")
+    (tmp_path / "b" / "configs" / "logging.conf").write_text("[loggers]\nkeys=root\n")  # MONAI would read it
+    with pytest.raises(BundleError, match="logging.conf: not listed"):
+        check_bundle(tmp_path / "b")

@@ -1,5 +1,6 @@
 """The profile a joining SuperNode declares: accepted when well formed, else refused with the key named."""
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,48 @@ def test_a_node_that_never_answers_is_refused_after_three_rounds(tiny_federation
     errors = [r for r in RunLog(tmp_path / "run").records() if r.get("event") == "join-error"]
     assert [e["round"] for e in errors] == [1, 2, 3] and "not asked again" in errors[-1]["reason"]
     assert "no answer to the profile query within 1 s" in errors[0]["reason"]
+
+
+def test_a_run_without_a_registry_on_nodes_with_keys_is_refused(tiny_federation, tmp_path):
+    """Issue 29, F15: without ``site-registry`` any node was admitted as whatever site and domain its profile
+    named, silently, even where every node authenticates with a key (a plain `flwr run` of the published app).
+    Now such a run is refused before any round, naming the keys, unless allow-unregistered is set."""
+    from server.admission import UnboundRun
+    from server.members import PackingGrid
+    from server.rounds import RoundEngine
+    from uharmony.config import RunConfig
+
+    pubs = [generate_node_key(tmp_path / f"k{i}")[1] for i in range(2)]
+    over = {
+        k.replace("_", "-"): v
+        for k, v in tiny_overrides(tiny_federation, tmp_path / "run", num_server_rounds=1).items()
+    }
+    nodes = [{"partition-id": 0}, {"partition-id": 1}]
+    grid = KeyedGrid(make_app(), nodes, over, keys={1000: _pem(pubs[0]), 1001: _pem(pubs[1])})
+    with pytest.raises(UnboundRun, match=r"'site-registry' is empty, but 2 node\(s\) authenticate.*allow-unregistered"):
+        RoundEngine(PackingGrid(grid), RunConfig.from_flwr(over))
+    RoundEngine(PackingGrid(grid), RunConfig.from_flwr({**over, "allow-unregistered": True}))  # said explicitly
+    RoundEngine(PackingGrid(KeyedGrid(make_app(), nodes, over, keys={})), RunConfig.from_flwr(over))  # no keys
+    simulated = {1000: secrets.token_bytes(32), 1001: secrets.token_bytes(32)}  # what Flower's simulation gives
+    RoundEngine(PackingGrid(KeyedGrid(make_app(), nodes, over, keys=simulated)), RunConfig.from_flwr(over))
+
+
+def test_a_declared_case_count_above_the_registered_cap_is_refused(tiny_federation, tmp_path):
+    """Issue 29, F6: the coordinator bounds a site's weight when it registers its key (``--max-cases``)."""
+    pubs = [generate_node_key(tmp_path / f"k{i}")[1] for i in range(2)]
+    registry = SiteRegistry(tmp_path / "registry.json")
+    registry.add("1", 0, pubs[0].read_text(), max_cases=2)  # the tiny site trains on 2 cases: admitted
+    registry.add("2", 1, pubs[1].read_text(), max_cases=1)  # declares 2: refused
+    assert SiteRegistry(tmp_path / "registry.json").sites["2"].max_cases == 1  # kept in registry.json
+    over = {
+        k.replace("_", "-"): v
+        for k, v in tiny_overrides(
+            tiny_federation, tmp_path / "run", num_server_rounds=1, site_registry=str(tmp_path / "registry.json")
+        ).items()
+    }
+    keys = {1000: _pem(pubs[0]), 1001: _pem(pubs[1])}
+    run_server(KeyedGrid(make_app(), [{"partition-id": 0}, {"partition-id": 1}], over, keys=keys), over)
+    recs = RunLog(tmp_path / "run").records()
+    assert [r["site"] for r in recs if r.get("event") == "join"] == ["1"]
+    refused = [r["reason"] for r in recs if r.get("event") == "join-error"]
+    assert "declares 2 training cases, but the key of site '2' is registered for at most 1" in refused[0]

@@ -1,6 +1,8 @@
 """Packed model entries between the apps (server.members.PackingGrid, client.packing): the same arrays
 arrive bit for bit, and a malformed packed reply is rejected with its reason and never raises."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,25 @@ def test_a_site_answers_a_malformed_packed_request_with_an_error_and_runs_nothin
 
     answer = packed_arrays(request_msg, None, never)
     assert answer.has_error() and answer.error.reason.startswith("packed arrays: ")
+
+
+def test_a_packed_buffer_whose_header_lies_is_an_error_reply(setup):
+    """Issue 29, F5: a packed buffer whose .npy header declares 2**40 bytes (numpy.load would allocate them
+    first: MemoryError, the run ended) is read from its header: an error reply naming it, the round goes on."""
+    roles, state = setup
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (2**40,)})
+    msg = reply(update(roles, state, 0, 0.1))
+    msg.content[P.ARRAYS] = ArrayRecord(
+        {wire.PACKED: Array(dtype="uint8", shape=(1,), stype="numpy.ndarray", data=header.getvalue())}
+    )
+    msg.content[P.WIRE] = ConfigRecord({wire.MANIFEST: '[["x","uint8",[1]]]'})
+    bad = unpacked(msg)
+    assert bad.has_error() and bad.error.reason == (
+        "packed arrays: packed buffer: the header declares (1099511627776,) uint8 (1099511627776 bytes), "
+        "0 bytes follow it"
+    )
+    good = reply(update(roles, state, 0, 0.1), node=8, site="s8")
+    members = {**MEMBERS, 8: {**MEMBERS[7], "site": "s8"}}
+    _, parsed, rejected = ReplyChecker(roles, state, members).screen([bad, good])
+    assert [r.site for r in parsed] == ["s8"] and "header declares" in rejected[0]["reason"]

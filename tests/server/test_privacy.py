@@ -1,8 +1,20 @@
 """Differential privacy: epsilon reported per round with Flower's RDP accountant, a budget that stops the
 run, and client failures or unchanged models that no longer break a round."""
 
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from server.aggregation import build_strategy
+from server.members import MembersGrid
 from server.privacy import PrivacyLedger
+from server.replies import ReplyChecker
+from simulation.inprocess import InProcessGrid
+from tests.server.conftest import reply
 from tests.server.test_rounds import _run
+from uharmony.config import RunConfig
+from uharmony.federated import ModelRoles, global_state_of
 from uharmony.runlog import RunLog
 
 DP = dict(strategy="fedavg", dp_noise_multiplier=1.0, dp_clipping_norm=5.0)
@@ -44,3 +56,51 @@ def test_resume_keeps_the_privacy_spent(tiny_federation, tmp_path):
     ledger = PrivacyLedger(1.0, 1e-5)
     ledger.spend(4)
     assert RunLog(run_dir).done()["privacy"]["epsilon"] == ledger.spend(4)["epsilon"]
+
+
+def _gaussian_epsilon(sigma: float, releases: int, delta: float) -> float:
+    """The (epsilon, delta) of ``releases`` Gaussian mechanisms of noise multiplier ``sigma``, computed here and
+    not by the ledger: Renyi DP alpha * T / (2 sigma^2) (Mironov 2017, Prop. 7 and composition), turned into
+    epsilon by the conversion of Canonne, Kamath & Steinke (2020, Prop. 12), minimised over alpha on a fine grid."""
+    alpha = np.linspace(1.001, 2000.0, 400_000)
+    rdp = releases * alpha / (2 * sigma**2)
+    return float(np.min(rdp + np.log1p(-1 / alpha) - (np.log(delta) + np.log(alpha)) / (alpha - 1)))
+
+
+def test_dp_aggregation_is_unweighted_or_accounted_for_the_largest_site():
+    """Issue 29, F7: the ledger accounted sigma, but the average weighted site i by its cases, so its noise
+    multiplier was sigma * sum(w) / (n * w_i) (S2 sizes, sigma 1, 16 rounds: reported 25.9, true 57.2). Under
+    DP every reply now weighs the same (the aggregate is the unweighted mean of the clipped updates), and the
+    ledger accounts any weights it is given at the worst site's multiplier; both checked against an
+    independent computation of the Gaussian mechanism's privacy."""
+    model = RunConfig(strategy="fedavg", filters=(8, 16, 32)).build_model(1)
+    roles = ModelRoles(model, "fedavg")
+    state = global_state_of(model, roles)
+    cfg = RunConfig(strategy="fedavg", filters=(8, 16, 32), dp_noise_multiplier=1e-9, dp_clipping_norm=1e3)
+    outer, inner = build_strategy(cfg, roles, state)
+    weights, values = [12, 8, 6, 4, 4], [0.01, 0.02, 0.03, 0.04, 0.05]
+    members = {n: {"site": f"s{n}", "domain": 0, "train_cases": w} for n, w in enumerate(weights)}
+    replies = [reply({k: state[k] + v for k in state}, w, node=n) for n, (w, v) in enumerate(zip(weights, values))]
+    accepted, parsed, rejected = ReplyChecker(roles, state, members).screen(replies)
+    assert not rejected and len(accepted) == 5
+    nodes = MembersGrid(InProcessGrid(None, [{}] * 5), [1000 + n for n in range(5)])
+    list(outer.configure_train(1, ArrayRecord(state), ConfigRecord({}), nodes))  # the wrapper keeps the global model
+    outer.num_sampled_clients = 5
+    new = outer.aggregate_train(1, accepted)[0].to_torch_state_dict()
+    key = next(k for k in state if state[k].is_floating_point())
+    unweighted, weighted = sum(values) / 5, sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    torch.testing.assert_close(new[key] - state[key], torch.full_like(state[key], unweighted), atol=1e-6, rtol=0)
+    assert abs(unweighted - weighted) > 1e-3  # the two differ: the test tells them apart
+    assert inner.weights([r.weight for r in parsed]) == [1.0] * 5
+
+    delta = 1e-5
+    for sigma, rounds in ((1.0, 16), (2.0, 4)):
+        equal, ledger = PrivacyLedger(sigma, delta), PrivacyLedger(sigma, delta)
+        for _ in range(rounds):
+            equal.spend([1.0] * 5)
+            ledger.spend(weights)  # were the replies weighted by cases: the largest site's multiplier
+        worst = sigma * sum(weights) / (5 * max(weights))
+        for spent, s in ((equal.spent(), sigma), (ledger.spent(), worst)):
+            independent = _gaussian_epsilon(s, rounds, delta)
+            assert independent <= spent["epsilon"] + 1e-3 <= independent * 1.01 + 1e-3, (s, spent, independent)
+        assert ledger.spent()["worst-site-noise-multiplier"] == pytest.approx(worst, abs=1e-6)

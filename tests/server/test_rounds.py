@@ -1,11 +1,13 @@
 """The round engine on the tiny federation, through the in-process transport (the ClientApp called directly)."""
 
 import csv
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from client.client_app import make_app
 from server.rounds import run_server
@@ -24,9 +26,10 @@ from uharmony.runlog import RunLog
 class RecordingGrid(InProcessGrid):
     """Keeps every (request, reply) pair; can make chosen nodes fail their train messages."""
 
-    def __init__(self, *args, fail_train: tuple = (), bad_manifest: tuple = (), **kwargs):
+    def __init__(self, *args, fail_train: tuple = (), bad_manifest: tuple = (), huge_header: tuple = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.log, self.fail_train, self.bad_manifest = [], set(fail_train), set(bad_manifest)
+        self.huge_header = set(huge_header)
         app = self.client_app
 
         def client_app(msg, context):
@@ -35,16 +38,37 @@ class RecordingGrid(InProcessGrid):
             reply = app(msg, context)
             if msg.metadata.message_type == "train" and context.node_id in self.bad_manifest:
                 reply.content[P.WIRE] = ConfigRecord({wire.MANIFEST: '[["x", "float32", [3]]]'})  # a lying manifest
+            if context.node_id in self.huge_header:
+                _declare_4_tib(reply, msg.metadata.message_type)
             self.log.append((msg, reply))
             return reply
 
         self.client_app = client_app
 
 
-def _run(root, run_dir, fail_train=(), nodes=4, bad_manifest=(), **extra):
+def _declare_4_tib(reply, kind: str) -> None:
+    """Issue 29, F5's probe: a train reply answered plain with an array whose .npy header declares 2**40 floats,
+    a prototype reply whose packed buffer's header declares 2**40 bytes (numpy.load: MemoryError)."""
+    header = io.BytesIO()
+    descr = "<f4" if kind == "train" else "|u1"
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": (2**40,)})
+    lying = Array(dtype=descr, shape=(1,), stype="numpy.ndarray", data=header.getvalue())
+    if kind == "train":
+        arrays = wire.unpack_message_records(reply.content.array_records, reply.content.config_records)
+        record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        record[next(iter(arrays))] = lying  # every entry it should send, one of them "4 TiB"
+        reply.content[P.ARRAYS] = record
+        del reply.content[P.WIRE]
+    elif kind == "query.prototype":
+        reply.content[P.ARRAYS] = ArrayRecord({wire.PACKED: lying})
+
+
+def _run(root, run_dir, fail_train=(), nodes=4, bad_manifest=(), node_configs=None, huge_header=(), **extra):
     overrides = {k.replace("_", "-"): v for k, v in tiny_overrides(root, run_dir, **extra).items()}
-    nodes = [{"partition-id": i} for i in range(nodes)]
-    grid = RecordingGrid(make_app(), nodes, overrides, fail_train=fail_train, bad_manifest=bad_manifest)
+    nodes = node_configs or [{"partition-id": i} for i in range(nodes)]
+    grid = RecordingGrid(
+        make_app(), nodes, overrides, fail_train=fail_train, bad_manifest=bad_manifest, huge_header=huge_header
+    )
     return run_server(grid, overrides), grid
 
 
@@ -117,12 +141,12 @@ class CrashingGrid(InProcessGrid):
         super().__init__(*args, **kwargs)
         self.kind, self.at = kind, at
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
         for m in messages:
             if m.metadata.message_type == self.kind and m.content[P.CONFIG].get(P.SERVER_ROUND) == self.at:
                 raise Crash(f"server killed in round {self.at}")
-        return super().send_and_receive(messages, timeout=timeout)
+        return super().push_messages(messages)
 
 
 def test_a_round_interrupted_by_a_crash_is_redone_once(tiny_federation, trained_run, tmp_path):
@@ -244,7 +268,42 @@ def test_what_leaves_a_site_names_no_folder_and_no_single_patient(tiny_federatio
     (fed / "federation.json").write_text(json.dumps(doc))
     _, grid = _run(fed, tmp_path / "run", num_server_rounds=1, min_report_cases=2)
     sent = [str(v) for _, r in grid.log for rec in r.content.config_records.values() for v in rec.values()]
-    assert any("SYN_001_000_t1.nii.gz" in v for v in sent)  # the site says which file, by name
-    assert not any("hospital-secret" in v or "/srv/" in v for v in sent)  # but not where it keeps it
+    assert any(" case " in v for v in sent)  # the site says a case was skipped: a category and a keyed hash (F16)
+    assert not any("SYN_001_000" in v or "hospital-secret" in v or "/srv/" in v for v in sent)  # no id, file, folder
     # one validation case per site < min-report-cases: no site reports a Dice of one patient
     assert not [r for r in RunLog(tmp_path / "run").records() if "dice" in r]
+
+
+def test_replies_that_declare_4_tib_are_rejected_and_the_run_finishes(tiny_federation, tmp_path):
+    """Issue 29, F5: such a reply ended the run (``finished:failed``, and a resume replayed it). Now it is
+    rejected with its reason, the round goes on, and the resumed run goes on from its checkpoint."""
+    run_dir = tmp_path / "run"
+    _run(tiny_federation, run_dir, huge_header=(1001,), num_server_rounds=1)
+    _run(tiny_federation, run_dir, huge_header=(1001,), num_server_rounds=2, resume=True)
+    recs = RunLog(run_dir).records()
+    trains = [r for r in recs if r.get("event") == "train"]
+    assert [r["round"] for r in trains] == [1, 2] and all(sorted(r["sites"]) == ["1", "3", "4"] for r in trains)
+    for r in trains:  # the entry named, its declared size, the bytes that follow
+        assert (
+            len(r["rejected"]) == 1 and ": the header declares (1099511627776,) float32" in r["rejected"][0]["reason"]
+        )
+    protos = [r for r in recs if r.get("event") == "prototypes-rejected"]
+    assert len(protos) == 2 and all(
+        "packed buffer: the header declares (1099511627776,) uint8" in p["rejected"][0]["reason"] for p in protos
+    )
+    assert RunLog(run_dir).done() is not None
+
+
+def test_a_sites_own_privacy_floor_keeps_its_dice_and_train_loss_home(tiny_federation, tmp_path):
+    """Issue 29, F14: site 1's node config says ``min-report-cases = 5`` (it has 1 validation and 2 training
+    cases), the run says 1: site 1 sends no Dice and no train loss; the other sites report as before."""
+    nodes = [{"partition-id": 0, "min-report-cases": 5}] + [{"partition-id": i} for i in range(1, 4)]
+    _, grid = _run(tiny_federation, tmp_path / "run", node_configs=nodes, num_server_rounds=1)
+    recs = RunLog(tmp_path / "run").records()
+    assert {r["site"] for r in recs if "dice" in r} == {"2", "3", "4"}
+    train = next(r for r in recs if r.get("event") == "train")
+    assert sorted(train["sites"]) == ["1", "2", "3", "4"] and train["train-loss"] is not None
+    for request, reply in grid.log:
+        if request.metadata.message_type in ("train", "evaluate") and request.metadata.dst_node_id == 1000:
+            sent = {k for rec in reply.content.metric_records.values() for k in rec}
+            assert P.TRAIN_LOSS not in sent and not any(k.startswith(("dice", "hd95", "gate")) for k in sent)

@@ -101,7 +101,7 @@ def test_peds_protocol_keeps_a_separate_non_enhancing_class():
 
 
 # sha256 (first 16 hex digits) of S0-S2 as first generated (5 sites x 3 cases, seed 3, 6 mm): the scenarios whose
-# records docs/results.md reports must not change under the generator's later work
+# records docs/results-s2.md reports must not change under the generator's later work
 LEGACY = {
     "S0-1": "971bf1842fac651b",
     "S1-1": "0e6309596fff0dd3",

@@ -66,3 +66,54 @@ def test_site_state_roundtrip_digest_and_crafted_file(tmp_path, capsys):
     with pytest.raises(ValueError, match="unreadable site state"):
         load_local_state(tmp_path)
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_release_records_bind_file_run_round_kind_and_expiry(tmp_path):
+    """F19: the manifest (what the coordinator signs) carries a release record per file; a checkpoint is not a
+    release unless asked for, an expired one or one for other bytes is refused, a revocation list is checked."""
+    import datetime as dt
+
+    from uharmony.release import ReleaseError, Revocations, check_release, load_revocations
+
+    extra = {"run-id": "r9"}
+    save_checkpoint(tmp_path / "checkpoints", 3, {}, {"w": torch.zeros(1)}, extra)
+    save_checkpoint(tmp_path, 3, {}, {"w": torch.zeros(1)}, extra, name="final_model.pt", valid_days=10)
+    ckpt = load_checkpoint(tmp_path / "checkpoints")
+    final = load_checkpoint(tmp_path, "final_model.pt")
+    assert ckpt["release"]["kind"] == "checkpoint" and final["release"]["kind"] == "final"
+    assert final["release"]["run-id"] == "r9" and final["release"]["round"] == 3
+    check_release(final["release"], "final_model.pt", final["sha256"])
+    with pytest.raises(ReleaseError, match="not its released final model"):
+        check_release(ckpt["release"], "round-003.pt", ckpt["sha256"])
+    check_release(ckpt["release"], "round-003.pt", ckpt["sha256"], allow_checkpoint=True)
+    with pytest.raises(ReleaseError, match="not this file"):
+        check_release(final["release"], "final_model.pt", "0" * 64)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=11)
+    with pytest.raises(ReleaseError, match="expired"):
+        check_release(final["release"], "final_model.pt", final["sha256"], now=later)
+    with pytest.raises(ReleaseError, match="run r9 is revoked"):
+        check_release(final["release"], "final_model.pt", final["sha256"], revoked=Revocations(runs={"r9"}))
+    (tmp_path / "revoked.txt").write_text("run r9\nnot-a-digest\n")
+    with pytest.raises(ReleaseError, match="line 2"):
+        load_revocations(tmp_path / "revoked.txt")
+    with pytest.raises(ReleaseError, match="no release record"):
+        check_release(None, "final_model.pt", final["sha256"])
+
+
+def test_inference_settings_a_model_file_carries_are_checked(tmp_path):
+    """F9: the settings inside the file are the ones used, and ones this version cannot honour are refused."""
+    from uharmony.checkpoint import inference_settings, settings_of
+
+    spec = {"modalities": ["t1", "flair"], "regions": ["ET", "TC", "WT"]}
+    good = inference_settings(spec, 4.0, 24)
+    assert settings_of({"extra": {"inference": good}, "spec": spec}, "m")["spacing-mm"] == 4.0
+    assert settings_of({"extra": {}, "spec": spec}, "m") is None  # an older file: the caller decides
+    for bad, words in (
+        ({**good, "spacing-mm": 0.05}, "spacing"),
+        ({**good, "patch-size": 20}, "patch size"),
+        ({**good, "preprocessing": "uharmony-9"}, "preprocessing"),
+        ({**good, "regions": ["WT"]}, "regions"),
+        ({**good, "spacing-mm": "x"}, "malformed"),
+    ):
+        with pytest.raises(CheckpointError, match=words):
+            settings_of({"extra": {"inference": bad}, "spec": spec}, "m")

@@ -42,3 +42,32 @@ def test_per_case_dice_is_kept_at_the_site(tiny_federation, tmp_path):
     assert len(lines) == 2 * len(job.data.val) and all(r["run"] == "run-a" and "dice-wt" in r for r in lines)
     sent = json.dumps(metrics)  # what is sent: averages only, no case id
     assert not any(r["case"] in sent for r in lines) and all(isinstance(v, (int, float)) for v in metrics.values())
+
+
+def test_the_site_sets_its_own_privacy_floor(tiny_federation, tmp_path):
+    """Issue 29, F14: ``min-report-cases`` was the coordinator's (run config) alone. A site's node config may
+    raise it and the run cannot lower it: below the floor no Dice leaves, and no train loss either."""
+    import pytest
+
+    from uharmony import protocol as P
+
+    cfg = RunConfig.from_flwr(tiny_overrides(tiny_federation, tmp_path / "run"))  # the run's floor: 1
+    spec = cfg.build_model(4).spec
+
+    def job(node_config):
+        site = SiteRound(node_config, cfg, spec, "uharmony", run_id="r")
+        model = cfg.build_model(4)
+        site.load(global_state_of(model, ModelRoles(model, "uharmony")))
+        return site
+
+    floor = job({"partition-id": 0, "min-report-cases": 5})  # one validation case, two training cases
+    assert floor.cfg.min_report_cases == 5 and len(floor.data.val) == 1
+    assert not [k for k in floor.evaluate(1) if k.startswith(("dice", "hd95", "gate"))]
+    _, metrics, _ = floor.train(1, 0.01, 1, 0.0, seed=0)
+    assert P.TRAIN_LOSS not in metrics and metrics[P.NUM_EXAMPLES] == 2
+    open_site = job({"partition-id": 0})  # without its own floor: the run's
+    assert "dice-wt-oracle" in open_site.evaluate(1)
+    assert P.TRAIN_LOSS in open_site.withhold({P.TRAIN_LOSS: 0.5})
+    for bad in ("five", 0, True, 2.5):
+        with pytest.raises(ValueError, match="node config: 'min-report-cases'"):
+            job({"partition-id": 0, "min-report-cases": bad})

@@ -16,20 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..networks import DEFAULT_MODALITIES as MODALITIES
+from .redaction import redact_paths  # noqa: F401 - where callers have always found it
 from .regions import LABEL_MAPS, annotated_regions, protocol_regions
 
 MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")  # order of the 4-D MSD images (FLAIR, T1w, t1gd, T2w)
 SPLITS = ("train", "val")  # what a manifest may fix a case to (a held-out validation set, say)
-
-
-_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:'\"]*[\\/]([^\s:'\"\\/]+)")
-
-
-def redact_paths(text: str) -> str:
-    """``text`` with every file path cut to its last part (what leaves a site names no folder of it)."""
-    return _PATH.sub(lambda m: m.group(1), text)
 
 
 class DataError(ValueError):
@@ -63,7 +56,7 @@ class Site:
     modalities: tuple[str, ...]
     train: list[Case] = field(default_factory=list)
     val: list[Case] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # {"case"/"file", "reason"}
+    skipped: list[dict] = field(default_factory=list)  # {"case"/"file", "reason", "category"}
 
     @property
     def labelled(self) -> bool:
@@ -191,7 +184,29 @@ def load_site_folder(
             lm = "brats2023" if label_map == "brats2021" else label_map  # BraTS 2023 naming: its labels too
             site.cases.append(brats_case(root, folder.name, lm, modalities, BRATS23_SUFFIX, domain))
         else:
-            site.skipped.append({"case": folder.name, "reason": f"{folder}: no BraTS-named image files"})
+            site.skipped.append(
+                {"case": folder.name, "reason": f"{folder}: no BraTS-named image files", "category": "no-images"}
+            )
     if not site.cases:
         raise DataError(root, "no case folders with BraTS-named files found")
     return site.split(val_fraction, seed)
+
+
+def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:
+    """The files of ``modalities`` (the model's) that a case folder has, in BraTS 2021 or 2023 naming; other
+    files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "not a case folder")
+    images = {}
+    for m in modalities:
+        for name in (f"{folder.name}_{m}.nii.gz", f"{folder.name}-{BRATS23_SUFFIX.get(m, m)}.nii.gz"):
+            if (folder / name).exists():
+                images[m] = str(folder / name)
+    if not images:
+        raise DataError(
+            folder,
+            f"no modality file named <case>_{{{','.join(modalities)}}}.nii.gz (or BraTS 2023 names) "
+            "for the model's modalities",
+        )
+    return Case(folder.name, images, None, "brats2021", tuple(images))

@@ -11,7 +11,9 @@ institution); every simulated site reads its own part from it here, as a hospita
 
 A case may carry ``"split": "val"`` (or ``"train"``): it is then always in that part (a held-out validation
 set); the other cases are split by seed as if it were absent. Relative paths are relative to ``root``
-(default: the manifest's folder). A 4-D case gives ``image4d`` and ``channels`` instead of ``images``.
+(default: the manifest's folder). A relative folder given to this module is made absolute once, against the
+current folder, where it enters (``absolute``). A 4-D case gives ``image4d`` and ``channels`` instead of
+``images``.
 Every malformed entry is an error naming the file and the key.
 """
 
@@ -26,6 +28,11 @@ from .cases import MSD_CHANNELS, SPLITS, Case, DataError, Federation, Site, chec
 
 FORMAT = "uharmony-federation/1"
 MANIFEST = "federation.json"
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute against the current folder (``~`` expanded; links are not resolved)."""
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
 def write_manifest(folder: str | Path, kind: str, sites: list[dict], root: str | Path | None = None, **extra) -> Path:
@@ -114,8 +121,9 @@ def _site(entry, base: Path, where: str, key: str) -> Site:
 
 
 def load_federation(root: str | Path, val_fraction: float = 0.25, seed: int = 0) -> Federation:
-    """The sites of the federation whose manifest is ``root/federation.json`` (split into train/val by seed)."""
-    root = Path(root)
+    """The sites of the federation whose manifest is ``root/federation.json`` (split into train/val by seed).
+    A relative ``root`` is taken from the current folder (made absolute here, once)."""
+    root = absolute(root)
     path = root / MANIFEST
     if not path.is_file():
         raise DataError(
@@ -126,7 +134,7 @@ def load_federation(root: str | Path, val_fraction: float = 0.25, seed: int = 0)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON ({exc})") from None
     _need(isinstance(doc, dict) and doc.get("format") == FORMAT, str(path), "format", f"expected {FORMAT!r}")
-    base = Path(doc["root"]) if isinstance(doc.get("root"), str) else root
+    base = Path(doc["root"]) if isinstance(doc.get("root"), str) else root  # relative: to the manifest's folder
     base = base if base.is_absolute() else (root / base)
     entries = doc.get("sites")
     _need(isinstance(entries, list) and entries, str(path), "sites", "must be a non-empty list")
@@ -140,7 +148,7 @@ def load_federation(root: str | Path, val_fraction: float = 0.25, seed: int = 0)
 
 def cache_root() -> Path:
     """Where generated federations and preprocessed scans are kept (``UHARMONY_CACHE``)."""
-    return Path(os.environ.get("UHARMONY_CACHE", Path.home() / ".cache" / "uharmony"))
+    return absolute(os.environ.get("UHARMONY_CACHE", Path.home() / ".cache" / "uharmony"))
 
 
 def embedded_name(
@@ -162,9 +170,10 @@ def embedded_name(
 
 
 def federation_root(cfg) -> Path:
-    """The run's federation: ``data-root``, else the embedded synthetic federation of its settings."""
+    """The run's federation: ``data-root`` (absolute; a relative one from the current folder), else the embedded
+    synthetic federation of its settings."""
     if cfg.data_root:
-        return Path(cfg.data_root)
+        return absolute(cfg.data_root)
     path = cache_root() / embedded_name(
         cfg.synth_sites,
         cfg.synth_cases_per_site,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..files import private_dir, private_tree
 from .cases import Site, load_site_folder
 from .manifest import cache_root, federation_root, load_federation
 
 
 def resolve_site(node_config: dict, cfg, pooled: bool = False) -> tuple[Site, Path, Path]:
-    """(site, site state folder, preprocessed-scan cache folder) for this node.
+    """(site, site state folder, preprocessed-scan cache folder) for this node. The state folder is made
+    0700 (a hospital's, with everything in it narrowed to 0700/0600); the cache folder is made 0700 when
+    first written.
 
     ``pooled``: the node trains on every site's data (the centralized baseline), which only a simulated
     node can do.
@@ -35,11 +38,12 @@ def resolve_site(node_config: dict, cfg, pooled: bool = False) -> tuple[Site, Pa
             ) from None
         if domain < 0:
             raise ValueError(f"node config: 'domain-id' must be >= 0, got {domain}")
-        site = load_site_folder(path, site_id, domain, seed=cfg.seed)
+        site = load_site_folder(path, site_id, domain, seed=cfg.federation_seed)
         state = Path(str(node_config.get("state-dir", path / ".uharmony-state")))
+        private_tree(private_dir(state))  # scans, labels, statistics, per-case scores: the site's user's alone
         return site, state, state / "preprocessed"
     if "partition-id" in node_config:
-        fed = load_federation(federation_root(cfg), seed=cfg.seed)
+        fed = load_federation(federation_root(cfg), seed=cfg.federation_seed)
         try:
             pid = int(node_config["partition-id"])
         except (TypeError, ValueError):
@@ -52,5 +56,6 @@ def resolve_site(node_config: dict, cfg, pooled: bool = False) -> tuple[Site, Pa
                 f"{len(fed.sites)} sites ({[s.name for s in fed.sites]})"
             )
         site = fed.pooled() if pooled else fed.sites[pid]
-        return site, Path(cfg.run_dir) / "site-state" / f"site-{site.name}", cache_root() / "preprocessed"
+        state = private_dir(Path(cfg.run_dir) / "site-state" / f"site-{site.name}")
+        return site, state, cache_root() / "preprocessed"
     raise ValueError("node config needs 'data-path' and 'site-id' (hospital SuperNode) or 'partition-id' (simulation)")

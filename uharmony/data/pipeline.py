@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -33,8 +34,10 @@ from monai.transforms import (
     Transform,
 )
 
+from ..files import PRIVATE_FILE, private_dir
 from .cases import MODALITIES, Case, DataError, Site
 from .reading import read_case
+from .redaction import error_category
 from .regions import REGIONS, LabelToRegionsd, annotated_regions
 
 log = logging.getLogger(__name__)
@@ -80,14 +83,15 @@ def train_transform(patch: int, samples: int = 1, neg_ratio: float = 1.0) -> Com
 
 
 class ReadCased(Transform):
-    """A case description (``describe_case``) -> the read, validated case in the model's input layout."""
+    """A case description (``describe_case``) -> the read, validated case in the model's input layout;
+    ``spacing``: the grid it will be resampled to (a file too large for it is refused from its header)."""
 
-    def __init__(self, modalities: Sequence[str]) -> None:
-        self.modalities = tuple(modalities)
+    def __init__(self, modalities: Sequence[str], spacing: float | None = None) -> None:
+        self.modalities, self.spacing = tuple(modalities), spacing
 
     def __call__(self, data: dict) -> dict:
         case = Case(**{k: tuple(v) if k in ("modalities", "channels") else v for k, v in data["case"].items()})
-        out = read_case(case, self.modalities)
+        out = read_case(case, self.modalities, self.spacing)
         if "label" not in out:  # a label-free case: an empty label map (no region is annotated, none is scored)
             if case.label_map != "none":
                 raise DataError(case.case_id, f"case has no label file but its site's protocol is {case.label_map!r}")
@@ -130,6 +134,33 @@ def _data_error(exc: BaseException) -> DataError | None:
     return None
 
 
+def _root_error(exc: BaseException) -> BaseException:
+    """The error a transform raised, under MONAI's wrapping (``applying transform ...``)."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    return seen
+
+
+class PrivatePersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` whose cache files are 0600 in a 0700 folder, whatever the umask (they
+    hold a patient's resampled scans and annotation)."""
+
+    def __init__(self, data, transform, cache_dir) -> None:
+        if cache_dir is not None:
+            private_dir(cache_dir)
+        super().__init__(data, transform, cache_dir)
+
+    def _cachecheck(self, item_transformed):
+        out = super()._cachecheck(item_transformed)
+        if self.cache_dir is not None:
+            name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+            path = Path(self.cache_dir) / f"{name}.pt"
+            if path.exists() and stat.S_IMODE(path.stat().st_mode) != PRIVATE_FILE:
+                os.chmod(path, PRIVATE_FILE)
+        return out
+
+
 class SiteData:
     """A site's preprocessed train/val cases; bad cases are skipped, counted and reported.
 
@@ -154,7 +185,7 @@ class SiteData:
         layout = (self.modalities, self.regions, float(spacing))
         steps = Compose(
             [
-                ReadCased(self.modalities),
+                ReadCased(self.modalities, spacing),
                 *preprocess_transform(spacing, True, self.regions).transforms,
                 CaseMeta("protocol", self.regions, spacing),
             ]
@@ -164,17 +195,23 @@ class SiteData:
         self.val = self._prepare(site.val)
 
     def _prepare(self, cases: list[Case]) -> list[dict]:
-        ds = PersistentDataset([describe_case(c, self._layout) for c in cases], self._transform, self._cache_dir)
+        """The preprocessed cases; a case whose preparation fails in any way is skipped, counted and logged
+        (a DataError names the file; any other error keeps its type in the reason), never the site's round."""
+        ds = PrivatePersistentDataset([describe_case(c, self._layout) for c in cases], self._transform, self._cache_dir)
         items = []
         for i, case in enumerate(cases):
             try:
                 items.append({**ds[i], "case_id": case.case_id})
-            except Exception as exc:  # MONAI wraps a transform's error; the DataError names the file
+            except Exception as exc:  # noqa: BLE001 - MONAI wraps a transform's error; one case, not the site
                 err = _data_error(exc)
-                if err is None:
-                    raise
-                log.warning("site %s: skipping case %s: %s", self.site.name, case.case_id, err)
-                self.skipped.append({"case": case.case_id, "file": err.path, "reason": err.reason})
+                if err is not None:
+                    entry = {"case": case.case_id, "file": err.path, "reason": err.reason}
+                else:
+                    root = _root_error(exc)
+                    entry = {"case": case.case_id, "reason": f"{type(root).__name__}: {str(root)[:300]}"}
+                entry["category"] = error_category(err or _root_error(exc))
+                log.warning("site %s: skipping case %s: %s", self.site.name, case.case_id, entry["reason"])
+                self.skipped.append(entry)
         return items
 
     @property

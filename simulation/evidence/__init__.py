@@ -1,0 +1,1 @@
+"""``uharmony-evidence``: the pre-registered confirmatory comparison behind docs/results.md."""

@@ -1,0 +1,42 @@
+"""Issue 31, item 5, against Flower's real SuperLink (the coordinator's guarded one, TLS, on 127.0.0.1):
+``uharmony-coordinator status`` reads the registered sites and the runs through Flower's Control API."""
+
+import json
+import subprocess
+
+import pytest
+
+from client.keys import generate_node_key
+from server.control_api import flwr_env
+from server.coordinator import main as coordinator
+from server.coordinator import superlink_command, write_connection
+from server.pki import init_ca, server_cert
+from simulation.deployment import free_port, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]
+
+
+def test_status_on_a_real_superlink_names_registered_sites_that_never_connected(tmp_path, capsys):
+    pki, state = tmp_path / "pki", tmp_path / "state"
+    init_ca(pki, days=30, passphrase=b"correct horse")
+    server_cert(pki, ["superlink.example.org"], [], days=10, passphrase=b"correct horse")
+    port = free_port()
+    state.mkdir(mode=0o700)
+    write_connection(state, port, pki / "ca.crt")
+    link = subprocess.Popen(superlink_command(pki, state, port), env=flwr_env(state), start_new_session=True)
+    try:
+        wait_for(lambda: coordinator(["status", "--state", str(state), "--json"]) == 0, 120, "the SuperLink", link, 1)
+        capsys.readouterr()
+        _, pub = generate_node_key(tmp_path / "keys", "hospital-a")
+        assert coordinator(["register", "--state", str(state), "--site", "hospital-a", "--domain", "0",
+                            "--public-key", str(pub)]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert coordinator(["status", "--state", str(state), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["sites"] == [
+            {"site": "hospital-a", "domain": 0, "status": "never connected", "node": doc["sites"][0]["node"]}
+        ]
+        assert doc["unknown-nodes"] == [] and doc["runs"] == []
+    finally:
+        link.terminate()
+        link.wait(timeout=30)
