@@ -1,14 +1,16 @@
 """``uharmony-export``: the federated model as a signed MONAI bundle (and TorchScript) a hospital can deploy.
 
     uharmony-export --model runs/latest/final_model.pt --out bundle/ [--state-dir /var/lib/uharmony]
-                    [--trusted-key trusted-entities.yaml] [--signing-key KEY [--passphrase-file F]]
-    uharmony-export --verify bundle/ --trusted-key signing.pub
+                    [--trusted-key model-signing.pub] [--signing-key KEY [--passphrase-file F]]
+    uharmony-export --verify bundle/ --trusted-key model-signing.pub
 
 With ``--state-dir`` (the site's state folder, or one ``uharmony-calibrate`` wrote) the bundle carries that
 site's harmonization statistics; without it, scans are standardized with their own. The bundle's
 ``manifest.json`` lists every file's SHA-256 and a release record (the model's run and round, its kind,
 an expiry no later than the model's); ``--signing-key`` (an Ed25519 OpenSSH key: the coordinator's
-``signing.key``, or the hospital's own from ``ssh-keygen -t ed25519``) signs it as ``manifest.sig``.
+``model-signing.key``, or the hospital's own from ``ssh-keygen -t ed25519``) signs it as ``manifest.sig``.
+Without it the bundle is unsigned: it still runs, but ``--verify`` and ``uharmony-segment --trusted-key`` refuse
+it (a bundle is checked against the key that signed it, never taken on trust).
 The bundle is checked with MONAI's ``verify_net_in_out`` and the TorchScript against PyTorch
 (``uharmony/export.py``). ``--verify`` checks a bundle (digests, signature, release, configs) before its
 ``configs/inference.json`` is given to MONAI; ``uharmony-segment --model bundle/ --trusted-key ...`` makes
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
 
 def _verify(a) -> int:
     if a.trusted_key is None:
-        raise BundleError("--verify needs --trusted-key: the signer's public key (signing.pub, trusted-entities.yaml)")
+        raise BundleError(
+            "--verify needs --trusted-key: the public key of the bundle's signer (e.g. model-signing.pub)"
+        )
     trusted = _trusted(a.trusted_key, "uharmony-export")
     _, _, _, _, manifest = open_bundle(a.verify, trusted, a.allow_checkpoint, _revocations(a.revoked))
     print(json.dumps({"bundle": str(a.verify), "verified": True, "release": manifest.get("release")}))

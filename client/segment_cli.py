@@ -123,7 +123,9 @@ def add_trust_options(p: argparse.ArgumentParser) -> None:
         "--trusted-key",
         type=Path,
         default=None,
-        help="the signer's public key(s) (trusted-entities.yaml, signing.pub): the model must be signed by one",
+        help="the public key(s) that sign released models: the coordinator's model-signing.pub (not the "
+        "SuperNode's trusted-entities.yaml: that holds the app-signing key), or a bundle signer's .pub; the model "
+        "must be signed by one",
     )
     p.add_argument(
         "--allow-checkpoint",
@@ -138,8 +140,8 @@ def add_trust_options(p: argparse.ArgumentParser) -> None:
 def _trusted(path: Path | None, prog: str) -> list | None:
     if path is None:
         print(
-            f"{prog}: warning: the model's signature is not checked (give --trusted-key, e.g. the "
-            "trusted-entities.yaml your SuperNode uses)",
+            f"{prog}: warning: the model's signature is not checked (give --trusted-key: the coordinator's "
+            "model-signing.pub)",
             file=sys.stderr,
         )
         return None
@@ -260,21 +262,24 @@ def _derive(model, item: dict, roi: int, device: str = "cpu") -> tuple[dict, dic
 
 
 def _overlay(images: dict[str, str], labels: np.ndarray, png: Path, case: str = "") -> None:
-    """The axial slice with the most labelled voxels of the case's FLAIR (else another contrast), beside the
-    same slice with the output labels in fixed colours and a legend."""
+    """The axial slice with the most labelled voxels inside the head (where the scan is not empty: a poor model's
+    labels may fill the background too) of the case's FLAIR (else another contrast), beside the same slice with
+    the output labels in fixed colours and a legend."""
     from uharmony.plots import draw_labels, legend_handles, protocol_entries, pyplot
 
     plt = pyplot()
     modality = next((m for m in ("flair", "t2", "t1ce", "t1") if m in images), next(iter(images)))
     image = np.asarray(nib.load(images[modality]).dataobj)
     image = image[..., 0] if image.ndim == 4 else image
-    z = int(np.argmax((labels > 0).sum(axis=(0, 1)))) if labels.any() else labels.shape[2] // 2
+    inside = (labels > 0) & (image != 0) if image.shape == labels.shape else labels > 0
+    counts = inside.sum(axis=(0, 1)) if inside.any() else (labels > 0).sum(axis=(0, 1))
+    z = int(np.argmax(counts)) if counts.any() else labels.shape[2] // 2
     fig, axes = plt.subplots(1, 2, figsize=(7, 4.2), layout="constrained")
     draw_labels(axes[0], image[:, :, z], None)
     draw_labels(axes[1], image[:, :, z], labels[:, :, z])
     axes[0].set_title(f"{modality.upper()}, axial slice {z + 1} of {labels.shape[2]}", fontsize=9)
     axes[1].set_title("with the model's labels", fontsize=9)
-    fig.suptitle(f"{case}: segmentation (slice with the most labelled voxels)", fontsize=10)
+    fig.suptitle(f"{case}: segmentation (the slice with the most labelled voxels in the head)", fontsize=10)
     handles = legend_handles(protocol_entries("output", labels))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,7 @@ def _checked(path: Path, key: Key, value):
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no clash
         try:
             s.bind((host, port))
         except OSError:

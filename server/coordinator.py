@@ -247,6 +247,7 @@ def ports_free(**ports: tuple[str, int]) -> None:
         if not port:
             continue
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no clash
             try:
                 s.bind((host, port))
             except OSError as exc:

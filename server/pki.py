@@ -83,6 +83,12 @@ def read_passphrase(path: Path | None, ask: str = "", confirm: bool = False) -> 
     if path is not None:
         try:
             value = path.read_bytes().strip()
+        except FileNotFoundError:
+            raise PKIError(
+                f"{path}: no such passphrase file. It is a file you create first, holding only the PKI passphrase "
+                f"(8+ characters), readable by you alone, e.g. `(umask 077; openssl rand -base64 24 > {path})`; "
+                "keep a copy off the machine (or leave out --passphrase-file to type the passphrase)"
+            ) from None
         except OSError as exc:
             raise PKIError(f"{path}: cannot read the passphrase file ({exc.strerror})") from None
         if not value:

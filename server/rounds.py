@@ -279,7 +279,7 @@ class RoundEngine:
         """Evaluate the model of the pending round now, by message (before a join changes it)."""
         if self.pending:
             rnd, self.pending = self.pending, 0
-            say(f"round {rnd} evaluated before the model grows: {_dice_line(self.evaluate(rnd))}")
+            say(f"round {rnd} evaluated before the model grows: {_dice_line(self.evaluate(rnd), self.model.gated)}")
 
     def _file_evaluation(self, rnd: int, per_site: dict, rejected: list, **tags) -> dict:
         if rejected:
@@ -319,7 +319,7 @@ class RoundEngine:
             grew = self.admit(rnd)
             if grew and rnd > 1:  # a trained model grew: check every site on it before anyone trains
                 s = self.evaluate(rnd - 1, phase="after-extension", joined=grew)
-                say(f"evaluation after extension for {', '.join(grew)}: {_dice_line(s)}")
+                say(f"evaluation after extension for {', '.join(grew)}: {_dice_line(s, self.model.gated)}")
             info = self.train(rnd)
             evaluated = info.pop("evaluated", None)
             full = sum(v.numel() * v.element_size() for v in self.model.state_dict().values())
@@ -341,7 +341,7 @@ class RoundEngine:
             if "privacy" in info:
                 line += f", epsilon {info['privacy']['epsilon']} at delta {info['privacy']['delta']:g}"
             if evaluated is not None:
-                line += f" | round {evaluated['round']}'s model: {_dice_line(evaluated)}"
+                line += f" | round {evaluated['round']}'s model: {_dice_line(evaluated, self.model.gated)}"
             if self.tensorboard is not None:
                 self.tensorboard.train(rnd, loss, time.time() - t0)
             last = bool(self.stop_reason) or rnd == cfg.num_server_rounds
@@ -352,7 +352,7 @@ class RoundEngine:
                 self.refresh_prototypes(rnd)
                 if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
                     summary = self.evaluate(rnd, experts=last)
-                    line += f" | {_dice_line(summary)}"
+                    line += f" | {_dice_line(summary, self.model.gated)}"
                 else:  # the sites score this model at the start of the next round's train message
                     self.pending = rnd
             self._checkpoint(rnd)
@@ -378,10 +378,13 @@ class RoundEngine:
         return {"run_dir": str(self.run_dir), "summary": means}
 
 
-def _dice_line(summary: dict) -> str:
-    modes = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k in ("oracle", "gated"))
+def _dice_line(summary: dict, gated: bool = True) -> str:
+    """A gated model's two modes (oracle: own expert; gated: the scan gate picks); a plain head's one value."""
+    keep = ("oracle", "gated") if gated else [k for k in ("oracle", "gated") if k in summary][:1]
+    modes = ", ".join(f"{k} {v:.3f}" if gated else f"{v:.3f}" for k, v in summary.items() if k in keep)
     sites = "; ".join(
-        f"site {s} " + "/".join(f"{v:.2f}" for v in per.values()) for s, per in summary.get("sites", {}).items()
+        f"site {s} " + "/".join(f"{v:.2f}" for k, v in per.items() if k in keep)
+        for s, per in summary.get("sites", {}).items()
     )
     gate = f", gate right on {summary['gate-accuracy']:.0%} of scans" if "gate-accuracy" in summary else ""
     return f"mean Dice {modes}{gate}" + (f" [{sites}]" if sites else "")

@@ -28,6 +28,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = "local-steps=2 patch-size=16 filters='8,16,32' spacing=6.0 batch-size=1"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...), read from ``/proc``; whatever session they are in."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,10 +99,16 @@ class LocalConsortium:
         return proc
 
     def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 30) -> None:
-        """Stop a process and its children (SIGKILL: as a crash or a power cut would)."""
+        """Stop a process and all its descendants (SIGKILL: as a crash or a power cut would). Flower starts
+        its SuperExec, ServerApp and ClientApp processes in sessions of their own, which a signal to the
+        process group misses: a ServerApp left running would write a checkpoint after the "crash"."""
         proc = self.procs.pop(name)
+        family = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
         try:
             proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:

@@ -266,7 +266,7 @@ def _readme(model: UHarmonyNet, roi: int, meta: dict) -> str:
 `manifest.sig` is its signature. MONAI's `ConfigParser` runs any `$` expression and `_target_` in a config,
 so check the bundle before giving `configs/inference.json` to MONAI:
 
-    uharmony-export --verify <this folder> --trusted-key <the signer's public key or trusted-entities.yaml>
+    uharmony-export --verify <this folder> --trusted-key <the signer's public key, e.g. model-signing.pub>
 
 It refuses a bundle whose files changed, that holds unlisted files, is signed by another key, has expired,
 or whose configs hold anything `uharmony-export` does not write. (`pip install uharmony-fl` gives the
@@ -299,8 +299,13 @@ def export_torchscript(model: UHarmonyNet, path: Path, roi: int, seed: int = 0) 
         w = torch.softmax(torch.randn(1, model.head.num_domains, generator=gen), 1)
         args = (x, w)
     with torch.no_grad(), warnings.catch_warnings():
-        # the trace is checked below against PyTorch on another input; the tracer's generic warnings are not news
+        # the trace is checked below against PyTorch on another input; the tracer's generic warnings are not news,
+        # nor is PyTorch's notice that TorchScript is deprecated (model.ts is an extra for TorchScript runtimes:
+        # the bundle itself runs from models/model.pt): neither means anything to the hospital running the export
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)", category=DeprecationWarning
+        )
         traced = torch.jit.trace(wrapper, args, check_trace=False)
         atomic_write(path, lambda p: torch.jit.save(traced, str(p)))
         loaded = torch.jit.load(str(path))

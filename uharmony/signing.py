@@ -3,8 +3,8 @@
 The manifest (``manifest.json``) lists the SHA-256 of every model file and its release record
 (``uharmony.release``: run, round, kind, expiry), so one Ed25519 signature of it (``manifest.sig``) covers
 them all; a MONAI bundle's manifest is signed the same way (``uharmony.bundle_trust``). The coordinator
-signs with the key ``uharmony-pki`` made (``signing.key``, OpenSSH); a hospital verifies with the public key
-it already holds for its SuperNode: ``trusted-entities.yaml`` (or ``signing.pub``).
+signs with the model-signing key ``uharmony-pki`` made (``model-signing.key``, OpenSSH); a hospital verifies
+with its public half, ``model-signing.pub`` (not ``trusted-entities.yaml``: that holds the app-signing key).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class SignatureError(ValueError):
 
 
 def load_private_key(path: str | Path, password: bytes | None = None) -> ed25519.Ed25519PrivateKey:
-    """An Ed25519 private key in OpenSSH format (``uharmony-pki``'s ``signing.key``, or ``ssh-keygen -t
+    """An Ed25519 private key in OpenSSH format (``uharmony-pki``'s ``model-signing.key``, or ``ssh-keygen -t
     ed25519``), decrypted with ``password`` when it is encrypted."""
     try:
         key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=password)

@@ -108,10 +108,18 @@ def confirm_section(records, art: Path, md: Path) -> list[str]:
                     None,
                 ),
             ]
+    complete = len(seeds) >= len(CONFIRM_SEEDS)
     for key, what, c, target, met in rows:
-        outcome = "" if met is None else verdict(bool(met))
+        outcome = "" if met is None else verdict(bool(met)) if complete else "not decided (interim)"
         out.append(f"| {key} | {what} | {c.text() if c else '–'} (n = {c.n if c else 0}) | {target} | {outcome} |")
-    out += ["", "A point estimate alone decides nothing here: each target names the interval it needs.", ""]
+    out += ["", "A point estimate alone decides nothing here: each target names the interval it needs."]
+    if not complete:
+        out += [
+            "",
+            f"**Interim**: {len(seeds)} of the {len(CONFIRM_SEEDS)} registered seeds have run, so no target is decided "
+            "yet (the registered test is over all ten). The figures below are interim readings, not evidence.",
+        ]
+    out += [""]
     out += _table(
         v, "S3", "Dataset-free: no site label, no site's own state (S3)", DATASET_FREE, methods_run(records, "S3")
     )

@@ -336,6 +336,10 @@ def test_final_model_alone_segments_with_its_own_settings(tiny_federation, tmp_p
     assert main_segment(["--model", str(alone), *_case_args(tiny_federation, tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "resume" not in err and "no manifest.json beside it" in err
+    from client.segment_cli import load_model
+
+    assert sorted(p.name for p in alone.parent.iterdir()) == ["final_model.pt"]  # no config.json, no manifest
+    assert load_model(alone, None, None)[2:4] == (6.0, 16)  # its trained settings, not the 3 mm / 24 defaults
     trusted = str(_trusted_file(tmp_path, coordinator))
     assert main_segment(["--model", str(alone), *_case_args(tiny_federation, tmp_path), "--trusted-key", trusted]) == 2
     err = capsys.readouterr().err
@@ -404,3 +408,40 @@ def test_a_runs_final_model_is_self_contained_and_released(trained_run):
     )
     rounds = json.loads((trained_run / "checkpoints" / "manifest.json").read_text())["releases"]
     assert {r["kind"] for r in rounds.values()} == {"checkpoint"} and {r["round"] for r in rounds.values()} == {1, 2}
+
+
+def test_the_key_a_hospital_is_told_to_trust_is_the_one_that_signs_models(tiny_federation, tmp_path, capsys):
+    """Issue 31 item 4 (wording): the warning and --help used to send a hospital to its SuperNode's
+    trusted-entities.yaml, which holds only the app-signing key, so a released model was refused as untrusted.
+    With uharmony-pki's own keys: model-signing.pub accepts a released model and a bundle signed with
+    model-signing.key, trusted-entities.yaml refuses both, and the warning names model-signing.pub."""
+    from client.export_cli import main as main_export
+    from server.pki import init_ca
+    from uharmony.signing import load_private_key
+
+    pki = tmp_path / "pki"
+    init_ca(pki, days=30, passphrase=b"correct horse battery")
+    model = RunConfig.from_flwr({"strategy": "fedavg", "filters": "8,16,32"}).build_model()
+    extra = {"strategy": "fedavg", "run-id": "run-9", "inference": _settings(model)}
+    path = save_checkpoint(
+        tmp_path / "run",
+        1,
+        model.spec,
+        model.state_dict(),
+        extra,
+        name="final_model.pt",
+        signer=load_private_key(pki / "model-signing.key"),
+    )
+    case = _case_args(tiny_federation, tmp_path)
+    assert main_segment(["--model", str(path), *case]) == 0
+    warning = capsys.readouterr().err
+    assert "--trusted-key: the coordinator's model-signing.pub" in warning and "trusted-entities" not in warning
+    assert main_segment(["--model", str(path), *case, "--trusted-key", str(pki / "model-signing.pub")]) == 0
+    assert main_segment(["--model", str(path), *case, "--trusted-key", str(pki / "trusted-entities.yaml")]) == 2
+    assert "not from a trusted key" in capsys.readouterr().err
+    bundle = tmp_path / "bundle"
+    signed = ["--signing-key", str(pki / "model-signing.key"), "--trusted-key", str(pki / "model-signing.pub")]
+    assert main_export(["--model", str(path), "--out", str(bundle), *signed]) == 0
+    assert main_export(["--verify", str(bundle), "--trusted-key", str(pki / "model-signing.pub")]) == 0
+    assert main_segment(["--model", str(bundle), *case, "--trusted-key", str(pki / "model-signing.pub")]) == 0
+    assert main_segment(["--model", str(bundle), *case, "--trusted-key", str(pki / "trusted-entities.yaml")]) == 2

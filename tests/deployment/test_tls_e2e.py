@@ -126,6 +126,8 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         with pytest.raises(SignatureError):
             verify_manifest(tmp / "run", load_public_keys(tmp / "pki" / "trusted-entities.yaml"))
         assert " train: " in c.log("s1")  # the site worker answered the train messages
+        progress = c.log("coordinator-run")  # issue 31: `run` printed each round while it ran
+        assert all(f"round {r}: trained s" in progress for r in (1, 2, 3)) and "round 3 Dice: s1 " in progress
         print(f"TLS deployment: 3 rounds with a join in {elapsed:.1f} s (Flower elapsed {status['elapsed']:.1f} s)")
         # the label-free hospital: admitted without regions, never trained or scored, its statistics kept current
         free = [r for r in recs if r.get("event") == "join" and r["site"] == "s5"]

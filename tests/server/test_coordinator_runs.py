@@ -121,3 +121,20 @@ def test_run_waits_as_long_as_told_and_says_the_run_goes_on(tmp_path, published,
     captured = capsys.readouterr()
     assert "did not finish within 0.3 s; it goes on" in captured.err and "uharmony-coordinator status" in captured.err
     assert ": trained s1" in captured.out
+
+
+def test_start_refuses_a_taken_port_naming_its_option(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:  # e.g. a hospital's SuperNode rehearsed on the same machine
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["start", "--pki", str(tmp_path / "pki"), "--state", str(tmp_path / "state"), "--host", "127.0.0.1"]
+        assert coordinator.main([*args, "--port", str(port)]) == 2
+        assert f"--port {port}: 127.0.0.1:{port} is not free" in capsys.readouterr().err
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        assert coordinator.main([*args, "--port", str(free), "--superlink-port", str(port)]) == 2
+        assert f"--superlink-port {port}" in capsys.readouterr().err

@@ -53,6 +53,9 @@ def coordinator(tmp_path_factory):
                 "127.0.0.1", "--port", c.port, "--superlink-port", c.link)  # fmt: skip
         wait_for(lambda: _status(c.port, c.root / "pki" / "ca.crt", 0, "/") == 403, 120, "the gateway",
                  c.procs["coordinator"])  # fmt: skip
+        # nginx answers before the SuperLink behind it is up (a 502 then): wait until a small request reaches Flower
+        wait_for(lambda: _status(c.port, c.root / "pki" / "ca.crt", _push_object(16), timeout=10) == 401, 120,
+                 "the SuperLink behind the gateway", c.procs["coordinator"])  # fmt: skip
         yield c
     finally:
         c.close()

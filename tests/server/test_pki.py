@@ -4,7 +4,9 @@ import base64
 import hashlib
 import ipaddress
 import json
+import shutil
 import stat
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -153,6 +155,23 @@ def test_cli_errors_name_the_problem_without_decoration(tmp_path, capsys, monkey
     )
     err = capsys.readouterr().err
     assert "missing.pub" in err and "│" not in err and "─" not in err
+
+
+def test_a_missing_ca_pass_file_says_what_it_is_and_how_to_make_it(tmp_path, capsys, monkeypatch):
+    """Issue 31 item 11 ("ca-pass explained"): the README's `--passphrase-file ca-pass` names a file the user makes
+    first; the error for a missing one says so and gives the command, which then works."""
+    monkeypatch.delenv("UHARMONY_CA_PASSPHRASE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["init-ca", "--dir", "pki", "--passphrase-file", "ca-pass", "--days", "30"]
+    assert main(args) == 2 and not Path("pki/ca.key").exists()
+    err = capsys.readouterr().err
+    assert "ca-pass: no such passphrase file" in err and "a file you create first" in err
+    command = err.split("`")[1]
+    assert command == "(umask 077; openssl rand -base64 24 > ca-pass)"
+    if shutil.which("openssl"):  # the advice, followed as written
+        subprocess.run(["bash", "-c", command], check=True)
+        assert stat.S_IMODE(Path("ca-pass").stat().st_mode) == 0o600
+        assert main(args) == 0 and Path("pki/ca.key").exists()
 
 
 @pytest.mark.parametrize(

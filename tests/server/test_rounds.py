@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from client.client_app import make_app
-from server.rounds import run_server
+from server.rounds import _dice_line, run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
@@ -197,9 +198,12 @@ def test_a_round_interrupted_by_a_crash_is_redone_once(tiny_federation, trained_
         ("fedavg", {"dp_noise_multiplier": 0.1, "dp_clipping_norm": 5.0}),  # Flower's DP wrapper
     ],
 )
-def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra):
+def test_each_strategy_runs_a_round(tiny_federation, tmp_path, strategy, extra, capsys):
     run_dir = tmp_path / strategy
     _, grid = _run(tiny_federation, run_dir, strategy=strategy, num_server_rounds=1, **extra)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "round 1/1" in x)
+    assert re.search(r"mean Dice \d\.\d{3} \[site 1 \d\.\d\d; site 2 ", line), line  # a plain head: one Dice
+    assert "oracle" not in line and "gated" not in line  # (issue 31 item 10: FedAvg's log spoke of both)
     recs = RunLog(run_dir).records()
     train = next(r for r in recs if r.get("event") == "train")
     assert train["rejected"] == []
@@ -307,3 +311,10 @@ def test_a_sites_own_privacy_floor_keeps_its_dice_and_train_loss_home(tiny_feder
         if request.metadata.message_type in ("train", "evaluate") and request.metadata.dst_node_id == 1000:
             sent = {k for rec in reply.content.metric_records.values() for k in rec}
             assert P.TRAIN_LOSS not in sent and not any(k.startswith(("dice", "hd95", "gate")) for k in sent)
+
+
+def test_the_dice_line_names_modes_only_for_a_gated_head():
+    summary = {"oracle": 0.5, "gated": 0.6, "gate-accuracy": 0.75, "sites": {"1": {"oracle": 0.4, "gated": 0.45}}}
+    assert _dice_line(summary) == "mean Dice oracle 0.500, gated 0.600, gate right on 75% of scans [site 1 0.40/0.45]"
+    plain = {"oracle": 0.5, "gated": 0.5, "sites": {"1": {"oracle": 0.4, "gated": 0.4}}}
+    assert _dice_line(plain, gated=False) == "mean Dice 0.500 [site 1 0.40]"
