@@ -7,6 +7,8 @@ Federation: ``strategies`` (the strategy table), ``config`` (typed run config), 
 keys), ``federated`` (what a site sends, keeps and receives), ``site_round`` (a site's round),
 ``training`` / ``inference``, ``checkpoint`` / ``site_state`` / ``runlog`` (files a run writes).
 Data: ``uharmony.data`` (cases, sites, manifests, reading and preprocessing NIfTI).
+Names: ``vocabulary`` (modalities, regions, model choices, parameter roles, plans; imports nothing: the
+light modules take their names from it, never from ``networks``).
 """
 
 import importlib

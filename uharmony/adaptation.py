@@ -144,7 +144,7 @@ def spec_extends(base: dict, spec: dict) -> bool:
     """
     import json
 
-    from .networks import DEFAULT_REGIONS
+    from .vocabulary import REGIONS as DEFAULT_REGIONS
 
     base, spec = json.loads(json.dumps(base)), json.loads(json.dumps(spec))  # as stored: tuples become lists
 

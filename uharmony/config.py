@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .checks import one_of
 from .strategies import STRATEGIES, Strategy, get_strategy
+from .vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,13 @@ class RunConfig:
 
     def check(self) -> None:
         one_of("run config: 'strategy'", self.strategy, STRATEGIES)
-        one_of("run config: 'norm'", self.norm, ("auto", "uharmony", "instance", "batch"))
+        one_of("run config: 'norm'", self.norm, ("auto", *NORMS))
         one_of("run config: 'optimizer'", self.optimizer, ("adamw", "adam", "sgd"))
         one_of("run config: 'lr-schedule'", self.lr_schedule, ("cosine", "constant"))
         one_of("run config: 'head-experts'", self.head_experts, ("residual", "separate"))
         one_of("run config: 'head-gate'", self.head_gate, ("scan", "window"))
-        one_of("run config: 'gate-descriptor'", self.gate_descriptor, ("features+acquisition", "features"))
-        one_of("run config: 'gate-unseen'", self.gate_unseen, ("shared", "nearest"))
+        one_of("run config: 'gate-descriptor'", self.gate_descriptor, GATE_DESCRIPTORS)
+        one_of("run config: 'gate-unseen'", self.gate_unseen, GATE_UNSEEN)
         if not 0.0 <= self.gate_confidence < 1.0:
             raise ValueError("run config: 'gate-confidence' must be in [0, 1)")
         one_of("run config: 'device'", self.device, ("auto", "cpu", "cuda"))
@@ -171,9 +172,7 @@ class RunConfig:
         self._check_umsrep()
 
     def _check_umsrep(self) -> None:
-        from .umsrep.plans import FINETUNE
-
-        one_of("run config: 'phase'", self.phase, ("segment", "pretrain"))
+        one_of("run config: 'phase'", self.phase, PHASES)
         one_of("run config: 'finetune'", self.finetune, FINETUNE)
         one_of("run config: 'tasks'", self.tasks, ("", "presence"))
         one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))

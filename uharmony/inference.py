@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowSplitter
 
-from .networks import DEFAULT_REGIONS
 from .norm import UHarmonyNorm
 from .training import predict
+from .vocabulary import REGIONS as DEFAULT_REGIONS
 
 
 @torch.no_grad()

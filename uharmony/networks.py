@@ -19,14 +19,10 @@ from .fingerprint import fingerprint_size
 from .head import DomainGatedHead, PlainHead
 from .norm import INSTANCE_NORMS, UHarmonyNorm
 
-ARCHS = ("dynunet", "swinunetr")
-NORMS = ("uharmony", "instance", "batch")
-HEADS = ("gated", "plain")
-# what the scan gate compares: the head-input features, and the scan's acquisition fingerprint (default)
-GATE_DESCRIPTORS = ("features+acquisition", "features")
-GATE_UNSEEN = ("shared", "nearest")  # a scan beyond every domain's reach: shared answer | nearest domain
-DEFAULT_MODALITIES = ("t1", "t1ce", "t2", "flair")
-DEFAULT_REGIONS = ("ET", "TC", "WT")  # BraTS evaluation regions: enhancing, tumour core, whole tumour
+# the vocabulary (torch-free, uharmony.vocabulary), importable from here as it always was
+from .vocabulary import ARCHS, GATE_DESCRIPTORS, GATE_UNSEEN, HEADS, NORMS
+from .vocabulary import MODALITIES as DEFAULT_MODALITIES
+from .vocabulary import REGIONS as DEFAULT_REGIONS
 
 
 class ModalityStems(nn.Module):

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import one_of
-
-SITE_LOCAL_OPTIONS = ("stats", "stats+coefficients")
-RESTORE_MODES = ("ratio", "affine", "none")
+from .vocabulary import RESTORE_MODES, SITE_LOCAL_OPTIONS
 
 
 def hermite_basis(x: torch.Tensor, order: int) -> list[torch.Tensor]:

@@ -18,9 +18,7 @@ from torch import nn
 
 from .head import DomainExpert, DomainGatedHead
 from .norm import NORM_TYPES, UHarmonyNorm
-
-SHARED, LOCAL, DOMAIN = "shared", "local", "domain"
-ROLES = (SHARED, LOCAL, DOMAIN)
+from .vocabulary import DOMAIN, LOCAL, ROLES, SHARED
 
 
 def _own_state(module: nn.Module, prefix: str, state_keys: set[str]) -> list[tuple[str, object]]:

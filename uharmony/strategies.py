@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .checks import one_of
-from .networks import HEADS, NORMS
-from .roles import LOCAL, NORM_TYPES, SHARED, module_state_keys
+from .vocabulary import HEADS, LOCAL, NORMS, SHARED
 
-KeepLocal = Callable[[nn.Module, dict[str, str]], dict[str, str]]
+if TYPE_CHECKING:  # the table is read without torch (the run config, a site's profile); a model brings it
+    from torch import nn
+
+KeepLocal = Callable[["nn.Module", dict[str, str]], dict[str, str]]
 
 
 def norm_layers_stay(model: nn.Module, roles: dict[str, str]) -> dict[str, str]:
     """FedBN: every normalization layer's parameters and buffers stay at the site."""
+    from .roles import NORM_TYPES, module_state_keys
+
     local = module_state_keys(model, lambda m: isinstance(m, NORM_TYPES))
     return {k: LOCAL if k in local else r for k, r in roles.items()}
 

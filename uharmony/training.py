@@ -20,9 +20,9 @@ from monai.utils import MetricReduction
 from .gating import scan_gate, uses_scan_gate
 from .head import DomainGatedHead
 from .lesionwise import lesionwise_dice
-from .networks import DEFAULT_REGIONS as REGIONS
 from .precision import autocast
 from .roles import DOMAIN, param_roles
+from .vocabulary import REGIONS
 
 
 def masked_dice_ce(

@@ -34,6 +34,7 @@ from .sizes import (
     ABLATIONS,
     KAPPA_METHODS,
     METHODS,
+    SCENARIO_SITES,
     SIZES,
     UNSEEN_METHODS,
     UNSEEN_SCENARIO,
@@ -43,7 +44,6 @@ from .sizes import (
 PARTS = ("methods", "unseen", "ablations", "kappa", "plateau", "costs", "scale")
 DEFAULT_PARTS = ("methods",)  # the full comparison (S0 and S2, every method, every seed): about an hour
 OVERLAY_METHODS = ("fedavg", "fedbn", "uharmony")
-SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
 # the S0/S2 study's page (docs/results.md is the confirmatory comparison's, ``uharmony-evidence``) and its files
 LEGACY_PAGE, LEGACY_ART = Path("docs/results-s2.md"), Path("docs/results")
 

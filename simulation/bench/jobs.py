@@ -28,19 +28,17 @@ from uharmony.federated import ModelRoles, subset
 from uharmony.files import read_jsonl
 from uharmony.gating import scan_descriptors, uses_scan_gate
 from uharmony.inference import calibrate, regions_to_brats
-from uharmony.networks import DEFAULT_REGIONS as REGIONS
 from uharmony.norm import UHarmonyNorm
 from uharmony.runlog import RunLog
 from uharmony.site_round import SiteRound
 from uharmony.site_state import load_local_state
 from uharmony.strategies import STRATEGIES
 from uharmony.training import evaluate_cases, predict
+from uharmony.vocabulary import REGIONS
 
 from ..embedded import ensure_federation
 from ..runner import run
-from .sizes import BenchSize
-
-SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
+from .sizes import SCENARIO_SITES, BenchSize
 
 
 def _clean(v) -> float | None:

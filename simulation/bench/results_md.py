@@ -6,7 +6,7 @@ import os
 import statistics
 from pathlib import Path
 
-from uharmony.networks import DEFAULT_REGIONS as REGIONS
+from uharmony.vocabulary import REGIONS
 
 from .noise_md import noise_section
 from .report import LABELS, method_rows, ms, ratio_text, seed_scores, site_score

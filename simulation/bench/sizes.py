@@ -23,6 +23,7 @@ METHODS = {
 }
 UNSEEN_METHODS = ("fedavg", "fedbn", "uharmony")
 UNSEEN_SCENARIO = "S1"  # one labelling convention: an unseen site's Dice measures acquisition and case mix only
+SCENARIO_SITES = 5  # every scenario of simulation.synth.scenarios has five sites
 # U-Harmony variants per scenario, each differing from the default in one setting (docs/method.md explains them)
 ABLATIONS = {
     "S2": {

@@ -19,7 +19,8 @@ from uharmony.config import RunConfig
 from uharmony.data import SiteData, load_federation
 from uharmony.data.manifest import cache_root
 from uharmony.lesionwise import lesionwise_dice
-from uharmony.networks import DEFAULT_MODALITIES, DEFAULT_REGIONS
+from uharmony.vocabulary import MODALITIES as DEFAULT_MODALITIES
+from uharmony.vocabulary import REGIONS as DEFAULT_REGIONS
 
 from .design import Size
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulation.bench.report import ms
-from uharmony.networks import DEFAULT_REGIONS as OLD_REGIONS
 from uharmony.runlog import RunLog
+from uharmony.vocabulary import REGIONS as OLD_REGIONS
 
 
 def dice_rows(run_dir: Path) -> list[dict]:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from uharmony.networks import DEFAULT_MODALITIES as MODALITIES
+from uharmony.vocabulary import MODALITIES
 
 EXTRA_MODALITIES = ("adc",)  # acquired only by some sites (a joining site brings it)
 # Relative tissue intensities per contrast: CSF, GM, WM, necrosis, oedema, enhancing, resection cavity.

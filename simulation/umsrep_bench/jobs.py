@@ -17,7 +17,7 @@ from pathlib import Path
 from uharmony.config import RunConfig
 from uharmony.files import read_jsonl
 
-from ..bench.jobs import SCENARIO_SITES
+from ..bench.sizes import SCENARIO_SITES
 from ..embedded import ensure_federation
 from ..label_fraction import label_free_view, pick_labelled
 from ..runner import run

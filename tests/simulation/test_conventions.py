@@ -52,6 +52,7 @@ def _changed(site: int, kappas=(0.5, 1.0, 2.0), cases: int = 8) -> dict[float, d
     return {k: {r: changed[k][r] / max(total[k][r], 1) for r in REGIONS} for k in kappas}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("site", sorted(S3_CONFLICTS))
 def test_each_s3_convention_changes_its_regions_and_grows_with_kappa(site):
     # 4 cases show every convention; the paediatric site's cyst rule (C2) reaches few cases at kappa 0.5: 8

@@ -15,7 +15,7 @@ from uharmony.checkpoint import load_checkpoint
 from uharmony.runlog import RunLog
 
 # with the deployment tests, on the worker of Flower's runtimes: balances the two workers of scripts/test.sh
-pytestmark = pytest.mark.xdist_group("flower-runtimes")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]
 
 TOL = 1e-6  # old sites' Dice right after the extension: unchanged but for float rounding
 

@@ -1,12 +1,23 @@
 """The data layer every package stands on (Flower-free): cases and sites, a hospital's data folder,
 simulated federations' manifests, label protocols and regions, reading and preprocessing NIfTI scans."""
 
+import importlib
+
 from .cases import MODALITIES, Case, DataError, Federation, Site, load_site_folder
 from .manifest import federation_root, load_federation, write_manifest
 from .nodes import resolve_site
-from .pipeline import SiteData, preprocess_transform
-from .reading import read_case
 from .regions import LABEL_MAPS, REGIONS, annotated_regions, labels_to_regions, protocol_regions
+
+# Reading and preprocessing scans need torch and MONAI: their names are loaded on first use (PEP 562), so
+# that cases, sites and manifests (a site's profile, the synthetic data's generator) stay light.
+_HEAVY = {"SiteData": "pipeline", "preprocess_transform": "pipeline", "read_case": "reading"}
+
+
+def __getattr__(name: str):
+    if name in _HEAVY:
+        return getattr(importlib.import_module(f".{_HEAVY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LABEL_MAPS",

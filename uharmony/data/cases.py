@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..networks import DEFAULT_MODALITIES as MODALITIES
+from ..vocabulary import MODALITIES
 from .redaction import redact_paths  # noqa: F401 - where callers have always found it
 from .regions import LABEL_MAPS, annotated_regions, protocol_regions
 

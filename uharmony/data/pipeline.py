@@ -22,6 +22,7 @@ from monai.data import DataLoader, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import (
     Compose,
     CropForegroundd,
+    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
@@ -38,10 +39,28 @@ from ..files import PRIVATE_FILE, private_dir
 from .cases import MODALITIES, Case, DataError, Site
 from .reading import read_case
 from .redaction import error_category
-from .regions import REGIONS, LabelToRegionsd, annotated_regions
+from .regions import REGIONS, annotated_regions, labels_to_regions
 
 log = logging.getLogger(__name__)
 BATCH_KEYS = ("image", "label", "present", "regions", "domain")
+
+
+class LabelToRegionsd(MapTransform):
+    """MONAI dictionary transform: ``label`` (1, *spatial) -> (R, *spatial) region masks."""
+
+    def __init__(self, keys="label", label_map_key: str = "protocol", regions: Sequence[str] = REGIONS) -> None:
+        super().__init__(keys)
+        self.label_map_key = label_map_key
+        self.regions = tuple(regions)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            regions = labels_to_regions(d[key], d[self.label_map_key], self.regions)
+            if isinstance(d[key], MetaTensor):
+                regions = MetaTensor(regions, meta=d[key].meta)
+            d[key] = regions
+        return d
 
 
 def preprocess_transform(spacing: float, with_label: bool = True, regions: Sequence[str] = REGIONS) -> Compose:

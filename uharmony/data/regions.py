@@ -20,14 +20,14 @@ order of the model it prepares data for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from typing import TYPE_CHECKING
 
 from ..checks import one_of
-from ..networks import DEFAULT_REGIONS as REGIONS
+from ..vocabulary import REGIONS
+
+if TYPE_CHECKING:  # the tables are read without torch (a site's cases, a manifest); the masks bring it
+    import numpy as np
+    import torch
 
 LABEL_MAPS: dict[str, dict] = {
     "brats2021": dict(values=(0, 1, 2, 4), regions={"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}),
@@ -61,7 +61,11 @@ def labels_to_regions(
     """(1, *spatial) label map -> (len(regions), *spatial) float region masks in the order ``regions``.
 
     Regions the protocol does not annotate are all-zero (and must be masked out of loss and metrics).
+    The pipeline's transform is ``uharmony.data.pipeline.LabelToRegionsd``.
     """
+    import numpy as np
+    import torch
+
     lab = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label)
     lab = lab[0] if lab.dim() == 4 else lab
     mapping = LABEL_MAPS[check_label_map(label_map)]["regions"]
@@ -70,21 +74,3 @@ def labels_to_regions(
         for v in mapping.get(name, ()):
             out[i] = torch.maximum(out[i], (lab == v).float())
     return out
-
-
-class LabelToRegionsd(MapTransform):
-    """MONAI dictionary transform: ``label`` (1, *spatial) -> (R, *spatial) region masks."""
-
-    def __init__(self, keys="label", label_map_key: str = "protocol", regions: Sequence[str] = REGIONS) -> None:
-        super().__init__(keys)
-        self.label_map_key = label_map_key
-        self.regions = tuple(regions)
-
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            regions = labels_to_regions(d[key], d[self.label_map_key], self.regions)
-            if isinstance(d[key], MetaTensor):
-                regions = MetaTensor(regions, meta=d[key].meta)
-            d[key] = regions
-        return d

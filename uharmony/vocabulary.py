@@ -1,0 +1,35 @@
+"""The plain names the library is spoken in: modalities, regions, model choices, parameter roles, plans.
+
+Imports nothing (no torch, no MONAI), so the light modules (the run config, the strategy table, the data
+layer's cases and manifests, a site's profile) can use the names without loading the model code. The modules
+that give the names their meaning re-export them where callers have always found them
+(``uharmony.networks``: ``DEFAULT_MODALITIES``, ``DEFAULT_REGIONS``, ``ARCHS``, ``NORMS``, ``HEADS``;
+``uharmony.roles``: ``SHARED``, ``LOCAL``, ``DOMAIN``, ``ROLES``; ``uharmony.norm``: its options).
+"""
+
+from __future__ import annotations
+
+# data: the input modalities of a BraTS-like scan, and the BraTS evaluation regions (enhancing, tumour core,
+# whole tumour) a model outputs by default
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+REGIONS = ("ET", "TC", "WT")
+
+# the model (uharmony.networks.build_model)
+ARCHS = ("dynunet", "swinunetr")
+NORMS = ("uharmony", "instance", "batch")
+HEADS = ("gated", "plain")
+# what the scan gate compares: the head-input features, and the scan's acquisition fingerprint (default)
+GATE_DESCRIPTORS = ("features+acquisition", "features")
+GATE_UNSEEN = ("shared", "nearest")  # a scan beyond every domain's reach: shared answer | nearest domain
+# U-Harmony normalization (uharmony.norm.UHarmonyNorm)
+SITE_LOCAL_OPTIONS = ("stats", "stats+coefficients")
+RESTORE_MODES = ("ratio", "affine", "none")
+
+# parameter roles (uharmony.roles): averaged, kept at the site, aggregated per domain
+SHARED, LOCAL, DOMAIN = "shared", "local", "domain"
+ROLES = (SHARED, LOCAL, DOMAIN)
+
+# UMS-Rep: the run's phases, and the phase-F plans of uharmony.umsrep.plans (every plan but "pretrain";
+# tests/test_light_imports.py checks that they match)
+PHASES = ("segment", "pretrain")
+FINETUNE = ("full", "joint", "alternating", "independent", "independent-decoder")
