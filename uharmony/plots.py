@@ -162,7 +162,7 @@ def plot_run(records: list[dict], png: str | Path) -> Path | None:
     fig, (loss_ax, dice_ax) = plt.subplots(
         2, 1, figsize=(9, 6.4), sharex=True, gridspec_kw={"height_ratios": [1, 2]}, layout="constrained"
     )
-    title = f"{strategy or 'run'}" + (f" · run {run_id[:8]}" if run_id else "")
+    title = f"{strategy or 'run'}" + (f" · run {run_id if len(run_id) <= 24 else run_id[:8]}" if run_id else "")
     fig.suptitle(f"{title} · {len(sites)} sites · {last} rounds", fontsize=11)
 
     if losses:

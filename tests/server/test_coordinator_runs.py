@@ -138,3 +138,11 @@ def test_start_refuses_a_taken_port_naming_its_option(tmp_path, capsys):
             free = s.getsockname()[1]
         assert coordinator.main([*args, "--port", str(free), "--superlink-port", str(port)]) == 2
         assert f"--superlink-port {port}" in capsys.readouterr().err
+
+
+def test_a_misspelt_run_config_key_is_named_before_anything_is_submitted(tmp_path):
+    """The new-user trial: ``run -c "num-server-round=2"`` got only Flower's "Invalid run configuration"."""
+    with pytest.raises(ValueError, match="unknown key 'num-server-round'"):
+        deployed_runs.run_overrides(tmp_path / "state", "min-sites=2 num-server-round=2")
+    with pytest.raises(ValueError, match="min-sites"):
+        deployed_runs.run_overrides(tmp_path / "state", "min-sites='two'")
