@@ -28,6 +28,11 @@ def _trained(run_dir, rnd):
     return next((r for r in records(run_dir) if r.get("event") == "train" and r["round"] == rnd), None)
 
 
+def _any_with_sites(run_dir, after):
+    """The first round after ``after`` in which any site trained."""
+    return next((r for r in records(run_dir) if r.get("event") == "train" and r["round"] > after and r["sites"]), None)
+
+
 def _with(run_dir, site, after):
     """The first round after ``after`` that ``site`` trained in."""
     return next(
@@ -67,12 +72,19 @@ def test_a_killed_site_a_lost_data_folder_and_a_killed_superlink_are_survived(tm
         c.start_coordinator()  # the same database, ports, registry and published app
         c.wait_superlink()
         resumed = c.submit(cfg + " resume=true", "resumed-run")
-        after = wait_for(lambda: _trained(run_dir, before["round"] + 1), 300, "a round after the restart", resumed)
-        figures["first round after the coordinator was killed (s)"] = round(time.time() - killed, 1)
+        # the first round after the restart that a site trained in (on a loaded machine the SuperNodes may take
+        # longer than one round-timeout to reconnect: such a round keeps the model, recorded with no site)
+        after = wait_for(
+            lambda: _any_with_sites(run_dir, before["round"]), 300, "a trained round after the restart", resumed
+        )
+        figures["first trained round after the coordinator was killed (s)"] = round(time.time() - killed, 1)
         status = final_status(c, resumed, "resumed-run")
         assert status["status"] == "finished:completed", status
-    assert sorted(after["sites"]) == ["s1", "s3"]  # s3 from its state folder; s2 still has no data
     recs = records(run_dir)
+    assert after["sites"] and "s2" not in after["sites"]  # s2 still has no data
+    assert any(
+        "s3" in r["sites"] for r in recs if r.get("event") == "train" and r["round"] > before["round"]
+    )  # s3 from its state folder
     assert [r["round"] for r in recs if r.get("event") == "train"] == list(range(1, rounds + 1))  # each once
     info = json.loads((run_dir / "run.json").read_text())
     assert [a["resumed-after-round"] for a in info["attempts"]] == [None, before["round"]]
