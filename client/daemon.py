@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from uharmony.files import private_dir, private_tree
+
 from .guarded_supernode import CONNECTION_LOST
 from .keys import generate_node_key
 from .site_config import free_port, load_site_config
@@ -125,15 +127,9 @@ def supernode_command(cfg: dict) -> list[str]:
 
 
 def make_private(folder: Path) -> None:
-    """``folder`` and everything in it readable by this account only (0700 folders, no group/other bits):
-    a site's state holds preprocessed scans and labels, per-case Dice and its statistics."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in [folder, *folder.rglob("*")]:
-        try:
-            if not path.is_symlink():
-                path.chmod(path.stat().st_mode & 0o7700)
-        except OSError:
-            continue
+    """``folder`` and everything in it this account's only (0700 folders,
+    0600 files; a site's state holds preprocessed scans and labels, per-case Dice and its statistics)."""
+    private_tree(private_dir(folder))
 
 
 def _start_worker(sock: Path, env: dict) -> subprocess.Popen:

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from uharmony.files import private_dir, private_tree
+
 from . import app_registry, consortium_status, deployed_runs, gateway
 from .control_api import CONNECTION, flwr_env, list_nodes
 from .control_api import exe as _exe
@@ -63,15 +65,9 @@ def write_connection(state: Path, superlink_port: int, ca: Path) -> Path:
 
 
 def make_private(folder: Path) -> None:
-    """``folder`` and everything in it readable by this account only (the database holds run configs, the
-    ServerApp's logs and its task token)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in [folder, *folder.rglob("*")]:
-        try:
-            if not path.is_symlink():
-                path.chmod(path.stat().st_mode & 0o7700)
-        except OSError:
-            continue
+    """``folder`` and everything in it this account's only (0700 folders,
+    0600 files; the database holds run configs, the ServerApp's logs and its task token)."""
+    private_tree(private_dir(folder))
 
 
 def superlink_command(pki: Path, state: Path, port: int, gateway_uid: int | None = None) -> list[str]:
