@@ -14,5 +14,8 @@ run uh_none_K2 poly-order=2 restore=none &
 run fedavg strategy=fedavg &
 run fedbn strategy=fedbn &
 wait
-for k in 1 2; do python -W ignore -m simulation.step_benchmark --size 128 --repeats 10 --order $k --out "$out/step"; done
+for k in 1 2; do
+  python -W ignore -m simulation.step_benchmark --device cuda --patch 128 --precisions fp32 --layouts contiguous \
+    --steps 10 --order $k --out "$out/step"
+done
 grep -h "round 20/20" "$out"/*.log || true

@@ -55,6 +55,7 @@ class RunConfig:
     data_seed: int = -1  # the federation's cases and their split (-1: seed)
     init_seed: int = -1  # the initial weights and the sampling of training patches (-1: seed)
     precision: str = "fp32"  # fp32 | bf16 (autocast around the forward pass) | auto (bf16 where the device has it)
+    channels_last: bool = True  # convolutions on channels-last tensors in a step (faster on CPU; uharmony.precision)
     device: str = "auto"  # auto: cuda when available, else cpu
     run_dir: str = "runs/latest"
     resume: bool = False

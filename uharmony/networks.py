@@ -87,6 +87,10 @@ class UHarmonyNet(nn.Module):
         self.spec = dict(spec)  # how it was built (for checkpoints)
 
     @property
+    def spatial_dims(self) -> int:
+        return self.stems.spatial_dims
+
+    @property
     def modalities(self) -> list[str]:
         return list(self.stems.modalities)
 

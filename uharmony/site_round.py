@@ -120,6 +120,7 @@ class SiteRound:
             state=opt_state,
             residual_weight_decay=None if self.cfg.residual_weight_decay < 0 else self.cfg.residual_weight_decay,
             autocast_dtype=self.cfg.autocast_dtype,
+            channels_last=self.cfg.channels_last,
         )
         if self.cfg.keep_optimizer_state:
             save_optimizer_state(self.state_dir, stats["state"], self.run_id, server_round)
@@ -187,6 +188,7 @@ class SiteRound:
                 gate_weights=gate if dom is None else None,
                 per_case=cases,
                 autocast_dtype=self.cfg.autocast_dtype,
+                channels_last=self.cfg.channels_last,
             )
             for rec in cases[first:]:
                 rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)

@@ -20,7 +20,7 @@ from monai.utils import MetricReduction
 from .gating import scan_gate, uses_scan_gate
 from .head import DomainGatedHead
 from .lesionwise import lesionwise_dice
-from .precision import autocast
+from .precision import autocast, layout, to_layout
 from .roles import DOMAIN, param_roles
 from .vocabulary import REGIONS
 
@@ -95,14 +95,21 @@ def make_optimizer(
     for name, p in named_params:
         saved = (state or {}).get(name)
         if saved and all(v.shape == p.shape for k, v in saved.items() if k != "step"):
-            opt.state[p] = {k: v.clone().to(p.device) for k, v in saved.items()}
+            # each moment in its parameter's layout (channels-last during a step: uharmony.precision.layout)
+            opt.state[p] = {
+                k: torch.empty_like(p).copy_(v) if v.shape == p.shape else v.clone() for k, v in saved.items()
+            }
     return opt
 
 
 def optimizer_state(opt, named_params: list) -> dict:
     """The optimizer's per-parameter state by parameter name (CPU tensors)."""
     return {
-        name: {k: v.detach().cpu().clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        name: {
+            k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in opt.state[p].items()
+            if torch.is_tensor(v)
+        }
         for name, p in named_params
         if p in opt.state
     }
@@ -121,13 +128,27 @@ def train_steps(
     state: dict | None = None,
     residual_weight_decay: float | None = None,
     autocast_dtype=None,
+    channels_last: bool = False,
 ) -> dict:
     """Run the given batches; returns mean loss, step count and the optimizer's state (``"state"``, by
     parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds).
     ``residual_weight_decay``: the decay of a residual gated head's experts (None: ``weight_decay``), which
     pulls each domain's correction towards the shared answer. ``autocast_dtype``: the forward pass in this
-    precision (``torch.bfloat16``; the loss and the optimizer in fp32); None: fp32."""
+    precision (``torch.bfloat16``; the loss and the optimizer in fp32); None: fp32. ``channels_last``: the
+    convolutions on channels-last tensors (``uharmony.precision.layout``; the model is back in the default layout
+    on return)."""
     model.to(device).train()
+    with layout(model, channels_last, getattr(model, "spatial_dims", 3)):
+        return _train_steps(
+            model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
+            residual_weight_decay, autocast_dtype, channels_last,
+        )  # fmt: skip
+
+
+def _train_steps(
+    model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
+    residual_weight_decay, autocast_dtype, channels_last,
+) -> dict:  # fmt: skip
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = None
     if residual_weight_decay is not None:
@@ -136,7 +157,7 @@ def train_steps(
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     losses = []
     for batch in batches:
-        x, y = batch["image"].to(device), batch["label"].to(device)
+        x, y = to_layout(batch["image"].to(device), channels_last), batch["label"].to(device)
         present, regions = batch["present"].to(device), batch["regions"].to(device)
         opt.zero_grad(set_to_none=True)
         dom = domain if domain is None or isinstance(domain, int) else batch[domain]
@@ -170,11 +191,13 @@ def predict(
     device: str = "cpu",
     gate_weights: torch.Tensor | None = None,
     autocast_dtype=None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Sliding-window sigmoid probabilities (1, C, *spatial) for one preprocessed case (C, *spatial).
 
     ``domain`` None with a ``scan``-gated head: the gate decides once for the whole scan (``gate_weights``
-    (1, D) when already known). ``autocast_dtype``: the windows' forward passes in that precision."""
+    (1, D) when already known). ``autocast_dtype``: the windows' forward passes in that precision;
+    ``channels_last``: in channels-last memory (``uharmony.precision.layout``)."""
     weights = gate_weights
     if weights is None and domain is None and uses_scan_gate(model):
         weights = scan_gate(model, image, present, roi, device)
@@ -185,11 +208,13 @@ def predict(
     def predictor(p):
         kw = {} if weights is None else {"gate_weights": weights.to(device).expand(p.shape[0], -1)}
         with autocast(device, autocast_dtype):
-            return model(p, domain=domain, present=pres.expand(p.shape[0], -1), **kw).float()
+            out = model(to_layout(p, channels_last), domain=domain, present=pres.expand(p.shape[0], -1), **kw)
+        return out.float().contiguous()
 
-    logits = sliding_window_inference(
-        x, (roi,) * 3, sw_batch_size=2, overlap=overlap, mode="gaussian", predictor=predictor
-    )
+    with layout(model, channels_last, getattr(model, "spatial_dims", 3)):
+        logits = sliding_window_inference(
+            x, (roi,) * 3, sw_batch_size=2, overlap=overlap, mode="gaussian", predictor=predictor
+        )
     return torch.sigmoid(torch.as_tensor(logits))
 
 
@@ -203,6 +228,7 @@ def evaluate_cases(
     gate_weights=None,
     per_case: list | None = None,
     autocast_dtype=None,
+    channels_last: bool = False,
 ) -> dict:
     """Per-region mean Dice and HD95 (in mm, from the item's ``spacing``) over ``items``; NaN where no case
     annotates the region (HD95 also skips cases where it is undefined: an empty prediction or truth).
@@ -226,6 +252,7 @@ def evaluate_cases(
             device=device,
             gate_weights=weights,
             autocast_dtype=autocast_dtype,
+            channels_last=channels_last,
         )
         pred = (prob > 0.5).float().cpu()
         target = torch.as_tensor(item["label"]).unsqueeze(0).float()

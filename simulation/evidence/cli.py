@@ -280,12 +280,16 @@ def main(argv=None) -> int:
     return 0
 
 
+# size keys added after work folders were made, with the value those folders' jobs ran at
+_ADDED_KEYS = {"channels_last": False}
+
+
 def _check_size(path: Path, size: Size) -> None:
     """One work folder, one size and one design."""
     now = {"design": NAME, **{k: v for k, v in size.to_dict().items() if k not in ("workers", "lrs", "device")}}
     if path.exists():
         was = json.loads(path.read_text())
-        diff = sorted(k for k in now if was.get(k) != now[k])
+        diff = sorted(k for k in now if was.get(k, _ADDED_KEYS.get(k)) != now[k])
         if diff:
             raise SystemExit(f"{path}: the jobs there ran at another size or design ({diff}): use another --out")
     path.write_text(json.dumps(now, indent=2))
