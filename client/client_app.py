@@ -180,10 +180,10 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     @app.query(P.CALIBRATE_ACTION)
     @_site_handler
     def calibrate(msg: Message, context: Context) -> Message:
-        from uharmony.umsrep.site import calibrate as recalibrate
+        from uharmony.umsrep.site import recalibrate_site
 
         job = _site_round(msg, context, overrides, _round(msg) + 1)
-        metrics, local = recalibrate(job, _round(msg), int(msg.content[P.CONFIG].get(P.SEED, 0)))
+        metrics, local = recalibrate_site(job, _round(msg), int(msg.content[P.CONFIG].get(P.SEED, 0)))
         _keep_state(context, local, _round(msg))
         return Message(content=RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: _identity(job)}), reply_to=msg)
 

@@ -42,7 +42,7 @@ from uharmony.deployable import open_model_file
 from uharmony.export import open_bundle
 from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
 from uharmony.files import append_jsonl
-from uharmony.inference import calibrate, label_volumes, regions_to_brats, segment
+from uharmony.inference import estimate_site_statistics, label_volumes, regions_to_brats, segment
 from uharmony.release import ReleaseError, Revocations, load_revocations
 from uharmony.signing import SignatureError, load_public_keys
 from uharmony.site_state import load_local_state, save_local_state
@@ -176,7 +176,7 @@ def main_calibrate(argv=None) -> int:
                 items.append((item["image"].as_tensor(), item["present"]))
             except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
                 skipped.append(str(exc) if isinstance(exc, DataError) else f"{entry}: {type(exc).__name__}: {exc}")
-        updates = calibrate(model, items, roi, device=device)
+        updates = estimate_site_statistics(model, items, roi, device=device)
         model.cpu()
         save_local_state(
             a.state_dir, local_state_of(model, roles), {"calibrated_on": len(items), "model": str(a.model)}
@@ -207,7 +207,9 @@ def segment_case(
     item = pre(read_case(case, model.modalities, spacing))
     ref = nib.load(next(iter(case.images.values())))
     if not calibrated and any(isinstance(m, UHarmonyNorm) for m in model.modules()):
-        calibrate(model, [(item["image"].as_tensor(), item["present"])], roi, device=device)  # this scan's own
+        estimate_site_statistics(
+            model, [(item["image"].as_tensor(), item["present"])], roi, device=device
+        )  # this scan's own
         model.eval()
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
 

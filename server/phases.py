@@ -27,7 +27,7 @@ from uharmony.files import atomic_write
 from uharmony.umsrep.plans import get_plan, sendable_keys
 
 from . import evaluation
-from .members import MembersGrid
+from .grids import MembersGrid
 
 log = logging.getLogger("uharmony.server")
 ARTIFACT, MANIFEST = "umsrep.pt", "umsrep.json"
@@ -60,7 +60,7 @@ def sent_keys(engine) -> set[str] | None:
     return set(sendable_keys(engine.model, plan, list(engine.state)))
 
 
-def round_lr(engine, rnd: int, scheduled: float) -> float:
+def phase_lr(engine, rnd: int, scheduled: float) -> float:
     """Phase P's rate is the server's plateau-managed one; phase F keeps the run's schedule."""
     return engine.umsrep_lr if pretraining(engine) else scheduled
 
@@ -85,7 +85,7 @@ def initial_state(engine, model, roles, state: dict) -> dict:
     return {**state, **{k: v.to(state[k].dtype) for k, v in loaded.items()}}
 
 
-def calibrate(engine, rnd: int, nodes: list[int]) -> int:
+def ask_to_recalibrate(engine, rnd: int, nodes: list[int]) -> int:
     """Ask ``nodes`` to re-estimate their statistics under the current model; returns how many did."""
     if not nodes:
         return 0
@@ -159,7 +159,7 @@ def finish_pretraining(engine, rnd: int) -> Path:
     """End of phase P: every site recalibrates on clean scans; the artifact and its manifest are written."""
     if engine.stop_reason:  # stopped early: the last evaluation was the cheap one
         evaluate_denoising(engine, rnd, final=True)
-    calibrated = calibrate(engine, rnd, engine.members())
+    calibrated = ask_to_recalibrate(engine, rnd, engine.members())
     sent = sent_keys(engine) or set(engine.state)
     state = {k: v for k, v in engine.state.items() if k in sent}
     path = engine._checkpoint(rnd, name=ARTIFACT, state=state, kind="umsrep")

@@ -32,12 +32,12 @@ from uharmony.networks import model_from_spec
 from uharmony.runlog import RunLog
 from uharmony.signing import load_private_key
 from uharmony.tracking import TensorBoard, write_run_info
-from uharmony.training import round_lr
+from uharmony.training import scheduled_lr
 
 from . import evaluation, joins, phases
 from .admission import Admission, check_binding
 from .aggregation import build_strategy
-from .members import MembersGrid, PackingGrid, gather, quorum
+from .grids import MembersGrid, PackingGrid, gather, quorum
 from .privacy import PrivacyLedger
 from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
@@ -155,7 +155,7 @@ class RoundEngine:
         config = ConfigRecord(
             {
                 **self._base_config(),
-                P.LR: phases.round_lr(self, rnd, round_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule)),
+                P.LR: phases.phase_lr(self, rnd, scheduled_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule)),
                 P.LOCAL_STEPS: steps,
                 P.SEED: round_seed(cfg, rnd),
                 P.POOLED: self.spec.pooled,
@@ -220,7 +220,7 @@ class RoundEngine:
 
     def gather(self, messages, rnd: int, kind: str) -> tuple[list, list[str]]:
         """(replies, late sites) of ``messages``: once a quorum has replied the others get the stragglers' grace
-        (``straggler-seconds``, ``server/members.py``); a late site is counted, logged and left out this time."""
+        (``straggler-seconds``, ``server/grids.py``); a late site is counted, logged and left out this time."""
         messages = list(messages)
         replies, late_nodes = gather(
             self.grid, messages, self.cfg.round_timeout, quorum(self.cfg, len(messages)), self.cfg.straggler_seconds
@@ -348,7 +348,7 @@ class RoundEngine:
             if (last or rnd % cfg.eval_every == 0) and phases.pretraining(self):
                 line += f" | {phases.after_pretraining_round(self, rnd, last)}"
             elif last or rnd % cfg.eval_every == 0:
-                phases.calibrate(self, rnd, phases.label_free(self, self.members()))
+                phases.ask_to_recalibrate(self, rnd, phases.label_free(self, self.members()))
                 self.refresh_prototypes(rnd)
                 if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
                     summary = self.evaluate(rnd, experts=last)

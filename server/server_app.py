@@ -7,7 +7,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from uharmony.config import RunConfig
 
-from .members import PollingGrid
+from .grids import PollingGrid
 from .rounds import run_server
 from .simulation_size import check_simulation_size
 

@@ -71,11 +71,13 @@ class ScanGatedInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
-        from .inference import calibrate
+        from .inference import estimate_site_statistics
 
         present = present_channels(torch.as_tensor(inputs))
         if self.calibrate and any(isinstance(m, UHarmonyNorm) for m in network.modules()):
-            calibrate(network, [(torch.as_tensor(inputs[0]), present[0])], self.roi, device=str(inputs.device))
+            estimate_site_statistics(
+                network, [(torch.as_tensor(inputs[0]), present[0])], self.roi, device=str(inputs.device)
+            )
             network.eval()
         weights = None
         if uses_scan_gate(network):  # one decision for the whole scan

@@ -17,7 +17,7 @@ from .vocabulary import REGIONS as DEFAULT_REGIONS
 
 
 @torch.no_grad()
-def calibrate(
+def estimate_site_statistics(
     model: torch.nn.Module,
     images: list[tuple[torch.Tensor, torch.Tensor]],
     roi: int,

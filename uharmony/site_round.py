@@ -75,10 +75,13 @@ class SiteRound:
 
     @property
     def domain(self) -> int | None:
-        """The expert this site trains; a pooled site trains each case's own domain's expert."""
-        if not self.model.gated:
-            return None
-        return "domain" if self.pooled else self.site.domain
+        """The expert this site trains (None: no gated head, or a pooled site: see ``per_case_domain``)."""
+        return self.site.domain if self.model.gated and not self.pooled else None
+
+    @property
+    def per_case_domain(self) -> bool:
+        """A pooled site (centralized training) trains each case's own domain's expert."""
+        return self.model.gated and self.pooled
 
     def load(self, global_state: State) -> None:
         load_global_and_local(self.model, self.roles, global_state, self.saved)
@@ -88,7 +91,7 @@ class SiteRound:
     ) -> tuple[State, dict, State]:
         """Returns (entries to send, metrics, new local state). ``seed``: the round's, from the server."""
         t0 = time.time()
-        sent_keys = self.roles.outgoing_keys(self.domain if isinstance(self.domain, int) else None)
+        sent_keys = self.roles.outgoing_keys(self.domain)
         if self.pooled:  # one trainer holds every domain: it sends every domain's head parts
             sent_keys = self.roles.global_keys()
         reference = subset(self.model.state_dict(), sent_keys) if proximal_mu > 0 else None
@@ -121,6 +124,7 @@ class SiteRound:
             residual_weight_decay=None if self.cfg.residual_weight_decay < 0 else self.cfg.residual_weight_decay,
             autocast_dtype=self.cfg.autocast_dtype,
             channels_last=self.cfg.channels_last,
+            per_case_domain=self.per_case_domain,
         )
         if self.cfg.keep_optimizer_state:
             save_optimizer_state(self.state_dir, stats["state"], self.run_id, server_round)

@@ -50,7 +50,7 @@ def proximal_term(model: torch.nn.Module, reference: dict[str, torch.Tensor]) ->
     return 0.5 * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def round_lr(lr: float, server_round: int, rounds: int, schedule: str = "cosine", floor: float = 0.05) -> float:
+def scheduled_lr(lr: float, server_round: int, rounds: int, schedule: str = "cosine", floor: float = 0.05) -> float:
     """The learning rate of a round: constant, or cosine-decayed from ``lr`` to ``floor * lr`` at the last."""
     if schedule == "constant" or rounds <= 1:
         return lr
@@ -129,6 +129,7 @@ def train_steps(
     residual_weight_decay: float | None = None,
     autocast_dtype=None,
     channels_last: bool = False,
+    per_case_domain: bool = False,
 ) -> dict:
     """Run the given batches; returns mean loss, step count and the optimizer's state (``"state"``, by
     parameter name), which ``state`` restores at the next call (the site keeps its moments across rounds).
@@ -136,18 +137,19 @@ def train_steps(
     pulls each domain's correction towards the shared answer. ``autocast_dtype``: the forward pass in this
     precision (``torch.bfloat16``; the loss and the optimizer in fp32); None: fp32. ``channels_last``: the
     convolutions on channels-last tensors (``uharmony.precision.layout``; the model is back in the default layout
-    on return)."""
+    on return). ``domain``: the expert trained (None: the shared answer); ``per_case_domain``: each case's own
+    (the batch's ``"domain"`` entry: a pooled, centralized trainer)."""
     model.to(device).train()
     with layout(model, channels_last, getattr(model, "spatial_dims", 3)):
         return _train_steps(
             model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
-            residual_weight_decay, autocast_dtype, channels_last,
+            residual_weight_decay, autocast_dtype, channels_last, per_case_domain,
         )  # fmt: skip
 
 
 def _train_steps(
     model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
-    residual_weight_decay, autocast_dtype, channels_last,
+    residual_weight_decay, autocast_dtype, channels_last, per_case_domain,
 ) -> dict:  # fmt: skip
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = None
@@ -160,7 +162,7 @@ def _train_steps(
         x, y = to_layout(batch["image"].to(device), channels_last), batch["label"].to(device)
         present, regions = batch["present"].to(device), batch["regions"].to(device)
         opt.zero_grad(set_to_none=True)
-        dom = domain if domain is None or isinstance(domain, int) else batch[domain]
+        dom = batch["domain"] if per_case_domain else domain
         with autocast(device, autocast_dtype):
             logits = model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present)
         loss = masked_dice_ce(loss_fn, logits.float(), y.as_tensor() if hasattr(y, "as_tensor") else y, regions)

@@ -27,7 +27,7 @@ from uharmony.data import federation_root, load_federation
 from uharmony.federated import ModelRoles, subset
 from uharmony.files import read_jsonl
 from uharmony.gating import scan_descriptors, uses_scan_gate
-from uharmony.inference import calibrate, regions_to_brats
+from uharmony.inference import estimate_site_statistics, regions_to_brats
 from uharmony.norm import UHarmonyNorm
 from uharmony.runlog import RunLog
 from uharmony.site_round import SiteRound
@@ -205,7 +205,7 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
     }
     if any(isinstance(m, UHarmonyNorm) for m in job.model.modules()):  # statistics from unlabeled scans
         t0 = time.time()
-        calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
+        estimate_site_statistics(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
         rec["calibration_seconds"] = round(time.time() - t0, 2)
         rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     if uses_scan_gate(job.model) and job.model.head.residual:  # the gate with and without "none of these"

@@ -277,7 +277,7 @@ def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dic
     hospital segments its validation scans dataset-free, with statistics calibrated on its own scans (no
     label). ``arm``: ``scratch`` (no phase P) or ``all`` (phase P on every site, the held-out one included
     as a label-free participant: what its scans gave the representation)."""
-    from uharmony.inference import calibrate
+    from uharmony.inference import estimate_site_statistics
     from uharmony.training import evaluate_cases
 
     from ..bench.jobs import _dice, _site_job
@@ -300,7 +300,7 @@ def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dic
     job = _site_job(run_dir, held_out, cfg)
     rec = {"kind": "unseen", "seed": seed, "held_out": job.site.name, "arm": arm, "val_cases": len(job.data.val)}
     rec["uncalibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
-    calibrate(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
+    estimate_site_statistics(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
     rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     return rec
 

@@ -12,7 +12,7 @@ from uharmony import build_model
 from uharmony.checkpoint import inference_settings, save_checkpoint
 from uharmony.config import RunConfig
 from uharmony.federated import ModelRoles, global_state_of, local_state_of
-from uharmony.inference import calibrate, regions_to_brats
+from uharmony.inference import estimate_site_statistics, regions_to_brats
 from uharmony.site_state import load_local_state, save_local_state
 
 
@@ -119,7 +119,7 @@ def test_regions_to_brats_nesting():
 
 def test_calibrate_needs_uharmony():
     with pytest.raises(ValueError, match="no UHarmonyNorm"):
-        calibrate(
+        estimate_site_statistics(
             build_model("dynunet", 4, 3, 1, "instance", filters=(8, 16, 32)),
             [(torch.zeros(4, 8, 8, 8), torch.ones(4))],
             8,

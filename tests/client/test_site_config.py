@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from client.daemon import supernode_command
+from client.site_cli import supernode_command
 from client.site_config import KEYS, load_site_config
 from uharmony.config import RunConfig
 from uharmony.site_round import report_floor
@@ -92,7 +92,7 @@ def test_the_reference_lists_every_key_the_daemon_reads():
     """Every key the site's code reads from the config is in ``KEYS`` (the source of docs/site-toml.md)."""
     import re
 
-    import client.daemon
+    import client.site_cli
 
-    read = set(re.findall(r"cfg(?:\.get\(|\[)\"([a-z-]+)\"", Path(client.daemon.__file__).read_text()))
+    read = set(re.findall(r"cfg(?:\.get\(|\[)\"([a-z-]+)\"", Path(client.site_cli.__file__).read_text()))
     assert read and read <= {k.name for k in KEYS}

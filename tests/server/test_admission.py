@@ -150,7 +150,7 @@ def test_a_run_without_a_registry_on_nodes_with_keys_is_refused(tiny_federation,
     named, silently, even where every node authenticates with a key (a plain `flwr run` of the published app).
     Now such a run is refused before any round, naming the keys, unless allow-unregistered is set."""
     from server.admission import UnboundRun
-    from server.members import PackingGrid
+    from server.grids import PackingGrid
     from server.rounds import RoundEngine
     from uharmony.config import RunConfig
 

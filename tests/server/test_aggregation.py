@@ -6,7 +6,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedProx
 
 from server.aggregation import build_strategy
-from server.members import MembersGrid
+from server.grids import MembersGrid
 from server.replies import ReplyChecker
 from simulation.inprocess import InProcessGrid
 from tests.server.conftest import reply, update

@@ -1,4 +1,4 @@
-"""Packed model entries between the apps (server.members.PackingGrid, client.packing): the same arrays
+"""Packed model entries between the apps (server.grids.PackingGrid, client.packing): the same arrays
 arrive bit for bit, and a malformed packed reply is rejected with its reason and never raises."""
 
 import io
@@ -9,7 +9,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from client.packing import packed_arrays
-from server.members import packed, unpacked
+from server.grids import packed, unpacked
 from server.replies import ReplyChecker
 from tests.server.conftest import reply, request, update
 from uharmony import protocol as P

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import (
 from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities, _validate_public_keys_ed25519
 
 import uharmony.files
-from client.daemon import main as site_main
 from client.keys import generate_node_key
+from client.site_cli import main as site_main
 from server.coordinator import main as coordinator_main
 from server.pki import PKIError, init_ca, main, server_cert
 from server.registry import RegistryError, SiteRegistry

@@ -7,7 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from server.aggregation import build_strategy
-from server.members import MembersGrid
+from server.grids import MembersGrid
 from server.privacy import PrivacyLedger
 from server.replies import ReplyChecker
 from simulation.inprocess import InProcessGrid

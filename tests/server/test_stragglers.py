@@ -93,7 +93,7 @@ def test_a_slow_site_is_late_after_the_grace_and_the_round_goes_on(tiny_federati
 def test_gather_closes_after_the_grace_or_waits_until_the_timeout(tiny_federation):
     """``gather`` on its own: with ``straggler-seconds`` the slow node is late after the grace; with -1 (the
     behaviour before) the call waits for it until the timeout."""
-    from server.members import gather
+    from server.grids import gather
 
     over = tiny_overrides(tiny_federation, "unused")
     grid = ThreadedGrid(make_app(), [{"partition-id": i} for i in range(2)], over, slow={1001}, held={"query.profile"})

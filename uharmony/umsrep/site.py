@@ -32,7 +32,7 @@ def _metrics(job, loss: float, steps: int, t0: float) -> dict:
     }
 
 
-def calibrate(job, server_round: int, seed: int) -> tuple[dict, dict]:
+def recalibrate_site(job, server_round: int, seed: int) -> tuple[dict, dict]:
     """Re-estimate the site's statistics from clean training scans under the loaded weights; saves them.
     Returns (metrics: counts only, the new local state)."""
     t0 = time.time()
@@ -72,8 +72,7 @@ def finetune(job, server_round: int, lr: float, local_steps: int, proximal_mu: f
     run that starts from a phase-P artifact recalibrates the site's statistics on clean scans first."""
     t0, cfg = time.time(), job.cfg
     plan = get_plan(cfg.finetune)
-    domain = job.domain if isinstance(job.domain, int) else None
-    outgoing = job.roles.global_keys() if job.pooled else job.roles.outgoing_keys(domain)
+    outgoing = job.roles.global_keys() if job.pooled else job.roles.outgoing_keys(job.domain)
     sent = sendable_keys(job.model, plan, outgoing)
     if job.saved is None and cfg.umsrep:
         recalibrate(job.model, job.data.scan_batches(cfg.batch_size, cfg.calibration_batches, seed), job.device)
@@ -93,6 +92,7 @@ def finetune(job, server_round: int, lr: float, local_steps: int, proximal_mu: f
         state=opt_state,
         proximal_mu=proximal_mu,
         reference=reference,
+        per_case_domain=job.per_case_domain,
     )
     if cfg.keep_optimizer_state:
         save_optimizer_state(job.state_dir, stats["state"], job.run_id, server_round)

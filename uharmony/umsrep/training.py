@@ -131,8 +131,8 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor
 
 
 def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.5, alternate=5, **opt) -> dict:
-    """Phase-F steps under ``plan``. ``domain``: as ``uharmony.training.train_steps`` (a domain expert, or a
-    batch key when pooled). ``opt``: device, weight_decay, optimizer, state, proximal_mu, reference."""
+    """Phase-F steps under ``plan``. ``domain``, ``opt["per_case_domain"]``: as ``uharmony.training.train_steps``.
+    ``opt``: device, weight_decay, optimizer, state, proximal_mu, reference, per_case_domain."""
     device = opt.get("device", "cpu")
     model.to(device).train()
     groups = module_groups(model)
@@ -159,7 +159,7 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
             else:
                 block = i if plan.schedule == "independent" else i // max(1, alternate)
                 active = [tasks[block % len(tasks)]]
-            dom = domain if domain is None or isinstance(domain, int) else batch[domain]
+            dom = batch["domain"] if opt.get("per_case_domain") else domain
             out = forward_tasks(model, x, present, dom, want=tuple(active))
             loss = x.new_zeros(())
             if "seg" in active:
