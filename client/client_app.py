@@ -1,13 +1,13 @@
-"""Flower ClientApp: converts messages to plain Python and runs :class:`uharmony.site_round.SiteRound`.
+"""Flower ClientApp: converts messages to plain Python and runs :class:`uharmony.federation.site_round.SiteRound`.
 
-Sends only what its strategy lets leave the site (``uharmony.strategies``); site-local parameters and
+Sends only what its strategy lets leave the site (``uharmony.federation.strategies``); site-local parameters and
 the harmonization statistics stay in ``context.state`` and the site state folder (two versions, tagged
 with their round: a round redone after a server crash starts from the state before it). Answers the
 server's profile query (``query.profile``) with names and counts only (``client/site_profile.py``), and
 the prototype query (``query.prototype``) with its domain's prototype under the aggregated model, and the
 calibration query (``query.calibrate``, UMS-Rep) by re-estimating its statistics (counts only leave).
 In phase P (``phase = "pretrain"``) a train message means denoising and an evaluate message the denoising
-scores (``uharmony.umsrep.site``).
+scores (``uharmony.federation.umsrep_round``).
 
 The site's node config may raise the run's ``min-report-cases`` (its own privacy floor; ``SiteRound``).
 
@@ -39,14 +39,14 @@ LOCAL_ROUNDS = "uharmony-local-rounds"  # the rounds that wrote them
 
 
 def _config(context: Context, overrides: dict | None):
-    from uharmony.config import RunConfig
+    from uharmony.federation.config import RunConfig
 
     return RunConfig.from_flwr({**dict(context.run_config), **(overrides or {})})
 
 
 def _kept_state(context: Context, before_round: int):
     """The site-local state this node keeps in memory that was written before ``before_round``."""
-    from uharmony.site_state import pick_version
+    from uharmony.federation.site_state import pick_version
 
     if LOCAL_ROUNDS not in context.state.config_records:
         return None
@@ -72,7 +72,7 @@ def _keep_state(context: Context, local: dict, server_round: int) -> None:
 
 
 def _site_round(msg: Message, context: Context, overrides: dict | None, before_round: int):
-    from uharmony.site_round import SiteRound
+    from uharmony.federation.site_round import SiteRound
 
     server = msg.content[P.CONFIG]
     job = SiteRound(
@@ -104,7 +104,7 @@ def _identity(job) -> ConfigRecord:
 
 def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
     if job.cfg.phase == "pretrain":
-        from uharmony.umsrep.site import denoise_evaluate
+        from uharmony.federation.umsrep_round import denoise_evaluate
 
         metrics = denoise_evaluate(job, server_round, full=experts)  # every level and SSIM at the end only
     else:
@@ -140,7 +140,7 @@ def _forwarded(msg: Message, context: Context) -> Message | None:
 def make_app(overrides: dict | None = None) -> ClientApp:
     """``overrides``: run-config entries on top of ``context.run_config`` (``flwr.simulation.run_simulation``
     cannot pass a run config)."""
-    app = ClientApp(mods=[packed_arrays])  # packed model entries in and out (uharmony.wire)
+    app = ClientApp(mods=[packed_arrays])  # packed model entries in and out (uharmony.federation.wire)
 
     @app.train()
     @_site_handler
@@ -180,7 +180,7 @@ def make_app(overrides: dict | None = None) -> ClientApp:
     @app.query(P.CALIBRATE_ACTION)
     @_site_handler
     def calibrate(msg: Message, context: Context) -> Message:
-        from uharmony.umsrep.site import recalibrate_site
+        from uharmony.federation.umsrep_round import recalibrate_site
 
         job = _site_round(msg, context, overrides, _round(msg) + 1)
         metrics, local = recalibrate_site(job, _round(msg), int(msg.content[P.CONFIG].get(P.SEED, 0)))

@@ -12,7 +12,7 @@ an expiry no later than the model's); ``--signing-key`` (an Ed25519 OpenSSH key:
 Without it the bundle is unsigned: it still runs, but ``--verify`` and ``uharmony-segment --trusted-key`` refuse
 it (a bundle is checked against the key that signed it, never taken on trust).
 The bundle is checked with MONAI's ``verify_net_in_out`` and the TorchScript against PyTorch
-(``uharmony/export.py``). ``--verify`` checks a bundle (digests, signature, release, configs) before its
+(``uharmony/records/export.py``). ``--verify`` checks a bundle (digests, signature, release, configs) before its
 ``configs/inference.json`` is given to MONAI; ``uharmony-segment --model bundle/ --trusted-key ...`` makes
 the same checks.
 """
@@ -24,13 +24,13 @@ import json
 import sys
 from pathlib import Path
 
-from uharmony.bundle_trust import MODEL, BundleError
-from uharmony.checkpoint import CheckpointError
 from uharmony.data import DataError
-from uharmony.deployable import open_model_file
-from uharmony.export import export_bundle, open_bundle, verify_bundle
-from uharmony.release import ReleaseError, kind_of, release_record
-from uharmony.signing import SignatureError, load_private_key
+from uharmony.records.bundle_trust import MODEL, BundleError
+from uharmony.records.checkpoint import CheckpointError
+from uharmony.records.deployable import open_model_file
+from uharmony.records.export import export_bundle, open_bundle, verify_bundle
+from uharmony.records.release import ReleaseError, kind_of, release_record
+from uharmony.records.signing import SignatureError, load_private_key
 
 from .segment_cli import _revocations, _trusted, add_trust_options, load_model
 

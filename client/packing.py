@@ -1,4 +1,4 @@
-"""The ClientApp's mod for packed model entries (``uharmony.wire``): a message whose ``ARRAYS`` record
+"""The ClientApp's mod for packed model entries (``uharmony.federation.wire``): a message whose ``ARRAYS`` record
 arrives packed is handed to the handlers with its arrays restored, and its reply's ``ARRAYS`` leave
 packed; a plain message is answered plain. A malformed packed record is answered with an error naming
 the problem, before any handler runs."""

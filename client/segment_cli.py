@@ -34,18 +34,18 @@ from monai.transforms import Invertd
 from tqdm import tqdm
 
 from uharmony import LOCAL, UHarmonyNorm, model_from_spec
-from uharmony.bundle_trust import BundleError
-from uharmony.checkpoint import CheckpointError
 from uharmony.data import Case, DataError, preprocess_transform, read_case
 from uharmony.data.cases import case_from_folder  # noqa: F401 - also this module's name for it (before it moved)
-from uharmony.deployable import open_model_file
-from uharmony.export import open_bundle
-from uharmony.federated import ModelRoles, load_global_and_local, local_state_of
+from uharmony.federation.federated import ModelRoles, load_global_and_local, local_state_of
+from uharmony.federation.site_state import load_local_state, save_local_state
 from uharmony.files import append_jsonl
-from uharmony.inference import estimate_site_statistics, label_volumes, regions_to_brats, segment
-from uharmony.release import ReleaseError, Revocations, load_revocations
-from uharmony.signing import SignatureError, load_public_keys
-from uharmony.site_state import load_local_state, save_local_state
+from uharmony.model.inference import estimate_site_statistics, label_volumes, regions_to_brats, segment
+from uharmony.records.bundle_trust import BundleError
+from uharmony.records.checkpoint import CheckpointError
+from uharmony.records.deployable import open_model_file
+from uharmony.records.export import open_bundle
+from uharmony.records.release import ReleaseError, Revocations, load_revocations
+from uharmony.records.signing import SignatureError, load_public_keys
 
 from .segment_inputs import add_input_options, case_name, find_cases, output_path, torch_device
 
@@ -267,7 +267,7 @@ def _overlay(images: dict[str, str], labels: np.ndarray, png: Path, case: str = 
     """The axial slice with the most labelled voxels inside the head (where the scan is not empty: a poor model's
     labels may fill the background too) of the case's FLAIR (else another contrast), beside the same slice with
     the output labels in fixed colours and a legend."""
-    from uharmony.plots import draw_labels, legend_handles, protocol_entries, pyplot
+    from uharmony.records.plots import draw_labels, legend_handles, protocol_entries, pyplot
 
     plt = pyplot()
     modality = next((m for m in ("flair", "t2", "t1ce", "t1") if m in images), next(iter(images)))

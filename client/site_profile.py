@@ -9,8 +9,8 @@ output class, a new domain expert) before the site trains.
 from __future__ import annotations
 
 from uharmony import protocol as P
-from uharmony.config import RunConfig
 from uharmony.data import resolve_site
+from uharmony.federation.config import RunConfig
 
 
 def site_profile(node_config: dict, cfg: RunConfig, server_round: int) -> dict:

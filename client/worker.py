@@ -135,7 +135,7 @@ def serve(path: Path, once: bool = False) -> None:
     from flwr.proto.message_pb2 import Context as ProtoContext
     from flwr.proto.message_pb2 import Message as ProtoMessage
 
-    import uharmony.site_round  # noqa: F401 - torch, MONAI and the data layer imported once, up front
+    import uharmony.federation.site_round  # noqa: F401 - torch, MONAI and the data layer imported once, up front
     from client.client_app import make_app
 
     os.environ.pop(SOCKET_ENV, None)  # the handlers run here; they must not forward to themselves

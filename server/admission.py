@@ -3,7 +3,7 @@
 Before every round the server looks for SuperNodes it has not admitted yet and asks each for its
 profile (a ``query.profile`` message: site id, domain id, modality names, annotated region names,
 number of training cases; never data or statistics). A ready, well-formed profile is admitted; the
-server then extends the model for whatever the site brings (``uharmony.federated.extend_global_model``)
+server then extends the model for whatever the site brings (``uharmony.federation.federated.extend_global_model``)
 unless ``extend-on-join`` is off.
 
 With a site registry (a deployment), a node is asked only if the key it authenticated with is

@@ -1,6 +1,6 @@
 """Role-aware aggregation on Flower's own strategies.
 
-The strategy table (``uharmony.strategies``) names a class of ``flwr.serverapp.strategy`` (FedAvg,
+The strategy table (``uharmony.federation.strategies``) names a class of ``flwr.serverapp.strategy`` (FedAvg,
 FedProx, ...). :func:`build_strategy` puts :class:`RoleAware` under it: Flower's class configures the
 round (FedProx adds ``proximal-mu`` to the config), ``RoleAware`` aggregates shared entries over every
 reply and each domain's head parts over that domain's replies only, weighted by training cases
@@ -32,8 +32,8 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from uharmony import protocol as P
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, State
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, State
 
 from .replies import TRAIN_METRICS
 

@@ -44,7 +44,7 @@ def run_overrides(state: Path, run_config: str = "", resume: str | None = None) 
     that run in its folder. A run config that says ``resume=true`` itself keeps its checkpoint's id."""
     from flwr.common.config import parse_config_args
 
-    from uharmony.config import RunConfig
+    from uharmony.federation.config import RunConfig
 
     cfg = parse_config_args([run_config]) if run_config.strip() else {}
     RunConfig.from_flwr(cfg)  # an unknown key or a bad value: an error naming it, before anything is submitted

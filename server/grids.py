@@ -105,7 +105,7 @@ WIRE_ERROR = 10  # the Error code of a reply whose packed arrays could not be re
 
 
 class PackingGrid(DelegatingGrid):
-    """Sends each message's ``ARRAYS`` record packed (``uharmony.wire``: one array instead of one per
+    """Sends each message's ``ARRAYS`` record packed (``uharmony.federation.wire``: one array instead of one per
     entry) and restores the arrays of packed replies. A reply whose packed record is malformed becomes
     an error reply naming the problem, screened out and counted like any other; plain replies pass."""
 

@@ -6,8 +6,8 @@ a pending evaluation of the last round's model is done first, on the model as it
 
 from __future__ import annotations
 
-from uharmony.adaptation import declare_expert_regions
-from uharmony.federated import extend_global_model, model_needs
+from uharmony.federation.federated import extend_global_model, model_needs
+from uharmony.model.adaptation import declare_expert_regions
 
 from .admission import BadProfile, check_regions
 

@@ -22,8 +22,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
 from uharmony import protocol as P
-from uharmony.checkpoint import CheckpointError, load_checkpoint
 from uharmony.files import atomic_write
+from uharmony.records.checkpoint import CheckpointError, load_checkpoint
 from uharmony.umsrep.plans import get_plan, sendable_keys
 
 from . import evaluation

@@ -6,7 +6,7 @@ route scans by that drift, not by their domain. So before each evaluation (and t
 server sends the aggregated model in a ``query.prototype`` message to the sites, each answers with its
 domain's prototype entries (mean, variance and number of its training scans' descriptors, and their reach:
 the largest leave-one-out distance among them, one number about the site's most atypical scan; label-free,
-no image, no label), and the server merges them per domain (``uharmony.gating.merge_prototypes``; the
+no image, no label), and the server merges them per domain (``uharmony.model.gating.merge_prototypes``; the
 reach: the largest). A reply is checked like a training reply: the admitted identity, only its own
 domain's entries, shapes and dtypes, finite values, a variance and reach >= 0 and a count within the
 training cases the site declared (itself at most the cap its key is registered with). A bad reply is
@@ -27,8 +27,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
 from uharmony import protocol as P
-from uharmony.federated import ModelRoles, State
-from uharmony.gating import merge_prototypes
+from uharmony.federation.federated import ModelRoles, State
+from uharmony.model.gating import merge_prototypes
 
 from .replies import RejectedUpdate, _identity, check_arrays, read_arrays, rejection
 from .separation import SPREAD_FACTOR, check_domains, check_move, clip_spreads, known

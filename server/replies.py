@@ -11,8 +11,9 @@ replies, else of the updates accepted in earlier rounds); malformed numbers amon
 An evaluation reply is rejected for the same identity and type errors, and for Dice outside [0, 1],
 HD95 negative, or metric names for regions the model does not have. The round goes on without what was
 rejected; nothing a site sends can raise in the server: an array is read only after its ``.npy`` header
-declared the expected entry's shape and dtype and exactly the bytes that follow it (``uharmony.wire.read_npy``),
-and any other error in a reply's handling is that reply's rejection, with its reason.
+declared the expected entry's shape and dtype and exactly the bytes that follow it
+(``uharmony.federation.wire.read_npy``), and any other error in a reply's handling is that reply's rejection,
+with its reason.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flwr.app import Message
 
 from uharmony import protocol as P
 from uharmony import wire
-from uharmony.federated import ModelRoles, State
+from uharmony.federation.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
 EVAL_KEY = re.compile(r"(dice|hd95|presence)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")

@@ -23,16 +23,16 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from uharmony import protocol as P
-from uharmony.adaptation import spec_extends
-from uharmony.checkpoint import CheckpointError, inference_settings, load_checkpoint, save_checkpoint
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
-from uharmony.gating import uses_scan_gate
-from uharmony.networks import model_from_spec
-from uharmony.runlog import RunLog
-from uharmony.signing import load_private_key
-from uharmony.tracking import TensorBoard, write_run_info
-from uharmony.training import scheduled_lr
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
+from uharmony.model.adaptation import spec_extends
+from uharmony.model.gating import uses_scan_gate
+from uharmony.model.networks import model_from_spec
+from uharmony.model.training import scheduled_lr
+from uharmony.records.checkpoint import CheckpointError, inference_settings, load_checkpoint, save_checkpoint
+from uharmony.records.runlog import RunLog
+from uharmony.records.signing import load_private_key
+from uharmony.records.tracking import TensorBoard, write_run_info
 
 from . import evaluation, joins, phases
 from .admission import Admission, check_binding
@@ -284,7 +284,8 @@ class RoundEngine:
     def _file_evaluation(self, rnd: int, per_site: dict, rejected: list, **tags) -> dict:
         if rejected:
             self.runlog.write({"round": rnd, "event": "evaluation-rejected", "rejected": rejected, **tags})
-        summary = self.runlog.evaluation(rnd, self.cfg.strategy, per_site, **tags)
+        head = "gated" if self.model.gated else "plain"  # in every line: readers need no strategy table
+        summary = self.runlog.evaluation(rnd, self.cfg.strategy, per_site, head=head, **tags)
         self.runlog.write_csv()
         if self.tensorboard is not None and "phase" not in tags:
             rows = [r for r in self.runlog.records() if r.get("round") == rnd and "dice" in r and "phase" not in r]

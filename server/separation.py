@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from uharmony.federated import ModelRoles, State
-from uharmony.head import distance2
+from uharmony.federation.federated import ModelRoles, State
+from uharmony.model.head import distance2
 
 SHRINK = 4.0  # a squared distance between two domains may fall at most to 1/SHRINK of its previous value
 SPREAD_FACTOR = 10.0  # a domain's variance per dimension: at most this x (median over domains + overall mean)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
 
 from .grids import PollingGrid
 from .rounds import run_server

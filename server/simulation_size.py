@@ -14,9 +14,9 @@ import time
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
-from uharmony.config import RunConfig
 from uharmony.data import load_federation
 from uharmony.data.manifest import federation_root
+from uharmony.federation.config import RunConfig
 
 MAIN_JOB = "bash scripts/main.sh"
 

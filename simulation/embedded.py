@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from uharmony.config import RunConfig
 from uharmony.data.manifest import MANIFEST, cache_root, embedded_name
+from uharmony.federation.config import RunConfig
 
 from .synth import generate_federation
 from .synth.profiles import make_join_profile, make_site_profile

@@ -23,11 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from uharmony.config import RunConfig
 from uharmony.data import load_federation
 from uharmony.data.manifest import absolute
-from uharmony.plots import has_gated_head
-from uharmony.runlog import RunLog
+from uharmony.federation.config import RunConfig
+from uharmony.records.plots import has_gated_head
+from uharmony.records.runlog import RunLog
 
 from .embedded import ensure_federation
 
@@ -112,7 +112,7 @@ def check_results(cfg: RunConfig, run_id: str, status: str = "") -> str:
     started = min((r["time"] for r in records if "time" in r), default=0.0)
     if not plot.is_file() or plot.stat().st_mtime < started - 1.0:
         raise RuntimeError(f"{but}this run wrote no {plot}")
-    if has_gated_head(cfg.strategy, [r for r in records if "dice" in r and "mode" in r]):
+    if has_gated_head([r for r in records if "dice" in r and "mode" in r]):
         means = f"dataset-free (gate) {dice.get('gated', float('nan')):.3f}, own expert {dice.get('oracle', 0):.3f}"
     else:  # one head: its two modes are one
         means = f"{dice.get('oracle', dice.get('gated', float('nan'))):.3f}"

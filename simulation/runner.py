@@ -22,9 +22,9 @@ import uuid
 from pathlib import Path
 
 from uharmony.checks import one_of
-from uharmony.config import RunConfig, parse_assignments
 from uharmony.data import load_federation
-from uharmony.runlog import RunLog
+from uharmony.federation.config import RunConfig, parse_assignments
+from uharmony.records.runlog import RunLog
 
 from .embedded import ensure_federation
 
@@ -92,7 +92,7 @@ def run(
 
 
 def _resumed_run_id(cfg: RunConfig) -> str:
-    from uharmony.checkpoint import load_checkpoint
+    from uharmony.records.checkpoint import load_checkpoint
 
     return str(load_checkpoint(Path(cfg.run_dir) / "checkpoints")["extra"].get("run-id", ""))
 

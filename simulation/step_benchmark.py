@@ -3,7 +3,7 @@
     python -m simulation.step_benchmark [--sizes main gpu] [--precisions fp32 bf16]
         [--layouts contiguous channels-last] [--norms uharmony instance] [--device cpu|cuda] [--out DIR]
 
-Each configuration trains through the product's own step (``uharmony.training.train_steps``: the masked DiceCE,
+Each configuration trains through the product's own step (``uharmony.model.training.train_steps``: the masked DiceCE,
 AdamW, autocast and layout exactly as a site's round runs them, 25-step calls as in a round) on fixed random
 batches of the size's patch, and reports per step: the median time, the FLOPs (torch's FLOP counter over one
 forward and backward pass: convolutions and matrix products, which is where the arithmetic is), the achieved
@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
+from uharmony.model.training import train_steps
 from uharmony.precision import _cpu_flags
-from uharmony.tracking import machine
-from uharmony.training import train_steps
+from uharmony.records.tracking import machine
 
 # run-config entries of each size: "main" is the product's defaults (the main job and the benchmark's regime),
 # "gpu" the benchmark's GPU size (simulation/bench/sizes.py)

@@ -99,8 +99,8 @@ def umsrep_runs(tiny_federation, tmp_path_factory) -> dict:
     from server.rounds import run_server
     from simulation.inprocess import InProcessGrid
     from simulation.label_fraction import label_free_view
-    from uharmony.config import RunConfig
     from uharmony.data import load_federation
+    from uharmony.federation.config import RunConfig
 
     base = tmp_path_factory.mktemp("umsrep")
     view = label_free_view(tiny_federation, base / "view", ["1"])

@@ -50,3 +50,86 @@ def test_the_checker_sees_a_crossing(tmp_path):
 def test_modules_stay_small(package):
     big = {str(p.relative_to(ROOT)): n for p in modules(package) if (n := len(p.read_text().splitlines())) > 400}
     assert big == {}
+
+
+# uharmony's layers, lowest first: a module imports from its own layer and those below only; records and
+# federation are siblings on top of umsrep, and neither imports the other
+LAYERS = ("base", "data", "model", "umsrep", "records", "federation")
+BASE = {"vocabulary", "checks", "files", "protocol", "precision", "loopback_peers"}
+ALLOWED = {
+    "base": {"base"},
+    "data": {"base", "data"},
+    "model": {"base", "model"},
+    "umsrep": {"base", "model", "umsrep"},
+    "records": {"base", "data", "model", "umsrep", "records"},
+    "federation": {"base", "data", "model", "umsrep", "federation"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def uharmony_imports(path: Path, name: str | None = None) -> set[str]:
+    """Every ``uharmony`` module ``path`` imports, relative imports resolved (``from uharmony import x``: the
+    module ``uharmony.x``)."""
+    name = name or module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "uharmony")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            if base.split(".")[0] != "uharmony":
+                continue
+            if base == "uharmony" or not node.module:
+                out.update(f"{base}.{a.name}" for a in node.names)
+            else:
+                out.add(base)
+    return out
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in BASE:
+        return "base"
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module}: not in a layer of uharmony ({LAYERS}, base modules {sorted(BASE)})")
+    return parts[1]
+
+
+def test_uharmony_layers_import_only_downwards():
+    bad = {}
+    for path in modules("uharmony"):
+        name = module_name(path)
+        up = sorted(m for m in uharmony_imports(path) if layer_of(m) not in ALLOWED[layer_of(name)])
+        if up:
+            bad[name] = up
+    assert bad == {}
+
+
+def test_every_uharmony_module_is_in_a_layer():
+    for path in modules("uharmony"):
+        layer_of(module_name(path))
+    assert {p.parent.name for p in modules("uharmony") if p.parent.name != "uharmony"} <= set(LAYERS)
+
+
+def test_the_layer_checker_sees_an_upward_import(tmp_path):
+    pkg = tmp_path / "uharmony" / "model"
+    pkg.mkdir(parents=True)
+    bad = pkg / "bad.py"
+    bad.write_text(
+        "from ..federation.config import RunConfig\nfrom uharmony import files\nfrom . import norm\n"
+        "def f():\n    import uharmony.records.export\n"
+    )
+    found = uharmony_imports(bad, "uharmony.model.bad")
+    assert found == {"uharmony.federation.config", "uharmony.files", "uharmony.model.norm", "uharmony.records.export"}
+    assert sorted(m for m in found if layer_of(m) not in ALLOWED["model"]) == [
+        "uharmony.federation.config",
+        "uharmony.records.export",
+    ]

@@ -17,8 +17,8 @@ from tests.test_architecture import ROOT
 HEAVY = ("torch", "monai")
 LIGHT_MODULES = (
     "uharmony.vocabulary",
-    "uharmony.strategies",
-    "uharmony.config",
+    "uharmony.federation.strategies",
+    "uharmony.federation.config",
     "uharmony.data",
     "uharmony.data.manifest",
     "client.site_profile",
@@ -77,7 +77,7 @@ def test_a_hospital_profile_query_loads_neither_torch_nor_monai(tmp_path):
     node = {"data-path": str(tmp_path / "site"), "site-id": "h1", "state-dir": str(tmp_path / "state")}
     code = (
         "from client.site_profile import site_profile\n"
-        "from uharmony.config import RunConfig\n"
+        "from uharmony.federation.config import RunConfig\n"
         f"profile = site_profile({node!r}, RunConfig.from_flwr({{}}), 1)\n"
         "assert profile['train-cases'] == 2 and profile['regions'] == 'ET,TC,WT', profile"
     )

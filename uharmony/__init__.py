@@ -1,14 +1,17 @@
 """U-Harmony: two-stage feature harmonization and a domain-gated head for federated segmentation,
 and everything Flower-free beneath the apps. Importable without Flower.
 
-Method: ``norm`` (UHarmonyNorm), ``head`` (DomainGatedHead), ``networks`` (MONAI builders), ``roles``
-(shared / site-local / per-domain, by module type), ``adaptation`` (new modality, class, domain).
-Federation: ``strategies`` (the strategy table), ``config`` (typed run config), ``protocol`` (message
-keys), ``federated`` (what a site sends, keeps and receives), ``site_round`` (a site's round),
-``training`` / ``inference``, ``checkpoint`` / ``site_state`` / ``runlog`` (files a run writes).
-Data: ``uharmony.data`` (cases, sites, manifests, reading and preprocessing NIfTI).
-Names: ``vocabulary`` (modalities, regions, model choices, parameter roles, plans; imports nothing: the
-light modules take their names from it, never from ``networks``).
+Layers, each importing only those below it (tests/test_architecture.py checks it):
+
+- base modules here: ``vocabulary`` (modalities, regions, model choices, parameter roles, plans; imports
+  nothing: the light modules take their names from it), ``checks``, ``files``, ``protocol`` (message keys),
+  ``precision``, ``loopback_peers``;
+- ``uharmony.data``: cases, sites, manifests, reading and preprocessing NIfTI;
+- ``uharmony.model``: UHarmonyNorm, the domain-gated head, the MONAI networks, roles, adaptation, training,
+  inference;
+- ``uharmony.umsrep``: UMS-Rep's plans, pretraining and fine-tuning steps, derivable outputs;
+- ``uharmony.records``: checkpoints, signed releases, MONAI bundles, run logs, plots, tracking;
+- ``uharmony.federation``: the strategy table, the run config, a site's round and state.
 """
 
 import importlib
@@ -16,9 +19,9 @@ import importlib
 # Names are loaded on first use (PEP 562), so that a command that needs only a small module (a key, a
 # file helper) does not pay for torch and MONAI.
 _EXPORTS = {
-    "adaptation": ("add_classes", "add_domain", "add_modality", "extend_model"),
-    "head": ("DomainExpert", "DomainGatedHead"),
-    "networks": (
+    "model.adaptation": ("add_classes", "add_domain", "add_modality", "extend_model"),
+    "model.head": ("DomainExpert", "DomainGatedHead"),
+    "model.networks": (
         "ARCHS",
         "DEFAULT_MODALITIES",
         "DEFAULT_REGIONS",
@@ -28,8 +31,8 @@ _EXPORTS = {
         "harmonize",
         "model_from_spec",
     ),
-    "norm": ("UHarmonyNorm",),
-    "roles": ("DOMAIN", "LOCAL", "ROLES", "SHARED", "domain_of", "param_roles", "role_counts"),
+    "model.norm": ("UHarmonyNorm",),
+    "model.roles": ("DOMAIN", "LOCAL", "ROLES", "SHARED", "domain_of", "param_roles", "role_counts"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = list(_WHERE)

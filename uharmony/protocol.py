@@ -3,7 +3,7 @@
 Records of a message: ``ARRAYS`` (``flwr.app.ArrayRecord`` of model entries), ``CONFIG`` (server ->
 site settings), ``METRICS`` (site -> server numbers), ``SITE`` (site -> server identity), ``PROFILE``
 (site -> server, answer to the profile query). Between the apps ``ARRAYS`` travels packed (one array and
-the ``WIRE`` manifest, ``uharmony.wire``); the handlers on either side see it unpacked.
+the ``WIRE`` manifest, ``uharmony.federation.wire``); the handlers on either side see it unpacked.
 """
 
 ARRAYS = "arrays"
@@ -11,12 +11,12 @@ CONFIG = "config"
 METRICS = "metrics"
 SITE = "site"
 EVALUATION = "evaluation"  # a train reply's evaluation of the received model (the METRICS of an evaluate reply)
-WIRE = "wire"  # ConfigRecord: the manifest of a packed ARRAYS record (uharmony.wire), either direction
+WIRE = "wire"  # ConfigRecord: the manifest of a packed ARRAYS record (uharmony.federation.wire), either direction
 
 # CONFIG: server -> site
 SERVER_ROUND = "server-round"
 MODEL_SPEC = "model-spec"  # JSON of uharmony.UHarmonyNet.spec: clients build the same network
-STRATEGY = "strategy"  # a name of uharmony.strategies: decides which entries a site keeps
+STRATEGY = "strategy"  # a name of uharmony.federation.strategies: decides which entries a site keeps
 RUN_ID = "run-id"  # one per run (kept on resume): site state saved under another run is not reused
 LOCAL_STEPS = "local-steps"
 LR = "lr"
@@ -64,7 +64,7 @@ READY = "ready"  # False: the SuperNode is up but the site does not take part ye
 
 # Prototypes of the scan gate: before every evaluation the server asks the sites (a query message, action
 # PROTOTYPE_ACTION, with the aggregated model) for their domain's prototype under that model: mean,
-# variance and count of their training scans' descriptors (``uharmony.gating``), and merges them per domain.
+# variance and count of their training scans' descriptors (``uharmony.model.gating``), and merges them per domain.
 PROTOTYPE_ACTION = "prototype"  # message type "query.prototype"
 
 # UMS-Rep (uharmony.umsrep): the run config's ``phase`` decides what a train / evaluate message means at a

@@ -3,8 +3,8 @@
 Imports nothing (no torch, no MONAI), so the light modules (the run config, the strategy table, the data
 layer's cases and manifests, a site's profile) can use the names without loading the model code. The modules
 that give the names their meaning re-export them where callers have always found them
-(``uharmony.networks``: ``DEFAULT_MODALITIES``, ``DEFAULT_REGIONS``, ``ARCHS``, ``NORMS``, ``HEADS``;
-``uharmony.roles``: ``SHARED``, ``LOCAL``, ``DOMAIN``, ``ROLES``; ``uharmony.norm``: its options).
+(``uharmony.model.networks``: ``DEFAULT_MODALITIES``, ``DEFAULT_REGIONS``, ``ARCHS``, ``NORMS``, ``HEADS``;
+``uharmony.model.roles``: ``SHARED``, ``LOCAL``, ``DOMAIN``, ``ROLES``; ``uharmony.model.norm``: its options).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from __future__ import annotations
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 REGIONS = ("ET", "TC", "WT")
 
-# the model (uharmony.networks.build_model)
+# the model (uharmony.model.networks.build_model)
 ARCHS = ("dynunet", "swinunetr")
 NORMS = ("uharmony", "instance", "batch")
 HEADS = ("gated", "plain")
 # what the scan gate compares: the head-input features, and the scan's acquisition fingerprint (default)
 GATE_DESCRIPTORS = ("features+acquisition", "features")
 GATE_UNSEEN = ("shared", "nearest")  # a scan beyond every domain's reach: shared answer | nearest domain
-# U-Harmony normalization (uharmony.norm.UHarmonyNorm)
+# U-Harmony normalization (uharmony.model.norm.UHarmonyNorm)
 SITE_LOCAL_OPTIONS = ("stats", "stats+coefficients")
 RESTORE_MODES = ("ratio", "affine", "none")
 
-# parameter roles (uharmony.roles): averaged, kept at the site, aggregated per domain
+# parameter roles (uharmony.model.roles): averaged, kept at the site, aggregated per domain
 SHARED, LOCAL, DOMAIN = "shared", "local", "domain"
 ROLES = (SHARED, LOCAL, DOMAIN)
 

@@ -25,10 +25,10 @@ def main(argv=None) -> int:
     import torch  # noqa: F401  (counted in the baseline)
 
     from simulation.embedded import ensure_federation
-    from uharmony.config import RunConfig
     from uharmony.data import load_federation
-    from uharmony.federated import ModelRoles, global_state_of
-    from uharmony.site_round import SiteRound
+    from uharmony.federation.config import RunConfig
+    from uharmony.federation.federated import ModelRoles, global_state_of
+    from uharmony.federation.site_round import SiteRound
 
     after_import = _rss_mib()
     cfg = RunConfig.from_flwr(overrides)

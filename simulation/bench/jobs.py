@@ -21,19 +21,19 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from uharmony.checkpoint import load_checkpoint
-from uharmony.config import RunConfig
 from uharmony.data import federation_root, load_federation
-from uharmony.federated import ModelRoles, subset
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, subset
+from uharmony.federation.site_round import SiteRound
+from uharmony.federation.site_state import load_local_state
+from uharmony.federation.strategies import STRATEGIES
 from uharmony.files import read_jsonl
-from uharmony.gating import scan_descriptors, uses_scan_gate
-from uharmony.inference import estimate_site_statistics, regions_to_brats
-from uharmony.norm import UHarmonyNorm
-from uharmony.runlog import RunLog
-from uharmony.site_round import SiteRound
-from uharmony.site_state import load_local_state
-from uharmony.strategies import STRATEGIES
-from uharmony.training import evaluate_cases, predict
+from uharmony.model.gating import scan_descriptors, uses_scan_gate
+from uharmony.model.inference import estimate_site_statistics, regions_to_brats
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.model.training import evaluate_cases, predict
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
 from uharmony.vocabulary import REGIONS
 
 from ..embedded import ensure_federation
@@ -175,7 +175,7 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
     """Leave partition ``held_out`` out of training, then segment its validation scans dataset-free.
 
     U-Harmony first computes the held-out site's harmonization statistics from its unlabeled training
-    scans (``uharmony.inference.calibrate``: no label, no gradient); FedAvg's global model is used as is.
+    scans (``uharmony.model.inference.calibrate``: no label, no gradient); FedAvg's global model is used as is.
     FedBN has no global normalization layers: the unseen site gets the mean of the training sites' own.
     """
     run_dir = out / "runs" / f"unseen-{scenario}-{strategy}-hold{held_out}-seed{seed}"

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from uharmony.config import RunConfig, parse_assignments
+from uharmony.federation.config import RunConfig, parse_assignments
 from uharmony.files import append_jsonl
 
 from .report import mean_over_sites

@@ -102,8 +102,8 @@ def plot_curves(rows: dict, png: Path, title: str = "") -> Path:
 
 def plot_overlays(files: dict[str, Path], png: Path) -> Path | None:
     """Rows: sites; columns: FLAIR, ground truth, then each method's dataset-free prediction; labels in fixed
-    colours (``uharmony.plots``) with a legend."""
-    from uharmony.plots import draw_labels, legend_handles, protocol_entries, pyplot
+    colours (``uharmony.records.plots``) with a legend."""
+    from uharmony.records.plots import draw_labels, legend_handles, protocol_entries, pyplot
 
     plt = pyplot()
     data = {m: dict(np.load(f)) for m, f in files.items() if Path(f).exists()}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-# methods compared in each scenario (uharmony.strategies); S0 is the control, S2 the target setting
+# methods compared in each scenario (uharmony.federation.strategies); S0 is the control, S2 the target setting
 METHODS = {
     "S0": ("fedavg", "uharmony"),
     "S2": ("fedavg", "fedbn", "uharmony", "centralized", "centralized-uharmony"),

@@ -195,7 +195,7 @@ def run_call(size: Size, call: tuple, out: Path) -> dict:
 
         return {"stage": stage, **floor_job(size, call[2], call[3])}
     if kind == "mechanism":
-        from uharmony.config import RunConfig
+        from uharmony.federation.config import RunConfig
 
         from .mechanism import mechanism_cases
 

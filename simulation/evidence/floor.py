@@ -15,10 +15,10 @@ import numpy as np
 from scipy import ndimage
 
 from simulation.embedded import ensure_federation
-from uharmony.config import RunConfig
 from uharmony.data import SiteData, load_federation
 from uharmony.data.manifest import cache_root
-from uharmony.lesionwise import lesionwise_dice
+from uharmony.federation.config import RunConfig
+from uharmony.model.lesionwise import lesionwise_dice
 from uharmony.vocabulary import MODALITIES as DEFAULT_MODALITIES
 from uharmony.vocabulary import REGIONS as DEFAULT_REGIONS
 

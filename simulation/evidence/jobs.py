@@ -14,8 +14,8 @@ from pathlib import Path
 
 from simulation.bench.jobs import per_case_records, run_curve, run_gate_accuracy
 from simulation.runner import run
-from uharmony.config import RunConfig
-from uharmony.strategies import STRATEGIES
+from uharmony.federation.config import RunConfig
+from uharmony.federation.strategies import STRATEGIES
 
 from .design import Size
 from .protocols import protocol_cases, site_local

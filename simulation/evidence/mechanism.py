@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from simulation.bench.jobs import _mean_local_state, _run_id, _site_job
-from uharmony.config import RunConfig
 from uharmony.data import federation_root, load_federation
-from uharmony.norm import UHarmonyNorm
-from uharmony.site_state import load_local_state
-from uharmony.training import evaluate_cases
+from uharmony.federation.config import RunConfig
+from uharmony.federation.site_state import load_local_state
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.model.training import evaluate_cases
 
 CHECKS = ("swap", "mean-stats", "gain0", "shared")
 

@@ -7,7 +7,7 @@ After a run, from its final model and its simulated sites' saved site-local entr
   trained: its run's own evaluation (mode ``gated``) is its number;
 - a method with site-local entries (FedBN's normalization layers, U-Harmony's statistics, local models) is
   scored ``routed``: each scan gets the entries of the training site nearest by acquisition fingerprint
-  (``uharmony.routing``, the information U-Harmony's gate has), and ``mean``: the mean of the sites' entries
+  (``uharmony.model.routing``, the information U-Harmony's gate has), and ``mean``: the mean of the sites' entries
   (not for local models: averaging separately trained models means nothing). U-Harmony's head uses its own
   scan gate throughout;
 - ``own``: each site's own entries, the site-aware number (the run's own evaluation; U-Harmony's oracle
@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from simulation.bench.jobs import _mean_local_state, _run_id, _site_job, per_case_records
-from uharmony.config import RunConfig
 from uharmony.data import federation_root, load_federation
-from uharmony.federated import ModelRoles
-from uharmony.roles import LOCAL
-from uharmony.routing import FingerprintRouter
-from uharmony.site_state import load_local_state
-from uharmony.strategies import STRATEGIES
-from uharmony.training import evaluate_cases
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles
+from uharmony.federation.site_state import load_local_state
+from uharmony.federation.strategies import STRATEGIES
+from uharmony.model.roles import LOCAL
+from uharmony.model.routing import FingerprintRouter
+from uharmony.model.training import evaluate_cases
 
 
 def site_local(cfg: RunConfig) -> bool:

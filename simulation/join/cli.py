@@ -23,8 +23,8 @@ from pathlib import Path
 
 from simulation.bench.cli import machine
 from simulation.runner import TRANSPORTS, run
-from uharmony.config import parse_assignments
-from uharmony.runlog import RunLog
+from uharmony.federation.config import parse_assignments
+from uharmony.records.runlog import RunLog
 
 from .report import markdown, plot, summarize
 

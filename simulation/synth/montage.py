@@ -1,5 +1,6 @@
 """PNG montage: one axial slice per site (rows) and contrast (columns), plus the label map over FLAIR in fixed
-colours per tissue class (``uharmony.plots``: a class keeps its colour whatever number a site's protocol gives it)."""
+colours per tissue class (``uharmony.records.plots``: a class keeps its colour whatever number a site's protocol
+gives it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from uharmony.data import MODALITIES, load_federation  # noqa: E402
 from uharmony.data.manifest import MANIFEST, absolute  # noqa: E402
-from uharmony.plots import draw_labels, legend_handles  # noqa: E402
+from uharmony.records.plots import draw_labels, legend_handles  # noqa: E402
 
 
 def site_montage(root: str | Path, out_png: str | Path) -> Path:

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
 from uharmony.files import read_jsonl
 
 from ..bench.sizes import SCENARIO_SITES
@@ -277,8 +277,8 @@ def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dic
     hospital segments its validation scans dataset-free, with statistics calibrated on its own scans (no
     label). ``arm``: ``scratch`` (no phase P) or ``all`` (phase P on every site, the held-out one included
     as a label-free participant: what its scans gave the representation)."""
-    from uharmony.inference import estimate_site_statistics
-    from uharmony.training import evaluate_cases
+    from uharmony.model.inference import estimate_site_statistics
+    from uharmony.model.training import evaluate_cases
 
     from ..bench.jobs import _dice, _site_job
 

@@ -12,9 +12,9 @@ import torch
 
 from client.export_cli import main as main_export
 from client.segment_cli import main_segment
-from uharmony.bundle_trust import BundleError, check_bundle
-from uharmony.config import RunConfig
-from uharmony.export import TracedForward, export_bundle, load_bundle, verify_bundle
+from uharmony.federation.config import RunConfig
+from uharmony.records.bundle_trust import BundleError, check_bundle
+from uharmony.records.export import TracedForward, export_bundle, load_bundle, verify_bundle
 
 
 def test_bundle_of_a_federated_model_verifies_and_segments_as_the_model_file(

@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from client.segment_cli import main_segment
-from uharmony.checkpoint import inference_settings, save_checkpoint
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
+from uharmony.records.checkpoint import inference_settings, save_checkpoint
 
 
 def _settings(model, spacing=6.0, patch=16):
@@ -177,7 +177,7 @@ def test_a_checkpoint_an_expired_or_a_revoked_model_is_refused(tiny_federation, 
 def test_a_runs_final_model_is_self_contained_and_released(trained_run):
     """F9 / F19 through the round engine: a run's final_model.pt records its spacing, patch, modalities, regions
     and preprocessing, and its manifest a release of kind final; each round's checkpoint one of kind checkpoint."""
-    from uharmony.checkpoint import load_checkpoint, settings_of
+    from uharmony.records.checkpoint import load_checkpoint, settings_of
 
     final = load_checkpoint(trained_run, "final_model.pt")
     assert settings_of(final, "final_model.pt") == {"spacing-mm": 6.0, "patch-size": 16, "preprocessing": "uharmony-1"}
@@ -197,7 +197,7 @@ def test_the_key_a_hospital_is_told_to_trust_is_the_one_that_signs_models(tiny_f
     model-signing.key, trusted-entities.yaml refuses both, and the warning names model-signing.pub."""
     from client.export_cli import main as main_export
     from server.pki import init_ca
-    from uharmony.signing import load_private_key
+    from uharmony.records.signing import load_private_key
 
     pki = tmp_path / "pki"
     init_ca(pki, days=30, passphrase=b"correct horse battery")

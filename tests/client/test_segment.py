@@ -9,11 +9,11 @@ import torch
 
 from client.segment_cli import main_calibrate, main_segment
 from uharmony import build_model
-from uharmony.checkpoint import inference_settings, save_checkpoint
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of, local_state_of
-from uharmony.inference import estimate_site_statistics, regions_to_brats
-from uharmony.site_state import load_local_state, save_local_state
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of, local_state_of
+from uharmony.federation.site_state import load_local_state, save_local_state
+from uharmony.model.inference import estimate_site_statistics, regions_to_brats
+from uharmony.records.checkpoint import inference_settings, save_checkpoint
 
 
 @pytest.fixture

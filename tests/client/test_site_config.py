@@ -11,8 +11,8 @@ from flwr.common.config import parse_config_args
 
 from client.site_cli import supernode_command
 from client.site_config import KEYS, load_site_config
-from uharmony.config import RunConfig
-from uharmony.site_round import report_floor
+from uharmony.federation.config import RunConfig
+from uharmony.federation.site_round import report_floor
 
 
 def _site(tmp_path, extra: str = "") -> Path:

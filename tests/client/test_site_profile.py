@@ -4,7 +4,7 @@ import pytest
 
 from client.site_profile import site_profile
 from uharmony import protocol as P
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
 
 GROWN = ("t1", "t1ce", "t2", "flair", "adc")
 REGIONS4 = ("ET", "TC", "WT", "RC")

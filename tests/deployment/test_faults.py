@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from simulation.deployment import TINY_RUN, LocalConsortium, final_status, records, wait_for
-from uharmony.checkpoint import load_checkpoint
+from uharmony.records.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]  # one worker, in turn
 

@@ -19,7 +19,7 @@ import pytest
 from simulation.deployment import TINY_RUN, LocalConsortium, final_status, free_port, records, wait_for
 from simulation.synth import generate_federation
 from simulation.synth.profiles import make_join_profile
-from uharmony.signing import SignatureError, load_public_keys, verify_manifest
+from uharmony.records.signing import SignatureError, load_public_keys, verify_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]  # one worker, in turn
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from uharmony import build_model
 from uharmony import protocol as P
-from uharmony.federated import ModelRoles, global_state_of
+from uharmony.federation.federated import ModelRoles, global_state_of
 
 
 @pytest.fixture

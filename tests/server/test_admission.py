@@ -15,7 +15,7 @@ from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
-from uharmony.runlog import RunLog
+from uharmony.records.runlog import RunLog
 
 GOOD = {
     P.SITE_ID: "hospital-d",
@@ -152,7 +152,7 @@ def test_a_run_without_a_registry_on_nodes_with_keys_is_refused(tiny_federation,
     from server.admission import UnboundRun
     from server.grids import PackingGrid
     from server.rounds import RoundEngine
-    from uharmony.config import RunConfig
+    from uharmony.federation.config import RunConfig
 
     pubs = [generate_node_key(tmp_path / f"k{i}")[1] for i in range(2)]
     over = {

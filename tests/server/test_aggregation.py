@@ -11,7 +11,7 @@ from server.replies import ReplyChecker
 from simulation.inprocess import InProcessGrid
 from tests.server.conftest import reply, update
 from uharmony import protocol as P
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
 
 
 def test_shared_averaged_by_cases_and_heads_by_domain(setup):

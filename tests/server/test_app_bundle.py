@@ -64,7 +64,9 @@ def test_the_published_app_holds_code_and_config_only(clone, tmp_path):
     names = app_bundle.contents((tmp_path / "state" / "apps" / f"{record['sha256']}.fab").read_bytes())
     assert code_and_config_only(names) == []
     assert not set(PLANTED) & set(names)
-    assert {"server/server_app.py", "client/client_app.py", "uharmony/config.py"} <= set(names)  # the components
+    assert {"server/server_app.py", "client/client_app.py", "uharmony/federation/config.py"} <= set(
+        names
+    )  # the components
     assert not any("/test_" in n or n.startswith(("tests/", "docs/", "simulation/")) for n in names)
 
 

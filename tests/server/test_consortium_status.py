@@ -12,7 +12,7 @@ from flwr.proto.run_pb2 import Run, RunStatus
 
 from server import consortium_status
 from server.registry import SiteRegistry
-from uharmony.runlog import RunLog
+from uharmony.records.runlog import RunLog
 
 
 def _key():

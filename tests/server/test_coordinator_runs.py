@@ -9,7 +9,7 @@ from flwr.common.config import parse_config_args
 
 from server import coordinator, deployed_runs
 from server.progress import RoundLogFollower
-from uharmony.runlog import RunLog
+from uharmony.records.runlog import RunLog
 
 
 def _log_a_round(log: RunLog, rnd: int) -> None:

@@ -13,9 +13,9 @@ from server.replies import ReplyChecker
 from simulation.inprocess import InProcessGrid
 from tests.server.conftest import reply
 from tests.server.test_rounds import _run
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
-from uharmony.runlog import RunLog
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
+from uharmony.records.runlog import RunLog
 
 DP = dict(strategy="fedavg", dp_noise_multiplier=1.0, dp_clipping_norm=5.0)
 

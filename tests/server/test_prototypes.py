@@ -6,9 +6,9 @@ import torch
 from server.prototypes import check_prototype_reply, refresh_prototypes
 from server.replies import RejectedUpdate
 from tests.server.conftest import reply
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
-from uharmony.gating import merge_prototypes
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
+from uharmony.model.gating import merge_prototypes
 
 MEMBERS = {7: {"site": "s7", "domain": 0, "train_cases": 6}, 8: {"site": "s8", "domain": 1, "train_cases": 6}}
 

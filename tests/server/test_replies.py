@@ -16,8 +16,8 @@ from server.registry import SiteRegistry
 from server.replies import RejectedUpdate, ReplyChecker, check_evaluation
 from tests.server.conftest import eval_reply, reply, request, update
 from uharmony import protocol as P
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
 
 MEMBERS = {7: {"site": "s7", "domain": 0, "train_cases": 6}, 8: {"site": "s8", "domain": 1, "train_cases": 6}}
 

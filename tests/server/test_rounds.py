@@ -16,12 +16,12 @@ from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
 from uharmony import wire
-from uharmony.checkpoint import load_checkpoint
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
-from uharmony.networks import model_from_spec
-from uharmony.roles import module_state_keys
-from uharmony.runlog import RunLog
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
+from uharmony.model.networks import model_from_spec
+from uharmony.model.roles import module_state_keys
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
 
 
 class RecordingGrid(InProcessGrid):

@@ -11,7 +11,7 @@ from flwr.superlink.grid import InMemoryGrid
 
 from server.simulation_size import MAIN_JOB, check_simulation_size
 from tests.conftest import tiny_overrides
-from uharmony.config import RunConfig
+from uharmony.federation.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
-from uharmony.runlog import RunLog
+from uharmony.records.runlog import RunLog
 
 
 class ThreadedGrid(InProcessGrid):

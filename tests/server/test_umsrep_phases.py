@@ -9,12 +9,12 @@ import torch
 from server.phases import ARTIFACT, MANIFEST
 from simulation.runner import run
 from uharmony import protocol as P
-from uharmony.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from uharmony.config import RunConfig
 from uharmony.data import load_federation
-from uharmony.federated import ModelRoles
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles
 from uharmony.files import read_jsonl
-from uharmony.roles import LOCAL
+from uharmony.model.roles import LOCAL
+from uharmony.records.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from uharmony.umsrep.plans import get_plan
 
 from ..conftest import tiny_overrides

@@ -19,7 +19,7 @@ from simulation.synth.generate import protocol_labels
 from simulation.synth.lesions import ED, ET, NCR
 from simulation.synth.scenarios import S3_SITES, s3_profiles, scenario_profiles, write_labels
 from uharmony.data.regions import labels_to_regions
-from uharmony.networks import DEFAULT_REGIONS as REGIONS
+from uharmony.model.networks import DEFAULT_REGIONS as REGIONS
 
 REFERENCE = ("rules", "kappa", "boundary_noise_mm")
 # the conflict cells of S3 (docs/preregistration.md): site index -> regions its convention changes

@@ -11,8 +11,8 @@ import pytest
 from simulation.join.cli import main as join_main
 from simulation.runner import run
 from tests.conftest import tiny_overrides
-from uharmony.checkpoint import load_checkpoint
-from uharmony.runlog import RunLog
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
 
 # with the deployment tests, on the worker of Flower's runtimes: balances the two workers of scripts/test.sh
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]

@@ -14,7 +14,7 @@ from simulation.runner import run
 from simulation.synth.cli import main as data_cli
 from tests.conftest import tiny_overrides
 from uharmony.data import load_federation
-from uharmony.runlog import RunLog
+from uharmony.records.runlog import RunLog
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import torch
 from simulation.runner import main as sim_main
 from simulation.runner import run
 from tests.conftest import tiny_overrides
-from uharmony.checkpoint import load_checkpoint
-from uharmony.runlog import RunLog
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
 
 
 @pytest.mark.slow

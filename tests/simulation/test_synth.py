@@ -107,8 +107,8 @@ def test_cli_writes_federation_and_montage(tmp_path, capsys):
 
 
 def test_embedded_command_generates_the_run_configs_federation_once(capsys):
-    from uharmony.config import RunConfig
     from uharmony.data import federation_root, load_federation
+    from uharmony.federation.config import RunConfig
 
     config = "seed=5 synth-scenario='' synth-sites=2 synth-cases-per-site=1 synth-spacing=6.0"
     assert synth_cli(["embedded", "--run-config", config]) == 0

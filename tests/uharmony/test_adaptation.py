@@ -4,9 +4,15 @@ import pytest
 import torch
 
 from uharmony import build_model, extend_model, model_from_spec
-from uharmony.adaptation import spec_extends
-from uharmony.federated import ModelRoles, extend_global_model, global_state_of, load_global_and_local, model_needs
-from uharmony.fingerprint import acquisition_fingerprint
+from uharmony.federation.federated import (
+    ModelRoles,
+    extend_global_model,
+    global_state_of,
+    load_global_and_local,
+    model_needs,
+)
+from uharmony.model.adaptation import spec_extends
+from uharmony.model.fingerprint import acquisition_fingerprint
 
 TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
 

@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from uharmony.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from uharmony.federation.site_state import load_local_state, save_local_state
 from uharmony.files import sha256_file
-from uharmony.site_state import load_local_state, save_local_state
+from uharmony.records.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_roundtrip_and_latest(tmp_path):
@@ -73,7 +73,7 @@ def test_release_records_bind_file_run_round_kind_and_expiry(tmp_path):
     release unless asked for, an expired one or one for other bytes is refused, a revocation list is checked."""
     import datetime as dt
 
-    from uharmony.release import ReleaseError, Revocations, check_release, load_revocations
+    from uharmony.records.release import ReleaseError, Revocations, check_release, load_revocations
 
     extra = {"run-id": "r9"}
     save_checkpoint(tmp_path / "checkpoints", 3, {}, {"w": torch.zeros(1)}, extra)
@@ -102,7 +102,7 @@ def test_release_records_bind_file_run_round_kind_and_expiry(tmp_path):
 
 def test_inference_settings_a_model_file_carries_are_checked(tmp_path):
     """F9: the settings inside the file are the ones used, and ones this version cannot honour are refused."""
-    from uharmony.checkpoint import inference_settings, settings_of
+    from uharmony.records.checkpoint import inference_settings, settings_of
 
     spec = {"modalities": ["t1", "flair"], "regions": ["ET", "TC", "WT"]}
     good = inference_settings(spec, 4.0, 24)

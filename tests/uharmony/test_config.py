@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from uharmony.config import RunConfig, parse_assignments
+from uharmony.federation.config import RunConfig, parse_assignments
 
 
 def test_pyproject_run_config_matches_the_typed_defaults():

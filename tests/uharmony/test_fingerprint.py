@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uharmony.fingerprint import QUANTILES, acquisition_fingerprint, fingerprint_size
+from uharmony.model.fingerprint import QUANTILES, acquisition_fingerprint, fingerprint_size
 
 SLOTS = len(QUANTILES) + 2 + 3
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from uharmony import build_model
-from uharmony.fingerprint import acquisition_fingerprint, fingerprint_size
-from uharmony.gating import gate_decisions, scan_descriptor, scan_gate, set_prototypes
-from uharmony.training import predict
+from uharmony.model.fingerprint import acquisition_fingerprint, fingerprint_size
+from uharmony.model.gating import gate_decisions, scan_descriptor, scan_gate, set_prototypes
+from uharmony.model.training import predict
 
 ROI = 16
 
@@ -96,7 +96,7 @@ def test_window_features_alone_are_gated_on_the_feature_part_of_the_prototypes()
 
 
 def test_reach_is_the_largest_leave_one_out_distance_and_needs_three_scans():
-    from uharmony.head import DomainExpert, distance2
+    from uharmony.model.head import DomainExpert, distance2
 
     expert = DomainExpert(3, 4, 3, zero=True)
     d = torch.tensor([[0.0, 1, 2, 3], [1, 1, 0, 3], [2, 0, 1, 1], [0, 3, 1, 0]])
@@ -145,7 +145,7 @@ def test_a_scan_beyond_every_domains_reach_gets_the_shared_answer(unseen):
 
 def test_a_model_saved_before_the_reach_loads_with_the_test_off(tmp_path):
     from uharmony import model_from_spec
-    from uharmony.checkpoint import load_checkpoint, save_checkpoint
+    from uharmony.records.checkpoint import load_checkpoint, save_checkpoint
 
     model = _model()
     set_prototypes(model, _scans(0, 4, 1) + _scans(1, 4, 2), [0] * 4 + [1] * 4, ROI)

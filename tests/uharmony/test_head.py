@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from uharmony import DomainGatedHead
-from uharmony.head import PlainHead
+from uharmony.model.head import PlainHead
 
 
 def _window_head():

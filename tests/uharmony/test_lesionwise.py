@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from uharmony.lesionwise import lesionwise_dice
-from uharmony.training import case_record
+from uharmony.model.lesionwise import lesionwise_dice
+from uharmony.model.training import case_record
 
 
 def _mask(*boxes, shape=(20, 20, 20)):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from uharmony import UHarmonyNorm
-from uharmony.norm import hermite_basis
+from uharmony.model.norm import hermite_basis
 
 
 def test_stage1_invariant_to_per_channel_positive_scale_and_shift():

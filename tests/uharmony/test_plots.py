@@ -10,8 +10,8 @@ from simulation.bench.report import plot_overlays
 from simulation.runner import run
 from simulation.synth.montage import site_montage
 from tests.conftest import tiny_overrides
-from uharmony.plots import CLASS_COLOURS, label_rgba
-from uharmony.runlog import RunLog
+from uharmony.records.plots import CLASS_COLOURS, label_rgba
+from uharmony.records.runlog import RunLog
 
 
 @pytest.fixture(scope="module")

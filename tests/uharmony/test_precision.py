@@ -5,8 +5,8 @@ import torch
 
 import uharmony.precision as precision
 from uharmony import build_model
-from uharmony.config import RunConfig
-from uharmony.training import optimizer_state, predict, train_steps
+from uharmony.federation.config import RunConfig
+from uharmony.model.training import optimizer_state, predict, train_steps
 
 
 def _model():

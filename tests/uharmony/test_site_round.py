@@ -3,10 +3,10 @@
 import torch
 
 from tests.conftest import tiny_overrides
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles, global_state_of
-from uharmony.site_round import SiteRound
-from uharmony.site_state import load_optimizer_state
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
+from uharmony.federation.site_round import SiteRound
+from uharmony.federation.site_state import load_optimizer_state
 
 
 def _job(cfg, spec, run_id):

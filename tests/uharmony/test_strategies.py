@@ -5,13 +5,13 @@ import torch
 
 from tests.conftest import tiny_overrides
 from uharmony import LOCAL
-from uharmony.checkpoint import load_checkpoint
-from uharmony.config import RunConfig
-from uharmony.federated import ModelRoles
-from uharmony.roles import module_state_keys
-from uharmony.runlog import RunLog
-from uharmony.site_state import load_local_state
-from uharmony.strategies import STRATEGIES, Strategy, get_strategy, register
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles
+from uharmony.federation.site_state import load_local_state
+from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy, register
+from uharmony.model.roles import module_state_keys
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
 
 
 def test_every_strategy_builds_its_model_and_roles():
@@ -45,8 +45,8 @@ def test_a_module_reachable_by_two_names_has_one_role(name):
 
 
 def test_fedbn_site_keeps_its_normalization_after_loading(tiny_federation, tmp_path):
-    from uharmony.federated import global_state_of
-    from uharmony.site_round import SiteRound
+    from uharmony.federation.federated import global_state_of
+    from uharmony.federation.site_round import SiteRound
 
     cfg = RunConfig.from_flwr(tiny_overrides(tiny_federation, tmp_path / "run", strategy="fedbn"))
     model = cfg.build_model(4)

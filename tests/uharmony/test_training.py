@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from uharmony import build_model
-from uharmony.training import make_optimizer, residual_expert_names
+from uharmony.model.training import make_optimizer, residual_expert_names
 
 
 def _model(experts="residual", head="gated"):

@@ -1,4 +1,4 @@
-"""uharmony.wire: a model's entries as one buffer and a manifest, and every crafted manifest refused."""
+"""uharmony.federation.wire: a model's entries as one buffer and a manifest, and every crafted manifest refused."""
 
 import io
 import json

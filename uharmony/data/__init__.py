@@ -3,10 +3,10 @@ simulated federations' manifests, label protocols and regions, reading and prepr
 
 import importlib
 
-from .cases import MODALITIES, Case, DataError, Federation, Site, load_site_folder
-from .manifest import federation_root, load_federation, write_manifest
-from .nodes import resolve_site
-from .regions import LABEL_MAPS, REGIONS, annotated_regions, labels_to_regions, protocol_regions
+from uharmony.data.cases import MODALITIES, Case, DataError, Federation, Site, load_site_folder
+from uharmony.data.manifest import federation_root, load_federation, write_manifest
+from uharmony.data.nodes import resolve_site
+from uharmony.data.regions import LABEL_MAPS, REGIONS, annotated_regions, labels_to_regions, protocol_regions
 
 # Reading and preprocessing scans need torch and MONAI: their names are loaded on first use (PEP 562), so
 # that cases, sites and manifests (a site's profile, the synthetic data's generator) stay light.

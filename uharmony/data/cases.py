@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..vocabulary import MODALITIES
-from .redaction import redact_paths  # noqa: F401 - where callers have always found it
-from .regions import LABEL_MAPS, annotated_regions, protocol_regions
+from uharmony.data.redaction import redact_paths  # noqa: F401 - where callers have always found it
+from uharmony.data.regions import LABEL_MAPS, annotated_regions, protocol_regions
+from uharmony.vocabulary import MODALITIES
 
 MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}

@@ -23,8 +23,17 @@ import json
 import os
 from pathlib import Path
 
-from ..files import atomic_write
-from .cases import MSD_CHANNELS, SPLITS, Case, DataError, Federation, Site, check_modality_names, protocol_label_map
+from uharmony.data.cases import (
+    MSD_CHANNELS,
+    SPLITS,
+    Case,
+    DataError,
+    Federation,
+    Site,
+    check_modality_names,
+    protocol_label_map,
+)
+from uharmony.files import atomic_write
 
 FORMAT = "uharmony-federation/1"
 MANIFEST = "federation.json"

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from .cases import Case, DataError
+from uharmony.data.cases import Case, DataError
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(?:\.gz)?$")
 ALIASES = {

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import private_dir, private_tree
-from .cases import Site, load_site_folder
-from .manifest import cache_root, federation_root, load_federation
+from uharmony.data.cases import Site, load_site_folder
+from uharmony.data.manifest import cache_root, federation_root, load_federation
+from uharmony.files import private_dir, private_tree
 
 
 def resolve_site(node_config: dict, cfg, pooled: bool = False) -> tuple[Site, Path, Path]:

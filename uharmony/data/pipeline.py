@@ -35,11 +35,11 @@ from monai.transforms import (
     Transform,
 )
 
-from ..files import PRIVATE_FILE, private_dir
-from .cases import MODALITIES, Case, DataError, Site
-from .reading import read_case
-from .redaction import error_category
-from .regions import REGIONS, annotated_regions, labels_to_regions
+from uharmony.data.cases import MODALITIES, Case, DataError, Site
+from uharmony.data.reading import read_case
+from uharmony.data.redaction import error_category
+from uharmony.data.regions import REGIONS, annotated_regions, labels_to_regions
+from uharmony.files import PRIVATE_FILE, private_dir
 
 log = logging.getLogger(__name__)
 BATCH_KEYS = ("image", "label", "present", "regions", "domain")

@@ -13,8 +13,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from nibabel.openers import ImageOpener
 
-from .cases import MODALITIES, Case, DataError
-from .regions import LABEL_MAPS
+from uharmony.data.cases import MODALITIES, Case, DataError
+from uharmony.data.regions import LABEL_MAPS
 
 _LOADER = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=False, dtype=np.float32)
 MAX_VOXELS = 512**3  # per volume (a 4-D file: all its channels); a brain MRI at 0.5 mm is about 400^3

@@ -80,7 +80,7 @@ def error_category(exc: BaseException) -> str:
 
 def site_secret(state_dir: str | Path) -> bytes:
     """The site's key for hashing case ids (32 random bytes in ``<state>/case-id.key``, 0600, made once)."""
-    from ..files import PRIVATE_FILE, private_dir
+    from uharmony.files import PRIVATE_FILE, private_dir
 
     path = private_dir(state_dir) / CASE_KEY_FILE
     try:

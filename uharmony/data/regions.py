@@ -2,7 +2,7 @@
 
 A model's outputs are independent sigmoid channels, one per *region*; the default regions are the
 BraTS evaluation regions ET, TC and WT. A federation can grow new regions (e.g. the resection cavity
-RC of post-operative scans, see ``uharmony.adaptation``), so every function here takes the region
+RC of post-operative scans, see ``uharmony.model.adaptation``), so every function here takes the region
 order of the model it prepares data for.
 
 | dataset / protocol | labels                                          | ET  | TC        | WT            | RC |
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..checks import one_of
-from ..vocabulary import REGIONS
+from uharmony.checks import one_of
+from uharmony.vocabulary import REGIONS
 
 if TYPE_CHECKING:  # the tables are read without torch (a site's cases, a manifest); the masks bring it
     import numpy as np

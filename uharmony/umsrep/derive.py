@@ -16,8 +16,8 @@ import torch
 from monai.visualize import GradCAM
 from torch import nn
 
-from ..inference import segment
-from .heads import forward_tasks
+from uharmony.model.inference import segment
+from uharmony.model.task_heads import forward_tasks
 
 FLIPS = ((), (1,), (2,), (3,))  # spatial axes of a (C, X, Y, Z) scan
 MIN_AGREEMENT = 0.8  # members' WT Dice to their consensus below this: review

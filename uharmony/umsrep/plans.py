@@ -4,7 +4,7 @@ server's reply check and the benchmark read these fields; none of them switches 
 
 Module groups are found by module type (never by name): the input stems, the backbone's decoder (MONAI's
 ``UnetUpBlock`` / ``UnetrUpBlock``), the rest of the backbone (encoder), the segmentation head, and each
-UMS-Rep head (``uharmony.umsrep.heads``).
+UMS-Rep head (``uharmony.model.task_heads``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from monai.networks.blocks.dynunet_block import UnetUpBlock
 from monai.networks.blocks.unetr_block import UnetrUpBlock
 from torch import nn
 
-from ..checks import one_of
-from ..head import DomainGatedHead, PlainHead
-from ..roles import module_state_keys
-from .heads import PresenceHead, ReconstructionHead
+from uharmony.checks import one_of
+from uharmony.model.head import DomainGatedHead, PlainHead
+from uharmony.model.roles import module_state_keys
+from uharmony.model.task_heads import PresenceHead, ReconstructionHead
 
 DECODER_TYPES = (UnetUpBlock, UnetrUpBlock)
 GROUPS = ("encoder", "decoder", "seg", "recon", "presence")

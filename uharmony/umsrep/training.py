@@ -18,10 +18,10 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import SSIMMetric
 
-from ..norm import UHarmonyNorm
-from ..training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
-from .heads import forward_tasks
-from .plans import Plan, module_groups
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.model.task_heads import forward_tasks
+from uharmony.model.training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
+from uharmony.umsrep.plans import Plan, module_groups
 
 NOISES = ("rician", "gaussian")
 
@@ -79,7 +79,7 @@ class _Frozen:
 
 def pretrain_steps(model, batches, noise: str, levels, lr: float, seed: int, device="cpu", **opt) -> dict:
     """Denoising steps: each batch corrupted at a level drawn from ``levels``; masked MSE to the clean scan.
-    ``opt``: weight_decay, optimizer, state (as ``uharmony.training.train_steps``)."""
+    ``opt``: weight_decay, optimizer, state (as ``uharmony.model.training.train_steps``)."""
     model.to(device).train()
     keys = module_groups(model)
     trained = keys["encoder"] | keys["decoder"] | keys["recon"]
@@ -131,7 +131,7 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor
 
 
 def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.5, alternate=5, **opt) -> dict:
-    """Phase-F steps under ``plan``. ``domain``, ``opt["per_case_domain"]``: as ``uharmony.training.train_steps``.
+    """Phase-F steps under ``plan``. ``domain``, ``opt["per_case_domain"]``: as ``uharmony.model.training.train_steps``.
     ``opt``: device, weight_decay, optimizer, state, proximal_mu, reference, per_case_domain."""
     device = opt.get("device", "cpu")
     model.to(device).train()

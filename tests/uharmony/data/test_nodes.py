@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tests.conftest import make_brats2021
-from uharmony.config import RunConfig
 from uharmony.data import DataError, load_federation, load_site_folder, resolve_site, write_manifest
+from uharmony.federation.config import RunConfig
 
 
 def test_missing_data_path_and_partition_is_a_clear_error():

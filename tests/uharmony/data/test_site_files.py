@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import make_brats2021
-from uharmony.config import RunConfig
 from uharmony.data import SiteData, load_site_folder
 from uharmony.data.redaction import case_token, redact_paths, skipped_report
-from uharmony.federated import ModelRoles, global_state_of
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, global_state_of
 
 BAD = "Smith_John_MRN4711"  # a case folder named as PACS exports often name them
 
@@ -33,7 +33,7 @@ def test_every_file_the_site_writes_under_its_state_folder_is_private(tree, tmp_
     """F10: preprocessed scans and labels, cases.jsonl, local_state.pt and optimizer.pt: 0600 files in 0700
     folders, whatever the umask; a folder left readable by an older version is narrowed (the case-id key:
     ``test_skipped_cases_leave_as_a_category_and_a_keyed_hash``)."""
-    from uharmony.site_round import SiteRound
+    from uharmony.federation.site_round import SiteRound
 
     state = tmp_path / "state"
     (state / "preprocessed").mkdir(parents=True)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from uharmony import build_model, model_from_spec
-from uharmony.adaptation import add_classes, add_modality
-from uharmony.norm import UHarmonyNorm
-from uharmony.umsrep.heads import forward_tasks
+from uharmony.model.adaptation import add_classes, add_modality
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.model.task_heads import forward_tasks
 from uharmony.umsrep.plans import FINETUNE, PLANS, get_plan, module_groups
 from uharmony.umsrep.training import (
     brain_mask,

@@ -25,7 +25,7 @@ CLASS_COLOURS = {
 OTHER_COLOUR = "#999999"
 
 # label value -> class, per labelling protocol (uharmony/data/regions.py); "output": what uharmony-segment writes
-# and the benchmark's overlays show (uharmony.inference.regions_to_brats)
+# and the benchmark's overlays show (uharmony.model.inference.regions_to_brats)
 LABEL_CLASSES: dict[str, dict[int, str]] = {
     "output": {1: "necrotic core", 2: "oedema", 4: "enhancing", 3: "resection cavity"},
     "brats2021": {1: "necrotic core", 2: "oedema", 4: "enhancing"},
@@ -112,17 +112,17 @@ def protocol_entries(protocol: str = "output", present: np.ndarray | None = None
 # -- a run's rounds ----------------------------------------------------------------------------------------
 
 
-def has_gated_head(strategy: str, rows: list[dict]) -> bool:
-    """Does the run's model have a domain-gated head (two evaluation modes that mean different things)?"""
-    try:
-        from .strategies import get_strategy
-
-        return get_strategy(strategy).head == "gated"
-    except (ValueError, KeyError):  # a strategy this process does not know: the records tell
-        pairs: dict[tuple, dict] = {}
-        for r in rows:
-            pairs.setdefault((r["round"], r["site"], r["region"]), {})[r["mode"]] = r["dice"]
-        return any(len(set(p.values())) > 1 for p in pairs.values())
+def has_gated_head(rows: list[dict]) -> bool:
+    """Does the run's model have a domain-gated head (two evaluation modes that mean different things)? The
+    rows say so (``head``, which the round engine writes into each); in records from before they did, a
+    gated head's two modes differ somewhere."""
+    heads = {r["head"] for r in rows if r.get("head")}
+    if heads:
+        return "gated" in heads
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        pairs.setdefault((r["round"], r["site"], r["region"]), {})[r["mode"]] = r["dice"]
+    return any(len(set(p.values())) > 1 for p in pairs.values())
 
 
 def _site_key(site: str):
@@ -154,7 +154,7 @@ def plot_run(records: list[dict], png: str | Path) -> Path | None:
     plt = pyplot()
     strategy = next((str(r["strategy"]) for r in records if r.get("strategy")), "")
     run_id = next((str(r["run-id"]) for r in records if r.get("run-id")), "")
-    gated = has_gated_head(strategy, rows)
+    gated = has_gated_head(rows)
     shown = "gated" if gated else "oracle"  # a plain head reports the same Dice under both names
     last = max([*train, *(r["round"] for r in rows)])
     sites = sorted({r["site"] for r in rows} | {s for t in train.values() for s in t.get("sites") or []}, key=_site_key)

@@ -6,9 +6,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .checks import one_of
-from .strategies import STRATEGIES, Strategy, get_strategy
-from .vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES
+from uharmony.checks import one_of
+from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy
+from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class RunConfig:
     num_server_rounds: int = 16  # the main job within 10 min on the slower 2-core kind; the bench runs 48
     strategy: str = "uharmony"
     arch: str = "dynunet"
-    norm: str = "auto"  # auto: the strategy's (uharmony.strategies)
+    norm: str = "auto"  # auto: the strategy's (uharmony.federation.strategies)
     poly_order: int = 1  # K=1 by our ablation: same Dice as K=2, step time within 1.10x of InstanceNorm
     site_local: str = "stats"
     restore: str = "ratio"  # ratio | affine | none: how site statistics re-enter (docs/method.md)
@@ -241,7 +241,7 @@ class RunConfig:
 
         if self.precision == "bf16":
             return torch.bfloat16
-        from .precision import native_bf16
+        from uharmony.precision import native_bf16
 
         return torch.bfloat16 if native_bf16(self.torch_device) else None
 
@@ -281,7 +281,7 @@ class RunConfig:
         """The run's model, its weights drawn from ``seed`` (the same at the server and every site)."""
         import torch
 
-        from .networks import build_model
+        from uharmony.model.networks import build_model
 
         torch.manual_seed(self.weights_seed)
         kw = self.model_kwargs()

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowSplitter
 
-from .norm import UHarmonyNorm
-from .training import predict
-from .vocabulary import REGIONS as DEFAULT_REGIONS
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.model.training import predict
+from uharmony.vocabulary import REGIONS as DEFAULT_REGIONS
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """Run folder outputs: ``metrics.jsonl`` (per round, per site, per region), ``metrics.csv`` and
-``dice_per_round.png`` (training loss and each site's Dice per round, drawn by ``uharmony.plots``)."""
+``dice_per_round.png`` (training loss and each site's Dice per round, drawn by ``uharmony.records.plots``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from .files import append_jsonl, atomic_write, read_jsonl
+from uharmony.files import append_jsonl, atomic_write, read_jsonl
 
 MODES = ("oracle", "gated")
 
@@ -148,7 +148,7 @@ class RunLog:
 
     def plot(self, png: str | Path | None = None) -> Path | None:
         """``dice_per_round.png`` (or ``png``) of this run: training loss and each site's Dice per round
-        (``uharmony.plots.plot_run``); None when the run has recorded nothing to draw."""
-        from .plots import plot_run
+        (``uharmony.records.plots.plot_run``); None when the run has recorded nothing to draw."""
+        from uharmony.records.plots import plot_run
 
         return plot_run(self.records(), png or self.dir / "dice_per_round.png")

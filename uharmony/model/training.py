@@ -17,12 +17,12 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
-from .gating import scan_gate, uses_scan_gate
-from .head import DomainGatedHead
-from .lesionwise import lesionwise_dice
-from .precision import autocast, layout, to_layout
-from .roles import DOMAIN, param_roles
-from .vocabulary import REGIONS
+from uharmony.model.gating import scan_gate, uses_scan_gate
+from uharmony.model.head import DomainGatedHead
+from uharmony.model.lesionwise import lesionwise_dice
+from uharmony.model.roles import DOMAIN, param_roles
+from uharmony.precision import autocast, layout, to_layout
+from uharmony.vocabulary import REGIONS
 
 
 def masked_dice_ce(
@@ -59,7 +59,7 @@ def scheduled_lr(lr: float, server_round: int, rounds: int, schedule: str = "cos
 
 
 def residual_expert_names(model) -> set[str]:
-    """Names of the parameters of a residual gated head's domain experts (by module type, ``uharmony.roles``):
+    """Names of the parameters of a residual gated head's domain experts (by module type, ``uharmony.model.roles``):
     each is a domain's correction to the shared answer."""
     head = getattr(model, "head", None)
     if not (isinstance(head, DomainGatedHead) and head.residual):
@@ -281,7 +281,7 @@ def evaluate_cases(
 def case_record(case: str, regions, dices: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor, mask) -> dict:
     """One case's scores per annotated region: Dice (BraTS rule: 1 when truth and prediction are both empty),
     the truth's voxel count (0: an empty region, so the Dice can also be read with such cases left out) and
-    the lesion-wise Dice (``uharmony.lesionwise``)."""
+    the lesion-wise Dice (``uharmony.model.lesionwise``)."""
     rec = {"case": case}
     for i, r in enumerate(regions):
         key = r.lower()

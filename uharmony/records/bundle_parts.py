@@ -1,4 +1,4 @@
-"""The components a bundle's ``configs/inference.json`` names beside MONAI's own (``uharmony.export``).
+"""The components a bundle's ``configs/inference.json`` names beside MONAI's own (``uharmony.records.export``).
 
 ``python -m monai.bundle run --config_file configs/inference.json --dataset_dir CASES --output_dir OUT``
 runs MONAI's ``SupervisedEvaluator`` over the case folders of ``CASES`` (BraTS naming, any subset of the
@@ -24,10 +24,10 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform, Transform
 from torch import nn
 
-from .data.cases import case_from_folder
-from .data.reading import read_case
-from .gating import scan_gate, uses_scan_gate
-from .norm import UHarmonyNorm
+from uharmony.data.cases import case_from_folder
+from uharmony.data.reading import read_case
+from uharmony.model.gating import scan_gate, uses_scan_gate
+from uharmony.model.norm import UHarmonyNorm
 
 
 def case_folders(folder: str | Path) -> list[dict]:
@@ -62,7 +62,7 @@ def present_channels(image: torch.Tensor) -> torch.Tensor:
 
 class ScanGatedInferer(Inferer):
     """Sliding-window logits for one preprocessed scan (1, C, ...), with the gate decided once for the whole
-    scan (``uharmony.gating.scan_gate``) as ``uharmony-segment`` does. ``calibrate``: first estimate the
+    scan (``uharmony.model.gating.scan_gate``) as ``uharmony-segment`` does. ``calibrate``: first estimate the
     harmonization statistics on this scan alone (a bundle exported without a site's statistics)."""
 
     def __init__(self, roi_size: int, overlap: float = 0.25, calibrate: bool = False) -> None:
@@ -71,7 +71,7 @@ class ScanGatedInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
-        from .inference import estimate_site_statistics
+        from uharmony.model.inference import estimate_site_statistics
 
         present = present_channels(torch.as_tensor(inputs))
         if self.calibrate and any(isinstance(m, UHarmonyNorm) for m in network.modules()):
@@ -93,7 +93,7 @@ class ScanGatedInferer(Inferer):
 
 
 class RegionsToLabelsd(MapTransform):
-    """(R, ...) region probabilities -> (1, ...) uint8 BraTS labels (``uharmony.inference.regions_to_brats``:
+    """(R, ...) region probabilities -> (1, ...) uint8 BraTS labels (``uharmony.model.inference.regions_to_brats``:
     1 necrotic core, 2 oedema, 4 enhancing, 3 resection cavity), keeping the image's metadata."""
 
     def __init__(self, keys, regions: Sequence[str]) -> None:
@@ -101,7 +101,7 @@ class RegionsToLabelsd(MapTransform):
         self.regions = list(regions)
 
     def __call__(self, data: dict) -> dict:
-        from .inference import regions_to_brats
+        from uharmony.model.inference import regions_to_brats
 
         d = dict(data)
         for key in self.key_iterator(d):

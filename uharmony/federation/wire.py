@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import protocol as P
+from uharmony import protocol as P
 
 PACKED = "packed"  # the one entry of a packed ArrayRecord
 MANIFEST = "manifest"  # its manifest (JSON) in the message's ``protocol.WIRE`` ConfigRecord

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import one_of
-from .vocabulary import RESTORE_MODES, SITE_LOCAL_OPTIONS
+from uharmony.checks import one_of
+from uharmony.vocabulary import RESTORE_MODES, SITE_LOCAL_OPTIONS
 
 
 def hermite_basis(x: torch.Tensor, order: int) -> list[torch.Tensor]:

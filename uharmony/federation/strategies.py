@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .checks import one_of
-from .vocabulary import HEADS, LOCAL, NORMS, SHARED
+from uharmony.checks import one_of
+from uharmony.vocabulary import HEADS, LOCAL, NORMS, SHARED
 
 if TYPE_CHECKING:  # the table is read without torch (the run config, a site's profile); a model brings it
     from torch import nn
@@ -24,7 +24,7 @@ KeepLocal = Callable[["nn.Module", dict[str, str]], dict[str, str]]
 
 def norm_layers_stay(model: nn.Module, roles: dict[str, str]) -> dict[str, str]:
     """FedBN: every normalization layer's parameters and buffers stay at the site."""
-    from .roles import NORM_TYPES, module_state_keys
+    from uharmony.model.roles import NORM_TYPES, module_state_keys
 
     local = module_state_keys(model, lambda m: isinstance(m, NORM_TYPES))
     return {k: LOCAL if k in local else r for k, r in roles.items()}

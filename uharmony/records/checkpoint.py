@@ -8,7 +8,7 @@ file whose digest differs from the manifest or whose model spec differs from the
 
 A model file is self-contained: its ``extra["inference"]`` (``inference_settings``) holds what inference
 needs beside the spec (spacing, patch size, modalities, regions, the preprocessing), covered by the file's
-digest and so by the manifest's signature; the release record (``uharmony.release``) binds the file to
+digest and so by the manifest's signature; the release record (``uharmony.records.release``) binds the file to
 its run, round, kind and validity.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write, sha256_file
-from .release import kind_of, release_record
-from .signing import SignatureError, sign_manifest, verify_manifest
+from uharmony.files import atomic_write, sha256_file
+from uharmony.records.release import kind_of, release_record
+from uharmony.records.signing import SignatureError, sign_manifest, verify_manifest
 
 MANIFEST = "manifest.json"
 PREPROCESSING = "uharmony-1"  # RAS, resample (bilinear), crop to foreground (margin 2), z-score non-zero voxels
@@ -79,7 +79,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint and update the folder's manifest with its digest and release record (run id from
     ``extra["run-id"]``; kind ``final`` for ``final_model.pt``, else ``checkpoint``; valid ``valid_days``,
-    by default ``uharmony.release.VALID_DAYS``); ``signer`` (an Ed25519 private key) signs the manifest."""
+    by default ``uharmony.records.release.VALID_DAYS``); ``signer`` (an Ed25519 private key) signs the manifest."""
     folder = Path(folder)
     name = name or f"round-{server_round:03d}.pt"
     blob = {

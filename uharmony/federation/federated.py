@@ -1,7 +1,7 @@
 """Federation-side model bookkeeping without Flower: what a site sends, keeps and receives.
 
 Roles come from :func:`uharmony.param_roles` (module types, never names), turned into a strategy's by
-its table entry (``uharmony.strategies``). States are ``{key: CPU tensor}`` dicts, the form
+its table entry (``uharmony.federation.strategies``). States are ``{key: CPU tensor}`` dicts, the form
 ``flwr.app.ArrayRecord(state)`` / ``ArrayRecord.to_torch_state_dict()`` exchange.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .head import DomainExpert, DomainGatedHead
-from .roles import DOMAIN, LOCAL, SHARED, roles_and_domains
-from .strategies import get_strategy
+from uharmony.federation.strategies import get_strategy
+from uharmony.model.head import DomainExpert, DomainGatedHead
+from uharmony.model.roles import DOMAIN, LOCAL, SHARED, roles_and_domains
 
 State = dict[str, torch.Tensor]
 
 
 class ModelRoles:
-    """Roles of a model's state entries under a strategy (``uharmony.strategies``)."""
+    """Roles of a model's state entries under a strategy (``uharmony.federation.strategies``)."""
 
     def __init__(self, model: torch.nn.Module, strategy: str = "uharmony") -> None:
         roles, domains = roles_and_domains(model)
@@ -120,8 +120,8 @@ def extend_global_model(
     ``fresh``: no site has trained yet (the first admission), so there is no site-local state to orphan and
     even a model without global entries (local training) can grow.
     """
-    from .adaptation import extend_model
-    from .networks import model_from_spec
+    from uharmony.model.adaptation import extend_model
+    from uharmony.model.networks import model_from_spec
 
     model = model_from_spec(spec)
     roles = ModelRoles(model, strategy)

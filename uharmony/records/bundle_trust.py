@@ -1,7 +1,7 @@
 """Checks on a MONAI bundle before anything in it is used: its manifest, signature, release and configs.
 
 ``manifest.json`` at the bundle's root lists the SHA-256 of every file in the bundle and its release record
-(``uharmony.release``); ``manifest.sig`` is the Ed25519 signature of it (``uharmony.signing``). A bundle
+(``uharmony.records.release``); ``manifest.sig`` is the Ed25519 signature of it (``uharmony.records.signing``). A bundle
 passes :func:`check_bundle` only if no file is missing, changed or unlisted (a stray ``configs/logging.conf``
 would be read by MONAI), the signature is by a trusted key (when keys are given), the release may run now,
 and its configs hold only what ``uharmony-export`` writes: known ``_target_`` names, the few ``$``
@@ -16,9 +16,9 @@ import json
 import re
 from pathlib import Path
 
-from .files import sha256_file
-from .release import ReleaseError, Revocations, check_release
-from .signing import SIGNATURE, SignatureError, verify_manifest
+from uharmony.files import sha256_file
+from uharmony.records.release import ReleaseError, Revocations, check_release
+from uharmony.records.signing import SIGNATURE, SignatureError, verify_manifest
 
 MANIFEST = "manifest.json"
 FORMAT = "uharmony-bundle/1"
@@ -27,11 +27,11 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 ALLOWED_TARGETS = frozenset(
     {
-        "uharmony.networks.model_from_spec",
-        "uharmony.bundle_parts.case_folders",
-        "uharmony.bundle_parts.ReadCaseFolderd",
-        "uharmony.bundle_parts.ScanGatedInferer",
-        "uharmony.bundle_parts.RegionsToLabelsd",
+        "uharmony.model.networks.model_from_spec",
+        "uharmony.records.bundle_parts.case_folders",
+        "uharmony.records.bundle_parts.ReadCaseFolderd",
+        "uharmony.records.bundle_parts.ScanGatedInferer",
+        "uharmony.records.bundle_parts.RegionsToLabelsd",
         "Compose",
         "Orientationd",
         "Spacingd",

@@ -16,15 +16,20 @@ from pathlib import Path
 
 import torch
 
-from . import protocol as P
-from .config import RunConfig
-from .data import SiteData, resolve_site
-from .federated import ModelRoles, State, load_global_and_local, local_state_of, subset
-from .files import atomic_write, read_jsonl
-from .gating import gate_decisions, set_prototypes, uses_scan_gate
-from .networks import model_from_spec
-from .site_state import load_local_state, load_optimizer_state, save_local_state, save_optimizer_state
-from .training import evaluate_cases, train_steps
+from uharmony import protocol as P
+from uharmony.data import SiteData, resolve_site
+from uharmony.federation.config import RunConfig
+from uharmony.federation.federated import ModelRoles, State, load_global_and_local, local_state_of, subset
+from uharmony.federation.site_state import (
+    load_local_state,
+    load_optimizer_state,
+    save_local_state,
+    save_optimizer_state,
+)
+from uharmony.files import atomic_write, read_jsonl
+from uharmony.model.gating import gate_decisions, set_prototypes, uses_scan_gate
+from uharmony.model.networks import model_from_spec
+from uharmony.model.training import evaluate_cases, train_steps
 
 SITE_FLOOR = "min-report-cases"  # the node config's key of the site's own privacy floor
 
@@ -98,11 +103,11 @@ class SiteRound:
         seed = seed + self.site.domain
         torch.manual_seed(seed)
         if self.cfg.phase == "pretrain":  # UMS-Rep phase P: denoising, labels unused
-            from .umsrep.site import pretrain
+            from uharmony.federation.umsrep_round import pretrain
 
             return pretrain(self, server_round, lr, local_steps, seed)
         if self.cfg.uses_plan:  # UMS-Rep phase F: a plan
-            from .umsrep.site import finetune
+            from uharmony.federation.umsrep_round import finetune
 
             return finetune(self, server_round, lr, local_steps, proximal_mu, seed)
         opt_state = (
@@ -198,7 +203,7 @@ class SiteRound:
                 rec.update(round=server_round, mode=mode, site=self.site.name, run=self.run_id)
             metrics.update({f"{k}-{mode}": v for k, v in scores.items()})
         if "presence" in self.model.tasks:  # UMS-Rep's image-level head (dataset-free: no domain involved)
-            from .umsrep.training import presence_accuracy
+            from uharmony.umsrep.training import presence_accuracy
 
             scores = presence_accuracy(
                 self.model, self.data.val, self.cfg.patch_size, self.cfg.seed, device=self.device

@@ -1,4 +1,4 @@
-"""A site's UMS-Rep work for one message (Flower-free), on a loaded :class:`uharmony.site_round.SiteRound`:
+"""A site's UMS-Rep work for one message (Flower-free), on a loaded :class:`uharmony.federation.site_round.SiteRound`:
 denoising pretraining (phase P, labelled or label-free), fine-tuning under a plan (phase F), recalibrating
 the harmonization statistics on clean scans, and the denoising scores. Site-local entries (the U-Harmony
 statistics) are saved in the site state folder and never sent.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 
-from .. import protocol as P
-from ..federated import local_state_of, subset
-from ..site_state import load_optimizer_state, save_local_state, save_optimizer_state
-from .plans import get_plan, sendable_keys
-from .training import denoise_scores, finetune_steps, pretrain_steps, recalibrate
+from uharmony import protocol as P
+from uharmony.federation.federated import local_state_of, subset
+from uharmony.federation.site_state import load_optimizer_state, save_local_state, save_optimizer_state
+from uharmony.umsrep.plans import get_plan, sendable_keys
+from uharmony.umsrep.training import denoise_scores, finetune_steps, pretrain_steps, recalibrate
 
 
 def _save_local(job, server_round: int) -> dict:

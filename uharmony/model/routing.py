@@ -2,7 +2,7 @@
 
 The dataset-free protocol of the benchmark gives methods whose site-specific parts have no gate of their own
 (FedBN's normalization layers, local models) the same information U-Harmony's scan gate uses: each training
-site's prototype of ``uharmony.fingerprint`` (mean and variance over up to 16 of its training scans, computed
+site's prototype of ``uharmony.model.fingerprint`` (mean and variance over up to 16 of its training scans, computed
 at the site, no label), and a scan goes to the site nearest under the sites' pooled within-site variance
 (the diagonal Mahalanobis distance of ``head.distance2``). Two sites with near-identical scanners cannot be
 told apart this way, by design.
@@ -14,9 +14,9 @@ from collections.abc import Hashable, Iterable
 
 import torch
 
-from .fingerprint import acquisition_fingerprint
-from .gating import MAX_SCANS
-from .head import distance2
+from uharmony.model.fingerprint import acquisition_fingerprint
+from uharmony.model.gating import MAX_SCANS
+from uharmony.model.head import distance2
 
 
 class FingerprintRouter:

@@ -1,10 +1,10 @@
 """Scan-level gating (Flower-free): a scan's descriptor, the domains' prototypes, the gate's decision.
 
-The ``scan`` gate of :class:`uharmony.head.DomainGatedHead` decides once per scan which domain expert(s)
+The ``scan`` gate of :class:`uharmony.model.head.DomainGatedHead` decides once per scan which domain expert(s)
 to use. A scan's descriptor is the mean, over the scan's fullest non-empty windows (of the grid training and
 calibration visit), of the globally pooled features that enter the head, computed in evaluation mode,
 i.e. with the site's harmonization statistics; then, when the head has one, the scan's acquisition
-fingerprint (``uharmony.fingerprint``: what z-scoring leaves of the scanner, which harmonized features are
+fingerprint (``uharmony.model.fingerprint``: what z-scoring leaves of the scanner, which harmonized features are
 built to ignore). A domain's prototype is the mean and variance of the
 descriptors of its sites' training scans under the model the site received this round; no label is used.
 """
@@ -16,8 +16,8 @@ from collections.abc import Iterable
 import torch
 from monai.inferers import SlidingWindowSplitter
 
-from .fingerprint import acquisition_fingerprint
-from .head import DomainGatedHead
+from uharmony.model.fingerprint import acquisition_fingerprint
+from uharmony.model.head import DomainGatedHead
 
 
 def uses_scan_gate(model) -> bool:

@@ -16,7 +16,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .files import atomic_write
+from uharmony.files import atomic_write
 
 PACKAGES = ("uharmony-fl", "flwr", "torch", "monai", "numpy", "nibabel", "cryptography")
 
@@ -93,10 +93,9 @@ class TensorBoard:
     def evaluation(self, server_round: int, summary: dict, per_region: list[dict]) -> None:
         """Mean Dice (``dice/gated`` and ``dice/oracle`` for a gated head; ``dice/mean`` for a plain head, whose
         two modes are one), the gate's accuracy and each site's Dice per region."""
-        from .plots import has_gated_head
+        from uharmony.records.plots import has_gated_head
 
-        strategy = next((str(r["strategy"]) for r in per_region if r.get("strategy")), "")
-        gated = has_gated_head(strategy, per_region) if strategy else summary.get("gated") != summary.get("oracle")
+        gated = has_gated_head(per_region) if per_region else summary.get("gated") != summary.get("oracle")
         modes = ("oracle", "gated") if gated else ("oracle",)
         for mode in modes:
             if mode in summary:

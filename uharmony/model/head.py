@@ -12,8 +12,8 @@ Two gates:
 
 - ``scan`` (default, ours): one decision per scan. A scan's descriptor is the mean of its pooled feature maps
   over its fullest windows, followed (``fingerprint`` > 0) by its acquisition fingerprint
-  (``uharmony.fingerprint``); a domain's prototype is the mean and variance of its sites' scan descriptors,
-  computed with the model each site received (``uharmony.gating.scan_descriptor``), label-free. The gate is a
+  (``uharmony.model.fingerprint``); a domain's prototype is the mean and variance of its sites' scan descriptors,
+  computed with the model each site received (``uharmony.model.gating.scan_descriptor``), label-free. The gate is a
   softmax over the negative Mahalanobis distance with the domains' pooled per-dimension variance (no
   temperature to tune); below ``confidence`` the residual experts are left out (the shared answer). A scan
   beyond every domain's *reach* (``unseen="shared"``) gets the shared answer too: a softmax has no "none of
@@ -271,7 +271,7 @@ class DomainGatedHead(nn.Module):
         weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits: with ``domain`` that domain's expert; else the gate's mix (``weights`` (B, D): a gate
-        decision made for the whole scan, see ``uharmony.inference``)."""
+        decision made for the whole scan, see ``uharmony.model.inference``)."""
         if features.dim() != self.spatial_dims + 2 or features.shape[1] != self.in_channels:
             raise ValueError(
                 f"DomainGatedHead expects (B, {self.in_channels}, *{self.spatial_dims}D), got {tuple(features.shape)}"

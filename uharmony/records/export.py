@@ -6,7 +6,7 @@
     configs/inference.json   a MONAI bundle config that ``python -m monai.bundle run`` runs on a folder of case
                              folders (``dataset_dir``), writing BraTS labels on each input's grid to
                              ``output_dir``: MONAI's ``SupervisedEvaluator`` with the components of
-                             ``uharmony.bundle_parts``
+                             ``uharmony.records.bundle_parts``
     models/model.pt          the whole state dict (the global model, and the site's statistics when exported
                              with its state folder), read with ``weights_only=True``
     models/model.ts          TorchScript (traced): logits of a patch; a gated model takes the scan's gate
@@ -16,7 +16,7 @@
 
 MONAI's ``verify_net_in_out`` checks the network against the metadata (:func:`verify_bundle`), and the
 TorchScript outputs are compared with PyTorch's on a test volume. Nothing of a bundle is used before
-``uharmony.bundle_trust.check_bundle`` passed and its config is the one :func:`inference_config` writes
+``uharmony.records.bundle_trust.check_bundle`` passed and its config is the one :func:`inference_config` writes
 for its metadata (:func:`open_bundle`).
 """
 
@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bundle_parts import ScanGatedInferer  # noqa: F401 - named by bundles exported before bundle_parts
-from .bundle_trust import EXPRESSIONS, MANIFEST, MODEL, BundleError, bundle_files, check_bundle
-from .checkpoint import inference_settings, settings_of
-from .files import atomic_write
-from .networks import UHarmonyNet, model_from_spec
-from .norm import UHarmonyNorm
-from .signing import sign_manifest
+from uharmony.files import atomic_write
+from uharmony.model.networks import UHarmonyNet, model_from_spec
+from uharmony.model.norm import UHarmonyNorm
+from uharmony.records.bundle_parts import ScanGatedInferer  # noqa: F401 - named by bundles exported before bundle_parts
+from uharmony.records.bundle_trust import EXPRESSIONS, MANIFEST, MODEL, BundleError, bundle_files, check_bundle
+from uharmony.records.checkpoint import inference_settings, settings_of
+from uharmony.records.signing import sign_manifest
 
 SITE_NOTE = (
     "U-Harmony keeps each site's harmonization statistics at that site. Exported with a site's state folder, "
@@ -129,15 +129,15 @@ def inference_config(spec: dict | UHarmonyNet, spacing: float, roi: int, calibra
         "regions": list(spec["regions"]),
         "spacing_mm": float(spacing),
         "patch_size": int(roi),
-        "network_def": {"_target_": "uharmony.networks.model_from_spec", "spec": spec},
+        "network_def": {"_target_": "uharmony.model.networks.model_from_spec", "spec": spec},
         "network": EXPRESSIONS["network"],
         "checkpoint": EXPRESSIONS["checkpoint"],
-        "datalist": {"_target_": "uharmony.bundle_parts.case_folders", "folder": "@dataset_dir"},
+        "datalist": {"_target_": "uharmony.records.bundle_parts.case_folders", "folder": "@dataset_dir"},
         "preprocessing": {  # as uharmony.data.preprocess_transform(spacing, with_label=False)
             "_target_": "Compose",
             "transforms": [
                 {
-                    "_target_": "uharmony.bundle_parts.ReadCaseFolderd",
+                    "_target_": "uharmony.records.bundle_parts.ReadCaseFolderd",
                     "modalities": "@modalities",
                     "spacing": "@spacing_mm",
                 },
@@ -167,7 +167,7 @@ def inference_config(spec: dict | UHarmonyNet, spacing: float, roi: int, calibra
             "num_workers": 0,
         },
         "inferer": {
-            "_target_": "uharmony.bundle_parts.ScanGatedInferer",
+            "_target_": "uharmony.records.bundle_parts.ScanGatedInferer",
             "roi_size": "@patch_size",
             "overlap": 0.25,
             "calibrate": bool(calibrate),
@@ -184,7 +184,7 @@ def inference_config(spec: dict | UHarmonyNet, spacing: float, roi: int, calibra
                     "nearest_interp": False,
                     "to_tensor": True,
                 },
-                {"_target_": "uharmony.bundle_parts.RegionsToLabelsd", "keys": "pred", "regions": "@regions"},
+                {"_target_": "uharmony.records.bundle_parts.RegionsToLabelsd", "keys": "pred", "regions": "@regions"},
                 {
                     "_target_": "SaveImaged",
                     "keys": "pred",
@@ -229,7 +229,7 @@ def export_bundle(
     signer=None,
 ) -> dict:
     """Write the bundle of ``model`` (weights as loaded) to ``out`` with its manifest (every file's SHA-256
-    and ``release``, a record of ``uharmony.release`` whose digest is filled in here), signed by ``signer``
+    and ``release``, a record of ``uharmony.records.release`` whose digest is filled in here), signed by ``signer``
     (an Ed25519 private key) when given; returns the TorchScript check."""
     out = Path(out)
     model = model.cpu().eval()
@@ -319,7 +319,7 @@ def export_torchscript(model: UHarmonyNet, path: Path, roi: int, seed: int = 0) 
 
 def load_bundle(folder: str | Path) -> tuple[UHarmonyNet, float, int, dict]:
     """(model with the bundle's weights, spacing in mm, patch size, the metadata's ``uharmony`` part) of an
-    exported bundle, its inference settings checked (``uharmony.checkpoint.settings_of``). Nothing here
+    exported bundle, its inference settings checked (``uharmony.records.checkpoint.settings_of``). Nothing here
     checks digests or signatures: :func:`open_bundle` does."""
     folder = Path(folder)
     try:
@@ -369,10 +369,10 @@ def check_config_is_generated(folder: Path, meta: dict, spacing: float, roi: int
 def verify_bundle(folder: str | Path) -> None:
     """MONAI's own check of the network against the metadata's input/output format (fake data, shapes and
     dtypes), with the bundle's config parsed by MONAI's ``ConfigParser`` once its configs passed
-    ``uharmony.bundle_trust.check_config`` (nothing but what uharmony-export writes is parsed)."""
+    ``uharmony.records.bundle_trust.check_config`` (nothing but what uharmony-export writes is parsed)."""
     from monai.bundle import verify_net_in_out
 
-    from .bundle_trust import check_config
+    from uharmony.records.bundle_trust import check_config
 
     folder = Path(folder)
     for name, data_only in (("metadata.json", True), ("inference.json", False)):

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .fingerprint import fingerprint_size
-from .head import DomainGatedHead
-from .networks import UHarmonyNet
+from uharmony.model.fingerprint import fingerprint_size
+from uharmony.model.head import DomainGatedHead
+from uharmony.model.networks import UHarmonyNet
 
 
 def _check(model) -> UHarmonyNet:
@@ -144,7 +144,7 @@ def spec_extends(base: dict, spec: dict) -> bool:
     """
     import json
 
-    from .vocabulary import REGIONS as DEFAULT_REGIONS
+    from uharmony.vocabulary import REGIONS as DEFAULT_REGIONS
 
     base, spec = json.loads(json.dumps(base)), json.loads(json.dumps(spec))  # as stored: tuples become lists
 

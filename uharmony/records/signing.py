@@ -1,8 +1,8 @@
 """Signed model releases: the coordinator signs a checkpoint folder's manifest, a hospital verifies it.
 
 The manifest (``manifest.json``) lists the SHA-256 of every model file and its release record
-(``uharmony.release``: run, round, kind, expiry), so one Ed25519 signature of it (``manifest.sig``) covers
-them all; a MONAI bundle's manifest is signed the same way (``uharmony.bundle_trust``). The coordinator
+(``uharmony.records.release``: run, round, kind, expiry), so one Ed25519 signature of it (``manifest.sig``) covers
+them all; a MONAI bundle's manifest is signed the same way (``uharmony.records.bundle_trust``). The coordinator
 signs with the model-signing key ``uharmony-pki`` made (``model-signing.key``, OpenSSH); a hospital verifies
 with its public half, ``model-signing.pub`` (not ``trusted-entities.yaml``: that holds the app-signing key).
 """
@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .files import atomic_write
+from uharmony.files import atomic_write
 
 SIGNATURE = "manifest.sig"
 _ED25519_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/=]+")

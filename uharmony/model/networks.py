@@ -14,15 +14,15 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
 
-from .checks import one_of
-from .fingerprint import fingerprint_size
-from .head import DomainGatedHead, PlainHead
-from .norm import INSTANCE_NORMS, UHarmonyNorm
+from uharmony.checks import one_of
+from uharmony.model.fingerprint import fingerprint_size
+from uharmony.model.head import DomainGatedHead, PlainHead
+from uharmony.model.norm import INSTANCE_NORMS, UHarmonyNorm
 
 # the vocabulary (torch-free, uharmony.vocabulary), importable from here as it always was
-from .vocabulary import ARCHS, GATE_DESCRIPTORS, GATE_UNSEEN, HEADS, NORMS
-from .vocabulary import MODALITIES as DEFAULT_MODALITIES
-from .vocabulary import REGIONS as DEFAULT_REGIONS
+from uharmony.vocabulary import ARCHS, GATE_DESCRIPTORS, GATE_UNSEEN, HEADS, NORMS
+from uharmony.vocabulary import MODALITIES as DEFAULT_MODALITIES
+from uharmony.vocabulary import REGIONS as DEFAULT_REGIONS
 
 
 class ModalityStems(nn.Module):
@@ -83,7 +83,7 @@ class UHarmonyNet(nn.Module):
         self.stems = stems
         self.backbone = backbone
         self.head = head
-        self.tasks = tasks if tasks is not None else nn.ModuleDict()  # UMS-Rep heads (uharmony.umsrep.heads)
+        self.tasks = tasks if tasks is not None else nn.ModuleDict()  # UMS-Rep heads (uharmony.model.task_heads)
         self.spec = dict(spec)  # how it was built (for checkpoints)
 
     @property
@@ -109,7 +109,7 @@ class UHarmonyNet(nn.Module):
 
     def forward(self, x: torch.Tensor, domain=None, present=None, gate_weights=None) -> torch.Tensor:
         """Logits. ``domain``: a domain expert (gated head); ``gate_weights`` (B, D): the gate's decision for
-        the whole scan (``uharmony.gating.scan_gate``) when ``domain`` is None."""
+        the whole scan (``uharmony.model.gating.scan_gate``) when ``domain`` is None."""
         features = self.features(x, present)
         if self.gated:
             return self.head(features, domain, gate_weights)
@@ -302,7 +302,7 @@ def build_model(
         head_module = PlainHead(spatial_dims, feat, out_channels)
     task_heads = None
     if tasks:
-        from .umsrep.heads import make_task_heads
+        from uharmony.model.task_heads import make_task_heads
 
         task_heads = make_task_heads(spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone)
     return UHarmonyNet(stems, backbone, head_module, spec, task_heads)

@@ -7,7 +7,7 @@ Decided by module type and attribute only (never by substrings of names):
 - everything inside a ``DomainExpert`` of a ``DomainGatedHead`` is ``domain`` (aggregated per domain).
 - everything else is ``shared`` (averaged).
 
-A strategy may keep more at the site (``uharmony.strategies``: FedBN keeps every normalization layer).
+A strategy may keep more at the site (``uharmony.federation.strategies``: FedBN keeps every normalization layer).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .head import DomainExpert, DomainGatedHead
-from .norm import NORM_TYPES, UHarmonyNorm
-from .vocabulary import DOMAIN, LOCAL, ROLES, SHARED
+from uharmony.model.head import DomainExpert, DomainGatedHead
+from uharmony.model.norm import NORM_TYPES, UHarmonyNorm
+from uharmony.vocabulary import DOMAIN, LOCAL, ROLES, SHARED
 
 
 def _own_state(module: nn.Module, prefix: str, state_keys: set[str]) -> list[tuple[str, object]]:

@@ -13,9 +13,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import MANIFEST, CheckpointError, load_checkpoint, read_checkpoint_file, settings_of
-from .files import sha256_file
-from .release import ReleaseError, Revocations, check_release
+from uharmony.files import sha256_file
+from uharmony.records.checkpoint import MANIFEST, CheckpointError, load_checkpoint, read_checkpoint_file, settings_of
+from uharmony.records.release import ReleaseError, Revocations, check_release
 
 
 def open_model_file(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write, sha256_file
+from uharmony.files import atomic_write, sha256_file
 
 STATE_FILE = "local_state.pt"
 INFO_FILE = "local_state.json"
