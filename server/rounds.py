@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from pathlib import Path
@@ -34,10 +33,11 @@ from uharmony.records.runlog import RunLog
 from uharmony.records.signing import load_private_key
 from uharmony.records.tracking import TensorBoard, write_run_info
 
-from . import evaluation, joins, phases
+from . import evaluation, joins, pretraining  # noqa: F401 - pretraining registers UMS-Rep's phase P
 from .admission import Admission, check_binding
 from .aggregation import build_strategy
 from .grids import MembersGrid, PackingGrid, gather, quorum
+from .phase import make_phase
 from .privacy import PrivacyLedger
 from .prototypes import refresh_prototypes
 from .registry import SiteRegistry
@@ -73,7 +73,8 @@ class RoundEngine:
             else None
         )
         self.stop_reason = ""
-        self.umsrep_lr, self.umsrep_best, self.umsrep_stale = cfg.lr, math.inf, 0  # phase P's plateau (phases.py)
+        self.phase = make_phase(cfg)  # segmentation, UMS-Rep's phase P, ... (server/phase.py)
+        self.summary: dict = {}  # the last evaluation's
         self.pending = 0  # a round whose model the sites evaluate at the start of the next train message
         self.run_id = cfg.run_id or uuid.uuid4().hex  # a resumed run keeps its checkpoint's
         self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
@@ -91,8 +92,8 @@ class RoundEngine:
         roles = ModelRoles(model, self.cfg.strategy)
         if state is None:
             state = global_state_of(model, roles)
-            if self.cfg.umsrep and self.model is None:  # phase F: the trunk from the phase-P artifact
-                state = phases.initial_state(self, model, roles, state)
+            if self.model is None:  # a new run: the phase's start (phase F: the trunk of a phase-P artifact)
+                state = self.phase.initial_state(self, model, state)
         if set(state) != set(roles.global_keys()):
             raise CheckpointError(f"checkpoint entries do not fit a {self.cfg.strategy!r} model of this spec")
         self.model, self.roles = model, roles
@@ -120,17 +121,24 @@ class RoundEngine:
             )
         self.start, self.run_id = ckpt["round"] + 1, run_id
         self.pending = int(ckpt["extra"].get("pending-evaluation", 0))
-        plateau = ckpt["extra"].get("umsrep-plateau", [self.cfg.lr, math.inf, 0])
-        self.umsrep_lr, self.umsrep_best, self.umsrep_stale = float(plateau[0]), float(plateau[1]), int(plateau[2])
+        if "phase-state" in ckpt["extra"]:
+            self.phase.load_state_dict(ckpt["extra"]["phase-state"])
+        elif "umsrep-plateau" in ckpt["extra"] and self.cfg.phase == "pretrain":  # checkpoints before phases
+            lr, best, stale = ckpt["extra"]["umsrep-plateau"]
+            self.phase.load_state_dict({"lr": lr, "best": best, "stale": stale})
         self.resumed_records = int(ckpt["extra"].get("records", 1 << 62))
         say(f"resuming run {run_id} from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
         return int(ckpt["round"])
+
+    def describe(self, summary: dict) -> str:
+        """An evaluation's summary as a log fragment."""
+        return _dice_line(summary, self.model.gated)
 
     @property
     def state(self):
         return self.strategy.global_state
 
-    def _base_config(self) -> dict:
+    def base_config(self) -> dict:
         return {P.MODEL_SPEC: json.dumps(self.model.spec), P.STRATEGY: self.cfg.strategy, P.RUN_ID: self.run_id}
 
     # -- admission ------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ class RoundEngine:
     def train(self, rnd: int) -> dict:
         cfg, members = self.cfg, self.members()
         # pooled: one node trains on every site's data; label-free sites train in phase P only
-        trainers = members[:1] if self.spec.pooled else phases.trainers(self, members)
+        trainers = members[:1] if self.spec.pooled else self.phase.trainers(self, members)
         steps = cfg.local_steps * (len(members) if self.spec.pooled else 1)
         info = {"sites": [], "rejected": [], P.TRAIN_LOSS: None}
         if not trainers:
@@ -154,8 +162,10 @@ class RoundEngine:
             return info
         config = ConfigRecord(
             {
-                **self._base_config(),
-                P.LR: phases.phase_lr(self, rnd, scheduled_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule)),
+                **self.base_config(),
+                P.LR: self.phase.learning_rate(
+                    self, rnd, scheduled_lr(cfg.lr, rnd, cfg.num_server_rounds, cfg.lr_schedule)
+                ),
                 P.LOCAL_STEPS: steps,
                 P.SEED: round_seed(cfg, rnd),
                 P.POOLED: self.spec.pooled,
@@ -181,7 +191,7 @@ class RoundEngine:
             self.spec.pooled,
             self.norm_history,
             reject_unchanged=self.ledger is not None,
-            sent=phases.sent_keys(self),
+            sent=self.phase.sent_keys(self),
         )
         accepted, parsed, rejected = checker.screen(replies)
         for r in rejected:
@@ -235,12 +245,12 @@ class RoundEngine:
 
     def refresh_prototypes(self, rnd: int) -> None:
         """The scan gate's prototypes under the model just aggregated (``server/prototypes.py``)."""
-        members = phases.labelled(self, self.members())
+        members = self.phase.evaluated(self, self.members())
         if not members or not uses_scan_gate(self.model):
             return
         asked = members[:1] if self.spec.pooled else members
         pooled = sum(self.admission.members[n]["train_cases"] for n in members) if self.spec.pooled else 0
-        config = {**self._base_config(), P.SERVER_ROUND: rnd, P.POOLED: self.spec.pooled}
+        config = {**self.base_config(), P.SERVER_ROUND: rnd, P.POOLED: self.spec.pooled}
         state, rejected, _ = refresh_prototypes(
             self.grid,
             {n: self.admission.members[n] for n in asked},
@@ -261,11 +271,11 @@ class RoundEngine:
         """Every admitted site evaluates the current global model (an evaluate message); logs one line per
         site and region and returns the mean Dice per mode over sites (and each site's mean, under
         ``"sites"``). ``experts``: a gated model's every expert on every site too (``cross_site.csv``)."""
-        members = phases.labelled(self, self.members())
+        members = self.phase.evaluated(self, self.members())
         if not members:
             return {}
         experts = experts and self.model.gated
-        config = ConfigRecord({**self._base_config(), P.SEED: self.cfg.seed, P.CROSS_EXPERTS: experts})
+        config = ConfigRecord({**self.base_config(), P.SEED: self.cfg.seed, P.CROSS_EXPERTS: experts})
         messages = self.outer.configure_evaluate(rnd, ArrayRecord(self.state), config, MembersGrid(self.grid, members))
         replies, _ = self.gather(messages, rnd, "evaluate")
         profiles = {n: self.admission.members[n] for n in members}
@@ -293,7 +303,7 @@ class RoundEngine:
         return summary
 
     # -- the run --------------------------------------------------------------------------------
-    def _checkpoint(self, rnd: int, state=None, kind: str = "", **kw) -> Path:
+    def checkpoint(self, rnd: int, state=None, kind: str = "", **kw) -> Path:
         extra = {
             **({"kind": kind} if kind else {}),
             "strategy": self.cfg.strategy,
@@ -301,7 +311,7 @@ class RoundEngine:
             "update-norms": self.norm_history[-50:],
             "pending-evaluation": self.pending,
             "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
-            "umsrep-plateau": [self.umsrep_lr, min(self.umsrep_best, 1e30), self.umsrep_stale],
+            "phase-state": self.phase.state_dict(),
             "inference": inference_settings(self.model.spec, self.cfg.spacing, self.cfg.patch_size),  # self-contained
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
@@ -310,7 +320,7 @@ class RoundEngine:
         return save_checkpoint(folder, rnd, self.model.spec, state, extra, signer=self.signer, **kw)
 
     def run(self) -> dict:
-        cfg, summary, rnd = self.cfg, {}, self.start - 1
+        cfg, rnd = self.cfg, self.start - 1
         say(
             f"strategy={cfg.strategy} ({self.spec.summary}) arch={cfg.arch} norm={cfg.model_norm} head={cfg.head} "
             f"rounds {self.start}..{cfg.num_server_rounds}; run folder {self.run_dir}"
@@ -346,24 +356,17 @@ class RoundEngine:
             if self.tensorboard is not None:
                 self.tensorboard.train(rnd, loss, time.time() - t0)
             last = bool(self.stop_reason) or rnd == cfg.num_server_rounds
-            if (last or rnd % cfg.eval_every == 0) and phases.pretraining(self):
-                line += f" | {phases.after_pretraining_round(self, rnd, last)}"
-            elif last or rnd % cfg.eval_every == 0:
-                phases.ask_to_recalibrate(self, rnd, phases.label_free(self, self.members()))
-                self.refresh_prototypes(rnd)
-                if last or self.spec.pooled:  # (the pooled trainer's train message reaches one site only)
-                    summary = self.evaluate(rnd, experts=last)
-                    line += f" | {_dice_line(summary, self.model.gated)}"
-                else:  # the sites score this model at the start of the next round's train message
-                    self.pending = rnd
-            self._checkpoint(rnd)
+            if last or rnd % cfg.eval_every == 0:  # the phase's evaluation point (server/phase.py)
+                fragment = self.phase.at_evaluation(self, rnd, last)
+                line += f" | {fragment}" if fragment else ""
+            self.checkpoint(rnd)
             say(f"{line} ({time.time() - t0:.1f} s)")
             if self.stop_reason:
                 break
-        if phases.pretraining(self):
-            phases.finish_pretraining(self, rnd)
-        final = self._checkpoint(rnd, name="final_model.pt")
+        self.phase.finish(self, rnd)
+        final = self.checkpoint(rnd, name="final_model.pt")
         png = self.runlog.plot()
+        summary = self.summary
         means = {k: v for k, v in summary.items() if k in ("oracle", "gated")}
         done = {"event": "done", "rounds": rnd, "final-mean-dice": means}
         if "gate-accuracy" in summary:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from server.phases import ARTIFACT, MANIFEST
+from server.pretraining import ARTIFACT, MANIFEST
 from simulation.runner import run
 from uharmony import protocol as P
 from uharmony.data import load_federation
@@ -108,16 +108,13 @@ def test_phase_p_refuses_what_it_cannot_do():
 
 def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):
     """The server's rule on the sites' case-weighted validation loss: progress is a 1 % gain."""
-    import math
-
-    from server import phases
+    from server import pretraining
 
     losses = iter([1.0, 0.9, 0.895, 0.894, 0.85, 0.849, 0.848, 0.847, 0.846])
-    monkeypatch.setattr(phases, "evaluate_denoising", lambda engine, rnd, final=False: {P.VAL_LOSS: next(losses)})
+    monkeypatch.setattr(pretraining, "evaluate_denoising", lambda engine, rnd, final=False: {P.VAL_LOSS: next(losses)})
 
     class Engine:
-        cfg = RunConfig.from_flwr({"plateau-patience": 2, "stop-patience": 3, "lr": 0.004})
-        umsrep_lr, umsrep_best, umsrep_stale, stop_reason = 0.004, math.inf, 0, ""
+        stop_reason = ""
 
         class runlog:
             written = []
@@ -127,13 +124,19 @@ def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):
                 cls.written.append(record)
 
     engine = Engine()
+    phase = pretraining.Pretraining(
+        RunConfig.from_flwr({"phase": "pretrain", "plateau-patience": 2, "stop-patience": 3, "lr": 0.004})
+    )
     rates = []
     for rnd in range(1, 10):
-        phases.after_pretraining_round(engine, rnd, last=False)
-        rates.append(engine.umsrep_lr)
+        phase.at_evaluation(engine, rnd, last=False)
+        rates.append(phase.learning_rate(engine, rnd, scheduled=1.0))
         if engine.stop_reason:
             break
     # 1.0, 0.9: progress; 0.895, 0.894: two stale evaluations -> halved; 0.85: progress; then 3 stale -> stop
     assert rates == [0.004, 0.004, 0.004, 0.002, 0.002, 0.002, 0.001, 0.001]
     assert "has not improved by 1 % in 3 evaluations" in engine.stop_reason
     assert [r["lr"] for r in Engine.runlog.written if r["event"] == "lr-plateau"] == [0.002, 0.001]
+    again = pretraining.Pretraining(RunConfig.from_flwr({"phase": "pretrain"}))
+    again.load_state_dict(phase.state_dict())  # what a checkpoint keeps, a resumed run continues from
+    assert (again.lr, again.best, again.stale) == (phase.lr, phase.best, phase.stale)

@@ -10,6 +10,14 @@ from uharmony.checks import one_of
 from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy
 from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES
 
+_PHASES = list(PHASES)  # the vocabulary's, and any a server registers (server.phase.register_phase)
+
+
+def accept_phase(name: str) -> None:
+    """Let run configs name ``name`` as their ``phase`` (a phase registered with the round engine)."""
+    if name not in _PHASES:
+        _PHASES.append(name)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -173,7 +181,7 @@ class RunConfig:
         self._check_umsrep()
 
     def _check_umsrep(self) -> None:
-        one_of("run config: 'phase'", self.phase, PHASES)
+        one_of("run config: 'phase'", self.phase, tuple(_PHASES))
         one_of("run config: 'finetune'", self.finetune, FINETUNE)
         one_of("run config: 'tasks'", self.tasks, ("", "presence"))
         one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))
