@@ -15,13 +15,8 @@ cd "$(dirname "$0")/.."
 deadline=${1:-480}
 out=${OUT:-runs/gpu-evidence}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" UHARMONY_CACHE=/tmp/uharmony-cache PYTHONUNBUFFERED=1
-export OMP_NUM_THREADS=1 MPLBACKEND=Agg FLWR_HOME=/tmp/flwr
+source scripts/gpu_env.sh
+export OMP_NUM_THREADS=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$out/log.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee -a "$out/log.txt"
 ev() { timeout "$deadline" python3 -m simulation.evidence.cli --stage confirm "$@"; }

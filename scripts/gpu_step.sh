@@ -11,13 +11,7 @@ cd "$(dirname "$0")/.."
 deadline=${1:-360}
 out=${OUT:-runs/gpu-step}
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" UHARMONY_CACHE=/tmp/uharmony-cache PYTHONUNBUFFERED=1
-export MPLBACKEND=Agg FLWR_HOME=/tmp/flwr
+source scripts/gpu_env.sh
 start=$(date +%s)
 left() { echo $((deadline - ($(date +%s) - start))); }
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$out/log.txt"
