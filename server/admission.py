@@ -28,9 +28,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
+from server.registry import MAX_CASES, SiteRegistry, is_public_key
 from uharmony import protocol as P
-
-from .registry import MAX_CASES, SiteRegistry, is_public_key
 
 log = logging.getLogger("uharmony.server")
 QUERY = f"{MessageType.QUERY}.{P.PROFILE_ACTION}"

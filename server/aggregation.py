@@ -31,11 +31,10 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
+from server.replies import TRAIN_METRICS
 from uharmony import protocol as P
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles, State
-
-from .replies import TRAIN_METRICS
 
 log = logging.getLogger("uharmony.server")
 TRIM_BETA = 0.2  # robust-aggregation = "trimmed-mean": the fraction cut at each end (Flower's FedTrimmedAvg default)

@@ -15,10 +15,9 @@ import io
 import logging
 import re
 
+from server.replies import RejectedUpdate, check_evaluation, rejection
 from uharmony import protocol as P
 from uharmony.files import atomic_write
-
-from .replies import RejectedUpdate, check_evaluation, rejection
 
 log = logging.getLogger("uharmony.server")
 CROSS_KEY = re.compile(r"dice-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")

@@ -6,10 +6,9 @@ a pending evaluation of the last round's model is done first, on the model as it
 
 from __future__ import annotations
 
+from server.admission import BadProfile, check_regions
 from uharmony.federation.federated import extend_global_model, model_needs
 from uharmony.model.adaptation import declare_expert_regions
-
-from .admission import BadProfile, check_regions
 
 
 def admit(engine, rnd: int) -> list[str]:

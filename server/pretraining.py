@@ -20,12 +20,11 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
 
+from server import evaluation
+from server.grids import MembersGrid
+from server.phase import Engine, Phase, ask_to_recalibrate, register_phase
 from uharmony import protocol as P
 from uharmony.files import atomic_write
-
-from . import evaluation
-from .grids import MembersGrid
-from .phase import Engine, Phase, ask_to_recalibrate, register_phase
 
 log = logging.getLogger("uharmony.server")
 ARTIFACT, MANIFEST = "umsrep.pt", "umsrep.json"

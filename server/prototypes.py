@@ -26,12 +26,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
+from server.replies import RejectedUpdate, _identity, check_arrays, read_arrays, rejection
+from server.separation import SPREAD_FACTOR, check_domains, check_move, clip_spreads, known
 from uharmony import protocol as P
 from uharmony.federation.federated import ModelRoles, State
 from uharmony.model.gating import merge_prototypes
-
-from .replies import RejectedUpdate, _identity, check_arrays, read_arrays, rejection
-from .separation import SPREAD_FACTOR, check_domains, check_move, clip_spreads, known
 
 log = logging.getLogger("uharmony.server")
 QUERY = f"{MessageType.QUERY}.{P.PROTOTYPE_ACTION}"

@@ -21,6 +21,15 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from server import evaluation, joins, pretraining  # noqa: F401 - pretraining registers UMS-Rep's phase P
+from server.admission import Admission, check_binding
+from server.aggregation import build_strategy
+from server.grids import MembersGrid, PackingGrid, gather, quorum
+from server.phase import make_phase
+from server.privacy import PrivacyLedger
+from server.prototypes import refresh_prototypes
+from server.registry import SiteRegistry
+from server.replies import ReplyChecker
 from uharmony import protocol as P
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles, global_state_of
@@ -32,16 +41,6 @@ from uharmony.records.checkpoint import CheckpointError, inference_settings, loa
 from uharmony.records.runlog import RunLog
 from uharmony.records.signing import load_private_key
 from uharmony.records.tracking import TensorBoard, write_run_info
-
-from . import evaluation, joins, pretraining  # noqa: F401 - pretraining registers UMS-Rep's phase P
-from .admission import Admission, check_binding
-from .aggregation import build_strategy
-from .grids import MembersGrid, PackingGrid, gather, quorum
-from .phase import make_phase
-from .privacy import PrivacyLedger
-from .prototypes import refresh_prototypes
-from .registry import SiteRegistry
-from .replies import ReplyChecker
 
 log = logging.getLogger("uharmony.server")
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.grids import PollingGrid
+from server.rounds import run_server
+from server.simulation_size import check_simulation_size
 from uharmony.federation.config import RunConfig
-
-from .grids import PollingGrid
-from .rounds import run_server
-from .simulation_size import check_simulation_size
 
 
 def make_app(overrides: dict | None = None) -> ServerApp:

@@ -133,3 +133,29 @@ def test_the_layer_checker_sees_an_upward_import(tmp_path):
         "uharmony.federation.config",
         "uharmony.records.export",
     ]
+
+
+def server_imports(path: Path) -> set[str]:
+    """The ``server`` modules ``path`` imports (relative imports resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "server")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            if base.split(".")[0] == "server":
+                out.update({base} if node.module and base != "server" else {f"{base}.{a.name}" for a in node.names})
+    return out
+
+
+def test_the_round_engine_never_imports_the_operators_tools():
+    """server/operator/ (PKI, coordinator, gateway, app registry) sits beside the round engine, not under it."""
+    engine = [p for p in modules("server") if "operator" not in p.relative_to(ROOT).parts]
+    bad = {module_name(p): sorted(m for m in server_imports(p) if m.startswith("server.operator")) for p in engine}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert any("operator" in p.parts for p in modules("server"))  # the corner exists (the rule checks something)

@@ -39,7 +39,7 @@ def test_supernode_runtime_api_starter_can_be_wrapped():
 
 
 def test_superlink_app_can_be_built_from_flowers_own_config():
-    """server/guarded_superlink.py builds Flower's SuperLink app from Flower's parser and serves it guarded."""
+    """server/operator/guarded_superlink.py builds Flower's SuperLink app from Flower's parser and serves it guarded."""
     cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
     assert params(cli._parse_superlink_lifespan_config) == []
     assert hasattr(cli, "SuperLinkLifespan")
@@ -56,7 +56,7 @@ def test_superlink_app_can_be_built_from_flowers_own_config():
 
 
 def test_start_run_request_carries_the_fields_the_policy_reads():
-    """server/guarded_superlink.py refuses a start-run that carries a FAB; it reads ``fab`` and ``app_spec``."""
+    """server/operator/guarded_superlink.py refuses a start-run that carries a FAB; it reads ``fab``, ``app_spec``."""
     from flwr.proto.control_pb2 import ListNodesRequest, ListRunsRequest, StartRunRequest
 
     request = StartRunRequest()
@@ -89,7 +89,7 @@ def test_message_serde_round_trips_what_the_site_worker_forwards():
 
 
 def test_control_client_helpers_exist():
-    """server/control_api.py talks to the SuperLink's Control API with the CLI's own connection helpers."""
+    """server/operator/control_api.py talks to the SuperLink's Control API with the CLI's own connection helpers."""
     from flwr.cli.flower_config import read_superlink_connection
     from flwr.cli.utils import init_http_client_from_connection
     from flwr.common.serde import run_from_proto
@@ -117,7 +117,7 @@ def test_trim_mean_and_record_aggregation_behave_as_the_aggregator_expects():
 
 
 def test_fab_signature_message_is_what_flower_verifies():
-    """server/app_registry.py signs published apps with the message Flower's SuperLink verifies."""
+    """server/operator/app_registry.py signs published apps with the message Flower's SuperLink verifies."""
     from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
 
     a = create_message_to_sign(bytes.fromhex("00" * 32), 1700000000)
@@ -172,8 +172,9 @@ def test_in_process_grid_internals():
 
 
 def test_run_config_parser_and_the_superexec_poll_setting():
-    """simulation/main_job.py and server/deployed_runs.py parse `-c` strings as flwr run does;
-    client/site_cli.py and server/control_api.py shorten the SuperExec's task poll by its environment variable."""
+    """simulation/main_job.py and server/operator/deployed_runs.py parse `-c` strings as flwr run does;
+    client/site_cli.py and server/operator/control_api.py shorten the SuperExec's task poll by its environment
+    variable."""
     from flwr.common.config import parse_config_args
 
     assert parse_config_args(["lr=0.5 strategy='fedavg'"]) == {"lr": 0.5, "strategy": "fedavg"}

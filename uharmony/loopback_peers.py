@@ -10,7 +10,7 @@ socket's peer credentials would. ``LoopbackAccountGuard`` wraps an ASGI applicat
 and answers 403 to a connection from any other account before the application reads a byte of the request.
 A connection from another machine, or one whose owner cannot be found, is refused too (fail closed).
 
-Flower-free: the SuperLink's and the SuperNode's launchers (``server/guarded_superlink.py``,
+Flower-free: the SuperLink's and the SuperNode's launchers (``server/operator/guarded_superlink.py``,
 ``client/guarded_supernode.py``) put it in front of Flower's apps.
 """
 

@@ -196,7 +196,7 @@ def test_the_key_a_hospital_is_told_to_trust_is_the_one_that_signs_models(tiny_f
     With uharmony-pki's own keys: model-signing.pub accepts a released model and a bundle signed with
     model-signing.key, trusted-entities.yaml refuses both, and the warning names model-signing.pub."""
     from client.export_cli import main as main_export
-    from server.pki import init_ca
+    from server.operator.pki import init_ca
     from uharmony.records.signing import load_private_key
 
     pki = tmp_path / "pki"

@@ -8,10 +8,10 @@ import subprocess
 import pytest
 
 from client.keys import generate_node_key
-from server.control_api import flwr_env
-from server.coordinator import main as coordinator
-from server.coordinator import superlink_command, write_connection
-from server.pki import init_ca, server_cert
+from server.operator.control_api import flwr_env
+from server.operator.coordinator import main as coordinator
+from server.operator.coordinator import superlink_command, write_connection
+from server.operator.pki import init_ca, server_cert
 from simulation.deployment import BIN, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]

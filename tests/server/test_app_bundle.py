@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server import app_bundle, app_registry
-from server.pki import init_ca
+from server.operator import app_bundle, app_registry
+from server.operator.pki import init_ca
 
 REPO = Path(__file__).resolve().parents[2]
 FLWR = str(Path(sys.executable).with_name("flwr"))

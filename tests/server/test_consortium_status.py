@@ -10,7 +10,7 @@ from flwr.common.serde import user_config_to_proto as config_proto
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.proto.run_pb2 import Run, RunStatus
 
-from server import consortium_status
+from server.operator import consortium_status
 from server.registry import SiteRegistry
 from uharmony.records.runlog import RunLog
 
@@ -82,7 +82,7 @@ def test_status_lists_sites_online_offline_and_runs_with_their_last_round(tmp_pa
     }  # fmt: skip
     assert doc["runs"][1]["status"] == "finished:failed" and doc["runs"][1]["details"] == "ServerApp error"
 
-    from server.coordinator import main
+    from server.operator.coordinator import main
 
     assert main(["status", "--state", str(state)]) == 0
     table = capsys.readouterr().out
@@ -92,11 +92,11 @@ def test_status_lists_sites_online_offline_and_runs_with_their_last_round(tmp_pa
 
 
 def test_status_without_a_superlink_says_so(tmp_path, capsys):
-    from server.coordinator import write_connection
+    from server.operator.coordinator import write_connection
 
     (tmp_path / "ca.crt").write_text("")
     write_connection(tmp_path / "state", 1, tmp_path / "ca.crt")  # nothing listens on port 1
-    from server.coordinator import main
+    from server.operator.coordinator import main
 
     assert main(["status", "--state", str(tmp_path / "state")]) == 2
     assert "does not answer" in capsys.readouterr().err

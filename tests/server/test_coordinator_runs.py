@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from server import coordinator, deployed_runs
-from server.progress import RoundLogFollower
+from server.operator import coordinator, deployed_runs
+from server.operator.progress import RoundLogFollower
 from uharmony.records.runlog import RunLog
 
 

@@ -2,7 +2,7 @@
 flood of half-open TLS requests (F4), its workers' account, temporary folders and the registry's port (F18)
 (red-team review 2026-12-06).
 
-The real ``uharmony-coordinator start`` (the SuperLink through ``server.guarded_superlink``, nginx, the app
+The real ``uharmony-coordinator start`` (the SuperLink through ``server.operator.guarded_superlink``, nginx, the app
 registry) runs once for the module, with nothing given for the registry's port and a listener (a
 SuperNode's Runtime API on its default port, 9094 = 9092 + 2) on the gateway's port + 2.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from server import gateway
+from server.operator import gateway
 from simulation.deployment import LocalConsortium, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-runtimes")]

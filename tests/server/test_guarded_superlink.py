@@ -1,4 +1,4 @@
-"""The SuperLink's own policy (``server/guarded_superlink.py``): what the service account may ask of it
+"""The SuperLink's own policy (``server/operator/guarded_superlink.py``): what the service account may ask of it
 (red-team review 2026-12-06, F1: the ServerApp runs only apps the coordinator signed)."""
 
 import asyncio
@@ -6,7 +6,7 @@ import asyncio
 from flwr.proto.control_pb2 import StartRunRequest
 from flwr.proto.fab_pb2 import Fab
 
-from server.guarded_superlink import CONTROL_ROUTES, ControlAllowList, only_published_apps
+from server.operator.guarded_superlink import CONTROL_ROUTES, ControlAllowList, only_published_apps
 
 
 def test_a_run_must_name_a_published_app():

@@ -27,8 +27,8 @@ from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities, _v
 import uharmony.files
 from client.keys import generate_node_key
 from client.site_cli import main as site_main
-from server.coordinator import main as coordinator_main
-from server.pki import PKIError, init_ca, main, server_cert
+from server.operator.coordinator import main as coordinator_main
+from server.operator.pki import PKIError, init_ca, main, server_cert
 from server.registry import RegistryError, SiteRegistry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_private_keys_are_0600_from_their_first_byte(pki, tmp_path, monkeypatch)
 
 
 def test_the_signing_key_and_the_trusted_entities_file_flower_reads(pki):
-    from server.pki import load_app_signing_key
+    from server.operator.pki import load_app_signing_key
 
     assert isinstance(load_app_signing_key(pki, b"correct horse"), ed25519.Ed25519PrivateKey)
     entities = _try_obtain_trusted_entities(pki / "trusted-entities.yaml")
@@ -185,7 +185,7 @@ def test_a_key_of_an_unknown_or_broken_kind_is_a_registry_error(text):
 
 
 def _publish(tmp_path, pki, passphrase_file):
-    from server.coordinator import main as coordinator
+    from server.operator.coordinator import main as coordinator
 
     args = ["publish", "--pki", str(pki), "--state", str(tmp_path / "state"), "--app", str(REPO)]
     return coordinator(args + (["--passphrase-file", str(passphrase_file)] if passphrase_file else []))
@@ -211,7 +211,7 @@ def test_the_app_signing_key_is_encrypted_and_not_the_model_key(tmp_path, capsys
 
     from flwr.common.config import parse_config_args
 
-    from server.coordinator import server_app_config
+    from server.operator.coordinator import server_app_config
 
     given = parse_config_args([server_app_config(pki, tmp_path / "state")])["model-signing-key"]  # what `run` passes
     model = load_ssh_private_key(Path(given).read_bytes(), None)
@@ -228,7 +228,7 @@ def test_the_app_signing_key_is_encrypted_and_not_the_model_key(tmp_path, capsys
     from flwr.supercore.fab import Fab
     from flwr.supernode.start_client_internal import _verify_fab
 
-    from server import app_registry
+    from server.operator import app_registry
 
     record = app_registry.latest(tmp_path / "state")
     fab = (tmp_path / "state" / "apps" / f"{record['sha256']}.fab").read_bytes()
@@ -257,7 +257,7 @@ def test_the_app_signing_key_is_encrypted_and_not_the_model_key(tmp_path, capsys
 def _sign(key, fab: bytes) -> dict:
     from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
 
-    from server.pki import public_key_id
+    from server.operator.pki import public_key_id
 
     pub = key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
     digest, signed_at = hashlib.sha256(fab).hexdigest(), int(time.time())

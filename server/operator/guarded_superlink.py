@@ -1,6 +1,7 @@
 """The SuperLink as ``uharmony-coordinator start`` runs it: Flower's own SuperLink behind a local-account guard.
 
-    python -m server.guarded_superlink --account UID [--account UID] [--gateway-account UID] -- <flower-superlink args>
+    python -m server.operator.guarded_superlink --account UID [--account UID] [--gateway-account UID] \
+        -- <flower-superlink args>
 
 Flower 1.41 serves the Fleet, Control and Runtime APIs on one HTTPS port; the Control API (registering
 nodes, submitting runs) has no authentication without Flower's account login, and the Runtime API hands
@@ -87,7 +88,7 @@ def guarded_app(app, accounts, gateway_accounts=()):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m server.guarded_superlink", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m server.operator.guarded_superlink", description=__doc__.splitlines()[0])
     p.add_argument("--account", type=int, action="append", required=True, help="a uid that may use every API")
     p.add_argument("--gateway-account", type=int, action="append", default=[], help="a uid for the Fleet API only")
     p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-superlink's arguments")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .control_api import list_nodes, list_runs
-from .registry import SiteRegistry
+from server.operator.control_api import list_nodes, list_runs
+from server.registry import SiteRegistry
 
 NEVER = "never connected"  # registered with the SuperLink, no SuperNode has activated with the key yet
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .control_api import CONNECTION, flwr
-from .progress import RoundLogFollower
+from server.operator.control_api import CONNECTION, flwr
+from server.operator.progress import RoundLogFollower
 
 
 def runs_dir(state: Path) -> Path:
@@ -92,7 +92,7 @@ def wait(
     poll: float = 2.0,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> dict:
-    """Until the run has finished: its round log's new lines as they come (``server/progress.py``); returns
+    """Until the run has finished: its round log's new lines as they come (``server/operator/progress.py``); returns
     its ``flwr ls`` row. ``timeout`` <= 0: no limit. After ``timeout`` s raises TimeoutError; the run goes on."""
     follower = RoundLogFollower(folder / "metrics.jsonl", run_id)
     deadline = time.time() + timeout if timeout > 0 else float("inf")

@@ -11,17 +11,17 @@ Run every command as the coordinator's dedicated service account (e.g. ``sudo -u
 SuperLink serves its Control and Runtime APIs to that account (and root) only.
 
 ``start`` runs three things and stops them together: the real SuperLink (Flower's, through
-``server/guarded_superlink.py``: TLS, SuperNode authentication, a state database) listening on 127.0.0.1
+``server/operator/guarded_superlink.py``: TLS, SuperNode authentication, a state database) listening on 127.0.0.1
 only and answering only the service account (the gateway's workers: the Fleet API only); the gateway
-(nginx, ``server/gateway.py``) on ``--host:--port`` that forwards the Fleet API and refuses everything
-else; and the app registry (``server/app_registry.py``, on a free loopback port) that hands the SuperLink
+(nginx, ``server/operator/gateway.py``) on ``--host:--port`` that forwards the Fleet API and refuses everything
+else; and the app registry (``server/operator/app_registry.py``, on a free loopback port) that hands the SuperLink
 the coordinator's signed app. ``register`` and ``run`` use the SuperLink's local address
 (``FLWR_HOME=<state>/flwr``). ``publish`` signs with the app-signing key, whose passphrase it asks for.
 ``run`` submits the latest published (signed) app and passes the ServerApp the site registry (which key
 is which site and domain) and the separate key it signs model manifests with; it prints the run's progress
-round by round and writes its results into ``<state>/runs/<run-id>/`` (``server/deployed_runs.py``).
+round by round and writes its results into ``<state>/runs/<run-id>/`` (``server/operator/deployed_runs.py``).
 ``status`` lists the registered sites (online or not) and the runs with their last round
-(``server/consortium_status.py``). Everything is written with umask 077; ``<state>`` is 0700.
+(``server/operator/consortium_status.py``). Everything is written with umask 077; ``<state>`` is 0700.
 """
 
 from __future__ import annotations
@@ -39,15 +39,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from server.operator import app_registry, consortium_status, deployed_runs, gateway
+from server.operator.control_api import CONNECTION, flwr_env, list_nodes
+from server.operator.control_api import exe as _exe
+from server.operator.control_api import flwr as _flwr
+from server.operator.control_api import last_error as _last_error
+from server.operator.pki import PKIError, model_signing_key, read_passphrase
+from server.registry import RegistryError, SiteRegistry
 from uharmony.files import private_dir, private_tree
-
-from . import app_registry, consortium_status, deployed_runs, gateway
-from .control_api import CONNECTION, flwr_env, list_nodes
-from .control_api import exe as _exe
-from .control_api import flwr as _flwr
-from .control_api import last_error as _last_error
-from .pki import PKIError, model_signing_key, read_passphrase
-from .registry import RegistryError, SiteRegistry
 
 GATEWAY_USER = "uharmony-gateway"  # the gateway's workers' account when start runs as root
 
@@ -71,7 +70,7 @@ def make_private(folder: Path) -> None:
 
 
 def superlink_command(pki: Path, state: Path, port: int, gateway_uid: int | None = None) -> list[str]:
-    """Flower's SuperLink through ``server.guarded_superlink``: every API for this account and root, the
+    """Flower's SuperLink through ``server.operator.guarded_superlink``: every API for this account and root, the
     Fleet API also for the gateway's workers."""
     for name in ("ca.crt", "superlink.crt", "superlink.key"):
         if not (pki / name).is_file():
@@ -82,7 +81,7 @@ def superlink_command(pki: Path, state: Path, port: int, gateway_uid: int | None
     return [
         sys.executable,
         "-m",
-        "server.guarded_superlink",
+        "server.operator.guarded_superlink",
         *accounts,
         *gateway_accounts,
         "--",

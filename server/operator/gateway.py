@@ -3,7 +3,7 @@
 Open-source Flower 1.41 serves the Fleet API (SuperNodes), the Control API (registering nodes,
 submitting runs) and the Runtime API on one HTTPS port, and the Control API has no authentication
 unless Flower's account login is configured. So the SuperLink listens on the loopback interface only
-(behind a local-account guard, ``server/guarded_superlink.py``), and this gateway, a standard reverse proxy,
+(behind a local-account guard, ``server/operator/guarded_superlink.py``), and this gateway, a standard reverse proxy,
 terminates TLS on the public address and forwards the ``/v1/fleet/`` routes and nothing else (anything
 else gets 403).
 

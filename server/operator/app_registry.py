@@ -1,7 +1,7 @@
 """Signed apps: the coordinator signs the Flower app it runs, and hospitals run only apps it signed.
 
 ``publish`` builds this project into a Flower App Bundle (``flwr build`` of the code and config that
-pyproject.toml's ``fab-include`` lists, staged apart from the working tree: ``server/app_bundle.py``) and
+pyproject.toml's ``fab-include`` lists, staged apart from the working tree: ``server/operator/app_bundle.py``) and
 signs it with the coordinator's Ed25519 app-signing key (encrypted: ``publish`` needs the passphrase) in
 Flower's own format (8-byte timestamp + SHA-256 of the bundle). ``serve`` answers the SuperLink's app-fetch
 requests on the coordinator's loopback interface, the same API the SuperLink uses for Flower Hub
@@ -9,7 +9,7 @@ requests on the coordinator's loopback interface, the same API the SuperLink use
 carries the signature. Each hospital's SuperNode checks it with
 Flower's ``--trusted-entities`` and refuses any app the coordinator did not sign. The registry itself
 serves only records whose signature verifies with the app-signing key's public half (a file planted in
-``<state>/apps/`` is not served), and the SuperLink runs only published apps (``server/guarded_superlink.py``
+``<state>/apps/`` is not served), and the SuperLink runs only published apps (``server/operator/guarded_superlink.py``
 refuses an app submitted from a folder), so the coordinator's ServerApp runs only signed code too.
 """
 
@@ -32,10 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
 
+from server.operator import app_bundle
+from server.operator.pki import APP_PUB, load_app_signing_key, public_key_id
 from uharmony.files import atomic_write
-
-from . import app_bundle
-from .pki import APP_PUB, load_app_signing_key, public_key_id
 
 APPS = "apps"
 SHA256 = re.compile(r"[0-9a-f]{64}")
