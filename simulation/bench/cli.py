@@ -17,17 +17,16 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import multiprocessing
 import os
-import platform
 import shlex
 import shutil
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from simulation.kit.machine import machine, records_machine, software
+from simulation.kit.pool import recorder, run_jobs
 from uharmony.files import append_jsonl, read_jsonl
 
 from .sizes import (
@@ -121,86 +120,6 @@ def run_job(size: BenchSize, call: tuple, out: Path) -> dict:
     if kind == "scale":
         return J.scale_job(size, out)
     raise ValueError(f"unknown job {call!r}")
-
-
-def _one_thread() -> None:
-    """Worker start: one thread each, so ``workers`` jobs share the cores without oversubscription."""
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("uharmony.server").setLevel(logging.ERROR)
-
-
-def _timed(size, key: str, call: tuple, out: Path, job=None) -> dict:
-    t0 = time.time()
-    rec = {"job": key, **(job or run_job)(size, call, out)}
-    rec["job_seconds"] = round(time.time() - t0, 1)
-    return rec
-
-
-ALONE = ("bytes", "flower_ratio", "memory", "scale")  # timing and memory jobs: run alone, in this process
-
-
-def run_jobs(size, todo: list, out: Path, on_done, job=None) -> None:
-    """Run ``todo``: training jobs with ``size.workers`` processes side by side (one thread each), then the
-    cost jobs one at a time in this process, so that nothing runs beside what they time; ``on_done(i, rec)``.
-    ``job(size, call, out)``: what runs a call (default: this study's ``run_job``; a module-level function,
-    so that the worker processes can import it). Every study's jobs go through this one pool."""
-    side = [(k, c) for k, c in todo if c[0] not in ALONE]
-    alone = [(k, c) for k, c in todo if c[0] in ALONE]
-    done = 0
-    if size.workers > 1 and len(side) > 1:
-        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
-        with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
-            futures = {pool.submit(_timed, size, key, call, out, job): key for key, call in side}
-            print(f"[bench] {len(side)} jobs on {size.workers} workers (one thread each)", flush=True)
-            for fut in as_completed(futures):
-                done += 1
-                on_done(done, fut.result())
-    else:
-        alone = side + alone
-    for key, call in alone:
-        done += 1
-        print(f"[bench] job {done}/{len(todo)}: {key}", flush=True)
-        on_done(done, _timed(size, key, call, out, job))
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (all jobs on CPU)"
-    # the vector units torch's kernels use tell two machines of one name apart (an AVX2-only EPYC ran the
-    # bench's jobs 3.7x slower than an earlier one of the same name)
-    simd = torch.backends.cpu.get_cpu_capability()
-    return (
-        f"{cpu} ({simd}), {cores} cores, {gib:.0f} GiB RAM, {gpu}, {platform.system()} Python "
-        f"{platform.python_version()}"
-    )
-
-
-def records_machine(records: list[dict]) -> str:
-    """The machine(s) the recorded invocations ran on (each wall record names its own; the page is not
-    relabelled by regenerating it elsewhere)."""
-    walls = [r for r in records if r.get("kind") == "wall"]
-    names = list(dict.fromkeys(r.get("machine", "not recorded (before 2026-11-25)") for r in walls))
-    return "; ".join(names) if names else machine()
-
-
-def software() -> str:
-    from importlib.metadata import version
-
-    return ", ".join(f"{p} {version(p)}" for p in ("torch", "monai", "flwr", "numpy"))
 
 
 def wall_minutes(records: list[dict], reruns: bool = False) -> dict[str, float]:
@@ -319,17 +238,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     print(f"[bench] size {size.name}: {len(todo)} jobs to run ({len(done)} already recorded) -> {out}", flush=True)
 
-    def on_done(i: int, rec: dict) -> None:
-        append_jsonl(jsonl, rec)
-        records.append(rec)
-        elapsed = time.time() - t_start
-        print(
-            f"[bench] {i}/{len(todo)} done: {rec['job']} in {rec['job_seconds']:.0f} s; elapsed {elapsed / 60:.1f} "
-            f"min, about {elapsed / i * (len(todo) - i) / 60:.1f} min left",
-            flush=True,
-        )
-
-    run_jobs(size, todo, out, on_done)
+    run_jobs(size, todo, out, recorder(jsonl, len(todo), "bench", records), job=run_job)
     if todo:
         wall_now = (time.time() - t_start) / 60
         wall = {"kind": "wall", "parts": list(parts), "minutes": wall_now, "machine": machine()}

@@ -9,9 +9,7 @@ and local steps, and a bench number is a product number. What the runtime adds i
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,50 +19,28 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from simulation.kit.runs import (
+    fresh_dir,
+    mean_local_state,
+    per_case_records,
+    region_dice,
+    run_curve,
+    run_gate_accuracy,
+    site_view,
+)
 from uharmony.data import federation_root, load_federation
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles, subset
-from uharmony.federation.site_round import SiteRound
-from uharmony.federation.site_state import load_local_state
 from uharmony.federation.strategies import STRATEGIES
-from uharmony.files import read_jsonl
 from uharmony.model.gating import scan_descriptors, uses_scan_gate
 from uharmony.model.inference import estimate_site_statistics, regions_to_brats
 from uharmony.model.norm import UHarmonyNorm
 from uharmony.model.training import evaluate_cases, predict
-from uharmony.records.checkpoint import load_checkpoint
 from uharmony.records.runlog import RunLog
-from uharmony.vocabulary import REGIONS
 
 from ..embedded import ensure_federation
 from ..runner import run
 from .sizes import SCENARIO_SITES, BenchSize
-
-
-def _clean(v) -> float | None:
-    return None if v is None or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 else round(float(v), 4)
-
-
-def _dice(evaluated: dict) -> dict[str, float | None]:
-    return {r: _clean(evaluated.get(f"dice-{r.lower()}")) for r in REGIONS}
-
-
-def _fresh(run_dir: Path) -> str:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return str(run_dir)
-
-
-def run_curve(run_dir: Path, modes=("gated",)) -> tuple[list[dict], list[float]]:
-    """From a run's ``metrics.jsonl``: per evaluation round ``{"round", mode: {site: {ET, TC, WT}}}`` (None
-    where a site does not annotate a region), and the seconds of each training round."""
-    records = RunLog(run_dir).records()
-    curve: dict[int, dict] = {}
-    for r in records:
-        if "dice" in r and "phase" not in r and r["mode"] in modes and r["region"] in REGIONS:
-            point = curve.setdefault(r["round"], {"round": r["round"], **{m: {} for m in modes}})
-            point[r["mode"]].setdefault(r["site"], dict.fromkeys(REGIONS))[r["region"]] = _clean(r["dice"])
-    seconds = [float(r["seconds"]) for r in records if r.get("event") == "train"]
-    return [curve[k] for k in sorted(curve)], seconds
 
 
 def method_job(
@@ -82,7 +58,7 @@ def method_job(
     ``kappa``: another S2 strength (the kappa curve)."""
     tag = f"{kind}-{scenario}" + (f"-k{kappa:g}" if kappa is not None else "") + f"-{strategy}-seed{seed}"
     run_dir = out / "runs" / tag
-    over = {**size.base_overrides(seed, scenario, kappa), "strategy": strategy, "run-dir": _fresh(run_dir)}
+    over = {**size.base_overrides(seed, scenario, kappa), "strategy": strategy, "run-dir": fresh_dir(run_dir)}
     if rounds is not None:
         over.update({"num-server-rounds": rounds, "eval-every": size.eval_every * rounds // size.rounds})
     run(over)
@@ -109,31 +85,11 @@ def method_job(
     return rec
 
 
-def run_gate_accuracy(run_dir: Path, key: str = "gate-accuracy") -> dict | None:
-    """The scan gate's last evaluation: per site, the share of validation scans given to the site's domain
-    (``key`` "gate-unseen": the share found beyond every domain's reach, given the shared answer)."""
-    gates = [r for r in RunLog(run_dir).records() if r.get("event") == "gate"]
-    if not gates:
-        return None
-    last = max(r["round"] for r in gates)
-    return {str(r["site"]): r.get(key) for r in gates if r["round"] == last}
-
-
-def per_case_records(run_dir: Path) -> list[dict]:
-    """The final evaluation's per-case Dice, from each simulated site's own ``cases.jsonl`` (kept at the site)."""
-    run_id = _run_id(run_dir)
-    recs = [
-        r for f in sorted(run_dir.glob("site-state/*/cases.jsonl")) for r in read_jsonl(f) if r.get("run") == run_id
-    ]
-    last = max((r["round"] for r in recs), default=None)
-    return [{k: v for k, v in r.items() if k != "run"} for r in recs if r["round"] == last]
-
-
 def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path, scenario: str = "S2") -> dict:
     change = dict(change)
     slug = "".join(c if c.isalnum() else "-" for c in name)[:40]
     run_dir = out / "runs" / f"ablation-{scenario}-{slug}-seed{seed}"
-    run({**size.base_overrides(seed, scenario), "strategy": "uharmony", "run-dir": _fresh(run_dir), **change})
+    run({**size.base_overrides(seed, scenario), "strategy": "uharmony", "run-dir": fresh_dir(run_dir), **change})
     curve, seconds = run_curve(run_dir, ("oracle", "gated"))
     return {
         "kind": "ablation",
@@ -148,29 +104,6 @@ def ablation_job(size: BenchSize, name: str, change: dict, seed: int, out: Path,
     }
 
 
-def _run_id(run_dir: Path) -> str:
-    """The id a finished run tagged its sites' saved state with (from its final model)."""
-    return str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
-
-
-def _site_job(run_dir: Path, partition_id: int, cfg: RunConfig, saved: dict | None = None) -> SiteRound:
-    """A site's view of a finished run: the final global model and the site's own saved entries
-    (``saved``: site-local entries to use instead)."""
-    final = load_checkpoint(run_dir, "final_model.pt")
-    run_id = str(final["extra"].get("run-id", ""))
-    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, saved=saved, run_id=run_id)
-    job.load(final["state"])
-    return job
-
-
-def _mean_local_state(run_dir: Path) -> dict | None:
-    """The mean of the training sites' site-local entries of this run (as saved in their state folders)."""
-    run_id = _run_id(run_dir)
-    saved = [load_local_state(d) for d in sorted(run_dir.glob("site-state/*"))]
-    states = [state for state, info in filter(None, saved) if info.get("run") == run_id and state]
-    return {k: torch.stack([x[k].float() for x in states]).mean(0) for k in states[0]} if states else None
-
-
 def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_out: int, out: Path) -> dict:
     """Leave partition ``held_out`` out of training, then segment its validation scans dataset-free.
 
@@ -183,7 +116,7 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
         **size.base_overrides(seed, scenario),
         "strategy": strategy,
         "eval-every": size.rounds,
-        "run-dir": _fresh(run_dir),
+        "run-dir": fresh_dir(run_dir),
         "num-domains": SCENARIO_SITES,
     }
     sites = len(load_federation(ensure_federation(RunConfig.from_flwr(over), progress=False)).sites)
@@ -191,8 +124,8 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
     cfg = RunConfig.from_flwr(over)
     mean_local = None
     if STRATEGIES[strategy].keep_local and STRATEGIES[strategy].head != "gated":  # FedBN: the sites' mean
-        mean_local = _mean_local_state(run_dir)
-    job = _site_job(run_dir, held_out, cfg, saved=mean_local)
+        mean_local = mean_local_state(run_dir)
+    job = site_view(run_dir, held_out, cfg, saved=mean_local)
     rec = {
         "kind": "unseen",
         "scenario": scenario,
@@ -201,20 +134,20 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
         "held_out": job.site.name,
         "val_cases": len(job.data.val),
         "calibration_scans": len(job.data.train),
-        "uncalibrated": _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size)),
+        "uncalibrated": region_dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size)),
     }
     if any(isinstance(m, UHarmonyNorm) for m in job.model.modules()):  # statistics from unlabeled scans
         t0 = time.time()
         estimate_site_statistics(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
         rec["calibration_seconds"] = round(time.time() - t0, 2)
-        rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+        rec["calibrated"] = region_dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     if uses_scan_gate(job.model) and job.model.head.residual:  # the gate with and without "none of these"
         head, items = job.model.head, job.data.val
         rec["beyond_reach"] = float(
             head.beyond_reach(scan_descriptors(job.model, items, cfg.patch_size)).float().mean()
         )
         default, head.unseen = head.unseen, "shared" if head.unseen == "nearest" else "nearest"
-        rec[f"unseen_{head.unseen}"] = _dice(evaluate_cases(job.model, items, None, cfg.patch_size))
+        rec[f"unseen_{head.unseen}"] = region_dice(evaluate_cases(job.model, items, None, cfg.patch_size))
         head.unseen = default
     rec["dice"] = rec.get("calibrated", rec["uncalibrated"])
     rec["training_sites_final"] = dict(run_curve(run_dir)[0][-1]["gated"])
@@ -226,7 +159,7 @@ def save_overlay(run_dir: Path, path: Path) -> Path:
     cfg = RunConfig.from_flwr(json.loads((run_dir / "config.json").read_text()))
     arrays = {}
     for pid in range(len(load_federation(federation_root(cfg)).sites)):
-        job = _site_job(run_dir, pid, cfg)
+        job = site_view(run_dir, pid, cfg)
         if not job.data.val:
             continue
         item = job.data.val[0]
@@ -266,9 +199,9 @@ def flower_ratio_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> 
         "eval-every": size.flower_rounds,
     }
     bare_dir, flower_dir = out / "runs" / f"ratio-inprocess-{strategy}", out / "runs" / f"ratio-flower-{strategy}"
-    bare = run({**over, "run-dir": _fresh(bare_dir)})
+    bare = run({**over, "run-dir": fresh_dir(bare_dir)})
     t0 = time.time()
-    flower = run({**over, "run-dir": _fresh(flower_dir)}, transport="flower")
+    flower = run({**over, "run-dir": fresh_dir(flower_dir)}, transport="flower")
     wall = time.time() - t0
     train = [r for r in RunLog(flower_dir).records() if r.get("event") == "train"]
     f_s, b_s = run_curve(flower_dir)[1], run_curve(bare_dir)[1]
@@ -323,7 +256,7 @@ def scale_job(size: BenchSize, out: Path, strategy: str = "uharmony") -> dict:
         "patch-size": size.patch_size,
         "filters": size.filters,
         "strategy": strategy,
-        "run-dir": _fresh(run_dir),
+        "run-dir": fresh_dir(run_dir),
     }
     t0 = time.time()
     res = run(over, transport="flower")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 import statistics
 
+from simulation.kit.stats import t_quantile
+
 from .report import LABELS
-from .stats import t975
 
 PAIRS = (("S2", "uharmony", "fedbn"), ("S2", "uharmony", "fedavg"), ("S0", "uharmony", "fedavg"))
 REGIONS = ("et", "tc", "wt")
@@ -51,7 +52,7 @@ def score(per_site: dict, pick: dict[str, list[str]]) -> float:
 def seeds_needed(sd: float, half_width: float = HALF_WIDTH) -> int | None:
     """Fewest seeds whose 95 % interval of a paired mean is at most ``half_width`` wide either side at this SD."""
     for n in range(2, 201):
-        if t975(n - 1) * sd / n**0.5 <= half_width:
+        if t_quantile(n - 1) * sd / n**0.5 <= half_width:
             return n
     return None
 

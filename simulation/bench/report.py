@@ -36,16 +36,6 @@ def mean_over_sites(per_site: dict) -> float:
     return sum(scores) / len(scores) if scores else float("nan")
 
 
-def ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    vals = [v for v in values if v is not None and v == v]
-    if not vals:
-        return "–"
-    m = statistics.fmean(vals) * scale
-    if len(vals) == 1:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {statistics.stdev(vals) * scale:.{digits}f}"
-
-
 def method_rows(records: list[dict], scenario: str | None = None, kind: str = "method") -> dict[str, list[dict]]:
     """{"fedavg": [per-site final dict per seed], "uharmony/gated": [...], ...} of one scenario (all: None)."""
     rows: dict[str, list[dict]] = {}

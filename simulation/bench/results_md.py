@@ -6,12 +6,13 @@ import os
 import statistics
 from pathlib import Path
 
+from simulation.kit.page import ms
+from simulation.kit.stats import paired
 from uharmony.vocabulary import REGIONS
 
 from .noise_md import noise_section
-from .report import LABELS, method_rows, ms, ratio_text, seed_scores, site_score
+from .report import LABELS, method_rows, ratio_text, seed_scores, site_score
 from .report import mean_over_sites as _mean
-from .stats import paired
 from .unseen_md import unseen_pairs as _unseen_pairs
 from .unseen_md import unseen_section as _unseen
 
@@ -61,7 +62,7 @@ def _paired_table(rows: dict, ours: str = "uharmony/gated") -> list[str]:
     for key in rows:
         d = paired(seed_scores(rows, ours), seed_scores(rows, key)) if key != ours else None
         if d is not None:
-            out.append(f"| {LABELS[key]} | {d.text()} | {d.n} |")
+            out.append(f"| {LABELS[key]} | {d.text(unit='DSC')} | {d.n} |")
     return out
 
 
@@ -113,22 +114,22 @@ def _target_lines(records: list[dict], meta: dict) -> list[str]:
     ):
         d = diff(scen, "uharmony/gated", b)
         if d is not None:
-            line(name, d.text(), d.mean * 100 >= bound and d.n >= 2 and d.low > 0)
+            line(name, d.text(unit="DSC"), d.mean * 100 >= bound and d.n >= 2 and d.low > 0)
     d = diff("S2", "centralized-uharmony/gated", "uharmony/gated")
     if d is not None:
-        line("S2: centralized U-Harmony − federated U-Harmony ≤ 1 DSC", d.text(), d.mean * 100 <= 1.0)
+        line("S2: centralized U-Harmony − federated U-Harmony ≤ 1 DSC", d.text(unit="DSC"), d.mean * 100 <= 1.0)
     d = diff("S0", "uharmony/gated", "fedavg")
     if d is not None:
-        line("S0: U-Harmony gated − FedAvg ≥ −1 DSC", d.text(), d.mean * 100 >= -1.0)
+        line("S0: U-Harmony gated − FedAvg ≥ −1 DSC", d.text(unit="DSC"), d.mean * 100 >= -1.0)
     unseen = _unseen_pairs(records)
     if unseen:
         for b in ("fedavg", "fedbn"):
             d = paired(unseen.get(("uharmony", "dice"), {}), unseen.get((b, "dice"), {}))
             if d is not None:
-                line(f"unseen site, rotated: U-Harmony calibrated − {LABELS[b]} ≥ 0", d.text(), d.mean >= 0)
+                line(f"unseen site, rotated: U-Harmony calibrated − {LABELS[b]} ≥ 0", d.text(unit="DSC"), d.mean >= 0)
         d = paired(unseen.get(("uharmony", "dice"), {}), unseen.get(("uharmony", "uncalibrated"), {}))
         if d is not None:
-            line("unseen site, rotated: calibration − no calibration > 0", d.text(), d.mean > 0)
+            line("unseen site, rotated: calibration − no calibration > 0", d.text(unit="DSC"), d.mean > 0)
     for scen in ("S2", "S0"):
         acc, _ = _gate(records, scen)
         if acc is not None:
@@ -217,7 +218,7 @@ def _ablations(records: list[dict]) -> list[str]:
         acc = [v for r in sel for v in (r.get("gate_accuracy") or {}).values() if v is not None]
         t = statistics.median(s for r in sel for s in r["train_seconds_per_round"])
         out.append(
-            f"| {scen} | {name} | {ms(list(mine.values()))} | {d.text() if d else '–'} | "
+            f"| {scen} | {name} | {ms(list(mine.values()))} | {d.text(unit='DSC') if d else '–'} | "
             f"{ms([_mean(r['final']['oracle']) for r in sel])} | "
             f"{f'{statistics.fmean(acc) * 100:.0f} %' if acc else '–'} | {t:.1f} |"
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .report import ms, site_score
-from .stats import paired
+from simulation.kit.page import ms
+from simulation.kit.stats import paired
+
+from .report import site_score
 
 # calibrated (the default gate: gate-unseen = "nearest"), no calibration, calibrated with the "none of these" test
 KEYS = ("dice", "uncalibrated", "unseen_shared")
@@ -71,5 +73,5 @@ def unseen_section(records: list[dict]) -> list[str]:
     ):
         d = paired(pairs.get(a, {}), pairs.get(b, {}))
         if d is not None:
-            lines.append(f"- {what}: {d.text()} (paired over {d.n} left-out sites × seeds)")
+            lines.append(f"- {what}: {d.text(unit='DSC')} (paired over {d.n} left-out sites × seeds)")
     return out + ([""] + lines if lines else [])

@@ -242,7 +242,8 @@ def main(argv=None) -> int:
     jsonl = out / "results.jsonl"
     _check_size(out / "size.json", size)
     records = read_jsonl(jsonl)
-    from simulation.bench.cli import machine, run_jobs
+    from simulation.kit.machine import machine
+    from simulation.kit.pool import recorder, run_jobs
 
     for stage in a.stage if not a.report else ():
         stage_size = size
@@ -257,17 +258,8 @@ def main(argv=None) -> int:
         print(f"[evidence] {stage}: {len(todo)} jobs to run ({len(done)} recorded) -> {out}", flush=True)
         t0 = time.time()
 
-        def on_done(i: int, rec: dict, todo=todo, t0=t0) -> None:
-            append_jsonl(jsonl, rec)
-            records.append(rec)
-            spent = time.time() - t0
-            print(
-                f"[evidence] {i}/{len(todo)} {rec['job']} in {rec['job_seconds']:.0f} s; {spent / 60:.1f} min, "
-                f"about {spent / i * (len(todo) - i) / 60:.1f} min left",
-                flush=True,
-            )
-
-        run_jobs(stage_size, todo, out, on_done, job=run_call)
+        on_done = recorder(jsonl, len(todo), "evidence", records)
+        run_jobs(stage_size, todo, out, on_done, job=run_call, label="evidence")
         if todo:
             wall = {"job": f"wall/{stage}/{len(records)}", "kind": "wall", "stage": stage, "jobs": len(todo)}
             wall.update(minutes=round((time.time() - t0) / 60, 2), machine=machine(), workers=stage_size.workers)

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from simulation.bench.jobs import per_case_records, run_curve, run_gate_accuracy
+from simulation.kit.runs import per_case_records, run_curve, run_gate_accuracy
 from simulation.runner import run
 from uharmony.federation.config import RunConfig
 from uharmony.federation.strategies import STRATEGIES

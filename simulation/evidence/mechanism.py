@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from simulation.bench.jobs import _mean_local_state, _run_id, _site_job
+from simulation.kit.runs import mean_local_state, run_id_of, site_view
 from uharmony.data import federation_root, load_federation
 from uharmony.federation.config import RunConfig
 from uharmony.federation.site_state import load_local_state
@@ -32,15 +32,15 @@ def mechanism_cases(run_dir: Path, cfg: RunConfig) -> tuple[list[dict], float]:
     """Per-case records of every check (mode = the check's name) over every site's validation cases."""
     t0 = time.time()
     sites = load_federation(federation_root(cfg), seed=cfg.federation_seed).sites
-    run_id = _run_id(run_dir)
+    run_id = run_id_of(run_dir)
     final = torch.load(run_dir / "final_model.pt", weights_only=True)["state"]
-    jobs = {pid: _site_job(run_dir, pid, cfg) for pid in range(len(sites))}
+    jobs = {pid: site_view(run_dir, pid, cfg) for pid in range(len(sites))}
     local = {}
     for pid, job in jobs.items():
         saved = load_local_state(job.state_dir)
         if saved and saved[1].get("run") == run_id:
             local[pid] = saved[0]
-    mean = _mean_local_state(run_dir)
+    mean = mean_local_state(run_dir)
     records = []
     for pid, job in jobs.items():
         if pid not in local or not job.data.val:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from simulation.bench.jobs import _mean_local_state, _run_id, _site_job, per_case_records
+from simulation.kit.runs import mean_local_state, per_case_records, run_id_of, site_view
 from uharmony.data import federation_root, load_federation
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles
@@ -48,8 +48,8 @@ def protocol_cases(run_dir: Path, cfg: RunConfig) -> tuple[list[dict], dict]:
         return [], {}
     t0 = time.time()
     sites = load_federation(federation_root(cfg), seed=cfg.federation_seed).sites
-    run_id = _run_id(run_dir)
-    jobs = {pid: _site_job(run_dir, pid, cfg) for pid in range(len(sites))}
+    run_id = run_id_of(run_dir)
+    jobs = {pid: site_view(run_dir, pid, cfg) for pid in range(len(sites))}
     final = torch.load(run_dir / "final_model.pt", weights_only=True)["state"]
     local = {}
     for pid, job in jobs.items():
@@ -61,7 +61,7 @@ def protocol_cases(run_dir: Path, cfg: RunConfig) -> tuple[list[dict], dict]:
     mode = "gated" if jobs[0].model.gated else "oracle"
     own = {(r["site"], r["case"]): r for r in per_case_records(run_dir) if r["mode"] == mode}
     separate_models = not jobs[0].roles.global_keys()  # local training: nothing shared to average around
-    mean = None if separate_models else _mean_local_state(run_dir)
+    mean = None if separate_models else mean_local_state(run_dir)
     records, routing = [], {}
     for pid, job in jobs.items():
         name = job.site.name

@@ -7,6 +7,8 @@ import math
 import statistics
 from pathlib import Path
 
+from simulation.kit.stats import holm, noninferior, paired, tost
+
 from .design import (
     CONFIRM_SEEDS,
     DATASET_FREE,
@@ -20,7 +22,6 @@ from .design import (
 from .estimands import cell_values, estimands
 from .report_common import ESTIMANDS, MODE_NAMES, NAMES, methods_run, msd, pct, seed_values, trains, verdict
 from .report_spread import noise_section
-from .stats import holm, noninferior, paired, tost
 
 
 def confirm_section(records, art: Path, md: Path) -> list[str]:

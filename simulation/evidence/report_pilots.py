@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from simulation.kit.stats import interval
+
 from .design import (
     DATASET_FREE,
     LRS,
@@ -12,7 +14,6 @@ from .design import (
     VARIANTS,
 )
 from .report_common import NAMES, pct, seed_values, trains, verdict
-from .stats import interval
 
 
 def pilot_section(records, size) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from simulation.kit.stats import eval_share, interval, paired
+
 from .design import (
     DATASET_FREE,
     SIDE_DATA_SEED,
@@ -13,7 +15,6 @@ from .design import (
 )
 from .estimands import cell_values, estimands
 from .report_common import NAMES, seed_values, trains
-from .stats import eval_share, interval, paired
 
 
 def noise_section(records, free) -> list[str]:

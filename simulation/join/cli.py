@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from simulation.bench.cli import machine
+from simulation.kit.machine import machine
 from simulation.runner import TRANSPORTS, run
 from uharmony.federation.config import parse_assignments
 from uharmony.records.runlog import RunLog

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulation.bench.report import ms
+from simulation.kit.page import ms
 from uharmony.records.runlog import RunLog
 from uharmony.vocabulary import REGIONS as OLD_REGIONS
 

@@ -12,61 +12,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import multiprocessing
 import shutil
 import sys
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from simulation.kit.machine import machine, software
+from simulation.kit.pool import recorder, run_jobs
 from uharmony.files import append_jsonl, read_jsonl
 
-from ..bench.cli import machine, software
 from .jobs import SIZES, plan, run_call, scan_noise, size_dict
 from .report import write_report
 
 
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("uharmony.server").setLevel(logging.ERROR)
-
-
-def _timed(size, call: tuple, out: Path) -> dict:
-    t0 = time.time()
-    rec = {"job": list(call), **run_call(size, call, out)}
-    rec["job_seconds"] = round(time.time() - t0, 1)
-    return rec
+def _run_call(size, call: list, out: Path) -> dict:
+    return run_call(size, tuple(call), out)
 
 
 def run_stage(size, calls: list[tuple], out: Path, results: Path, label: str) -> None:
     done = {tuple(r["job"]) for r in read_jsonl(results)}
     todo = [c for c in calls if tuple(c) not in done]
     print(f"[umsrep] {label}: {len(todo)} jobs to run ({len(calls) - len(todo)} already in {results})", flush=True)
-    t0 = time.time()
-
-    def finished(i: int, rec: dict) -> None:
-        append_jsonl(results, rec)
-        left = len(todo) - i
-        eta = (time.time() - t0) / i * left
-        print(
-            f"[umsrep] {label} {i}/{len(todo)} {rec['job']} {rec['job_seconds']} s; ~{eta / 60:.0f} min left",
-            flush=True,
-        )
-
-    if size.workers > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(size.workers, mp_context=ctx, initializer=_one_thread) as pool:
-            futures = [pool.submit(_timed, size, c, out) for c in todo]
-            for i, fut in enumerate(as_completed(futures), 1):
-                finished(i, fut.result())
-    else:
-        for i, c in enumerate(todo, 1):
-            finished(i, _timed(size, c, out))
+    on_done = recorder(results, len(todo), f"umsrep {label}")
+    run_jobs(size, [(list(c), list(c)) for c in todo], out, on_done, job=_run_call, label="umsrep")
 
 
 def _earlier_seconds(out: Path) -> float:

@@ -10,10 +10,10 @@ P), U-Harmony, labelled sites drawn per seed (``simulation.label_fraction``).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from simulation.kit.runs import fresh_dir
 from uharmony.federation.config import RunConfig
 from uharmony.files import read_jsonl
 
@@ -125,11 +125,6 @@ def _view(size: Size, seed: int, labelled: list[str], out: Path) -> Path:
     return folder
 
 
-def _fresh(run_dir: Path) -> str:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return str(run_dir)
-
-
 def _train_cost(records: list[dict]) -> tuple[float, list[dict]]:
     """(site-seconds of training, per-round records)."""
     trains = [r for r in records if r.get("event") == "train"]
@@ -160,7 +155,7 @@ def pretrain_job(size: Size, seed: int, sites: str, out: Path) -> dict:
         "num-server-rounds": size.pretrain_rounds,
         "local-steps": size.pretrain_steps,
         "eval-every": size.pretrain_eval_every,
-        "run-dir": _fresh(run_dir),
+        "run-dir": fresh_dir(run_dir),
     }
     run(over)
     records = read_jsonl(run_dir / "metrics.jsonl")
@@ -192,7 +187,7 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
         "eval-every": size.eval_every,
         "finetune": plan,
         "tasks": tasks,
-        "run-dir": _fresh(run_dir),
+        "run-dir": fresh_dir(run_dir),
     }
     if arm != "scratch":
         source = "all" if arm == "all" or fraction >= 1 else f"labelled-{fraction:g}"
@@ -277,10 +272,9 @@ def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dic
     hospital segments its validation scans dataset-free, with statistics calibrated on its own scans (no
     label). ``arm``: ``scratch`` (no phase P) or ``all`` (phase P on every site, the held-out one included
     as a label-free participant: what its scans gave the representation)."""
+    from simulation.kit.runs import region_dice, site_view
     from uharmony.model.inference import estimate_site_statistics
     from uharmony.model.training import evaluate_cases
-
-    from ..bench.jobs import _dice, _site_job
 
     names = _site_names(size, seed)
     run_dir = out / "runs" / f"unseen-hold{held_out}-{arm}-seed{seed}"
@@ -291,17 +285,17 @@ def unseen_job(size: Size, seed: int, held_out: int, arm: str, out: Path) -> dic
         "local-steps": size.local_steps,
         "eval-every": size.rounds,
         "num-domains": len(names),
-        "run-dir": _fresh(run_dir),
+        "run-dir": fresh_dir(run_dir),
     }
     if arm == "all":
         over["umsrep"] = str(out / "runs" / f"pretrain-all-seed{seed}" / "umsrep.pt")
     run(over, node_configs=[{"partition-id": p} for p in range(len(names)) if p != held_out])
     cfg = RunConfig.from_flwr(over)
-    job = _site_job(run_dir, held_out, cfg)
+    job = site_view(run_dir, held_out, cfg)
     rec = {"kind": "unseen", "seed": seed, "held_out": job.site.name, "arm": arm, "val_cases": len(job.data.val)}
-    rec["uncalibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+    rec["uncalibrated"] = region_dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     estimate_site_statistics(job.model, [(it["image"], it["present"]) for it in job.data.train], cfg.patch_size)
-    rec["calibrated"] = _dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
+    rec["calibrated"] = region_dice(evaluate_cases(job.model, job.data.val, None, cfg.patch_size))
     return rec
 
 

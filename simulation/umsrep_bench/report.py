@@ -6,7 +6,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..bench.stats import paired
+from simulation.kit.page import ms
+from simulation.kit.stats import paired
 
 TARGET_SHARE = 0.9  # "the target Dice": 90 % of scratch's final Dice at the same seed and label fraction
 
@@ -14,15 +15,6 @@ TARGET_SHARE = 0.9  # "the target Dice": 90 % of scratch's final Dice at the sam
 def _final(rec: dict) -> float | None:
     curve = rec.get("curve") or {}
     return curve[max(curve, key=int)] if curve else None
-
-
-def _ms(values: list[float], scale=100.0) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0] * scale:.1f}"
-    return f"{statistics.fmean(values) * scale:.1f} ± {statistics.stdev(values) * scale:.1f}"
 
 
 def _rounds_to(rec: dict, target: float) -> int | None:
@@ -113,8 +105,8 @@ def label_efficiency_section(results: list[dict]) -> tuple[list[str], dict]:
         labelled = next((len(r["labelled"]) for r in fine if r["fraction"] == f), "?")
         lab = arms.get("labelled") if f < 1 else arms.get("all")
         lines.append(
-            f"| {f:.1%} ({labelled} of 5) | {_ms(list(arms.get('scratch', {}).values()))} | "
-            f"{_ms(list(arms.get('all', {}).values()))} | {_ms(list((lab or {}).values()))} | {n} |"
+            f"| {f:.1%} ({labelled} of 5) | {ms(list(arms.get('scratch', {}).values()))} | "
+            f"{ms(list(arms.get('all', {}).values()))} | {ms(list((lab or {}).values()))} | {n} |"
         )
     lines.append("")
     verdicts = {}
@@ -127,7 +119,7 @@ def label_efficiency_section(results: list[dict]) -> tuple[list[str], dict]:
             if a in arms and b in arms:
                 d = paired(arms[a], arms[b])
                 if d is not None:
-                    lines.append(f"- {f:.1%} labelled, {what}: {d.text()} ({d.n} seeds)")
+                    lines.append(f"- {f:.1%} labelled, {what}: {d.text(unit='DSC')} ({d.n} seeds)")
                     verdicts[(f, a, b)] = d
     lines.append("")
     return lines, verdicts
@@ -141,7 +133,7 @@ def targets_section(verdicts: dict, cost_lines: list[str]) -> list[str]:
         if d is None:
             return f"- {text}: not measured"
         ok = d.mean * 100 >= threshold and (threshold < 0 or d.significant and d.low > 0)
-        return f"- {text}: {'met' if ok else '**missed**'} ({d.text()})"
+        return f"- {text}: {'met' if ok else '**missed**'} ({d.text(unit='DSC')})"
 
     lines.append(
         state((0.25, "all", "scratch"), 3, "25 % labelled: pretrained on all ≥ scratch + 3 DSC, interval above 0")
@@ -235,7 +227,7 @@ def strategies_section(results: list[dict]) -> tuple[list[str], list[str]]:
             worst_share += share
         name = "scratch (joint, no phase P)" if start == "scratch" else plan
         lines.append(
-            f"| {name} | {start} | {_ms(dice)} | {_ms(pres)} | "
+            f"| {name} | {start} | {ms(dice)} | {ms(pres)} | "
             f"{statistics.fmean(share) * 100 if share else float('nan'):.2f} | {len(group)} |"
         )
     verdict = (
@@ -271,7 +263,7 @@ def unseen_section(results: list[dict]) -> list[str]:
         lines.append(f"| {key[0]} | {key[1]} | {cells[0]} | {cells[1]} |")
     d = paired(score.get("all", {}), score.get("scratch", {}))  # paired by (held-out site, seed)
     if d is not None:
-        lines += ["", f"- pretrained − scratch on the unseen site, over {d.n} rotations: {d.text()}"]
+        lines += ["", f"- pretrained − scratch on the unseen site, over {d.n} rotations: {d.text(unit='DSC')}"]
     return lines + [""]
 
 

@@ -6,9 +6,10 @@ import math
 import pytest
 
 from simulation.bench import cli
-from simulation.bench.report import mean_over_sites, method_rows, ms, site_score
+from simulation.bench.report import mean_over_sites, method_rows, site_score
 from simulation.bench.sizes import ABLATIONS, DEFAULT, GPU, KAPPAS, METHODS, QUICK, UNSEEN_METHODS
-from simulation.bench.stats import paired
+from simulation.kit.page import ms
+from simulation.kit.stats import paired
 
 
 def test_plan_covers_every_part_and_keys_are_unique():

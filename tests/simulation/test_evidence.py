@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from simulation.evidence import stats
 from simulation.evidence.cli import choose_lr, choose_variant, plan
 from simulation.evidence.design import (
     CONFIRM_SEEDS,
@@ -28,6 +27,7 @@ from simulation.evidence.design import (
     method_config,
 )
 from simulation.evidence.estimands import cell_values, estimands
+from simulation.kit import stats
 
 from .test_conventions import S3_CONFLICTS
 

@@ -1,5 +1,6 @@
-"""Paired statistics over seeds (``scipy.stats``): the same seed gives every method the same federation and
-initial weights, so a contrast is the mean of the per-seed differences with its Student's t interval.
+"""Paired statistics over seeds (``scipy.stats``), for every study (bench, evidence, UMS-Rep, join): the same
+seed gives every method the same federation and initial weights, so a contrast is the mean of the per-seed
+differences with its Student's t interval.
 
 - ``paired``: mean, 95 % interval, p-value (two-sided t test of a zero mean), n;
 - ``tost``: equivalence within +-margin: the 90 % interval inside the margins (two one-sided tests at 5 %);
@@ -31,11 +32,18 @@ class Contrast:
     def significant(self) -> bool:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
-    def text(self, scale: float = 100.0) -> str:
+    def text(self, scale: float = 100.0, unit: str = "") -> str:
+        """``+5.0 [+1.2, +8.8]`` (``unit`` after the mean), with ``, not significant`` when the interval holds 0."""
+        mean = f"{self.mean * scale:+.1f}" + (f" {unit}" if unit else "")
         if self.n < 2:
-            return f"{self.mean * scale:+.1f} (1 seed: no interval)"
+            return f"{mean} (1 seed: no interval)"
         verdict = "" if self.significant else ", not significant"
-        return f"{self.mean * scale:+.1f} [{self.low * scale:+.1f}, {self.high * scale:+.1f}]{verdict}"
+        return f"{mean} [{self.low * scale:+.1f}, {self.high * scale:+.1f}]{verdict}"
+
+
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """Student's t quantile of a two-sided ``level`` interval with ``df`` degrees of freedom."""
+    return float(stats.t.ppf(0.5 + level / 2, df))
 
 
 def paired(a: dict, b: dict, level: float = 0.95) -> Contrast | None:
@@ -54,7 +62,7 @@ def interval(diffs: list[float], level: float = 0.95) -> Contrast | None:
     se = statistics.stdev(diffs) / math.sqrt(n)
     if se == 0:
         return Contrast(mean, mean, mean, 0.0 if mean else 1.0, n, level)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * se
+    half = t_quantile(n - 1, level) * se
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     return Contrast(mean, mean - half, mean + half, p, n, level)
 

@@ -1,0 +1,87 @@
+"""What a finished run folder says, for every study: its Dice curve, the gate's accuracy, the per-case records
+its sites kept, and a site's view of its final model (the global entries with the site's own saved ones)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from uharmony.federation.config import RunConfig
+from uharmony.federation.site_round import SiteRound
+from uharmony.federation.site_state import load_local_state
+from uharmony.files import read_jsonl
+from uharmony.records.checkpoint import load_checkpoint
+from uharmony.records.runlog import RunLog
+from uharmony.vocabulary import REGIONS
+
+
+def clean_score(v) -> float | None:
+    return None if v is None or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 else round(float(v), 4)
+
+
+def region_dice(evaluated: dict) -> dict[str, float | None]:
+    return {r: clean_score(evaluated.get(f"dice-{r.lower()}")) for r in REGIONS}
+
+
+def fresh_dir(run_dir: Path) -> str:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return str(run_dir)
+
+
+def run_curve(run_dir: Path, modes=("gated",)) -> tuple[list[dict], list[float]]:
+    """From a run's ``metrics.jsonl``: per evaluation round ``{"round", mode: {site: {ET, TC, WT}}}`` (None
+    where a site does not annotate a region), and the seconds of each training round."""
+    records = RunLog(run_dir).records()
+    curve: dict[int, dict] = {}
+    for r in records:
+        if "dice" in r and "phase" not in r and r["mode"] in modes and r["region"] in REGIONS:
+            point = curve.setdefault(r["round"], {"round": r["round"], **{m: {} for m in modes}})
+            point[r["mode"]].setdefault(r["site"], dict.fromkeys(REGIONS))[r["region"]] = clean_score(r["dice"])
+    seconds = [float(r["seconds"]) for r in records if r.get("event") == "train"]
+    return [curve[k] for k in sorted(curve)], seconds
+
+
+def run_gate_accuracy(run_dir: Path, key: str = "gate-accuracy") -> dict | None:
+    """The scan gate's last evaluation: per site, the share of validation scans given to the site's domain
+    (``key`` "gate-unseen": the share found beyond every domain's reach, given the shared answer)."""
+    gates = [r for r in RunLog(run_dir).records() if r.get("event") == "gate"]
+    if not gates:
+        return None
+    last = max(r["round"] for r in gates)
+    return {str(r["site"]): r.get(key) for r in gates if r["round"] == last}
+
+
+def per_case_records(run_dir: Path) -> list[dict]:
+    """The final evaluation's per-case Dice, from each simulated site's own ``cases.jsonl`` (kept at the site)."""
+    run_id = run_id_of(run_dir)
+    recs = [
+        r for f in sorted(run_dir.glob("site-state/*/cases.jsonl")) for r in read_jsonl(f) if r.get("run") == run_id
+    ]
+    last = max((r["round"] for r in recs), default=None)
+    return [{k: v for k, v in r.items() if k != "run"} for r in recs if r["round"] == last]
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The id a finished run tagged its sites' saved state with (from its final model)."""
+    return str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
+
+
+def site_view(run_dir: Path, partition_id: int, cfg: RunConfig, saved: dict | None = None) -> SiteRound:
+    """A site's view of a finished run: the final global model and the site's own saved entries
+    (``saved``: site-local entries to use instead)."""
+    final = load_checkpoint(run_dir, "final_model.pt")
+    run_id = str(final["extra"].get("run-id", ""))
+    job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, saved=saved, run_id=run_id)
+    job.load(final["state"])
+    return job
+
+
+def mean_local_state(run_dir: Path) -> dict | None:
+    """The mean of the training sites' site-local entries of this run (as saved in their state folders)."""
+    run_id = run_id_of(run_dir)
+    saved = [load_local_state(d) for d in sorted(run_dir.glob("site-state/*"))]
+    states = [state for state, info in filter(None, saved) if info.get("run") == run_id and state]
+    return {k: torch.stack([x[k].float() for x in states]).mean(0) for k in states[0]} if states else None
