@@ -299,7 +299,12 @@ def plot(results: list[dict], png: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: list[dict], meta: dict, doc: Path, out: Path) -> Path:
+def _tuple(value):
+    """A size's sequence as the page has always printed it (a size dict read back from JSON holds lists)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def write_report(results: list[dict], meta: dict, doc: Path, out: Path | None = None) -> Path:
     size = meta.get("size", {})
     png = doc.parent / "umsrep" / "label_efficiency.png"
     plot(results, png)
@@ -317,8 +322,9 @@ def write_report(results: list[dict], meta: dict, doc: Path, out: Path) -> Path:
         f"- Size `{size.get('name')}`: scenario {size.get('scenario')}, {size.get('cases_per_site')} cases per site, "
         f"{size.get('spacing')} mm, patch {size.get('patch_size')}, DynUNet {size.get('filters')}, U-Harmony; phase P "
         f"{size.get('pretrain_rounds')} rounds × {size.get('pretrain_steps')} steps, phase F {size.get('rounds')} "
-        f"rounds × {size.get('local_steps')} steps; seeds {size.get('seeds')} for the paired fractions "
-        f"{size.get('paired_fractions')}, seed {(size.get('seeds') or [0])[0]} for {size.get('curve_fractions')}; "
+        f"rounds × {size.get('local_steps')} steps; seeds {_tuple(size.get('seeds'))} for the paired fractions "
+        f"{_tuple(size.get('paired_fractions'))}, seed {(size.get('seeds') or [0])[0]} for "
+        f"{_tuple(size.get('curve_fractions'))}; "
         f"{meta.get('seconds', '?')} s wall.",
         "- These parameters were fixed before any result was seen and were not changed after.",
         *[f"- Redone: {r['count']} job(s) matching `{r['jobs']}`: {r['why']}" for r in meta.get("redone", [])],
