@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.clientapp.typing import ClientAppCallable
 
 from uharmony import protocol as P
-from uharmony import wire
+from uharmony.federation import wire
 
 WIRE_ERROR = 10  # the Error code of a message whose packed arrays could not be read
 

@@ -100,9 +100,8 @@ def supernode_command(cfg: dict) -> list[str]:
         f"data-path='{Path(cfg['data']).resolve()}' site-id='{cfg['site-id']}' "
         f"domain-id={int(cfg.get('domain-id', 0))} state-dir='{state_dir(cfg)}'"
     )
-    if (
-        "min-report-cases" in cfg
-    ):  # the site's own privacy floor (uharmony.federation.site_round): the run cannot lower it
+    # the site's own privacy floor (uharmony.federation.site_round): the run cannot lower it
+    if "min-report-cases" in cfg:
         node_config += f" min-report-cases={int(cfg['min-report-cases'])}"
     accounts = [arg for uid in site_accounts() for arg in ("--account", str(uid))]
     return [

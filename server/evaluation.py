@@ -69,3 +69,15 @@ def write_cross_site(run_dir, per_site: dict[str, dict], members: dict[str, int 
     writer.writerows(sorted(rows, key=lambda r: (r["site"], r["model"], r["region"])))
     atomic_write(f"{run_dir}/cross_site.csv", buf.getvalue())
     return "cross_site.csv"
+
+
+def dice_line(summary: dict, gated: bool = True) -> str:
+    """A gated model's two modes (oracle: own expert; gated: the scan gate picks); a plain head's one value."""
+    keep = ("oracle", "gated") if gated else [k for k in ("oracle", "gated") if k in summary][:1]
+    modes = ", ".join(f"{k} {v:.3f}" if gated else f"{v:.3f}" for k, v in summary.items() if k in keep)
+    sites = "; ".join(
+        f"site {s} " + "/".join(f"{v:.2f}" for k, v in per.items() if k in keep)
+        for s, per in summary.get("sites", {}).items()
+    )
+    gate = f", gate right on {summary['gate-accuracy']:.0%} of scans" if "gate-accuracy" in summary else ""
+    return f"mean Dice {modes}{gate}" + (f" [{sites}]" if sites else "")

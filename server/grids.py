@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDic
 from flwr.serverapp import Grid
 
 from uharmony import protocol as P
-from uharmony import wire
+from uharmony.federation import wire
 
 POLL_SECONDS = 0.2
 STRAGGLER_MIN_SECONDS = 60.0  # automatic grace (straggler-seconds = 0): at least this, else the time to quorum

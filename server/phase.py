@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
 from uharmony import protocol as P
-from uharmony.federation.config import RunConfig, accept_phase
+from uharmony.federation.config import RunConfig, accept_phase, forget_phase
 from uharmony.records.checkpoint import CheckpointError, load_checkpoint
 from uharmony.umsrep.plans import get_plan, sendable_keys
 
@@ -66,6 +66,12 @@ def register_phase(cls: type[Phase]) -> type[Phase]:
     PHASES[cls.name] = cls
     accept_phase(cls.name)
     return cls
+
+
+def unregister_phase(name: str) -> None:
+    """Undo ``register_phase`` (tests)."""
+    PHASES.pop(name, None)
+    forget_phase(name)
 
 
 def make_phase(cfg: RunConfig) -> Phase:
@@ -180,6 +186,11 @@ class Phase:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def resume(self, extra: dict) -> None:
+        """A resumed run: its state from the checkpoint's ``extra`` (``phase-state``)."""
+        if "phase-state" in extra:
+            self.load_state_dict(extra["phase-state"])
 
 
 register_phase(Phase)

@@ -126,6 +126,12 @@ class Pretraining(Phase):
     def state_dict(self) -> dict:
         return {"lr": self.lr, "best": min(self.best, 1e30), "stale": self.stale}
 
+    def resume(self, extra: dict) -> None:
+        if "phase-state" not in extra and "umsrep-plateau" in extra:  # a checkpoint from before phases
+            lr, best, stale = extra["umsrep-plateau"]
+            extra = {"phase-state": {"lr": lr, "best": best, "stale": stale}}
+        super().resume(extra)
+
     def load_state_dict(self, state: dict) -> None:
         self.lr, self.best, self.stale = float(state["lr"]), float(state["best"]), int(state["stale"])
         if self.best >= 1e30:

@@ -28,7 +28,7 @@ import torch
 from flwr.app import Message
 
 from uharmony import protocol as P
-from uharmony import wire
+from uharmony.federation import wire
 from uharmony.federation.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from server import evaluation, joins, pretraining  # noqa: F401 - pretraining registers UMS-Rep's phase P
 from server.admission import Admission, check_binding
 from server.aggregation import build_strategy
+from server.evaluation import dice_line
 from server.grids import MembersGrid, PackingGrid, gather, quorum
 from server.phase import make_phase
 from server.privacy import PrivacyLedger
@@ -38,7 +39,7 @@ from uharmony.model.gating import uses_scan_gate
 from uharmony.model.networks import model_from_spec
 from uharmony.model.training import scheduled_lr
 from uharmony.records.checkpoint import CheckpointError, inference_settings, load_checkpoint, save_checkpoint
-from uharmony.records.runlog import RunLog
+from uharmony.records.runlog import RunLog, no_training_reasons
 from uharmony.records.signing import load_private_key
 from uharmony.records.tracking import TensorBoard, write_run_info
 
@@ -74,6 +75,7 @@ class RoundEngine:
         self.stop_reason = ""
         self.phase = make_phase(cfg)  # segmentation, UMS-Rep's phase P, ... (server/phase.py)
         self.summary: dict = {}  # the last evaluation's
+        self.updated_rounds = 0  # rounds whose replies changed the global model (a run with none failed)
         self.pending = 0  # a round whose model the sites evaluate at the start of the next train message
         self.run_id = cfg.run_id or uuid.uuid4().hex  # a resumed run keeps its checkpoint's
         self.signer = load_private_key(cfg.model_signing_key) if cfg.model_signing_key else None
@@ -120,18 +122,18 @@ class RoundEngine:
             )
         self.start, self.run_id = ckpt["round"] + 1, run_id
         self.pending = int(ckpt["extra"].get("pending-evaluation", 0))
-        if "phase-state" in ckpt["extra"]:
-            self.phase.load_state_dict(ckpt["extra"]["phase-state"])
-        elif "umsrep-plateau" in ckpt["extra"] and self.cfg.phase == "pretrain":  # checkpoints before phases
-            lr, best, stale = ckpt["extra"]["umsrep-plateau"]
-            self.phase.load_state_dict({"lr": lr, "best": best, "stale": stale})
+        self.updated_rounds = int(ckpt["extra"].get("updated-rounds", ckpt["round"]))  # (older: assume trained)
+        self.phase.resume(ckpt["extra"])
         self.resumed_records = int(ckpt["extra"].get("records", 1 << 62))
         say(f"resuming run {run_id} from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
         return int(ckpt["round"])
 
+    def _stopped(self) -> dict:
+        return {"stopped": self.stop_reason} if self.stop_reason else {}
+
     def describe(self, summary: dict) -> str:
         """An evaluation's summary as a log fragment."""
-        return _dice_line(summary, self.model.gated)
+        return dice_line(summary, self.model.gated)
 
     @property
     def state(self):
@@ -220,6 +222,7 @@ class RoundEngine:
             self.outer.num_sampled_clients = len(accepted)  # the noise is scaled by the replies it averages
         arrays, metrics = self.outer.aggregate_train(rnd, accepted)
         if arrays is not None:  # the DP wrapper adds its noise to what the role-aware strategy returned
+            self.updated_rounds += 1
             new = arrays.to_torch_state_dict()
             self.strategy.global_state = {k: new[k].to(v.dtype) for k, v in self.state.items()}
             if self.ledger is not None:
@@ -288,7 +291,7 @@ class RoundEngine:
         """Evaluate the model of the pending round now, by message (before a join changes it)."""
         if self.pending:
             rnd, self.pending = self.pending, 0
-            say(f"round {rnd} evaluated before the model grows: {_dice_line(self.evaluate(rnd), self.model.gated)}")
+            say(f"round {rnd} evaluated before the model grows: {self.describe(self.evaluate(rnd))}")
 
     def _file_evaluation(self, rnd: int, per_site: dict, rejected: list, **tags) -> dict:
         if rejected:
@@ -309,6 +312,7 @@ class RoundEngine:
             "run-id": self.run_id,
             "update-norms": self.norm_history[-50:],
             "pending-evaluation": self.pending,
+            "updated-rounds": self.updated_rounds,
             "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
             "phase-state": self.phase.state_dict(),
             "inference": inference_settings(self.model.spec, self.cfg.spacing, self.cfg.patch_size),  # self-contained
@@ -329,7 +333,7 @@ class RoundEngine:
             grew = self.admit(rnd)
             if grew and rnd > 1:  # a trained model grew: check every site on it before anyone trains
                 s = self.evaluate(rnd - 1, phase="after-extension", joined=grew)
-                say(f"evaluation after extension for {', '.join(grew)}: {_dice_line(s, self.model.gated)}")
+                say(f"evaluation after extension for {', '.join(grew)}: {self.describe(s)}")
             info = self.train(rnd)
             evaluated = info.pop("evaluated", None)
             full = sum(v.numel() * v.element_size() for v in self.model.state_dict().values())
@@ -351,7 +355,7 @@ class RoundEngine:
             if "privacy" in info:
                 line += f", epsilon {info['privacy']['epsilon']} at delta {info['privacy']['delta']:g}"
             if evaluated is not None:
-                line += f" | round {evaluated['round']}'s model: {_dice_line(evaluated, self.model.gated)}"
+                line += f" | round {evaluated['round']}'s model: {self.describe(evaluated)}"
             if self.tensorboard is not None:
                 self.tensorboard.train(rnd, loss, time.time() - t0)
             last = bool(self.stop_reason) or rnd == cfg.num_server_rounds
@@ -362,6 +366,12 @@ class RoundEngine:
             say(f"{line} ({time.time() - t0:.1f} s)")
             if self.stop_reason:
                 break
+        if not self.updated_rounds:  # nothing trained: no final model, and the run fails (whoever started it sees it)
+            why = no_training_reasons(self.runlog.records(self.run_id))
+            reason = f"no round changed the model in {rnd} round(s): {why} (details: {self.runlog.path})"
+            self.runlog.write({"event": "failed", "rounds": rnd, "reason": reason, **self._stopped()})
+            say(f"failed: {reason}")
+            raise RuntimeError(reason)
         self.phase.finish(self, rnd)
         final = self.checkpoint(rnd, name="final_model.pt")
         png = self.runlog.plot()
@@ -379,18 +389,6 @@ class RoundEngine:
             self.tensorboard.close()
         say(f"done: {final}, metrics {self.runlog.path} (table: metrics.csv, cross_site.csv), plot {png}")
         return {"run_dir": str(self.run_dir), "summary": means}
-
-
-def _dice_line(summary: dict, gated: bool = True) -> str:
-    """A gated model's two modes (oracle: own expert; gated: the scan gate picks); a plain head's one value."""
-    keep = ("oracle", "gated") if gated else [k for k in ("oracle", "gated") if k in summary][:1]
-    modes = ", ".join(f"{k} {v:.3f}" if gated else f"{v:.3f}" for k, v in summary.items() if k in keep)
-    sites = "; ".join(
-        f"site {s} " + "/".join(f"{v:.2f}" for k, v in per.items() if k in keep)
-        for s, per in summary.get("sites", {}).items()
-    )
-    gate = f", gate right on {summary['gate-accuracy']:.0%} of scans" if "gate-accuracy" in summary else ""
-    return f"mean Dice {modes}{gate}" + (f" [{sites}]" if sites else "")
 
 
 def run_server(grid: Grid, run_config: dict, overrides: dict | None = None) -> dict:

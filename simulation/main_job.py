@@ -27,7 +27,7 @@ from uharmony.data import load_federation
 from uharmony.data.manifest import absolute
 from uharmony.federation.config import RunConfig
 from uharmony.records.plots import has_gated_head
-from uharmony.records.runlog import RunLog
+from uharmony.records.runlog import RunLog, no_training_reasons
 
 from .embedded import ensure_federation
 
@@ -73,30 +73,20 @@ def flower_status() -> str:
     return status
 
 
-def _no_site_trained(records: list[dict]) -> str:
-    """Why no round trained a site, from the train records' rejections (site names from the join records)."""
-    names = {r["node"]: r.get("site") for r in records if r.get("event") == "join" and "node" in r}
-    reasons: dict[str, str] = {}
-    for r in (r for r in records if r.get("event") == "train"):
-        for rej in r.get("rejected") or []:
-            site = names.get(rej.get("node")) or f"node {rej.get('node')}"
-            reasons.setdefault(f"site {site}", str(rej.get("reason", "")))
-    rounds = sum(1 for r in records if r.get("event") == "train")
-    why = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "no site replied"
-    return f"no site trained in any of its {rounds} rounds ({why})"
-
-
 def check_results(cfg: RunConfig, run_id: str, status: str = "") -> str:
     """What the run folder shows of run ``run_id``; RuntimeError unless it holds a completion record, at least one
     trained site, a final Dice (phase P: its artifact) and this run's plot."""
     but = f"{status}, but " if status else ""
     log = RunLog(cfg.run_dir)
     done = log.done(run_id)
-    if done is None:
-        raise RuntimeError(f"{but}{cfg.run_dir}/metrics.jsonl has no completion record from this run")
     records = log.records(run_id)
-    if not any(r.get("sites") for r in records if r.get("event") == "train"):
-        raise RuntimeError(f"{but}{_no_site_trained(records)}: check data-root / the sites' data")
+    if done is None:
+        failed = [r for r in records if r.get("event") == "failed"]
+        if failed:
+            raise RuntimeError(f"{but}the run failed: {failed[-1]['reason']}: check data-root / the sites' data")
+        raise RuntimeError(f"{but}{cfg.run_dir}/metrics.jsonl has no completion record from this run")
+    if not any(r.get("sites") for r in records if r.get("event") == "train"):  # (runs from before failed ones)
+        raise RuntimeError(f"{but}{no_training_reasons(records)}: check data-root / the sites' data")
     if cfg.phase == "pretrain":  # UMS-Rep phase P: the artifact and the sites' denoising
         artifact = Path(cfg.run_dir) / "umsrep.pt"
         if not artifact.is_file():

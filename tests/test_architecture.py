@@ -1,6 +1,7 @@
 """The package boundaries, checked on the source: who may import whom, and module size."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,90 @@ def test_the_round_engine_never_imports_the_operators_tools():
     bad = {module_name(p): sorted(m for m in server_imports(p) if m.startswith("server.operator")) for p in engine}
     assert {k: v for k, v in bad.items() if v} == {}
     assert any("operator" in p.parts for p in modules("server"))  # the corner exists (the rule checks something)
+
+
+OURS = ("uharmony", "client", "server", "simulation", "tests")
+
+
+def module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module defines at its top level (in ``if``/``try`` blocks too), and the lazy exports of a package
+    ``__init__`` that lists them in ``_EXPORTS`` or ``__all__``."""
+    names: set[str] = set()
+    body = list(ast.parse(path.read_text(), filename=str(path)).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            declared = {getattr(t, "id", "") for t in targets}
+            if "_EXPORTS" in declared:  # uharmony's lazy exports: module -> names
+                names.update(n for group in ast.literal_eval(node.value).values() for n in group)
+            if "__all__" in declared and isinstance(node.value, ast.List):  # names a package loads on first use
+                names.update(ast.literal_eval(node.value))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.If | ast.Try):
+            body += node.body + node.orelse + getattr(node, "finalbody", [])
+            body += [s for h in getattr(node, "handlers", []) for s in h.body]
+    return names
+
+
+def unresolved_imports(path: Path) -> list[str]:
+    """Imports of our packages in ``path`` that name no module or name of this tree (relative ones resolved)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            bad += [a.name for a in node.names if a.name.split(".")[0] in OURS and module_file(a.name) is None]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            if base.split(".")[0] not in OURS:
+                continue
+            target = module_file(base)
+            if target is None:
+                bad.append(base)
+                continue
+            known = defined_names(target)
+            bad += [
+                f"{base}.{a.name}" for a in node.names if a.name not in known and not module_file(f"{base}.{a.name}")
+            ]
+    return bad
+
+
+def test_every_import_of_ours_resolves_in_this_tree():
+    """What an installed copy elsewhere (an editable install of another checkout) would otherwise hide."""
+    found = {str(p.relative_to(ROOT)): unresolved_imports(p) for pkg in (*PACKAGES, "tests") for p in modules(pkg)}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_resolver_sees_a_missing_module_and_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "uharmony" / "model").mkdir(parents=True)
+    (tmp_path / "uharmony" / "__init__.py").write_text("_EXPORTS = {'model.norm': ('UHarmonyNorm',)}\n")
+    (tmp_path / "uharmony" / "model" / "__init__.py").write_text("")
+    (tmp_path / "uharmony" / "model" / "norm.py").write_text("class UHarmonyNorm: ...\n")
+    bad = tmp_path / "uharmony" / "model" / "bad.py"
+    bad.write_text(
+        "from uharmony import wire, UHarmonyNorm\nfrom uharmony.model import norm, gone\nimport uharmony.records\n"
+        "from .norm import UHarmonyNorm, Missing\n"
+    )
+    assert unresolved_imports(bad) == [
+        "uharmony.wire",
+        "uharmony.model.gone",
+        "uharmony.records",
+        "uharmony.model.norm.Missing",
+    ]

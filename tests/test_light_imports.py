@@ -85,7 +85,8 @@ def test_a_hospital_profile_query_loads_neither_torch_nor_monai(tmp_path):
 
 
 def test_the_vocabulary_matches_the_modules_that_give_it_meaning():
-    from uharmony import networks, norm, roles, vocabulary
+    from uharmony import vocabulary
+    from uharmony.model import networks, norm, roles
     from uharmony.umsrep.plans import FINETUNE, PLANS
 
     assert vocabulary.FINETUNE == FINETUNE and set(PLANS) == {"pretrain", *vocabulary.FINETUNE}

@@ -108,7 +108,8 @@ def unseen_job(size: BenchSize, scenario: str, strategy: str, seed: int, held_ou
     """Leave partition ``held_out`` out of training, then segment its validation scans dataset-free.
 
     U-Harmony first computes the held-out site's harmonization statistics from its unlabeled training
-    scans (``uharmony.model.inference.calibrate``: no label, no gradient); FedAvg's global model is used as is.
+    scans (``uharmony.model.inference.estimate_site_statistics``: no label, no gradient); FedAvg's global model
+    is used as is.
     FedBN has no global normalization layers: the unseen site gets the mean of the training sites' own.
     """
     run_dir = out / "runs" / f"unseen-{scenario}-{strategy}-hold{held_out}-seed{seed}"

@@ -91,6 +91,7 @@ class BenchSize:
             "patch-size": self.patch_size,
             "filters": self.filters,
             "device": self.device,
+            "channels-last": False,  # the layout its recorded runs used (before the product's channels-last step)
         }
 
     def to_dict(self) -> dict:

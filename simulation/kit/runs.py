@@ -6,16 +6,15 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from uharmony.federation.config import RunConfig
-from uharmony.federation.site_round import SiteRound
-from uharmony.federation.site_state import load_local_state
 from uharmony.files import read_jsonl
-from uharmony.records.checkpoint import load_checkpoint
 from uharmony.records.runlog import RunLog
 from uharmony.vocabulary import REGIONS
+
+if TYPE_CHECKING:  # the site's view needs torch and the model: loaded by the functions that use them
+    from uharmony.federation.config import RunConfig
+    from uharmony.federation.site_round import SiteRound
 
 
 def clean_score(v) -> float | None:
@@ -66,12 +65,17 @@ def per_case_records(run_dir: Path) -> list[dict]:
 
 def run_id_of(run_dir: Path) -> str:
     """The id a finished run tagged its sites' saved state with (from its final model)."""
+    from uharmony.records.checkpoint import load_checkpoint
+
     return str(load_checkpoint(run_dir, "final_model.pt")["extra"].get("run-id", ""))
 
 
 def site_view(run_dir: Path, partition_id: int, cfg: RunConfig, saved: dict | None = None) -> SiteRound:
     """A site's view of a finished run: the final global model and the site's own saved entries
     (``saved``: site-local entries to use instead)."""
+    from uharmony.federation.site_round import SiteRound
+    from uharmony.records.checkpoint import load_checkpoint
+
     final = load_checkpoint(run_dir, "final_model.pt")
     run_id = str(final["extra"].get("run-id", ""))
     job = SiteRound({"partition-id": partition_id}, cfg, final["spec"], cfg.strategy, saved=saved, run_id=run_id)
@@ -81,6 +85,10 @@ def site_view(run_dir: Path, partition_id: int, cfg: RunConfig, saved: dict | No
 
 def mean_local_state(run_dir: Path) -> dict | None:
     """The mean of the training sites' site-local entries of this run (as saved in their state folders)."""
+    import torch
+
+    from uharmony.federation.site_state import load_local_state
+
     run_id = run_id_of(run_dir)
     saved = [load_local_state(d) for d in sorted(run_dir.glob("site-state/*"))]
     states = [state for state, info in filter(None, saved) if info.get("run") == run_id and state]

@@ -59,6 +59,7 @@ class Size:
             "filters": self.filters,
             "lr": self.lr,
             "device": "cpu",
+            "channels-last": False,  # the layout its recorded runs used (UMS-Rep's own steps ignore it anyway)
         }
 
 

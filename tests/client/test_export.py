@@ -147,6 +147,11 @@ def test_a_bundle_config_that_would_run_code_is_refused_before_monai_parses_it(t
         with pytest.raises(BundleError, match=top):
             verify_bundle(tmp_path / "b")
         assert not (tmp_path / "MONAI-RAN-CODE").exists(), what
+    cfg = json.loads(json.dumps(clean))  # a bundle from before uharmony/ was layered: re-export, says the error
+    cfg["network_def"]["_target_"] = "uharmony.networks.model_from_spec"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="earlier uharmony-export wrote.*export the model again"):
+        verify_bundle(tmp_path / "b")
     path.write_bytes(original)
     check_bundle(tmp_path / "b")
     (tmp_path / "b" / "configs" / "logging.conf").write_text("[loggers]\nkeys=root\n")  # MONAI would read it

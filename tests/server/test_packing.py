@@ -13,7 +13,7 @@ from server.grids import packed, unpacked
 from server.replies import ReplyChecker
 from tests.server.conftest import reply, request, update
 from uharmony import protocol as P
-from uharmony import wire
+from uharmony.federation import wire
 
 MEMBERS = {7: {"site": "s7", "domain": 0, "train_cases": 6}}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.phase import PHASES, Phase, labelled, make_phase, register_phase
+from server.phase import Phase, labelled, make_phase, register_phase, unregister_phase
 from server.pretraining import Pretraining
 from tests.conftest import tiny_overrides
 from uharmony.federation.config import RunConfig
@@ -42,7 +42,7 @@ class FirstSiteOnly(Phase):
 @pytest.fixture
 def first_site_only():
     yield register_phase(FirstSiteOnly)
-    del PHASES[FirstSiteOnly.name]
+    unregister_phase(FirstSiteOnly.name)
 
 
 def test_the_engine_finds_each_phase_by_the_run_configs_name():
@@ -66,3 +66,11 @@ def test_a_new_phase_runs_a_federation_from_its_own_class(first_site_only, tiny_
     assert final["extra"]["phase-state"] == {"evaluations": 2}  # its own state, in the engine's checkpoints
     config = (run_dir / "config.json").read_text()
     assert '"phase": "first-site-only"' in config
+
+
+def test_an_unregistered_phase_is_no_longer_accepted(first_site_only):
+    RunConfig.from_flwr({"phase": "first-site-only"})
+    unregister_phase("first-site-only")
+    with pytest.raises(ValueError, match="phase"):
+        RunConfig.from_flwr({"phase": "first-site-only"})
+    register_phase(FirstSiteOnly)  # (the fixture unregisters it again)

@@ -11,11 +11,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from client.client_app import make_app
-from server.rounds import _dice_line, run_server
+from server.evaluation import dice_line
+from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
-from uharmony import wire
+from uharmony.federation import wire
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles, global_state_of
 from uharmony.model.networks import model_from_spec
@@ -243,10 +244,14 @@ def test_a_node_failing_mid_round_a_lying_manifest_and_a_node_that_never_joins(t
     assert RunLog(run_dir).done() is not None
 
 
-def test_too_few_usable_replies_keep_the_model(tiny_federation, tmp_path):
+def test_too_few_usable_replies_keep_the_model_and_a_run_that_trained_nothing_fails(tiny_federation, tmp_path):
     run_dir = tmp_path / "min-sites"
-    _run(tiny_federation, run_dir, fail_train=(1001,), num_server_rounds=1, min_sites=4)
-    final = load_checkpoint(run_dir, "final_model.pt")
+    with pytest.raises(RuntimeError, match="no round changed the model in 1 round"):
+        _run(tiny_federation, run_dir, fail_train=(1001,), num_server_rounds=1, min_sites=4)
+    assert not (run_dir / "final_model.pt").exists()  # no model that looks trained
+    failed = [r for r in RunLog(run_dir).records() if r.get("event") == "failed"]
+    assert len(failed) == 1 and RunLog(run_dir).done() is None
+    final = load_checkpoint(run_dir / "checkpoints")  # round 1's checkpoint: the model as it was
     initial = RunConfig.from_flwr(tiny_overrides(tiny_federation, run_dir)).build_model(4)  # seed 0, 4 domains
     roles = ModelRoles(initial, "uharmony")
     expected = global_state_of(initial, roles)
@@ -315,6 +320,15 @@ def test_a_sites_own_privacy_floor_keeps_its_dice_and_train_loss_home(tiny_feder
 
 def test_the_dice_line_names_modes_only_for_a_gated_head():
     summary = {"oracle": 0.5, "gated": 0.6, "gate-accuracy": 0.75, "sites": {"1": {"oracle": 0.4, "gated": 0.45}}}
-    assert _dice_line(summary) == "mean Dice oracle 0.500, gated 0.600, gate right on 75% of scans [site 1 0.40/0.45]"
+    assert dice_line(summary) == "mean Dice oracle 0.500, gated 0.600, gate right on 75% of scans [site 1 0.40/0.45]"
     plain = {"oracle": 0.5, "gated": 0.5, "sites": {"1": {"oracle": 0.4, "gated": 0.4}}}
-    assert _dice_line(plain, gated=False) == "mean Dice 0.500 [site 1 0.40]"
+    assert dice_line(plain, gated=False) == "mean Dice 0.500 [site 1 0.40]"
+
+
+def test_uharmony_sim_exits_non_zero_when_no_update_was_accepted(tiny_federation, tmp_path, capsys):
+    from simulation.runner import main
+
+    overrides = tiny_overrides(tiny_federation, tmp_path / "run", num_server_rounds=1, max_relative_update=1e-9)
+    sets = [f"{k.replace('_', '-')}={v}" for k, v in overrides.items() if k != "run_dir"]
+    assert main(["--rounds", "1", "--run-dir", str(tmp_path / "run"), "--set", *sets]) == 2
+    assert "no round changed the model" in capsys.readouterr().err

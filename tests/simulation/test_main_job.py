@@ -46,16 +46,17 @@ def test_synth_a_run_and_its_check_from_a_relative_folder(tmp_path, monkeypatch,
 
 
 def test_check_refuses_a_run_in_which_no_site_trained(tiny_federation, tmp_path):
-    """A federation whose every case is missing: each site refuses to train, the run still completes, and the
-    check says so, naming each site's reason (it used to print finished:completed and exit 0)."""
+    """A federation whose every case is missing: each site refuses to train, so the run itself fails (a run that
+    trained nothing writes no final model and is no success), and the check refuses it too."""
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(tiny_federation / "federation.json", broken / "federation.json")  # no case files beside it
     run_dir = tmp_path / "run"
-    run(tiny_overrides(broken, run_dir, num_server_rounds=1, strategy="fedavg"))
-    assert RunLog(run_dir).done() is not None  # the run itself "completed"
-    with pytest.raises(RuntimeError, match=r"no site trained in any of its 1 rounds \(site 1: .*no usable training"):
-        check_results(_cfg(run_dir, strategy="fedavg"), None, "run 7: status finished:completed after 3 s")
+    with pytest.raises(RuntimeError, match="no round changed the model in 1 round"):
+        run(tiny_overrides(broken, run_dir, num_server_rounds=1, strategy="fedavg"))
+    assert RunLog(run_dir).done() is None and not (run_dir / "final_model.pt").exists()
+    with pytest.raises(RuntimeError, match=r"run failed: no round changed .*\(site 1: .*no usable training"):
+        check_results(_cfg(run_dir, strategy="fedavg"), None, "run 7: status finished:failed after 3 s")
 
 
 def test_check_refuses_an_empty_final_dice_or_a_missing_or_stale_plot(trained_run, tmp_path):

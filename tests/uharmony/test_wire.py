@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from uharmony import wire
+from uharmony.federation import wire
 
 
 def _state():

@@ -19,6 +19,12 @@ def accept_phase(name: str) -> None:
         _PHASES.append(name)
 
 
+def forget_phase(name: str) -> None:
+    """Undo ``accept_phase`` for a name the vocabulary does not hold."""
+    if name in _PHASES and name not in PHASES:
+        _PHASES.remove(name)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     num_server_rounds: int = 16  # the main job within 10 min on the slower 2-core kind; the bench runs 48

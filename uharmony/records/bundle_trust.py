@@ -46,6 +46,14 @@ ALLOWED_TARGETS = frozenset(
         "SupervisedEvaluator",
     }
 )
+# what bundles exported before uharmony/ was layered (2026-12-07) named: refused with a clear way out
+EARLIER_TARGETS = frozenset(
+    {"uharmony.networks.model_from_spec", "uharmony.export.ScanGatedInferer"}
+    | {
+        f"uharmony.bundle_parts.{n}"
+        for n in ("case_folders", "ReadCaseFolderd", "ScanGatedInferer", "RegionsToLabelsd")
+    }
+)
 EXPRESSIONS = {  # every "$" expression uharmony-export writes, by the id it writes it at
     "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
     "network": "$@network_def.to(@device)",
@@ -97,6 +105,11 @@ def check_config(config, where: str, data_only: bool = False) -> None:
                 if k.startswith("_") and k.endswith("_") and len(k) > 2:
                     if k != "_target_" or data_only:
                         raise BundleError(f"{where}: {sub}: {k!r} is not allowed")
+                    if v in EARLIER_TARGETS:
+                        raise BundleError(
+                            f"{where}: {sub}: {v!r} is what an earlier uharmony-export wrote; this version's "
+                            "modules moved: export the model again (uharmony-export) and use the new bundle"
+                        )
                     if v not in ALLOWED_TARGETS:
                         raise BundleError(f"{where}: {sub}: target {str(v)[:120]!r} is not one uharmony-export writes")
                     continue

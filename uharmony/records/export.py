@@ -32,7 +32,6 @@ from torch import nn
 from uharmony.files import atomic_write
 from uharmony.model.networks import UHarmonyNet, model_from_spec
 from uharmony.model.norm import UHarmonyNorm
-from uharmony.records.bundle_parts import ScanGatedInferer  # noqa: F401 - named by bundles exported before bundle_parts
 from uharmony.records.bundle_trust import EXPRESSIONS, MANIFEST, MODEL, BundleError, bundle_files, check_bundle
 from uharmony.records.checkpoint import inference_settings, settings_of
 from uharmony.records.signing import sign_manifest
