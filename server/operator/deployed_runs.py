@@ -91,13 +91,25 @@ def wait(
     timeout: float,
     poll: float = 2.0,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
+    silent: float = 60.0,
 ) -> dict:
     """Until the run has finished: its round log's new lines as they come (``server/operator/progress.py``); returns
-    its ``flwr ls`` row. ``timeout`` <= 0: no limit. After ``timeout`` s raises TimeoutError; the run goes on."""
+    its ``flwr ls`` row. ``timeout`` <= 0: no limit. After ``timeout`` s raises TimeoutError; the run goes on. A
+    SuperLink that has not answered for ``silent`` s raises RuntimeError (it stopped: the run cannot go on)."""
     follower = RoundLogFollower(folder / "metrics.jsonl", run_id)
     deadline = time.time() + timeout if timeout > 0 else float("inf")
+    answered = time.time()
     while True:
         row = flower_status(state, flwr_run_id)
+        if row is not None:
+            answered = time.time()
+        elif time.time() - answered >= silent:
+            raise RuntimeError(
+                f"the consortium's SuperLink has not answered for {silent:g} s while run {flwr_run_id} was running: "
+                f"is it still up? (`uharmony-coordinator status --state {state}`; restart it with "
+                f"`uharmony-coordinator start`, then `uharmony-coordinator run --resume <run-id>`); results so far are "
+                f"in {folder}"
+            )
         for line in follower.poll():
             say(line)
         if row and str(row["status"]).startswith("finished"):

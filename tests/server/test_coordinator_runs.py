@@ -146,3 +146,10 @@ def test_a_misspelt_run_config_key_is_named_before_anything_is_submitted(tmp_pat
         deployed_runs.run_overrides(tmp_path / "state", "min-sites=2 num-server-round=2")
     with pytest.raises(ValueError, match="min-sites"):
         deployed_runs.run_overrides(tmp_path / "state", "min-sites='two'")
+
+
+def test_the_watcher_stops_when_the_superlink_stops_answering(tmp_path, monkeypatch):
+    """New-user trial: a dead SuperLink left `uharmony-coordinator run` waiting until its timeout (or for ever)."""
+    monkeypatch.setattr(deployed_runs, "flower_status", lambda state, run_id: None)  # no answer, ever
+    with pytest.raises(RuntimeError, match="SuperLink has not answered for 0.05 s.*uharmony-coordinator start"):
+        deployed_runs.wait(tmp_path / "state", "4242", tmp_path / "run", None, 0, poll=0.01, silent=0.05)
