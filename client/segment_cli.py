@@ -271,14 +271,16 @@ def _overlay(images: dict[str, str], labels: np.ndarray, png: Path, case: str = 
 
     plt = pyplot()
     modality = next((m for m in ("flair", "t2", "t1ce", "t1") if m in images), next(iter(images)))
-    image = np.asarray(nib.load(images[modality]).dataobj)
+    scan = nib.load(images[modality])
+    image = np.asarray(scan.dataobj)
     image = image[..., 0] if image.ndim == 4 else image
+    codes = tuple(nib.aff2axcodes(scan.affine)[:2])  # the patient's directions at the slice's edges
     inside = (labels > 0) & (image != 0) if image.shape == labels.shape else labels > 0
     counts = inside.sum(axis=(0, 1)) if inside.any() else (labels > 0).sum(axis=(0, 1))
     z = int(np.argmax(counts)) if counts.any() else labels.shape[2] // 2
     fig, axes = plt.subplots(1, 2, figsize=(7, 4.2), layout="constrained")
-    draw_labels(axes[0], image[:, :, z], None)
-    draw_labels(axes[1], image[:, :, z], labels[:, :, z])
+    draw_labels(axes[0], image[:, :, z], None, codes=codes)
+    draw_labels(axes[1], image[:, :, z], labels[:, :, z], codes=codes)
     axes[0].set_title(f"{modality.upper()}, axial slice {z + 1} of {labels.shape[2]}", fontsize=9)
     axes[1].set_title("with the model's labels", fontsize=9)
     fig.suptitle(f"{case}: segmentation (the slice with the most labelled voxels in the head)", fontsize=10)

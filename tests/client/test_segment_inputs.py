@@ -110,6 +110,7 @@ def test_the_overlay_png_names_its_contrast_and_labels(tiny_federation, model, t
     texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert texts == ["1 necrotic core", "2 oedema", "4 enhancing"]
     assert fig.axes[0].get_title().startswith("FLAIR, axial slice")
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["A", "L", "P", "R"]  # the synthetic scans are RAS
     # the slice shown is in the head, with labels on it (a 2-round model labels the empty background too, and the
     # overlay used to show an all-black edge slice)
     shown = np.asarray(fig.axes[0].images[0].get_array())

@@ -117,3 +117,21 @@ def test_the_synthetic_montage_names_its_label_colours(tiny_join_federation, tmp
     site_montage(tiny_join_federation, tmp_path / "m.png")
     texts = {t.get_text() for legend in saved_figures[-1].legends for t in legend.get_texts()}
     assert {"oedema", "enhancing", "resection cavity"} <= texts <= set(CLASS_COLOURS)
+
+
+@pytest.mark.parametrize("codes, edges", [(("R", "A"), "L R A P"), (("L", "P"), "R L P A")])
+def test_a_slice_names_the_patients_directions_at_its_edges(codes, edges):
+    """New-user trial: the segmentation overlay gave no orientation; a radiologist needs to know which side is left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uharmony.records.plots import draw_labels
+
+    fig, ax = plt.subplots()
+    draw_labels(ax, np.zeros((8, 8)), np.zeros((8, 8), np.uint8), codes=codes)
+    marks = {t.get_text(): t.get_position() for t in ax.texts}
+    left, right, top, bottom = edges.split()
+    assert marks[left][0] < 0.5 < marks[right][0] and marks[top][1] > 0.5 > marks[bottom][1]
+    plt.close(fig)

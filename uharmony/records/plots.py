@@ -70,9 +70,37 @@ def label_rgba(labels: np.ndarray, protocol: str = "output", alpha: float = 0.6)
     return out
 
 
-def draw_labels(ax, image: np.ndarray | None, labels: np.ndarray | None, protocol: str = "output", alpha=0.6):
-    """Draw a 2-D slice (grey) and its label map (discrete colours) on ``ax``, turned upright (np.rot90);
-    returns the (value, name, colour) entries drawn, for a legend."""
+OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def orientation_marks(ax, codes: tuple[str, str]) -> None:
+    """Letters at the edges of a slice drawn by ``draw_labels``: ``codes`` are the directions (nibabel's
+    ``aff2axcodes``) in which the slice's first and second voxel axes increase. After np.rot90 the first axis runs
+    left to right and the second bottom to top."""
+    first, second = codes
+    style = dict(transform=ax.transAxes, color="yellow", fontsize=9, fontweight="bold", ha="center", va="center")
+    for text, x, y in (
+        (OPPOSITE[first], 0.04, 0.5),
+        (first, 0.96, 0.5),
+        (second, 0.5, 0.96),
+        (OPPOSITE[second], 0.5, 0.04),
+    ):
+        ax.text(x, y, text, **style)
+
+
+def draw_labels(
+    ax,
+    image: np.ndarray | None,
+    labels: np.ndarray | None,
+    protocol: str = "output",
+    alpha=0.6,
+    codes: tuple[str, str] | None = None,
+):
+    """Draw a 2-D slice (grey) and its label map (discrete colours) on ``ax``, turned upright (np.rot90), with the
+    patient's directions at its edges when ``codes`` (see ``orientation_marks``) are given; returns the (value,
+    name, colour) entries drawn, for a legend."""
+    if codes is not None:
+        orientation_marks(ax, codes)
     if image is not None:
         ax.imshow(np.rot90(np.asarray(image)), cmap="gray", interpolation="nearest")
     entries = []
