@@ -156,6 +156,8 @@ def _train_steps(
     if residual_weight_decay is not None:
         decay = dict.fromkeys(residual_expert_names(model), residual_weight_decay)
     opt = make_optimizer(named, optimizer, lr, weight_decay, state, decay)
+    if proximal_mu > 0 and reference:  # FedProx's anchor on the step's device (the site holds it on the CPU)
+        reference = {k: v.to(device) for k, v in reference.items()}
     loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     losses = []
     for batch in batches:

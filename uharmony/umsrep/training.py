@@ -150,6 +150,12 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
         for t in tasks:
             key = id(named[t]) if plan.schedule != "independent" else t
             optims.setdefault(key, make_optimizer(named[t], kind, lr, decay, state))
+        # FedProx's anchor on the step's device (the site holds it on the CPU)
+        anchor = (
+            {k: v.to(device) for k, v in opt["reference"].items()}
+            if opt.get("proximal_mu", 0) > 0 and opt.get("reference")
+            else None
+        )
         losses = []
         for i, batch in enumerate(batches):
             x, y = torch.as_tensor(batch["image"]).to(device), torch.as_tensor(batch["label"]).to(device)
@@ -168,8 +174,8 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
                 term = masked_bce(out["presence"], presence_targets(y), regions)
                 if term is not None:
                     loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
-            if opt.get("proximal_mu", 0) > 0 and opt.get("reference"):
-                loss = loss + opt["proximal_mu"] * proximal_term(model, opt["reference"])
+            if anchor:
+                loss = loss + opt["proximal_mu"] * proximal_term(model, anchor)
             if not loss.requires_grad:
                 continue
             chosen = [optims[k] for k in {id(named[t]) if plan.schedule != "independent" else t for t in active}]
