@@ -223,6 +223,7 @@ def run(
     flwr_id = deployed_runs.submit(
         state, f"{app['app_id']}=={app['version']}", f"{config} {server_app_config(pki, state)}"
     )
+    deployed_runs.record_flower_run(folder, flwr_id)
     print(
         f"run {flwr_id} submitted ({app['app_id']}=={app['version']}, run id {run_id or 'from the checkpoint'}); "
         f"results in {folder}; progress below (also: FLWR_HOME={flwr_env(state)['FLWR_HOME']} flwr log {flwr_id} "

@@ -4,8 +4,10 @@ and its progress while Flower runs it.
 Every run writes into ``<state>/runs/<run-id>/`` (metrics, checkpoints, the signed final model): the
 coordinator gives each new run a fresh id (``run-id``) and that folder (``run-dir``), so no run shares a
 folder with another run or with a simulation's ``runs/latest``. ``--resume RUN_ID`` continues run
-``RUN_ID`` from the last checkpoint in its folder. A ``run-dir`` given in the run config is kept when it is
-absolute and is taken under ``<state>/runs/`` when relative (never under the folder ``start`` ran in).
+``RUN_ID`` from the last checkpoint in its folder; Flower's run id of any of its attempts (what ``run`` and
+``status`` print first) names it too (``flower-runs.json`` in the folder lists them). A ``run-dir`` given in
+the run config is kept when it is absolute and is taken under ``<state>/runs/`` when relative (never under the
+folder ``start`` ran in).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from server.operator.control_api import CONNECTION, flwr
 from server.operator.progress import RoundLogFollower
+from uharmony.files import atomic_write
 
 
 def runs_dir(state: Path) -> Path:
@@ -37,6 +40,31 @@ def _toml(value) -> str:
     return repr(value)
 
 
+FLOWER_RUNS = "flower-runs.json"
+
+
+def record_flower_run(folder: Path, flwr_run_id: str) -> None:
+    """Note Flower's id of an attempt of the run in ``folder`` (so that ``--resume`` takes either id)."""
+    path = folder / FLOWER_RUNS
+    ids = json.loads(path.read_text()) if path.is_file() else []
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps([*ids, str(flwr_run_id)]))
+
+
+def run_of(state: Path, given: str) -> str:
+    """The run id ``--resume`` means: ``given`` itself when its folder exists, else the run one of whose
+    attempts Flower knows as ``given``."""
+    if (runs_dir(state) / given).is_dir():
+        return given
+    for path in sorted(runs_dir(state).glob(f"*/{FLOWER_RUNS}")):
+        try:
+            if given in json.loads(path.read_text()):
+                return path.parent.name
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return given
+
+
 def run_overrides(state: Path, run_config: str = "", resume: str | None = None) -> tuple[str, Path, str | None]:
     """(the run config to submit, the run's folder, its run id) for ``-c run_config`` and ``--resume``.
 
@@ -48,6 +76,7 @@ def run_overrides(state: Path, run_config: str = "", resume: str | None = None) 
 
     cfg = parse_config_args([run_config]) if run_config.strip() else {}
     RunConfig.from_flwr(cfg)  # an unknown key or a bad value: an error naming it, before anything is submitted
+    resume = run_of(state, resume) if resume else resume
     if resume:
         if cfg.get("run-id", resume) != resume:
             raise ValueError(f"--resume {resume} and run-id={cfg['run-id']!r} disagree")

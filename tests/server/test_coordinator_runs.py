@@ -61,6 +61,8 @@ def test_a_new_run_gets_its_own_folder_under_the_state_folder_never_runs_latest(
     (folder1 / "checkpoints").mkdir(parents=True)
     resumed, folder, run_id = deployed_runs.run_overrides(state, "num-server-rounds=4", resume=id1)
     assert (folder, run_id) == (folder1, id1)
+    deployed_runs.record_flower_run(folder1, "4242")  # Flower's id of its first attempt names it too
+    assert deployed_runs.run_overrides(state, "", resume="4242")[1:] == (folder1, id1)
     assert parse_config_args([resumed]) == {
         "num-server-rounds": 4, "resume": True, "run-id": id1, "run-dir": str(folder1)
     }  # fmt: skip
@@ -108,6 +110,7 @@ def test_run_prints_each_round_while_it_runs_then_the_final_status(tmp_path, pub
     )
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("run 4242 submitted") and fake.config["run-dir"] in out[0]
+    assert json.loads((Path(fake.config["run-dir"]) / "flower-runs.json").read_text()) == ["4242"]
     trained = [line for line in out if line.startswith("round ") and ": trained s1 loss 0.500" in line]
     assert [line.split(":")[0] for line in trained] == ["round 1", "round 2"]
     assert any(line.startswith("round 2 Dice: s1 ET 0.61") for line in out)
