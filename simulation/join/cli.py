@@ -124,6 +124,7 @@ def main(argv=None) -> int:
         "spacing": size["spacing"],
         "local_steps": size["local_steps"],
     }
+    (art / "meta.json").write_text(json.dumps(meta, indent=1))  # with join.jsonl: what the page is rendered from
     md.write_text(markdown(summaries, meta, str(png.relative_to(md.parent))))
     for s in summaries:
         g = s["modes"]["gated"]

@@ -5,10 +5,11 @@
 
 - the S0/S2 study: docs/results-s2.md from docs/results/ (results.jsonl, meta.json and its PNGs);
 - UMS-Rep: docs/umsrep.md from docs/umsrep/ (results.jsonl, meta.json; the PNG is re-plotted);
-- the confirmatory comparison: docs/results.md from docs/evidence/results.jsonl (the PNG is re-plotted).
+- the confirmatory comparison: docs/results.md from docs/evidence/results.jsonl (the PNG is re-plotted);
+- the join demonstration: docs/join.md from docs/join/ (join.jsonl, meta.json), once a join run has kept its meta.
 
 A page's date line ("Date of this page") is the day it was rendered and is not compared. (The join page's run
-metadata is not kept beside its records yet, so it is rendered only by ``uharmony-join``.)
+metadata is kept beside its records since 2026-12-07: until ``uharmony-join`` runs again, it is not rendered.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from uharmony.files import read_jsonl
 
-PAGES = {"bench": "results-s2.md", "umsrep": "umsrep.md", "evidence": "results.md"}
+PAGES = {"bench": "results-s2.md", "umsrep": "umsrep.md", "evidence": "results.md", "join": "join.md"}
 _DATE = re.compile(r"^- Date of this page: \d{4}-\d{2}-\d{2}", re.M)
 
 
@@ -51,6 +52,17 @@ def render(docs: Path, out: Path) -> dict[str, Path]:
         shutil.copyfile(docs / "umsrep" / "results.jsonl", out / "umsrep" / "results.jsonl")
     records = read_jsonl(docs / "evidence" / "results.jsonl")
     pages["evidence"] = write_page(records, DEFAULT, out / PAGES["evidence"], out / "evidence")
+    join = docs / "join"
+    if (join / "meta.json").is_file():
+        from simulation.join.report import markdown
+
+        summaries = read_jsonl(join / "join.jsonl")
+        meta = json.loads((join / "meta.json").read_text())
+        (out / "join").mkdir(exist_ok=True)
+        if out.resolve() != docs.resolve():
+            shutil.copyfile(join / "join.png", out / "join" / "join.png")
+        (out / PAGES["join"]).write_text(markdown(summaries, meta, "join/join.png"))
+        pages["join"] = out / PAGES["join"]
     return pages
 
 
