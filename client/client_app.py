@@ -103,12 +103,9 @@ def _identity(job) -> ConfigRecord:
 
 
 def _evaluation(job, server_round: int, experts: bool = False) -> MetricRecord:
-    if job.cfg.phase == "pretrain":
-        from uharmony.federation.umsrep_round import denoise_evaluate
+    from uharmony.federation.site_work import site_work
 
-        metrics = denoise_evaluate(job, server_round, full=experts)  # every level and SSIM at the end only
-    else:
-        metrics = job.evaluate(server_round, experts=experts)
+    metrics = site_work(job.cfg).evaluate(job, server_round, experts)
     return MetricRecord({k: (-1.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
 
 

@@ -26,6 +26,7 @@ from uharmony.federation.site_state import (
     save_local_state,
     save_optimizer_state,
 )
+from uharmony.federation.site_work import site_work
 from uharmony.files import atomic_write, read_jsonl
 from uharmony.model.gating import gate_decisions, set_prototypes, uses_scan_gate
 from uharmony.model.networks import model_from_spec
@@ -94,22 +95,21 @@ class SiteRound:
     def train(
         self, server_round: int, lr: float, local_steps: int, proximal_mu: float, seed: int
     ) -> tuple[State, dict, State]:
-        """Returns (entries to send, metrics, new local state). ``seed``: the round's, from the server."""
+        """Returns (entries to send, metrics, new local state): the run's site work (``site_work.py``: segmentation,
+        a UMS-Rep plan or phase P's denoising). ``seed``: the round's, from the server."""
+        seed = seed + self.site.domain
+        torch.manual_seed(seed)
+        return site_work(self.cfg).train(self, server_round, lr, local_steps, proximal_mu, seed)
+
+    def segment(
+        self, server_round: int, lr: float, local_steps: int, proximal_mu: float, seed: int
+    ) -> tuple[State, dict, State]:
+        """Local segmentation training (``train``'s work in a segmentation run)."""
         t0 = time.time()
         sent_keys = self.roles.outgoing_keys(self.domain)
         if self.pooled:  # one trainer holds every domain: it sends every domain's head parts
             sent_keys = self.roles.global_keys()
         reference = subset(self.model.state_dict(), sent_keys) if proximal_mu > 0 else None
-        seed = seed + self.site.domain
-        torch.manual_seed(seed)
-        if self.cfg.phase == "pretrain":  # UMS-Rep phase P: denoising, labels unused
-            from uharmony.federation.umsrep_round import pretrain
-
-            return pretrain(self, server_round, lr, local_steps, seed)
-        if self.cfg.uses_plan:  # UMS-Rep phase F: a plan
-            from uharmony.federation.umsrep_round import finetune
-
-            return finetune(self, server_round, lr, local_steps, proximal_mu, seed)
         opt_state = (
             load_optimizer_state(self.state_dir, self.run_id, server_round) if self.cfg.keep_optimizer_state else None
         )
