@@ -72,27 +72,39 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def uharmony_imports(path: Path, name: str | None = None) -> set[str]:
-    """Every ``uharmony`` module ``path`` imports, relative imports resolved (``from uharmony import x``: the
-    module ``uharmony.x``)."""
+def import_statements(path: Path, name: str | None = None):
+    """(module, names) per import in ``path``, relative imports resolved: ``import a.b`` gives ("a.b", None),
+    ``from a import x, y`` gives ("a", ["x", "y"])."""
     name = name or module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "uharmony")
+            yield from ((a.name, None) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(parent + ([node.module] if node.module else []))
-            if base.split(".")[0] != "uharmony":
-                continue
-            if base == "uharmony" or not node.module:
-                out.update(f"{base}.{a.name}" for a in node.names)
-            else:
-                out.add(base)
+            yield base, [a.name for a in node.names]
+
+
+def imported_modules(path: Path, top: str, name: str | None = None) -> set[str]:
+    """Every module of package ``top`` that ``path`` imports (``from top import x`` or ``from . import x``: the
+    module ``top.x``)."""
+    out = set()
+    for module, names in import_statements(path, name):
+        if module.split(".")[0] != top:
+            continue
+        if names is None:  # import a.b
+            out.add(module)
+            continue
+        for n in names:  # from a import n: the module a.n where there is one (or a is the top package), else a
+            out.add(f"{module}.{n}" if module == top or module_file(f"{module}.{n}") else module)
     return out
+
+
+def uharmony_imports(path: Path, name: str | None = None) -> set[str]:
+    return imported_modules(path, "uharmony", name)
 
 
 def layer_of(module: str) -> str:
@@ -137,21 +149,7 @@ def test_the_layer_checker_sees_an_upward_import(tmp_path):
 
 
 def server_imports(path: Path) -> set[str]:
-    """The ``server`` modules ``path`` imports (relative imports resolved)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "server")
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(parent + ([node.module] if node.module else []))
-            if base.split(".")[0] == "server":
-                out.update({base} if node.module and base != "server" else {f"{base}.{a.name}" for a in node.names})
-    return out
+    return imported_modules(path, "server")
 
 
 def test_the_round_engine_never_imports_the_operators_tools():
@@ -200,27 +198,16 @@ def defined_names(path: Path) -> set[str]:
 
 def unresolved_imports(path: Path) -> list[str]:
     """Imports of our packages in ``path`` that name no module or name of this tree (relative ones resolved)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     bad = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            bad += [a.name for a in node.names if a.name.split(".")[0] in OURS and module_file(a.name) is None]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(parent + ([node.module] if node.module else []))
-            if base.split(".")[0] not in OURS:
-                continue
-            target = module_file(base)
-            if target is None:
-                bad.append(base)
-                continue
+    for module, names in import_statements(path):
+        if module.split(".")[0] not in OURS:
+            continue
+        target = module_file(module)
+        if target is None:
+            bad.append(module)
+        elif names is not None:
             known = defined_names(target)
-            bad += [
-                f"{base}.{a.name}" for a in node.names if a.name not in known and not module_file(f"{base}.{a.name}")
-            ]
+            bad += [f"{module}.{n}" for n in names if n not in known and not module_file(f"{module}.{n}")]
     return bad
 
 
