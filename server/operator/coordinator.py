@@ -253,6 +253,9 @@ def ports_free(**ports: tuple[str, int]) -> None:
                 ) from None
 
 
+APP_FOLDER = Path(__file__).resolve().parents[2]  # the repository: pyproject.toml and the apps' packages
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-coordinator", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -274,7 +277,7 @@ def main(argv=None) -> int:
     x = sub.add_parser("unregister", help="revoke a site")
     x.add_argument("--site", required=True, help="the site to revoke")
     b = sub.add_parser("publish", help="build and sign the app the SuperNodes will run")
-    b.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[2], help="the app's folder")
+    b.add_argument("--app", type=Path, default=APP_FOLDER, help="the app's folder")
     b.add_argument("--passphrase-file", type=Path, default=None, help="the PKI passphrase (else asked for)")
     u = sub.add_parser("run", help="run the latest published app, print its progress and wait for its final status")
     u.add_argument("-c", "--run-config", default="", help="run-config overrides, as flwr run -c")

@@ -156,3 +156,8 @@ def test_the_watcher_stops_when_the_superlink_stops_answering(tmp_path, monkeypa
     monkeypatch.setattr(deployed_runs, "flower_status", lambda state, run_id: None)  # no answer, ever
     with pytest.raises(RuntimeError, match="SuperLink has not answered for 0.05 s.*uharmony-coordinator start"):
         deployed_runs.wait(tmp_path / "state", "4242", tmp_path / "run", None, 0, poll=0.01, silent=0.05)
+
+
+def test_publish_builds_from_the_repository_by_default():
+    """A review found the default app folder one level too shallow after server/operator/ was made."""
+    assert (coordinator.APP_FOLDER / "pyproject.toml").is_file() and (coordinator.APP_FOLDER / "server").is_dir()
