@@ -128,9 +128,6 @@ class RoundEngine:
         say(f"resuming run {run_id} from {self.run_dir / 'checkpoints'} after round {ckpt['round']}")
         return int(ckpt["round"])
 
-    def _stopped(self) -> dict:
-        return {"stopped": self.stop_reason} if self.stop_reason else {}
-
     def describe(self, summary: dict) -> str:
         """An evaluation's summary as a log fragment."""
         return dice_line(summary, self.model.gated)
@@ -160,7 +157,7 @@ class RoundEngine:
         info = {"sites": [], "rejected": [], P.TRAIN_LOSS: None}
         if not trainers:
             say(f"round {rnd}: no admitted site is online; the global model is unchanged")
-            return info
+            return {**info, "kept": "no admitted site was online"}
         config = ConfigRecord(
             {
                 **self.base_config(),
@@ -209,7 +206,7 @@ class RoundEngine:
         )
         if len(accepted) < max(1, cfg.min_sites):
             say(f"round {rnd}: {len(accepted)} usable replies (< {max(1, cfg.min_sites)}): global model unchanged")
-            return info
+            return {**info, "kept": f"{len(accepted)} usable replies < min-sites {max(1, cfg.min_sites)}"}
         weights = self.strategy.weights([r.weight for r in parsed])  # what each reply weighs in the average
         if self.ledger is not None:
             if self.ledger.would_exceed(weights):
@@ -218,7 +215,7 @@ class RoundEngine:
                     f"{cfg.dp_max_epsilon} (spent {self.ledger.spent()['epsilon']})"
                 )
                 say(f"round {rnd}: {self.stop_reason}; the global model is unchanged and the run stops")
-                return {**info, "dp-stopped": True}
+                return {**info, "dp-stopped": True, "kept": self.stop_reason}
             self.outer.num_sampled_clients = len(accepted)  # the noise is scaled by the replies it averages
         arrays, metrics = self.outer.aggregate_train(rnd, accepted)
         if arrays is not None:  # the DP wrapper adds its noise to what the role-aware strategy returned
@@ -227,6 +224,8 @@ class RoundEngine:
             self.strategy.global_state = {k: new[k].to(v.dtype) for k, v in self.state.items()}
             if self.ledger is not None:
                 info["privacy"] = self.ledger.spend(weights)  # the worst site's epsilon
+        else:
+            info["kept"] = "the aggregation returned no model"
         info[P.TRAIN_LOSS] = metrics.get(P.TRAIN_LOSS) if metrics else None
         return info
 
@@ -368,8 +367,11 @@ class RoundEngine:
                 break
         if not self.updated_rounds:  # nothing trained: no final model, and the run fails (whoever started it sees it)
             why = no_training_reasons(self.runlog.records(self.run_id))
-            reason = f"no round changed the model in {rnd} round(s): {why} (details: {self.runlog.path})"
-            self.runlog.write({"event": "failed", "rounds": rnd, "reason": reason, **self._stopped()})
+            reason = f"no round changed the model: {why} (details: {self.runlog.path})"
+            stopped = {"stopped": self.stop_reason} if self.stop_reason else {}
+            self.runlog.write({"event": "failed", "rounds": rnd, "reason": reason, **stopped})
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             say(f"failed: {reason}")
             raise RuntimeError(reason)
         self.phase.finish(self, rnd)

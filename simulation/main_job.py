@@ -114,8 +114,17 @@ def check_results(cfg: RunConfig, run_id: str, status: str = "") -> str:
 
 
 def check(cfg: RunConfig, run_id: str) -> str:
-    """Raises RuntimeError unless the newest Flower run completed and wrote this run's results."""
-    return check_results(cfg, run_id, flower_status())
+    """Raises RuntimeError unless the newest Flower run completed and wrote this run's results; a run that failed
+    says its own reason (from its round log) before Flower's."""
+    try:
+        status = flower_status()
+    except RuntimeError as flower:
+        try:
+            check_results(cfg, run_id)
+        except RuntimeError as own:
+            raise RuntimeError(f"{flower}\n{own}") from None
+        raise
+    return check_results(cfg, run_id, status)
 
 
 def main(argv=None) -> int:

@@ -287,7 +287,12 @@ def main(argv=None) -> int:
         default=0,
         help="seconds to wait for the run before exiting 2 (it goes on); 0: no limit",
     )
-    u.add_argument("--resume", default=None, metavar="RUN_ID", help="continue this run from its last checkpoint")
+    u.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_ID",
+        help="continue this run from its last checkpoint (its folder's run id, or Flower's id of any of its attempts)",
+    )
     t = sub.add_parser("status", help="registered sites (online or not), runs and their last round")
     t.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     for sp in (s, b, u):

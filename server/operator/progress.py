@@ -60,6 +60,8 @@ def event_line(r: dict) -> str | None:
         dice = ", ".join(f"{k} {_num(v)}" for k, v in (r.get("final-mean-dice") or {}).items())
         stopped = f"; stopped: {r['stopped']}" if r.get("stopped") else ""
         return f"done after round {r.get('rounds')}: final mean Dice {dice or '-'}{stopped}"
+    if event == "failed":
+        return f"failed after round {r.get('rounds')}: {r.get('reason')}"
     if event == "join":
         return f"round {rnd}: {r.get('site')} joined (domain {r.get('domain')}; added {r.get('added')})"
     if event.endswith("-rejected") and "rejected" in r:

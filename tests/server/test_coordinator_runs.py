@@ -161,3 +161,10 @@ def test_the_watcher_stops_when_the_superlink_stops_answering(tmp_path, monkeypa
 def test_publish_builds_from_the_repository_by_default():
     """A review found the default app folder one level too shallow after server/operator/ was made."""
     assert (coordinator.APP_FOLDER / "pyproject.toml").is_file() and (coordinator.APP_FOLDER / "server").is_dir()
+
+
+def test_a_failed_run_is_one_progress_line_with_its_reason():
+    from server.operator.progress import event_line
+
+    line = event_line({"event": "failed", "rounds": 2, "reason": "no round changed the model: ..."})
+    assert line == "failed after round 2: no round changed the model: ..."

@@ -246,7 +246,10 @@ def test_a_node_failing_mid_round_a_lying_manifest_and_a_node_that_never_joins(t
 
 def test_too_few_usable_replies_keep_the_model_and_a_run_that_trained_nothing_fails(tiny_federation, tmp_path):
     run_dir = tmp_path / "min-sites"
-    with pytest.raises(RuntimeError, match="no round changed the model in 1 round"):
+    why = (
+        r"no round changed the model: no site trained in any of its 1 rounds \(3 usable replies < min-sites 4; site 2: "
+    )
+    with pytest.raises(RuntimeError, match=why):
         _run(tiny_federation, run_dir, fail_train=(1001,), num_server_rounds=1, min_sites=4)
     assert not (run_dir / "final_model.pt").exists()  # no model that looks trained
     failed = [r for r in RunLog(run_dir).records() if r.get("event") == "failed"]

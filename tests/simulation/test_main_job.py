@@ -52,10 +52,10 @@ def test_check_refuses_a_run_in_which_no_site_trained(tiny_federation, tmp_path)
     broken.mkdir()
     shutil.copy(tiny_federation / "federation.json", broken / "federation.json")  # no case files beside it
     run_dir = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="no round changed the model in 1 round"):
+    with pytest.raises(RuntimeError, match=r"no round changed the model: no site trained in any of its 1 rounds"):
         run(tiny_overrides(broken, run_dir, num_server_rounds=1, strategy="fedavg"))
     assert RunLog(run_dir).done() is None and not (run_dir / "final_model.pt").exists()
-    with pytest.raises(RuntimeError, match=r"run failed: no round changed .*\(site 1: .*no usable training"):
+    with pytest.raises(RuntimeError, match=r"run failed: no round changed .*; site 1: .*no usable training"):
         check_results(_cfg(run_dir, strategy="fedavg"), None, "run 7: status finished:failed after 3 s")
 
 

@@ -8,7 +8,8 @@ phases (``server/phase.py``), as a table.
 
 A run's phase names its site work (``pretrain``); a phase without its own (``segment``, or one a server
 registered that changes only whom it asks) does segmentation's, or the plan's when the run config sets one.
-A new kind of local work is an entry here (``register_site_work``).
+A phase with its own local work registers it here (``register_site_work``, in code the ClientApp imports,
+which also lets the sites' run configs name the phase).
 """
 
 from __future__ import annotations
@@ -49,22 +50,20 @@ def _pretrain_evaluate(job, server_round, experts):
     return denoise_evaluate(job, server_round, full=experts)  # every level and SSIM at the end only
 
 
-SITE_WORK: dict[str, SiteWork] = {
-    "segment": SiteWork(_segment_train, _segment_evaluate),
-    "plan": SiteWork(_plan_train, _segment_evaluate),
-    "pretrain": SiteWork(_pretrain_train, _pretrain_evaluate),
-}
+SEGMENT = SiteWork(_segment_train, _segment_evaluate)
+PLAN = SiteWork(_plan_train, _segment_evaluate)
+SITE_WORK: dict[str, SiteWork] = {"pretrain": SiteWork(_pretrain_train, _pretrain_evaluate)}  # phase -> its own
 
 
-def register_site_work(name: str, work: SiteWork) -> SiteWork:
-    """A phase's own local work, under its name."""
-    SITE_WORK[name] = work
+def register_site_work(phase: str, work: SiteWork) -> SiteWork:
+    """A phase's own local work (and its name accepted in run configs, here too)."""
+    from uharmony.federation.config import accept_phase
+
+    accept_phase(phase)
+    SITE_WORK[phase] = work
     return work
 
 
 def site_work(cfg) -> SiteWork:
-    """The site work of a run config: its phase's, else segmentation's (the plan's under a UMS-Rep plan)."""
-    work = SITE_WORK.get(cfg.phase)
-    if work is None or cfg.phase == "segment":
-        work = SITE_WORK["plan"] if cfg.uses_plan else SITE_WORK["segment"]
-    return work
+    """The site work of a run config: its phase's own, else segmentation's (the plan's under a UMS-Rep plan)."""
+    return SITE_WORK.get(cfg.phase) or (PLAN if cfg.uses_plan else SEGMENT)

@@ -155,13 +155,18 @@ class RunLog:
 
 
 def no_training_reasons(records: list[dict]) -> str:
-    """Why no round trained a site, from the train records' rejections (site names from the join records)."""
+    """Why no round trained a site, from the train records: why each round kept the model (``kept``: too few
+    usable replies, a privacy stop, no site online) and the replies' rejections (site names from the join
+    records)."""
     names = {r["node"]: r.get("site") for r in records if r.get("event") == "join" and "node" in r}
     reasons: dict[str, str] = {}
-    for r in (r for r in records if r.get("event") == "train"):
+    kept: list[str] = []
+    trains = [r for r in records if r.get("event") == "train"]
+    for r in trains:
+        if r.get("kept") and r["kept"] not in kept:
+            kept.append(str(r["kept"]))
         for rej in r.get("rejected") or []:
             site = names.get(rej.get("node")) or f"node {rej.get('node')}"
             reasons.setdefault(f"site {site}", str(rej.get("reason", "")))
-    rounds = sum(1 for r in records if r.get("event") == "train")
-    why = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "no site replied"
-    return f"no site trained in any of its {rounds} rounds ({why})"
+    why = "; ".join([*kept, *(f"{k}: {v}" for k, v in sorted(reasons.items()))]) or "no site replied"
+    return f"no site trained in any of its {len(trains)} rounds ({why})"
