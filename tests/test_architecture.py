@@ -132,9 +132,12 @@ def test_every_uharmony_module_is_in_a_layer():
     assert {p.parent.name for p in modules("uharmony") if p.parent.name != "uharmony"} <= set(LAYERS)
 
 
-def test_the_layer_checker_sees_an_upward_import(tmp_path):
+def test_the_layer_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)  # a tree of its own, not this repository's
     pkg = tmp_path / "uharmony" / "model"
     pkg.mkdir(parents=True)
+    for module in ("__init__", "norm"):
+        (pkg / f"{module}.py").write_text("")
     bad = pkg / "bad.py"
     bad.write_text(
         "from ..federation.config import RunConfig\nfrom uharmony import files\nfrom . import norm\n"
