@@ -140,38 +140,28 @@ def train_steps(
     on return). ``domain``: the expert trained (None: the shared answer); ``per_case_domain``: each case's own
     (the batch's ``"domain"`` entry: a pooled, centralized trainer)."""
     model.to(device).train()
-    with layout(model, channels_last, getattr(model, "spatial_dims", 3)):
-        return _train_steps(
-            model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
-            residual_weight_decay, autocast_dtype, channels_last, per_case_domain,
-        )  # fmt: skip
-
-
-def _train_steps(
-    model, batches, domain, lr, proximal_mu, reference, device, weight_decay, optimizer, state,
-    residual_weight_decay, autocast_dtype, channels_last, per_case_domain,
-) -> dict:  # fmt: skip
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = None
-    if residual_weight_decay is not None:
-        decay = dict.fromkeys(residual_expert_names(model), residual_weight_decay)
-    opt = make_optimizer(named, optimizer, lr, weight_decay, state, decay)
-    if proximal_mu > 0 and reference:  # FedProx's anchor on the step's device (the site holds it on the CPU)
-        reference = {k: v.to(device) for k, v in reference.items()}
-    loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    losses = []
-    for batch in batches:
-        x, y = to_layout(batch["image"].to(device), channels_last), batch["label"].to(device)
-        present, regions = batch["present"].to(device), batch["regions"].to(device)
-        opt.zero_grad(set_to_none=True)
-        dom = batch["domain"] if per_case_domain else domain
-        with autocast(device, autocast_dtype):
-            logits = model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present)
-        loss = masked_dice_ce(loss_fn, logits.float(), y.as_tensor() if hasattr(y, "as_tensor") else y, regions)
-        if proximal_mu > 0 and reference:
-            loss = loss + proximal_mu * proximal_term(model, reference)
-        losses.append(step(loss, [opt]))
-    return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(opt, named)}
+    with layout(model, channels_last, getattr(model, "spatial_dims", 3)):  # back to the default on return
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = None
+        if residual_weight_decay is not None:
+            decay = dict.fromkeys(residual_expert_names(model), residual_weight_decay)
+        opt = make_optimizer(named, optimizer, lr, weight_decay, state, decay)
+        if proximal_mu > 0 and reference:  # FedProx's anchor on the step's device (the site holds it on the CPU)
+            reference = {k: v.to(device) for k, v in reference.items()}
+        loss_fn = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        losses = []
+        for batch in batches:
+            x, y = to_layout(batch["image"].to(device), channels_last), batch["label"].to(device)
+            present, regions = batch["present"].to(device), batch["regions"].to(device)
+            opt.zero_grad(set_to_none=True)
+            dom = batch["domain"] if per_case_domain else domain
+            with autocast(device, autocast_dtype):
+                logits = model(x.as_tensor() if hasattr(x, "as_tensor") else x, domain=dom, present=present)
+            loss = masked_dice_ce(loss_fn, logits.float(), y.as_tensor() if hasattr(y, "as_tensor") else y, regions)
+            if proximal_mu > 0 and reference:
+                loss = loss + proximal_mu * proximal_term(model, reference)
+            losses.append(step(loss, [opt]))
+        return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": optimizer_state(opt, named)}
 
 
 def step(loss: torch.Tensor, optimizers, what: str = "training") -> float:
