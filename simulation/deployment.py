@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,6 +153,25 @@ class LocalConsortium:
         wait_for(
             lambda: self.cmd("flwr", "ls", "consortium", check=False, env=env).returncode == 0, timeout, "the SuperLink"
         )
+
+    def nodes(self) -> dict[str, str]:
+        """Node id -> status (``online``, ``offline``, ``unregistered``...), as the SuperLink sees them."""
+        env = self.env(FLWR_HOME=str(self.root / "state" / "flwr"))
+        res = self.cmd("flwr", "supernode", "list", "consortium", "--format", "json", env=env, check=False)
+        try:
+            return {n["node-id"]: n["status"] for n in json.loads(res.stdout).get("nodes", [])}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def online(self, names) -> bool:
+        """Every named site's node (its id from its SuperNode's log) is online at the SuperLink."""
+        status = self.nodes()
+        ids = [re.findall(r"SuperNode ID: (\d+)", self.log(n)) for n in names]
+        return all(found and status.get(found[-1]) == "online" for found in ids)
+
+    def wait_online(self, names, timeout: float = 180) -> None:
+        """Until every named site is online (a run submitted earlier may start its first round without one)."""
+        wait_for(lambda: self.online(names), timeout, f"{', '.join(names)} online", poll=2)
 
     def register(self, site: str, domain: int, key: str | None = None, tries: int = 60) -> None:
         """Register ``keys/<key or site>/auth.pub`` for ``site`` (retried until the SuperLink is up)."""

@@ -11,7 +11,6 @@ root: they are skipped otherwise), running the system's Python 3.11 with the pro
 """
 
 import contextlib
-import json
 import os
 import pwd
 import re
@@ -132,21 +131,8 @@ class Relay:
             self.pairs.clear()
 
 
-def _nodes(c: LocalConsortium) -> dict[str, str]:
-    """Node id -> status, as the SuperLink sees them."""
-    env = c.env(FLWR_HOME=str(c.root / "state" / "flwr"))
-    res = c.cmd("flwr", "supernode", "list", "consortium", "--format", "json", env=env, check=False)
-    try:
-        return {n["node-id"]: n["status"] for n in json.loads(res.stdout).get("nodes", [])}
-    except (json.JSONDecodeError, KeyError):
-        return {}
-
-
 def _online(c: LocalConsortium, names=("s1", "s2")) -> bool:
-    """Every site's node (its id from its SuperNode's log) is online."""
-    status = _nodes(c)
-    ids = [re.findall(r"SuperNode ID: (\d+)", c.log(n)) for n in names]
-    return all(found and status.get(found[-1]) == "online" for found in ids)
+    return c.online(names)
 
 
 @pytest.fixture(scope="module")
@@ -383,4 +369,4 @@ def test_unregister_removes_the_sites_node_from_the_superlink(consortium):
     out = c.cmd("uharmony-coordinator", "unregister", "--state", "state", "--site", "s2").stdout
     assert "1 SuperLink node(s) unregistered" in out, out
     node = re.findall(r"SuperNode ID: (\d+)", c.log("s2"))[-1]
-    assert _nodes(c).get(node) == "unregistered"
+    assert c.nodes().get(node) == "unregistered"

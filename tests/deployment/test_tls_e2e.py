@@ -86,6 +86,8 @@ def test_tls_federation_closed_control_plane_signed_apps_registered_sites(tmp_pa
         # claims to be s1, with a key the registry does not know
         c.start_site("mallory", c.site_config("s1", 0, folders[0], tmp / "keys" / "mallory" / "auth.key", "mallory"))
 
+        # as at a hospital, the SuperNodes are up before the run (min-sites counts s5, which has no labels)
+        c.wait_online(("s1", "s2", "s3", "s5"))
         joiner = _joining_site(tmp)
         t0 = time.time()
         run_cfg = (
