@@ -32,7 +32,7 @@ from uharmony.federation import wire
 from uharmony.federation.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
-EVAL_KEY = re.compile(r"(dice|hd95|presence)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
+EVAL_KEY = re.compile(r"(dice|hd95|presence-auroc|presence)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
 DENOISE_KEY = re.compile(r"(psnr|ssim)-(noisy|denoised)-\d{1,2}")  # UMS-Rep phase P, per noise level
 
 

@@ -93,7 +93,7 @@ def trained_run(tiny_federation, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def umsrep_runs(tiny_federation, tmp_path_factory) -> dict:
     """UMS-Rep on the tiny federation with one labelled site of four: phase P (2 rounds, every site) and phase F
-    from its artifact (2 rounds, independent heads with a presence head). Each node's replies are recorded
+    from its artifact (2 rounds, the independent-head plan with a presence head). Each node's replies are recorded
     (``replies``: node config, message type, content) for the what-leaves-a-site test; tests only read."""
     from client.client_app import make_app
     from server.rounds import run_server
@@ -117,7 +117,7 @@ def umsrep_runs(tiny_federation, tmp_path_factory) -> dict:
     out = {"view": view, "replies": replies}
     for name, extra in (
         ("pretrain", {"phase": "pretrain", "local_steps": 3}),
-        ("finetune", {"finetune": "independent", "tasks": "presence", "umsrep": str(base / "pretrain/umsrep.pt")}),
+        ("finetune", {"finetune": "independent-head", "tasks": "presence", "umsrep": str(base / "pretrain/umsrep.pt")}),
     ):
         cfg = RunConfig.from_flwr(
             {k.replace("_", "-"): v for k, v in tiny_overrides(view, base / name, num_server_rounds=2, **extra).items()}

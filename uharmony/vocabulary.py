@@ -32,4 +32,4 @@ ROLES = (SHARED, LOCAL, DOMAIN)
 # UMS-Rep: the run's phases, and the phase-F plans of uharmony.umsrep.plans (every plan but "pretrain";
 # tests/test_light_imports.py checks that they match)
 PHASES = ("segment", "pretrain")
-FINETUNE = ("full", "joint", "alternating", "independent", "independent-decoder")
+FINETUNE = ("full", "joint", "alternating", "independent", "independent-head")

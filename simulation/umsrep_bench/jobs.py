@@ -102,7 +102,10 @@ QUICK = Size(
     unseen_seeds=(),
 )
 SIZES = {"default": DEFAULT, "quick": QUICK}
-STRATEGIES = ("full", "joint", "alternating", "independent", "independent-decoder")
+STRATEGIES = ("full", "joint", "alternating", "independent", "independent-head")
+# 2: every task trains on every batch (before: independent and alternating gave segmentation half the steps;
+# "independent" trained the heads only and "independent-decoder" the decoder too: report.LEGACY_PLANS)
+PLANS_VERSION = 2
 
 
 def federation(size: Size, seed: int) -> Path:
@@ -198,11 +201,14 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
     seconds, trains = _train_cost(records)
     curve: dict[int, list[float]] = {}
     presence: dict[int, list[float]] = {}
+    auroc: dict[int, list[float]] = {}
     for r in records:
         if "dice" in r and r.get("mode") == "gated" and "phase" not in r:
             curve.setdefault(r["round"], []).append(float(r["dice"]))
             if "presence-accuracy" in r:
                 presence.setdefault(r["round"], []).append(float(r["presence-accuracy"]))
+            if "presence-auroc" in r:
+                auroc.setdefault(r["round"], []).append(float(r["presence-auroc"]))
     return {
         "kind": "finetune",
         "seed": seed,
@@ -210,9 +216,11 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
         "labelled": labelled,
         "arm": arm,
         "plan": plan,
+        "plans": PLANS_VERSION,
         "tasks": tasks,
         "curve": {str(k): sum(v) / len(v) for k, v in sorted(curve.items())},
         "presence": {str(k): sum(v) / len(v) for k, v in sorted(presence.items())},
+        "presence_auroc": {str(k): sum(v) / len(v) for k, v in sorted(auroc.items())},
         "site_seconds": round(seconds, 1),
         "bytes_per_round": max((sum((r.get("update-bytes") or {}).values()) for r in trains), default=0),
         "full_model_bytes": trains[-1]["full-model-bytes"] if trains else None,

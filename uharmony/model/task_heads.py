@@ -4,8 +4,10 @@
   modality, read as the residual ``clean - noisy`` and added to the noisy input (residual learning as in
   DnCNN; ours: the paper's CDAE reconstructs the image directly).
 - :class:`PresenceHead` (phase F, image-level): the backbone's bottleneck -> global average and max pooling ->
-  FC -> ReLU -> dropout -> FC, one logit per output region: "does this patch contain the region?" (the paper's
-  classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive).
+  layer normalization (ours) -> FC -> leaky ReLU -> dropout -> FC, one logit per output region: "does this
+  patch contain the region?". The output layer starts at zero and its bias at the patches' base rate (ours,
+  against the collapse the 2026-12-06 review measured: 17 of 20 units dead within 20 steps). The paper's
+  classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive.
   Max pooling is ours: the bottleneck ends with instance normalization, which fixes each channel's spatial
   mean, so average pooling alone carries almost nothing (our first evidence run: accuracy at the base rate).
 
@@ -51,16 +53,22 @@ class PresenceHead(nn.Module):
     def __init__(self, in_channels: int, regions: int) -> None:
         super().__init__()
         self.tap = nn.Identity()  # the bottleneck as this head sees it: where Grad-CAM hooks (uharmony.umsrep.derive)
+        # the pooled vector standardized (no learnt affine: no state entry), leaky units that cannot all die
+        # at once, and an output layer at zero: the first steps move the output bias (set to the patches' base
+        # rate by the first fine-tuning step, uharmony.umsrep.training) before they reach the hidden units
+        self.pool_norm = nn.LayerNorm(2 * in_channels, elementwise_affine=False)
         self.net = nn.Sequential(
             nn.Linear(2 * in_channels, PRESENCE_HIDDEN),
-            nn.ReLU(inplace=True),
+            nn.LeakyReLU(0.1),
             nn.Dropout(PRESENCE_DROPOUT),
             nn.Linear(PRESENCE_HIDDEN, regions),
         )
+        nn.init.zeros_(self.net[3].weight)
+        nn.init.zeros_(self.net[3].bias)
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
         flat = self.tap(bottleneck).flatten(2)
-        return self.net(torch.cat([flat.mean(2), flat.amax(2)], 1))
+        return self.net(self.pool_norm(torch.cat([flat.mean(2), flat.amax(2)], 1)))
 
     @torch.no_grad()
     def add_output_channels(self, n: int) -> None:

@@ -14,6 +14,10 @@ from uharmony.files import append_jsonl, atomic_write, read_jsonl
 MODES = ("oracle", "gated")
 
 
+# UMS-Rep's presence head: reply metric -> record key
+PRESENCE_KEYS = (("presence", "presence-accuracy"), ("presence-auroc", "presence-auroc"))
+
+
 def regions_in(metrics: dict) -> list[str]:
     """Region names (lower case) found in metric keys ``dice-<region>-<mode>``, in order of appearance."""
     found = []
@@ -103,11 +107,11 @@ class RunLog:
                             "region": region.upper(),
                             "dice": dice,
                             "hd95": hd,
-                            **(
-                                {"presence-accuracy": m[f"presence-{region}-{mode}"]}
-                                if m.get(f"presence-{region}-{mode}", -1) >= 0
-                                else {}
-                            ),
+                            **{
+                                name: m[f"{key}-{region}-{mode}"]
+                                for key, name in PRESENCE_KEYS
+                                if m.get(f"{key}-{region}-{mode}", -1) >= 0
+                            },
                             "val_cases": m.get("num-examples"),
                             **tags,
                         }

@@ -63,8 +63,9 @@ class Plan:
         trains: the module groups whose weights change (and are sent); the others are frozen.
         losses: ``seg`` (segmentation only), ``tasks`` (every task head the model has), ``recon`` (phase P).
         schedule: ``joint`` (one weighted sum of the task losses at every step), ``alternating`` (blocks of
-            ``alternate-batches`` batches per task, shared weights updated by each) or ``independent`` (each
-            head its own optimizer, its own batches; the shared weights frozen).
+            ``alternate-batches`` batches per task, shared weights updated by each; every block is seen by
+            every task, so each task gets the whole budget) or ``independent`` (each task its own optimizer
+            over its own groups, every batch; the groups the tasks would share are frozen).
     """
 
     name: str
@@ -99,14 +100,14 @@ PLANS: dict[str, Plan] = {
         ),
         Plan(
             "independent",
-            "trunk frozen, each head its own optimizer and batches",
-            ("seg", "presence"),
+            "encoder frozen; each task its own decoder or head and optimizer, every batch",
+            ("decoder", "seg", "presence"),
             schedule="independent",
         ),
         Plan(
-            "independent-decoder",
-            "encoder frozen; decoder + heads, each task its own optimizer",
-            ("decoder", "seg", "presence"),
+            "independent-head",
+            "trunk frozen; each head its own optimizer, every batch (a probe of the trunk's features)",
+            ("seg", "presence"),
             schedule="independent",
         ),
     )

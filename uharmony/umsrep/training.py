@@ -130,8 +130,42 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, regions: torch.Tensor
     return F.binary_cross_entropy_with_logits(logits[mask], target[mask])
 
 
+def _schedule(batches, plan: Plan, tasks: list[str], alternate: int):
+    """(batch, the tasks it trains) in order. Every task gets every batch (the same budget per task): joint and
+    independent train all tasks on each batch (independent's tasks share no trained weight); alternating
+    trains a block of ``alternate`` batches on one task, then the same block on the next."""
+    if plan.schedule != "alternating":
+        for batch in batches:
+            yield batch, tasks
+        return
+    block: list = []
+    for batch in batches:
+        block.append(batch)
+        if len(block) == max(1, alternate):
+            for task in tasks:
+                yield from ((b, [task]) for b in block)
+            block = []
+    for task in tasks if block else ():
+        yield from ((b, [task]) for b in block)
+
+
+@torch.no_grad()
+def _set_base_rate(model, targets: torch.Tensor, regions: torch.Tensor) -> None:
+    """A presence head never trained (its output layer all zero) starts at the patches' base rate: its output
+    bias at logit(rate), clamped to [0.1, 0.9]; a zero bias against a 65 % rate pushes every hidden unit the
+    same way at once (review 2026-12-06: 17 of 20 units died within 20 steps)."""
+    last = model.tasks["presence"].net[-1]
+    if bool(last.weight.any()) or bool(last.bias.any()):
+        return
+    mask = regions.bool()
+    counts = mask.float().sum(0)
+    rate = ((targets * mask).sum(0) / counts.clamp_min(1)).clamp(0.1, 0.9)
+    last.bias.copy_(torch.where(counts > 0, torch.logit(rate), torch.zeros_like(rate)))
+
+
 def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.5, alternate=5, **opt) -> dict:
-    """Phase-F steps under ``plan``. ``domain``, ``opt["per_case_domain"]``: as ``uharmony.model.training.train_steps``.
+    """Phase-F steps under ``plan`` (each task sees every batch: see :func:`_schedule`). ``domain``,
+    ``opt["per_case_domain"]``: as ``uharmony.model.training.train_steps``.
     ``opt``: device, weight_decay, optimizer, state, proximal_mu, reference, per_case_domain."""
     device = opt.get("device", "cpu")
     model.to(device).train()
@@ -144,12 +178,11 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
         if plan.schedule == "independent":  # one optimizer per task over its own trained groups
             own = {"seg": trained - groups["presence"], "presence": trained & groups["presence"]}
             named = {t: _params(model, own[t]) for t in tasks}
+            optims = {t: make_optimizer(named[t], kind, lr, decay, state) for t in tasks}
         else:
-            named = dict.fromkeys(tasks, _params(model, trained))
-        optims = {}
-        for t in tasks:
-            key = id(named[t]) if plan.schedule != "independent" else t
-            optims.setdefault(key, make_optimizer(named[t], kind, lr, decay, state))
+            shared = _params(model, trained)
+            named = dict.fromkeys(tasks, shared)
+            optims = dict.fromkeys(tasks, make_optimizer(shared, kind, lr, decay, state))
         # FedProx's anchor on the step's device (the site holds it on the CPU)
         anchor = (
             {k: v.to(device) for k, v in opt["reference"].items()}
@@ -157,14 +190,11 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
             else None
         )
         losses = []
-        for i, batch in enumerate(batches):
+        for batch, active in _schedule(batches, plan, tasks, alternate):
             x, y = torch.as_tensor(batch["image"]).to(device), torch.as_tensor(batch["label"]).to(device)
             present, regions = batch["present"].to(device), batch["regions"].to(device)
-            if plan.schedule == "joint":
-                active = tasks
-            else:
-                block = i if plan.schedule == "independent" else i // max(1, alternate)
-                active = [tasks[block % len(tasks)]]
+            if "presence" in active:
+                _set_base_rate(model, presence_targets(y), regions)
             dom = batch["domain"] if opt.get("per_case_domain") else domain
             out = forward_tasks(model, x, present, dom, want=tuple(active))
             loss = x.new_zeros(())
@@ -178,14 +208,13 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
                 loss = loss + opt["proximal_mu"] * proximal_term(model, anchor)
             if not loss.requires_grad:
                 continue
-            chosen = [optims[k] for k in {id(named[t]) if plan.schedule != "independent" else t for t in active}]
+            chosen = list({id(optims[t]): optims[t] for t in active}.values())
             for opt_ in chosen:
                 opt_.zero_grad(set_to_none=True)
             losses.append(step(loss, chosen))
         saved = {}
         for t in tasks:
-            key = id(named[t]) if plan.schedule != "independent" else t
-            saved.update(optimizer_state(optims[key], named[t]))
+            saved.update(optimizer_state(optims[t], named[t]))
     return {"loss": sum(losses) / max(len(losses), 1), "steps": len(losses), "state": saved}
 
 
@@ -243,9 +272,12 @@ def denoise_scores(
 
 @torch.no_grad()
 def presence_accuracy(model, items: list[dict], roi: int, seed: int, per_case: int = 4, device="cpu") -> dict:
-    """Accuracy of the presence head per region (``presence-<region>``) on ``per_case`` patches of each
-    validation scan (half centred on lesion, half on background, drawn from ``seed``); regions a scan's
-    protocol does not annotate are not scored."""
+    """The presence head per region on ``per_case`` patches of each validation scan (half centred on lesion,
+    half on background, drawn from ``seed``): accuracy (``presence-<region>``) and, where both answers
+    occur among the patches, the area under the ROC curve of its logit (``presence-auroc-<region>``;
+    accuracy alone hides a head stuck at the base rate). Regions a scan's protocol does not annotate are
+    not scored."""
+    from monai.metrics import compute_roc_auc
     from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
 
     model.to(device).eval()
@@ -254,8 +286,7 @@ def presence_accuracy(model, items: list[dict], roi: int, seed: int, per_case: i
         keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=1, num_samples=per_case
     )
     crop.set_random_state(seed=seed % (2**32))
-    right = torch.zeros(len(model.regions))
-    count = torch.zeros(len(model.regions))
+    logits, targets, scored = [], [], []
     for item in items:
         mask = torch.as_tensor(item["regions"]).bool()
         if not bool(mask.any()):
@@ -264,11 +295,15 @@ def presence_accuracy(model, items: list[dict], roi: int, seed: int, per_case: i
         x = torch.stack([torch.as_tensor(p["image"]) for p in patches]).to(device)
         y = torch.stack([torch.as_tensor(p["label"]) for p in patches])
         present = torch.as_tensor(item["present"]).view(1, -1).expand(len(patches), -1).to(device)
-        pred = forward_tasks(model, x, present, want=("presence",))["presence"].cpu() > 0
-        hits = (pred == presence_targets(y).bool()).float()
-        right += hits.sum(0) * mask
-        count += len(patches) * mask
-    return {
-        f"presence-{r.lower()}": (float(right[i] / count[i]) if count[i] > 0 else float("nan"))
-        for i, r in enumerate(model.regions)
-    }
+        logits.append(forward_tasks(model, x, present, want=("presence",))["presence"].float().cpu())
+        targets.append(presence_targets(y))
+        scored.append(mask.view(1, -1).expand(len(patches), -1))
+    out = {}
+    for i, r in enumerate(model.regions):
+        keep = torch.cat(scored)[:, i] if scored else torch.zeros(0, dtype=torch.bool)
+        z = torch.cat(logits)[keep, i] if scored else torch.zeros(0)
+        t = torch.cat(targets)[keep, i] if scored else torch.zeros(0)
+        out[f"presence-{r.lower()}"] = float(((z > 0).float() == t).float().mean()) if len(t) else float("nan")
+        if len(t) and 0 < float(t.sum()) < len(t):
+            out[f"presence-auroc-{r.lower()}"] = float(compute_roc_auc(z, t))
+    return out
