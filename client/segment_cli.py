@@ -56,6 +56,7 @@ def load_model(
     trusted: list | None = None,
     allow_checkpoint: bool = False,
     revoked: Revocations | None = None,
+    accept: tuple[str, ...] = ("final",),
 ):
     """(model, roles, spacing, patch size, site entries loaded?) of a federated model file or bundle.
 
@@ -81,7 +82,7 @@ def load_model(
             meta["site_statistics"] != "initial values",
         )
     try:
-        blob = open_model_file(path, trusted, allow_checkpoint, revoked, warn=_warn)
+        blob = open_model_file(path, trusted, allow_checkpoint, revoked, warn=_warn, accept=accept)
     except CheckpointError as exc:
         raise DataError(path, str(exc)) from None
     model = model_from_spec(blob["spec"])

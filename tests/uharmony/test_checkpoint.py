@@ -98,6 +98,13 @@ def test_release_records_bind_file_run_round_kind_and_expiry(tmp_path):
         load_revocations(tmp_path / "revoked.txt")
     with pytest.raises(ReleaseError, match="no release record"):
         check_release(None, "final_model.pt", final["sha256"])
+    # a phase-P artifact is its own kind: what uharmony-denoise accepts, and not a final model
+    save_checkpoint(tmp_path / "p", 5, {}, {"w": torch.zeros(1)}, extra, name="umsrep.pt")
+    art = load_checkpoint(tmp_path / "p", "umsrep.pt")
+    assert art["release"]["kind"] == "umsrep"
+    check_release(art["release"], "umsrep.pt", art["sha256"], accept=("umsrep",))
+    with pytest.raises(ReleaseError, match="is a umsrep of run r9 .* not its released final model"):
+        check_release(art["release"], "umsrep.pt", art["sha256"])
 
 
 def test_inference_settings_a_model_file_carries_are_checked(tmp_path):

@@ -24,9 +24,11 @@ def open_model_file(
     allow_checkpoint: bool = False,
     revoked: Revocations | None = None,
     warn: Callable[[str], None] = lambda text: None,
+    accept: tuple[str, ...] = ("final",),
 ) -> dict:
     """The checkpoint at ``path`` (``load_checkpoint``'s dict) with ``"settings"`` ({"spacing-mm",
-    "patch-size", ...}); CheckpointError naming the file and the reason it may not run."""
+    "patch-size", ...}); CheckpointError naming the file and the reason it may not run. ``accept``: the
+    release kinds that run without ``allow_checkpoint`` (``uharmony.records.release``)."""
     path = Path(path)
     if not (path.parent / MANIFEST).exists() and trusted is None:
         warn(f"{path}: no {MANIFEST} beside it: its digest and release are not checked")
@@ -36,7 +38,7 @@ def open_model_file(
         blob = load_checkpoint(path.parent, path.name, trusted=trusted)
     try:
         if blob["release"] is not None or trusted is not None:
-            check_release(blob["release"], path.name, blob["sha256"], allow_checkpoint, revoked)
+            check_release(blob["release"], path.name, blob["sha256"], allow_checkpoint, revoked, accept=accept)
         elif revoked is not None and (why := revoked.reason({"sha256": blob["sha256"]})):
             raise ReleaseError(f"{path.name}: revoked: {why}")
     except ReleaseError as exc:

@@ -4,7 +4,7 @@ A manifest (``manifest.json``, signed as a whole by ``manifest.sig``) carries, b
 a release record per model file (``"releases": {name: record}``; a bundle's manifest one ``"release"``)::
 
     {"format": 1, "file": "final_model.pt", "sha256": "…", "run-id": "…", "round": 16,
-     "kind": "final" | "checkpoint", "issued": "2026-12-07T10:00:00Z", "expires": "2027-12-07T10:00:00Z"}
+     "kind": "final" | "umsrep" | "checkpoint", "issued": "2026-12-07T10:00:00Z", "expires": "2027-12-07T10:00:00Z"}
 
 so one signature binds the file to its run, round and kind, and to a validity period. ``check_release``
 refuses a checkpoint unless asked for one, an expired release, a record for another file, and anything a
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT = 1
-KINDS = ("final", "checkpoint")
-VALID_DAYS = {"final": 365, "checkpoint": 30}  # how long a release stays valid unless the caller says
-FINAL_NAME = "final_model.pt"
+KINDS = ("final", "umsrep", "checkpoint")
+VALID_DAYS = {"final": 365, "umsrep": 365, "checkpoint": 30}  # how long a release stays valid unless the caller says
+FINAL_NAME, UMSREP_NAME = "final_model.pt", "umsrep.pt"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -38,8 +38,9 @@ def _stamp(t: dt.datetime) -> str:
 
 
 def kind_of(name: str) -> str:
-    """The release kind a checkpoint file's name implies: the run's final model, or anything else."""
-    return "final" if Path(name).name == FINAL_NAME else "checkpoint"
+    """The release kind a checkpoint file's name implies: the run's final model, a phase-P artifact (UMS-Rep:
+    the denoiser a hospital may run, the trunk a later run starts from), or anything else."""
+    return {FINAL_NAME: "final", UMSREP_NAME: "umsrep"}.get(Path(name).name, "checkpoint")
 
 
 def release_record(
@@ -116,9 +117,10 @@ def check_release(
     allow_checkpoint: bool = False,
     revoked: Revocations | None = None,
     now: dt.datetime | None = None,
+    accept: tuple[str, ...] = ("final",),
 ) -> dict:
     """``record`` if it is a well-formed release of the file ``name`` with digest ``sha256`` that may run
-    now; else ReleaseError saying why (a checkpoint only with ``allow_checkpoint``)."""
+    now; else ReleaseError saying why (a kind outside ``accept`` only with ``allow_checkpoint``)."""
     where = f"{name}: release record"
     if not isinstance(record, dict):
         raise ReleaseError(f"{name}: no release record in its manifest (a model signed before release records?)")
@@ -134,10 +136,11 @@ def check_release(
         raise ReleaseError(f"{where} is for {file} ({digest[:12]}...), not this file ({sha256[:12]}...)")
     if kind not in KINDS:
         raise ReleaseError(f"{where}: unknown kind {kind!r}")
-    if kind != "final" and not allow_checkpoint:
+    if kind not in accept and not allow_checkpoint:
+        wanted = " or ".join("its released final model" if k == "final" else f"a {k} release" for k in accept)
         raise ReleaseError(
-            f"{name} is a {kind} of run {record['run-id']} (round {record['round']}), not its released final "
-            "model; give --allow-checkpoint to use it anyway"
+            f"{name} is a {kind} of run {record['run-id']} (round {record['round']}), not {wanted}; "
+            "give --allow-checkpoint to use it anyway"
         )
     t = _utc(now)
     if t >= expires:
