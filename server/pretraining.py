@@ -110,6 +110,7 @@ class Pretraining(Phase):
             "stopped": engine.stop_reason or None,
             "spec": engine.model.spec,
             "noise": self.cfg.noise,
+            "pretext": self.cfg.pretext,
             "noise-levels": list(self.cfg.noise_levels),
             "best-val-loss": None if self.best == math.inf else self.best,
             "sites": [

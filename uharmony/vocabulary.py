@@ -32,4 +32,5 @@ ROLES = (SHARED, LOCAL, DOMAIN)
 # UMS-Rep: the run's phases, and the phase-F plans of uharmony.umsrep.plans (every plan but "pretrain";
 # tests/test_light_imports.py checks that they match)
 PHASES = ("segment", "pretrain")
+PRETEXTS = ("denoise", "denoise+inpaint")  # phase P's task (uharmony.umsrep.training)
 FINETUNE = ("full", "joint", "alternating", "independent", "independent-head")

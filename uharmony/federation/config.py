@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from uharmony.checks import one_of
 from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy
-from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES
+from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES, PRETEXTS
 
 _PHASES = list(PHASES)  # the vocabulary's, and any a server registers (server.phase.register_phase)
 
@@ -103,6 +103,7 @@ class RunConfig:
     alternate_batches: int = 5  # alternating plan: batches per task before switching
     noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)
     noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # sigma in units of the brain's intensity SD
+    pretext: str = "denoise"  # phase P task: denoise | denoise+inpaint (cubes blanked in half the batches)
     plateau_patience: int = 2  # phase P: evaluations without a 1 % gain before the rate is halved
     stop_patience: int = 4  # phase P: evaluations without a 1 % gain before the phase stops early
     calibration_batches: int = 8  # batches of clean scans that re-estimate a site's harmonization statistics
@@ -191,6 +192,7 @@ class RunConfig:
         one_of("run config: 'finetune'", self.finetune, FINETUNE)
         one_of("run config: 'tasks'", self.tasks, ("", "presence"))
         one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))
+        one_of("run config: 'pretext'", self.pretext, PRETEXTS)
         if not self.noise_levels or any(not 0 < s <= 2 for s in self.noise_levels):
             raise ValueError("run config: 'noise-levels' must be 1+ comma-separated sigmas in (0, 2]")
         if min(self.plateau_patience, self.stop_patience, self.alternate_batches, self.calibration_batches) < 1:

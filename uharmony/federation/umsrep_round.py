@@ -57,6 +57,7 @@ def pretrain(job, server_round: int, lr: float, local_steps: int, seed: int):
         lr,
         seed,
         job.device,
+        pretext=cfg.pretext,
         weight_decay=cfg.weight_decay,
         optimizer=cfg.optimizer,
         state=opt_state,

@@ -49,6 +49,24 @@ def corrupt(x: torch.Tensor, mask: torch.Tensor, kind: str, sigma: float, genera
     return torch.where(mask, noisy, x)
 
 
+INPAINT_CUBES, INPAINT_SIDE = 4, 0.25  # per blanked patch: cubes of a quarter of its side (ours)
+
+
+def blank_cubes(x: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
+    """``x`` with :data:`INPAINT_CUBES` random cubes (side :data:`INPAINT_SIDE` of the patch's smallest side)
+    set to 0 (the z-scored brain mean) in every modality, on the ``mask`` voxels: the content must come from
+    the surroundings, which only the deep, wide layers see (the pretext of Models Genesis' in-painting)."""
+    out = x.clone()
+    spatial = x.shape[2:]
+    side = max(1, int(min(spatial) * INPAINT_SIDE))
+    for b in range(x.shape[0]):
+        for _ in range(INPAINT_CUBES):
+            lo = [int(torch.randint(0, n - side + 1, (1,), generator=generator)) for n in spatial]
+            region = (b, slice(None), *(slice(s0, s0 + side) for s0 in lo))
+            out[region] = torch.where(mask[region], torch.zeros_like(out[region]), out[region])
+    return out
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(pred.dtype)
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
@@ -77,9 +95,13 @@ class _Frozen:
             p.requires_grad_(self.saved[n])
 
 
-def pretrain_steps(model, batches, noise: str, levels, lr: float, seed: int, device="cpu", **opt) -> dict:
+def pretrain_steps(
+    model, batches, noise: str, levels, lr: float, seed: int, device="cpu", pretext: str = "denoise", **opt
+) -> dict:
     """Denoising steps: each batch corrupted at a level drawn from ``levels``; masked MSE to the clean scan.
-    ``opt``: weight_decay, optimizer, state (as ``uharmony.model.training.train_steps``)."""
+    ``pretext`` ``denoise+inpaint``: half the batches (drawn from ``seed``) also get cubes blanked
+    (:func:`blank_cubes`) that the model restores. ``opt``: weight_decay, optimizer, state (as
+    ``uharmony.model.training.train_steps``)."""
     model.to(device).train()
     keys = module_groups(model)
     trained = keys["encoder"] | keys["decoder"] | keys["recon"]
@@ -95,6 +117,8 @@ def pretrain_steps(model, batches, noise: str, levels, lr: float, seed: int, dev
             mask = brain_mask(x, present)
             sigma = float(levels[int(torch.randint(len(levels), (1,), generator=gen))])
             noisy = corrupt(x, mask, noise, sigma, gen)
+            if pretext == "denoise+inpaint" and bool(torch.rand((1,), generator=gen) < 0.5):
+                noisy = blank_cubes(noisy, mask, gen)
             optim.zero_grad(set_to_none=True)
             loss = masked_mse(forward_tasks(model, noisy, present, want=("recon",))["recon"], x, mask)
             losses.append(step(loss, [optim], "denoising"))

@@ -207,3 +207,18 @@ def test_the_presence_head_learns_presence_behind_instance_norm():
     with torch.no_grad():
         p = torch.sigmoid(forward_tasks(model, x, batch["present"], want=("presence",))["presence"])[:, 2]
     assert float(p[[0, 2]].min()) > 0.5 > float(p[[1, 3]].max()), p
+
+
+def test_inpainting_blanks_brain_cubes_and_phase_p_learns_to_fill_them():
+    from uharmony.umsrep.training import blank_cubes
+
+    b = scan()
+    mask = brain_mask(b["image"], b["present"])
+    blanked = blank_cubes(b["image"], mask, torch.Generator().manual_seed(0))
+    changed = blanked != b["image"]
+    assert changed.any() and not (changed & ~mask).any() and (blanked[changed] == 0).all()
+    # every modality of a voxel is blanked together (the content cannot be read from another contrast)
+    assert torch.equal(changed.any(1), changed[:, :1].expand_as(changed).any(1))
+    model = tiny(("recon",))
+    out = pretrain_steps(model, [b] * 3, "gaussian", (0.2,), 0.01, seed=3, pretext="denoise+inpaint")
+    assert out["steps"] == 3 and out["loss"] > 0

@@ -1,0 +1,184 @@
+"""Does phase P's pretext teach the deep layers? A linear probe of the frozen bottleneck (issue 34, item 1).
+
+    python -m simulation.umsrep_bench.probe                      # pilot seeds 0 1 2 -> runs/umsrep-probe
+    python -m simulation.umsrep_bench.probe --seeds 10 11 ... --page docs/umsrep-probe.md
+
+Design (registered 2026-12-07 in this module and docs/method.md before it first ran):
+
+- data: the UMS-Rep bench's federation (scenario S1, 5 sites, 8 cases per site, 3 mm; ``jobs.DEFAULT``);
+- arms, from the same initial weights (the run's seed) and the same batches: ``random`` (no phase P),
+  ``denoise`` (the product's phase P) and ``denoise+inpaint`` (half the batches also have cubes blanked);
+  phase P central (Flower-free: one trunk, batches from the sites in turn), ``--steps`` steps at lr 2e-3,
+  Rician noise at 0.1/0.2/0.3 brain SD, batch 2, patch 24;
+- probe: ``--patches`` fixed patches of each validation case (half centred on tumour, half on background,
+  drawn from the seed), the pooled bottleneck the presence head reads (average and max), standardized;
+  L2-regularized logistic regression (LBFGS, weight 1e-2), 5-fold cross-validated; the estimand is the
+  AUROC of whole-tumour presence, beside the accuracy and the majority rate;
+- rule: ``denoise+inpaint`` becomes the documented recommendation if its mean AUROC over the pilot seeds
+  0-2 is at least 0.05 above ``denoise``'s; it then must hold on fresh seeds (10-19) before any default
+  changes. A pretext "needs the deep layers" when its AUROC is above the ``random`` arm's.
+
+Each (seed, arm) is a JSONL record in ``--out``/probe.jsonl, written as it is made; ``--page`` writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ARMS = ("random", "denoise", "denoise+inpaint")
+
+
+def _features(model, items: list[dict], roi: int, seed: int, per_case: int):
+    """(pooled bottleneck features (N, 2C), WT presence (N,)) on fixed patches of ``items``."""
+    import torch
+    from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
+
+    from uharmony.model.task_heads import bottleneck_of
+    from uharmony.umsrep.training import presence_targets
+
+    pad = SpatialPadd(keys=["image", "label"], spatial_size=(roi,) * 3)
+    crop = RandCropByPosNegLabeld(
+        keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=1, num_samples=per_case
+    )
+    crop.set_random_state(seed=seed)
+    feats, targets, caught = [], [], {}
+    module, _ = bottleneck_of(model.backbone)
+    handle = module.register_forward_hook(lambda m, i, o: caught.__setitem__("b", o))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for item in items:
+                patches = crop(pad({"image": item["image"], "label": item["label"]}))
+                x = torch.stack([torch.as_tensor(p["image"]) for p in patches])
+                y = torch.stack([torch.as_tensor(p["label"]) for p in patches])
+                present = torch.as_tensor(item["present"]).view(1, -1).expand(len(patches), -1)
+                model.features(x, present)
+                flat = caught["b"].flatten(2)
+                feats.append(torch.cat([flat.mean(2), flat.amax(2)], 1))
+                wt = list(model.regions).index("WT")
+                targets.append(presence_targets(y)[:, wt])
+    finally:
+        handle.remove()
+    return torch.cat(feats), torch.cat(targets)
+
+
+def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2) -> dict:
+    """Cross-validated logistic regression: accuracy and AUROC of the held-out folds' predictions."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=gen)
+    scores = torch.zeros(len(y))
+    for k in range(folds):
+        test = order[k::folds]
+        train = order[torch.isin(order, test, invert=True)]
+        mean, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+        xt, xs = (x[train] - mean) / sd, (x[test] - mean) / sd
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure(xt=xt, yt=y[train], w=w, b=b, opt=opt):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * (w @ w)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        scores[test] = (xs @ w + b).detach()
+    majority = float(max(y.mean(), 1 - y.mean()))
+    both = 0 < float(y.sum()) < len(y)
+    return {
+        "accuracy": float(((scores > 0).float() == y).float().mean()),
+        "auroc": float(compute_roc_auc(scores, y)) if both else float("nan"),
+        "majority": majority,
+        "patches": len(y),
+    }
+
+
+def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
+    import torch
+
+    from uharmony.data import SiteData, load_federation
+    from uharmony.federation.config import RunConfig
+    from uharmony.umsrep.training import pretrain_steps
+
+    from ..embedded import ensure_federation
+    from .jobs import DEFAULT
+
+    t0 = time.time()
+    cfg = RunConfig.from_flwr({**DEFAULT.base(seed), "phase": "pretrain"})
+    fed = load_federation(ensure_federation(cfg, progress=False))
+    sites = [SiteData(s, cfg.spacing, cfg.patch_size) for s in fed.sites]
+    model = cfg.build_model(len(sites))
+    loss = None
+    if arm != "random":
+        streams = [s.scan_batches(cfg.batch_size, steps, seed + i) for i, s in enumerate(sites)]
+        batches = (next(streams[i % len(streams)]) for i in range(steps))
+        torch.manual_seed(seed)
+        loss = pretrain_steps(model, batches, cfg.noise, cfg.noise_levels, DEFAULT.lr, seed, pretext=arm)["loss"]
+    x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
+    return {"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
+            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+
+
+def page(records: list[dict]) -> str:
+    lines = [
+        "# UMS-Rep pretext probe: does phase P teach the bottleneck? (`python -m simulation.umsrep_bench.probe`)",
+        "",
+        "Linear probe (5-fold CV logistic regression) of whole-tumour presence from the frozen pooled bottleneck, "
+        "after central phase P with each pretext; design and rule: the module's docstring.",
+        "",
+        "| arm | seeds | phase-P steps | AUROC ×100 (mean, per seed) | accuracy ×100 | majority rate ×100 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        rs = sorted((r for r in records if r["arm"] == arm), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        au = [r["auroc"] * 100 for r in rs]
+        lines.append(
+            f"| {arm} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | {statistics.fmean(au):.1f} "
+            f"({', '.join(f'{a:.1f}' for a in au)}) | {statistics.fmean(r['accuracy'] * 100 for r in rs):.1f} | "
+            f"{statistics.fmean(r['majority'] * 100 for r in rs):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="umsrep-probe", description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=320, help="central phase-P steps per pretext")
+    p.add_argument("--patches", type=int, default=24, help="probe patches per validation case")
+    p.add_argument("--out", type=Path, default=Path("runs/umsrep-probe"))
+    p.add_argument("--page", type=Path, default=None, help="also write the table here (e.g. docs/umsrep-probe.md)")
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / "probe.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = {(r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0) for r in records}
+    for seed in a.seeds:
+        for arm in ARMS:
+            if (seed, arm, 0 if arm == "random" else a.steps) in done:
+                continue
+            rec = run_arm(seed, arm, a.steps, a.patches)
+            with path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            records.append(rec)
+            print(f"[probe] seed {seed} {arm}: AUROC {rec['auroc']:.3f}, accuracy {rec['accuracy']:.3f} "
+                  f"(majority {rec['majority']:.3f}), {rec['seconds']} s", flush=True)  # fmt: skip
+    text = page([r for r in records if r["seed"] in a.seeds])
+    print(text)
+    if a.page:
+        a.page.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
