@@ -33,7 +33,8 @@ from uharmony.federation.federated import ModelRoles, State
 
 TRAIN_METRICS = (P.TRAIN_LOSS, P.STEPS, P.SECONDS, P.NUM_EXAMPLES, P.SKIPPED, P.UPDATE_BYTES)
 EVAL_KEY = re.compile(r"(dice|hd95|presence-auroc|presence)-([a-z][a-z0-9]{0,15})-(oracle|gated|expert\d{1,3})")
-DENOISE_KEY = re.compile(r"(psnr|ssim)-(noisy|denoised)-\d{1,2}")  # UMS-Rep phase P, per noise level
+# UMS-Rep phase P, per noise level (and "s", the scan as acquired, against a noise-free reference)
+DENOISE_KEY = re.compile(r"(psnr|ssim)-(noisy|denoised|clean-noisy|clean-denoised)-(\d{1,2}|s)")
 
 
 class RejectedUpdate(ValueError):
@@ -269,6 +270,8 @@ def check_evaluation(
             _number(value, key, -1.0, 1.0) if key.startswith("ssim") else _number(value, key, -200.0, 400.0)
         elif key == P.VAL_LOSS:
             _number(value, key, 0.0)
+        elif key == P.INTRINSIC_NOISE:
+            _number(value, key, 0.0, 100.0)
         else:
             continue  # unknown numbers are not used
         metrics[key] = float(value) if isinstance(value, float) else value

@@ -30,6 +30,7 @@ def embedded_federation(
     scenario: str = "",
     kappa: float = 1.0,
     val_cases: int = 0,
+    reference: bool = False,
 ) -> Path:
     """Path of the synthetic federation with these settings, generating it if absent.
 
@@ -41,13 +42,13 @@ def embedded_federation(
 
     Safe against concurrent callers (file lock) and interruptions (generated in a temporary folder,
     then renamed into place). ``val_cases``: held-out validation cases per site beyond the others
-    (``synth.generate_federation``).
+    (``synth.generate_federation``); ``reference``: each scan also written without its noise.
     """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     if not 0 <= join_sites < sites:
         raise ValueError(f"join_sites must be in [0, sites), got {join_sites} with sites={sites}")
-    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites, scenario, kappa, val_cases)
+    path = root / embedded_name(sites, cases_per_site, seed, spacing, join_sites, scenario, kappa, val_cases, reference)
     if (path / MANIFEST).exists():
         return path
     if scenario:
@@ -61,7 +62,7 @@ def embedded_federation(
         if not (path / MANIFEST).exists():
             tmp = path.with_name(path.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            kw = {"progress": progress, "profiles": profiles, "val_cases": val_cases}
+            kw = {"progress": progress, "profiles": profiles, "val_cases": val_cases, "reference": reference}
             generate_federation(tmp, len(profiles), cases_per_site, seed, spacing, **kw)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
@@ -82,4 +83,5 @@ def ensure_federation(cfg: RunConfig, progress: bool = True) -> Path:
         scenario=cfg.synth_scenario,
         kappa=cfg.synth_kappa,
         val_cases=cfg.synth_val_cases,
+        reference=cfg.synth_reference,
     )

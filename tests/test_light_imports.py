@@ -24,7 +24,7 @@ LIGHT_MODULES = (
     "client.site_profile",
 )
 # commands whose every use loads a model: their --help may pay for torch (the others' may not)
-HEAVY_COMMANDS = {"uharmony-segment", "uharmony-calibrate", "uharmony-export"}
+HEAVY_COMMANDS = {"uharmony-segment", "uharmony-calibrate", "uharmony-export", "uharmony-denoise"}
 COMMANDS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 LIGHT_COMMANDS = sorted(set(COMMANDS) - HEAVY_COMMANDS)
 

@@ -72,5 +72,8 @@ PROTOTYPE_ACTION = "prototype"  # message type "query.prototype"
 # statistics on clean scans under the model sent, keep them at the site, answer with counts only (a
 # label-free site in phase F, every site when phase P ends).
 CALIBRATE_ACTION = "calibrate"
-DENOISE_PREFIXES = ("psnr-noisy-", "psnr-denoised-", "ssim-noisy-", "ssim-denoised-")
+DENOISE_PREFIXES = ("psnr-noisy-", "psnr-denoised-", "ssim-noisy-", "ssim-denoised-", "psnr-clean-", "intrinsic-noise")
+# against a case's noise-free reference (when its site has them): psnr-clean-{noisy,denoised}-<level index>, and
+# level "s" for the scan as acquired (no added noise); intrinsic-noise: the RMS of scan - reference (brain SD)
+INTRINSIC_NOISE = "intrinsic-noise"
 VAL_LOSS = "val-loss"  # phase P: masked MSE of the denoised validation scans at the middle noise level

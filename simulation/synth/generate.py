@@ -37,9 +37,12 @@ def render(
     rng: np.random.Generator,
     spacing: float = 3.0,
     case: dict | None = None,
+    clean: list | None = None,
 ) -> np.ndarray:
     """One contrast of one subject as seen by the site's scanner (skull-stripped, float32). ``case``: this
-    subject's draws of a harder image (``case_image``), else the generator's usual intensities."""
+    subject's draws of a harder image (``case_image``), else the generator's usual intensities. ``clean``: a
+    list that gets the same image without the scanner's noise (the noise is drawn last, from the same stream
+    either way)."""
     ti = case_intensities(modality, case) if case else TISSUE_INTENSITY[modality]
     img = ti["csf"] * tissue["csf"] + ti["gm"] * tissue["gm"] + ti["wm"] * tissue["wm"]
     for label, key, mix in (
@@ -63,6 +66,8 @@ def render(
         through += np.sqrt(profile.slice_thickness**2 - spacing**2) / 2.355 / spacing
     if profile.blur or through:
         img = ndimage.gaussian_filter(img, sigma=(profile.blur, profile.blur, profile.blur + through))
+    if clean is not None:
+        clean.append((img * profile.scale[modality] * brain).astype(np.float32))
     sigma = profile.noise
     img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
     return (img * profile.scale[modality] * brain).astype(np.float32)
@@ -123,14 +128,22 @@ def write_case(
     affine: np.ndarray,
     profile: SiteProfile,
     rng: np.random.Generator,
+    reference: bool = False,
 ) -> None:
+    """One case folder; ``reference``: also ``reference/<case>_<modality>.nii.gz``, each scan without its noise."""
     folder = root / case
     folder.mkdir(parents=True, exist_ok=True)
     subject = case_image(profile, rng)
     for modality in profile.modalities:
-        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng, float(affine[0, 0]), subject), affine)
+        clean = [] if reference else None
+        img = nib.Nifti1Image(render(tissue, seg, modality, profile, rng, float(affine[0, 0]), subject, clean), affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, folder / f"{case}_{modality}.nii.gz")
+        if clean:
+            (folder / "reference").mkdir(exist_ok=True)
+            ref = nib.Nifti1Image(clean[0], affine)
+            ref.header.set_xyzt_units("mm")
+            nib.save(ref, folder / "reference" / f"{case}_{modality}.nii.gz")
     brain = (tissue["csf"] + tissue["gm"] + tissue["wm"]) > 0.5
     written = write_labels(seg, profile.convention, rng, brain | (seg > 0), float(affine[0, 0]))
     seg_img = nib.Nifti1Image(protocol_labels(written, profile.labels), affine)
@@ -158,12 +171,12 @@ def _spawnable() -> bool:
     return main is None or Path(main).is_file()
 
 
-def _case(out: Path, base, affine, profile: SiteProfile, spacing: float, key: list[int], case: str) -> None:
+def _case(out: Path, base, affine, profile: SiteProfile, spacing: float, key: list[int], case: str, reference=False):
     """One case, from its own random stream (so cases can be made in any order, in any process)."""
     rng = np.random.default_rng(key)
     tissue = deform(base, rng, brain_scale=profile.brain_scale)
     seg = insert_lesions(tissue, profile.lesion, spacing, rng, affine)
-    write_case(out, case, tissue, seg, affine, profile, rng)
+    write_case(out, case, tissue, seg, affine, profile, rng, reference)
 
 
 def generate_federation(
@@ -177,6 +190,7 @@ def generate_federation(
     profiles: list[SiteProfile] | None = None,
     workers: int | None = None,
     val_cases: int = 0,
+    reference: bool = False,
 ) -> dict:
     """Write the federation under ``out``; returns its description (the manifest's content).
 
@@ -185,6 +199,8 @@ def generate_federation(
     by side (default: one per core, from 16 cases on); the files are the same for any number.
     ``val_cases``: that many more cases per site, drawn like the others and fixed to validation
     (``"split": "val"``): every other case, and the train/validation split of those, is as without them.
+    ``reference``: every scan also written without its noise (the manifest's ``reference``; the scans are
+    the same as without it), to score denoising against.
     """
     if sites < 1 or cases_per_site < 1:
         raise ValueError(f"need at least one site and one case per site, got sites={sites}, cases={cases_per_site}")
@@ -208,6 +224,11 @@ def generate_federation(
                     "images": {m: f"{case}/{case}_{m}.nii.gz" for m in profile.modalities},
                     "label": f"{case}/{case}_seg.nii.gz",
                     **({"split": "val"} if c >= own else {}),
+                    **(
+                        {"reference": {m: f"{case}/reference/{case}_{m}.nii.gz" for m in profile.modalities}}
+                        if reference
+                        else {}
+                    ),  # fmt: skip
                 }
             )
         entries.append(
@@ -225,13 +246,15 @@ def generate_federation(
     with tqdm(total=len(jobs), desc="synthesizing cases", unit="case", disable=not progress) as bar:
         if workers > 1:
             with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
-                futures = [pool.submit(_case, out, base, affine, p, spacing, key, case) for p, key, case in jobs]
+                futures = [
+                    pool.submit(_case, out, base, affine, p, spacing, key, case, reference) for p, key, case in jobs
+                ]
                 for fut in futures:
                     fut.result()
                     bar.update(1)
         else:
             for p, key, case in jobs:
-                _case(out, base, affine, p, spacing, key, case)
+                _case(out, base, affine, p, spacing, key, case, reference)
                 bar.update(1)
     description = {"seed": seed, "spacing_mm": spacing, "seconds": round(time.time() - t0, 2)}
     write_manifest(out, "synthetic", entries, generator=description)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 ARMS = ("random", "denoise", "denoise+inpaint")
+PILOT = (0, 1, 2)
 
 
 def _features(model, items: list[dict], roi: int, seed: int, per_case: int):
@@ -124,8 +125,10 @@ def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
         torch.manual_seed(seed)
         loss = pretrain_steps(model, batches, cfg.noise, cfg.noise_levels, DEFAULT.lr, seed, pretext=arm)["loss"]
     x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
+    from ..kit.machine import machine
+
     return {"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
-            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine()}  # fmt: skip
 
 
 def page(records: list[dict]) -> str:
@@ -147,6 +150,19 @@ def page(records: list[dict]) -> str:
             f"| {arm} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | {statistics.fmean(au):.1f} "
             f"({', '.join(f'{a:.1f}' for a in au)}) | {statistics.fmean(r['accuracy'] * 100 for r in rs):.1f} | "
             f"{statistics.fmean(r['majority'] * 100 for r in rs):.1f} |"
+        )
+    unrecorded = "not recorded (the pilot of 2026-12-07: Intel Xeon, 2 cores)"
+    machines = sorted({r.get("machine", unrecorded) for r in records})
+    lines += ["", f"Machine: {'; '.join(machines)}."]
+    pilot = {arm: {r["seed"]: r["auroc"] for r in records if r["arm"] == arm and r["seed"] in PILOT} for arm in ARMS}
+    if all(len(pilot[a]) == len(PILOT) for a in ("denoise", "denoise+inpaint")):
+        gain = statistics.fmean(pilot["denoise+inpaint"].values()) - statistics.fmean(pilot["denoise"].values())
+        verdict = "met: in-painting is the recommendation" if gain >= 0.05 else "not met: no change"
+        lines.append(
+            f"Rule on the pilot seeds {list(PILOT)} (in-painting ≥ 0.05 AUROC above denoising): {verdict} "
+            f"({gain:+.3f}; per seed "
+            + ", ".join(f"{pilot['denoise+inpaint'][k] - pilot['denoise'][k]:+.3f}" for k in PILOT)
+            + ")."
         )
     return "\n".join(lines) + "\n"
 

@@ -144,3 +144,40 @@ def test_a_script_without_a_main_guard_can_generate_in_parallel(tmp_path):
     out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
     assert len(list((tmp_path / "fed").glob("SYN_*"))) == 16
+
+
+def test_reference_copies_are_the_scans_without_their_noise_and_change_nothing_else(tmp_path):
+    """``reference``: a noise-free copy of each scan beside it (UMS-Rep scores denoising against it); the scans,
+    labels and manifest otherwise as without it. Read through the data layer: the reference is z-scored with
+    the scan's own statistics, and ``floor`` is where a raw 0 lands."""
+    import torch
+
+    from uharmony.data import SiteData, load_federation
+
+    kw = dict(sites=1, cases_per_site=2, seed=5, spacing=6.0, progress=False, workers=1)
+    generate_federation(tmp_path / "a", **kw)
+    generate_federation(tmp_path / "b", **kw, reference=True)
+    case = "SYN_001_000"
+    for path in sorted(p for p in (tmp_path / "a" / case).iterdir() if p.is_file()):
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(path).dataobj), np.asarray(nib.load(tmp_path / "b" / case / path.name).dataobj)
+        )
+    scan = np.asarray(nib.load(tmp_path / "b" / case / f"{case}_t1.nii.gz").dataobj)
+    clean = np.asarray(nib.load(tmp_path / "b" / case / "reference" / f"{case}_t1.nii.gz").dataobj)
+    brain = scan != 0
+    noise = scan[brain] - clean[brain]
+    # the scanner noise of these sites is 0.16-0.6 brain SD (docs/umsrep.md): noise, not anatomy
+    assert np.array_equal(brain, clean != 0) and 0 < noise.std() < 0.7 * scan[brain].std()
+    assert abs(noise.mean()) < 0.5 * noise.std()
+    site = load_federation(tmp_path / "b").sites[0]
+    assert site.cases[0].reference == {
+        m: str(tmp_path / "b" / case / "reference" / f"{case}_{m}.nii.gz") for m in site.modalities
+    }
+    assert load_federation(tmp_path / "a").sites[0].cases[0].reference is None
+    item = SiteData(site, 6.0, 16).train[0]
+    x, ref = torch.as_tensor(item["image"]), torch.as_tensor(item["reference"])
+    assert bool(item["has-reference"].all()) and ref.shape == x.shape
+    inside = x[0] != 0
+    assert float((x[0][inside] - ref[0][inside]).std()) < 0.7  # the same units: the scan's z-score
+    assert (item["floor"] < 0).all()  # raw 0 lies below every brain voxel's z-score
+    assert float(x[0][inside].min()) >= float(item["floor"][0]) - 1e-4

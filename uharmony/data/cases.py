@@ -45,6 +45,8 @@ class Case:
     channels: tuple[str, ...] = MSD_CHANNELS
     domain: int = 0  # the domain of the site it comes from (a pooled site mixes domains)
     split: str | None = None  # "train" / "val": fixed by the manifest (a held-out set); None: the seeded split
+    # modality -> a noise-free (simulated) or high-SNR reference of the same scan: denoising is scored against it
+    reference: dict[str, str] | None = None
 
 
 @dataclass

@@ -9,10 +9,12 @@ institution); every simulated site reads its own part from it here, as a hospita
                            "label": "BraTS2021_00000/..._seg.nii.gz"}],
                 "skipped": [{"case": "BraTS2021_99999", "reason": "..."}]}]}
 
-A case may carry ``"split": "val"`` (or ``"train"``): it is then always in that part (a held-out validation
-set); the other cases are split by seed as if it were absent. Relative paths are relative to ``root``
-(default: the manifest's folder). A relative folder given to this module is made absolute once, against the
-current folder, where it enters (``absolute``). A 4-D case gives ``image4d`` and ``channels`` instead of
+A case may carry ``"reference": {modality: path}`` (a noise-free copy the generator writes with
+``synth-reference``, or a high-SNR acquisition): denoising is then scored against it. A case may carry
+``"split": "val"`` (or ``"train"``): it is then always in that part (a held-out validation set); the
+other cases are split by seed as if it were absent. Relative paths are relative to ``root`` (default: the
+manifest's folder). A relative folder given to this module is made absolute once, against the current
+folder, where it enters (``absolute``). A 4-D case gives ``image4d`` and ``channels`` instead of
 ``images``.
 Every malformed entry is an error naming the file and the key.
 """
@@ -91,6 +93,18 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
     )
     unknown = sorted(set(images) - set(site.modalities))
     _need(not unknown, where, f"{key}.images", f"modalities {unknown} are not among the site's {list(site.modalities)}")
+    reference = entry.get("reference")
+    _need(
+        reference is None
+        or (
+            isinstance(reference, dict)
+            and all(isinstance(v, str) for v in reference.values())
+            and set(reference) <= set(images)
+        ),  # fmt: skip
+        where,
+        f"{key}.reference",
+        "must map some of the case's image modalities to paths (a noise-free or high-SNR copy), or be absent",
+    )
     return Case(
         entry["id"],
         {m: str(base / p) for m, p in images.items()},
@@ -99,6 +113,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
         site.modalities,
         domain=site.domain,
         split=split,
+        reference={m: str(base / p) for m, p in reference.items()} if reference else None,
     )
 
 
@@ -169,8 +184,10 @@ def embedded_name(
     scenario: str = "",
     kappa: float = 1.0,
     val_cases: int = 0,
+    reference: bool = False,
 ) -> str:
     held = f"+v{val_cases}" if val_cases else ""  # held-out validation cases per site
+    held += "+ref" if reference else ""  # noise-free copies beside the scans
     if scenario:  # a benchmark scenario fixes its own sites
         strength = f"-k{kappa:g}" if scenario in ("S2", "S3") else ""
         return f"scenario-{scenario}{strength}-x{cases_per_site}{held}-seed{seed}-{spacing:g}mm"
@@ -192,6 +209,7 @@ def federation_root(cfg) -> Path:
         cfg.synth_scenario,
         cfg.synth_kappa,
         cfg.synth_val_cases,
+        cfg.synth_reference,
     )
     if not (path / MANIFEST).is_file():
         keys = (
@@ -203,6 +221,7 @@ def federation_root(cfg) -> Path:
             "synth-scenario",
             "synth-kappa",
             "synth-val-cases",
+            "synth-reference",
         )
         settings = " ".join(f"{k}={getattr(cfg, k.replace('-', '_'))!r}" for k in keys).replace("'", "")
         raise DataError(

@@ -63,14 +63,54 @@ class LabelToRegionsd(MapTransform):
         return d
 
 
-def preprocess_transform(spacing: float, with_label: bool = True, regions: Sequence[str] = REGIONS) -> Compose:
-    """The deterministic steps on a read case (``image`` MetaTensor, optional ``label``); invertible."""
+PIPELINE_VERSION = 2  # in every cache key: 2 added the magnitude floor and the reference scans
+
+
+class BrainScaled(MapTransform):
+    """Before the z-score: each channel's mean and SD over its non-zero voxels (what ``NormalizeIntensityd``
+    with ``nonzero`` uses) give ``floor`` (C,), where a raw intensity of 0 lands after the z-score (the floor
+    of a magnitude image, for Rician noise), and z-score ``reference`` (a case's noise-free copy, if read)
+    with the *scan's* statistics, so the two are compared in the same units."""
+
+    def __init__(self) -> None:
+        super().__init__(keys=["image"])
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        image = torch.as_tensor(data["image"])
+        floors, scaled = [], []
+        ref = torch.as_tensor(data["reference"]) if "reference" in data else None
+        for c in range(image.shape[0]):
+            brain = image[c] != 0
+            if not bool(brain.any()):
+                floors.append(0.0)
+                if ref is not None:
+                    scaled.append(torch.zeros_like(ref[c]))
+                continue
+            mean, sd = image[c][brain].mean(), image[c][brain].std(unbiased=False).clamp_min(1e-8)
+            floors.append(float(-mean / sd))
+            if ref is not None:
+                scaled.append(torch.where(brain, (ref[c] - mean) / sd, torch.zeros_like(ref[c])))
+        out["floor"] = torch.tensor(floors, dtype=torch.float32)
+        if ref is not None:  # a plain tensor from here: only scored, never inverted
+            out["reference"] = torch.stack(scaled)
+        return out
+
+
+def preprocess_transform(
+    spacing: float, with_label: bool = True, regions: Sequence[str] = REGIONS, reference: bool = False
+) -> Compose:
+    """The deterministic steps on a read case (``image`` MetaTensor, optional ``label`` and ``reference``);
+    invertible."""
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    if reference:
+        keys, modes = [*keys, "reference"], (*modes, "bilinear")
     steps = [
         Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=keys, pixdim=(spacing,) * 3, mode=modes),
         CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True),
+        BrainScaled(),
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
     ]
     if with_label:
@@ -105,12 +145,18 @@ class ReadCased(Transform):
     """A case description (``describe_case``) -> the read, validated case in the model's input layout;
     ``spacing``: the grid it will be resampled to (a file too large for it is refused from its header)."""
 
-    def __init__(self, modalities: Sequence[str], spacing: float | None = None) -> None:
-        self.modalities, self.spacing = tuple(modalities), spacing
+    def __init__(self, modalities: Sequence[str], spacing: float | None = None, reference: bool = False) -> None:
+        self.modalities, self.spacing, self.reference = tuple(modalities), spacing, reference
 
     def __call__(self, data: dict) -> dict:
         case = Case(**{k: tuple(v) if k in ("modalities", "channels") else v for k, v in data["case"].items()})
         out = read_case(case, self.modalities, self.spacing)
+        if self.reference and "reference" not in out:  # a case without one: its scan stands in, marked so
+            out["reference"] = out["image"].clone()
+            out["has-reference"] = torch.zeros(len(self.modalities), dtype=torch.bool)
+        elif not self.reference:
+            out.pop("reference", None)
+            out.pop("has-reference", None)
         if "label" not in out:  # a label-free case: an empty label map (no region is annotated, none is scored)
             if case.label_map != "none":
                 raise DataError(case.case_id, f"case has no label file but its site's protocol is {case.label_map!r}")
@@ -136,7 +182,7 @@ class CaseMeta(Transform):
 def describe_case(case: Case, layout: tuple) -> dict:
     """The cache key of a case: its files (with size and modification time, so a changed file is read
     again) and the layout and spacing it is prepared for."""
-    files = [p for p in [*case.images.values(), case.image4d, case.label] if p]
+    files = [p for p in [*case.images.values(), case.image4d, case.label, *(case.reference or {}).values()] if p]
     stat = [[p, *((os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else (-1, -1))] for p in files]
     return {
         "case": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(case).items()},
@@ -201,11 +247,12 @@ class SiteData:
         self.patch = patch
         self.modalities, self.regions = tuple(modalities), tuple(regions)
         self.skipped: list[dict] = list(site.skipped)
-        layout = (self.modalities, self.regions, float(spacing))
+        reference = any(c.reference for c in site.cases)
+        layout = (self.modalities, self.regions, float(spacing), PIPELINE_VERSION)
         steps = Compose(
             [
-                ReadCased(self.modalities, spacing),
-                *preprocess_transform(spacing, True, self.regions).transforms,
+                ReadCased(self.modalities, spacing, reference),
+                *preprocess_transform(spacing, True, self.regions, reference).transforms,
                 CaseMeta("protocol", self.regions, spacing),
             ]
         )
@@ -258,7 +305,7 @@ class SiteData:
             raise DataError(self.site.name, "site has no usable scan")
         patch = (self.patch,) * 3
         ds = Dataset(
-            [{k: it[k] for k in ("image", "present")} for it in items],
+            [{k: it[k] for k in ("image", "present", "floor") if k in it} for it in items],
             transform=Compose(
                 [
                     SpatialPadd(keys="image", spatial_size=patch),

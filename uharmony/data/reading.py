@@ -181,4 +181,17 @@ def read_case(case: Case, modalities: Sequence[str] = MODALITIES, spacing: float
         if bad:
             raise DataError(case.label, f"label values {bad} outside the dataset's set {list(allowed)}")
         out["label"] = MetaTensor(lab.as_tensor().unsqueeze(0), affine=ref.affine)
+    if case.reference:  # a noise-free or high-SNR copy: where a modality has none, the scan itself stands in
+        refs = {}
+        for m, path in case.reference.items():
+            if m not in channels:
+                continue
+            if not os.path.exists(path):
+                raise DataError(path, f"missing reference file ({m}) of case {case.case_id}")
+            img = _load(path, spacing=spacing)
+            _same_grid(ref, ref_path, img, path)
+            refs[m] = img.as_tensor()
+        stack = [refs.get(m, image[i]) for i, m in enumerate(modalities)]
+        out["reference"] = MetaTensor(torch.stack(stack), affine=ref.affine)
+        out["has-reference"] = torch.tensor([m in refs for m in modalities])
     return out

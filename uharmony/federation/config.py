@@ -64,6 +64,7 @@ class RunConfig:
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
     synth_scenario: str = "S2"  # S0 | S1 | S2 | S3 (docs/scenarios.md); "": the development federation (synth-sites)
     synth_kappa: float = 1.0  # S2: strength of the label-convention conflicts (0: none)
+    synth_reference: bool = False  # also write every scan without its noise (UMS-Rep: denoising scored against it)
     spacing: float = 3.0
     seed: int = 0
     data_seed: int = -1  # the federation's cases and their split (-1: seed)

@@ -21,6 +21,7 @@ from monai.metrics import SSIMMetric
 from uharmony.model.norm import UHarmonyNorm
 from uharmony.model.task_heads import forward_tasks
 from uharmony.model.training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
+from uharmony.protocol import INTRINSIC_NOISE
 from uharmony.umsrep.plans import Plan, module_groups
 
 NOISES = ("rician", "gaussian")
@@ -33,16 +34,23 @@ def brain_mask(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return brain & pres
 
 
-def corrupt(x: torch.Tensor, mask: torch.Tensor, kind: str, sigma: float, generator=None) -> torch.Tensor:
-    """``x`` with ``kind`` noise of level ``sigma`` on the ``mask`` voxels."""
+def corrupt(
+    x: torch.Tensor, mask: torch.Tensor, kind: str, sigma: float, generator=None, floor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` with ``kind`` noise of level ``sigma`` on the ``mask`` voxels. Rician noise is added to the
+    magnitude ``x - floor``; ``floor`` (B, C): where a raw intensity of 0 lies in z-scored units (the data
+    layer's ``floor``, the same for a patch and its whole scan); None: each channel's minimum over ``mask``
+    (an approximation that differs between a patch and its scan)."""
     n1 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * sigma
     if kind == "gaussian":
         noisy = x + n1
     elif kind == "rician":
         n2 = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * sigma
-        big = torch.finfo(x.dtype).max
-        floor = torch.where(mask, x, torch.full_like(x, big)).flatten(2).min(2).values
-        floor = torch.where(floor < big, floor, torch.zeros_like(floor)).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+        if floor is None:
+            big = torch.finfo(x.dtype).max
+            floor = torch.where(mask, x, torch.full_like(x, big)).flatten(2).min(2).values
+            floor = torch.where(floor < big, floor, torch.zeros_like(floor))
+        floor = torch.as_tensor(floor, dtype=x.dtype).to(x.device).view(*x.shape[:2], *([1] * (x.dim() - 2)))
         noisy = torch.sqrt((x - floor + n1) ** 2 + n2**2) + floor
     else:
         raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
@@ -116,7 +124,7 @@ def pretrain_steps(
             present = torch.as_tensor(batch["present"]).to(device)
             mask = brain_mask(x, present)
             sigma = float(levels[int(torch.randint(len(levels), (1,), generator=gen))])
-            noisy = corrupt(x, mask, noise, sigma, gen)
+            noisy = corrupt(x, mask, noise, sigma, gen, batch.get("floor"))  # the scan's magnitude floor
             if pretext == "denoise+inpaint" and bool(torch.rand((1,), generator=gen) < 0.5):
                 noisy = blank_cubes(noisy, mask, gen)
             optim.zero_grad(set_to_none=True)
@@ -250,48 +258,73 @@ def psnr(pred: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> float:
     return 10 * math.log10(peak**2 / max(mse, 1e-12))
 
 
+def _denoise(model, image: torch.Tensor, present: torch.Tensor, roi: int, device) -> torch.Tensor:
+    """The reconstruction head's output for a whole (1, C, *spatial) scan (sliding window, on the CPU)."""
+    pres = present.to(device)
+
+    def predictor(p, pres=pres):
+        return forward_tasks(model, p, pres.expand(p.shape[0], -1), want=("recon",))["recon"]
+
+    den = sliding_window_inference(image.to(device), (roi,) * 3, 2, predictor, overlap=0.25, mode="gaussian")
+    return torch.as_tensor(den).cpu()
+
+
 @torch.no_grad()
 def denoise_scores(
     model, items: list[dict], noise: str, levels, roi: int, seed: int, device="cpu", full: bool = True
 ) -> dict:
     """Mean over ``items`` of PSNR and SSIM, noisy and denoised, at each level (``psnr-noisy-<i>``,
-    ``psnr-denoised-<i>``, ``ssim-noisy-<i>``, ``ssim-denoised-<i>``, i = level index), and ``val-loss`` (the
-    masked MSE at the middle level). The noise is drawn from ``seed``: the same at every evaluation.
-    ``full`` False: the middle level's PSNR and loss only (the cheap check between rounds)."""
+    ``psnr-denoised-<i>``, ``ssim-noisy-<i>``, ``ssim-denoised-<i>``, i = level index), scored against the
+    scan itself, and ``val-loss`` (the masked MSE at the middle level). The noise is drawn from ``seed``: the
+    same at every evaluation; Rician noise on the scan's magnitude floor (the item's ``floor``, as in
+    training). ``full`` False: the middle level's PSNR and loss only (the cheap check between rounds).
+
+    Items with a noise-free ``reference`` (``has-reference``) are also scored against it, on the modalities
+    that have one: ``psnr-clean-noisy-<i>`` / ``psnr-clean-denoised-<i>``, level ``s`` being the scan as
+    acquired (no added noise) and the model's output for it, and ``intrinsic-noise``, the RMS of scan -
+    reference on the brain (z-scored units). Against the scan itself a perfect denoiser gains at most
+    10 log10(1 + sigma^2 / intrinsic^2) dB; against the reference there is no such ceiling."""
     model.to(device).eval()
     ssim = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=7)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, value: float) -> None:
+        sums[key], counts[key] = sums.get(key, 0.0) + value, counts.get(key, 0) + 1
+
     middle = len(levels) // 2
     for item in items:
         x = torch.as_tensor(item["image"]).unsqueeze(0).float()
         present = torch.as_tensor(item["present"]).view(1, -1)
         mask = brain_mask(x, present)
+        floor = torch.as_tensor(item["floor"]).view(1, -1) if "floor" in item else None
         lo, hi = x[mask].min(), x[mask].max()
+        has = torch.as_tensor(item.get("has-reference", torch.zeros(x.shape[1], dtype=torch.bool))).view(1, -1)
+        clean = torch.as_tensor(item["reference"]).unsqueeze(0).float() if bool(has.any()) else None
+        cmask = brain_mask(x, present & has) if clean is not None else None
+        if clean is not None and full:
+            add(INTRINSIC_NOISE, float(masked_mse(x, clean, cmask)) ** 0.5)
+            add("psnr-clean-noisy-s", psnr(x, clean, cmask))
+            own = torch.where(mask, _denoise(model, x, present, roi, device), x)  # the scan as acquired, denoised
+            add("psnr-clean-denoised-s", psnr(own, clean, cmask))
         for i, sigma in enumerate(levels):
             if not full and i != middle:
                 continue
             gen = torch.Generator().manual_seed(seed * 7919 + i)
-            noisy = corrupt(x, mask, noise, float(sigma), gen)
-
-            pres = present.to(device)
-
-            def predictor(p, pres=pres):
-                return forward_tasks(model, p, pres.expand(p.shape[0], -1), want=("recon",))["recon"]
-
-            den = sliding_window_inference(noisy.to(device), (roi,) * 3, 2, predictor, overlap=0.25, mode="gaussian")
-            den = torch.where(mask, torch.as_tensor(den).cpu(), x)
+            noisy = corrupt(x, mask, noise, float(sigma), gen, floor)
+            den = torch.where(mask, _denoise(model, noisy, present, roi, device), x)
             chans = present[0].nonzero().flatten()
             for name, img in (("noisy", noisy), ("denoised", den)):
-                scaled = ((img - lo) / (hi - lo)).clamp(0, 1)[:, chans]
-                ref = ((x - lo) / (hi - lo)).clamp(0, 1)[:, chans]
-                pairs = [(f"psnr-{name}-{i}", psnr(img, x, mask))]
+                add(f"psnr-{name}-{i}", psnr(img, x, mask))
                 if full:
-                    pairs.append((f"ssim-{name}-{i}", float(ssim(scaled.transpose(0, 1), ref.transpose(0, 1)).mean())))
-                for key, value in pairs:
-                    sums[key] = sums.get(key, 0.0) + value
+                    scaled = ((img - lo) / (hi - lo)).clamp(0, 1)[:, chans]
+                    ref = ((x - lo) / (hi - lo)).clamp(0, 1)[:, chans]
+                    add(f"ssim-{name}-{i}", float(ssim(scaled.transpose(0, 1), ref.transpose(0, 1)).mean()))
+                if clean is not None:
+                    add(f"psnr-clean-{name}-{i}", psnr(img, clean, cmask))
             if i == middle:
-                sums["val-loss"] = sums.get("val-loss", 0.0) + float(masked_mse(den, x, mask))
-    return {k: v / len(items) for k, v in sums.items()} if items else {}
+                add("val-loss", float(masked_mse(den, x, mask)))
+    return {k: v / counts[k] for k, v in sums.items()}
 
 
 @torch.no_grad()

@@ -222,3 +222,31 @@ def test_inpainting_blanks_brain_cubes_and_phase_p_learns_to_fill_them():
     model = tiny(("recon",))
     out = pretrain_steps(model, [b] * 3, "gaussian", (0.2,), 0.01, seed=3, pretext="denoise+inpaint")
     assert out["steps"] == 3 and out["loss"] > 0
+
+
+def test_denoising_is_scored_against_a_noise_free_reference_when_there_is_one():
+    from uharmony.umsrep.training import denoise_scores
+
+    torch.manual_seed(0)
+    clean = torch.zeros(4, 16, 16, 16)
+    grid = torch.linspace(0, 3.14, 12)
+    clean[:, 2:-2, 2:-2, 2:-2] = 1 + torch.sin(grid)[:, None, None] * torch.cos(grid)[None, :, None]
+    image = torch.where(clean != 0, clean + 0.1 * torch.randn_like(clean), clean)
+    item = {"image": image, "present": torch.ones(4, dtype=torch.bool), "floor": torch.full((4,), -1.0)}
+    plain = denoise_scores(tiny(("recon",)), [item], "rician", (0.1, 0.2), 16, seed=1)
+    assert not any(k.startswith("psnr-clean") for k in plain) and "intrinsic-noise" not in plain
+    item.update(reference=clean, **{"has-reference": torch.ones(4, dtype=torch.bool)})
+    scores = denoise_scores(tiny(("recon",)), [item], "rician", (0.1, 0.2), 16, seed=1)
+    assert abs(scores["intrinsic-noise"] - 0.1) < 0.01
+    # the zero-initialized residual head returns its input: no gain against either reference
+    assert scores["psnr-clean-denoised-s"] == pytest.approx(scores["psnr-clean-noisy-s"])
+    assert scores["psnr-clean-noisy-1"] < scores["psnr-clean-noisy-0"] < scores["psnr-clean-noisy-s"]
+    assert {k: v for k, v in scores.items() if k in plain} == pytest.approx(plain)
+
+
+def test_rician_noise_sits_on_the_given_magnitude_floor():
+    x = torch.full((1, 1, 8, 8, 8), 0.5)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    floor = torch.tensor([[0.5]])  # every voxel at the floor: magnitude 0, so the noise only raises it
+    noisy = corrupt(x, mask, "rician", 0.3, torch.Generator().manual_seed(0), floor)
+    assert float(noisy.min()) >= 0.5 and float(noisy.mean()) > 0.5 + 0.2  # the Rician bias at zero signal
