@@ -12,7 +12,8 @@ The weights are the coordinator's, not a site's (issue 29, F6): a declared case 
 x the median weight of the others (:func:`capped_weights`). ``robust-aggregation`` replaces the weighted mean
 of a group of 3 or more replies by Flower's coordinate-wise median or trimmed mean (unweighted). Under
 differential privacy every reply weighs the same (F7): the noise and the accountant assume the unweighted
-mean of the clipped updates.
+mean of the clipped updates. The wrapper (:class:`KeyedFixedClipping`) clips and noises by entry name, so a
+UMS-Rep plan that sends part of the model runs under differential privacy too.
 
 Replies reach it only after ``server/replies.py`` has checked them.
 """
@@ -25,11 +26,13 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
 from server.replies import TRAIN_METRICS
 from uharmony import protocol as P
@@ -132,6 +135,49 @@ class RoleAware(FedAvg):
         return out
 
 
+class KeyedFixedClipping(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, by entry name: each reply's update is clipped over the entries *it*
+    carries (a UMS-Rep plan sends part of the model: phase P the trunk and its reconstruction head, an
+    independent plan the decoder and heads), and the Gaussian noise goes to those entries only (a frozen,
+    unsent entry must not drift). Flower's own wrapper pairs reply and model arrays by position, which holds
+    only when every reply carries every entry. The accounting is Flower's (one Gaussian release per round)."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        event = self._pop_pending_event(server_round)
+        if not validate_replies(replies, self.num_sampled_clients, strict=self.accountant is not None):
+            return None, None
+        self._validate_uniform_weights(replies)
+        current = {k: np.asarray(v.numpy()) for k, v in self.current_arrays.items()}
+        carried: set[str] = set()
+        for reply in replies:
+            for name, record in reply.content.array_records.items():
+                keys = list(record.keys())
+                unknown = sorted(set(keys) - set(current))
+                if unknown:
+                    raise ValueError(f"differential privacy: reply entries {unknown[:3]} are not in the model")
+                arrays = record.to_numpy_ndarrays()
+                if any(
+                    np.any(a != current[k]) for a, k in zip(arrays, keys, strict=True)
+                ):  # (Flower divides by the norm)
+                    compute_clip_model_update(
+                        param1=arrays, param2=[current[k] for k in keys], clipping_norm=self.clipping_norm
+                    )
+                reply.content[name] = ArrayRecord(dict(zip(keys, (Array(np.asarray(v)) for v in arrays), strict=True)))
+                carried |= set(keys)
+        aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
+        if aggregated:
+            state = dict(aggregated.items())
+            noisy = [np.asarray(state[k].numpy()) for k in sorted(carried)]
+            add_gaussian_noise_inplace(
+                noisy, compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+            )
+            state.update({k: Array(np.asarray(v)) for k, v in zip(sorted(carried), noisy, strict=True)})
+            aggregated = ArrayRecord(state)
+            self._compose_release(event)
+        return aggregated, metrics
+
+
 def build_strategy(cfg: RunConfig, roles: ModelRoles, global_state: State):
     """(the round's strategy object, the role-aware strategy inside it) for ``cfg.strategy``'s table entry."""
     spec = cfg.strategy_spec
@@ -153,7 +199,5 @@ def build_strategy(cfg: RunConfig, roles: ModelRoles, global_state: State):
     inner.uniform, inner.max_weight_ratio = cfg.dp_noise_multiplier > 0, cfg.max_weight_ratio
     inner.robust = cfg.robust_aggregation
     if cfg.dp_noise_multiplier > 0:
-        return DifferentialPrivacyServerSideFixedClipping(
-            inner, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, num_sampled_clients=1
-        ), inner
+        return KeyedFixedClipping(inner, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, num_sampled_clients=1), inner
     return inner, inner

@@ -182,3 +182,22 @@ def test_run_config_parser_and_the_superexec_poll_setting():
 
     source = Path(flwr.__file__).parent / "supercore" / "superexec" / "run_superexec.py"
     assert "FLWR_SUPEREXEC_TASK_POLL_INTERVAL" in source.read_text()
+
+
+def test_server_side_clipping_internals_the_keyed_wrapper_reuses():
+    """server/aggregation.py's KeyedFixedClipping subclasses DifferentialPrivacyServerSideFixedClipping and calls
+    its accounting steps, ``validate_replies`` and the clip/noise helpers of ``flwr.supercore``."""
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping as Wrapper
+    from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
+    from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
+
+    for name in ("_pop_pending_event", "_validate_uniform_weights", "_compose_release", "configure_train"):
+        assert callable(getattr(Wrapper, name)), name
+    assert params(validate_replies)[:3] == ["replies", "num_sampled_clients", "strict"]
+    update = [np.full(4, 3.0), np.full(4, 4.0)]
+    compute_clip_model_update(param1=update, param2=[np.zeros(4), np.zeros(4)], clipping_norm=1.0)
+    assert np.isclose(np.sqrt(sum((a**2).sum() for a in update)), 1.0)  # clipped in place, in the caller's list
+    assert compute_stdv(2.0, 1.0, 4) == 0.5
+    arrays = [np.zeros(1000)]
+    add_gaussian_noise_inplace(arrays, 0.5)
+    assert 0.4 < arrays[0].std() < 0.6

@@ -104,3 +104,47 @@ def test_dp_aggregation_is_unweighted_or_accounted_for_the_largest_site():
             independent = _gaussian_epsilon(s, rounds, delta)
             assert independent <= spent["epsilon"] + 1e-3 <= independent * 1.01 + 1e-3, (s, spent, independent)
         assert ledger.spent()["worst-site-noise-multiplier"] == pytest.approx(worst, abs=1e-6)
+
+
+def test_a_plan_that_sends_part_of_the_model_is_clipped_and_noised_on_what_it_sent():
+    """UMS-Rep under differential privacy: replies carry the trained entries only (here every key but the
+    segmentation head's). Each reply's update is clipped over its own entries, the noise reaches those entries
+    only, and an unsent entry stays exactly as it was (Flower's wrapper pairs arrays by position: it would
+    clip the wrong pairs)."""
+    model = RunConfig(strategy="fedavg", filters=(8, 16, 32)).build_model(1)
+    roles = ModelRoles(model, "fedavg")
+    state = global_state_of(model, roles)
+    sent = [k for k in state if not k.startswith("head.") and state[k].is_floating_point()]
+    kept = [k for k in state if k.startswith("head.")]
+    assert sent and kept
+    clip = 0.5
+    cfg = RunConfig(strategy="fedavg", filters=(8, 16, 32), dp_noise_multiplier=1e-9, dp_clipping_norm=clip)
+    outer, _ = build_strategy(cfg, roles, state)
+    nodes = MembersGrid(InProcessGrid(None, [{}] * 2), [1000, 1001])
+    list(outer.configure_train(1, ArrayRecord(state), ConfigRecord({}), nodes))
+    outer.num_sampled_clients = 2
+    big = [reply({k: state[k] + 1.0 for k in sent}, 3, node=n) for n in range(2)]  # far beyond the clip
+    new = outer.aggregate_train(1, big)[0].to_torch_state_dict()
+    moved = torch.sqrt(sum(((new[k] - state[k]).double() ** 2).sum() for k in sent))
+    assert float(moved) == pytest.approx(clip, rel=1e-3)  # both clipped to C over their own entries, averaged
+    assert all(torch.equal(new[k], state[k]) for k in kept)  # no noise on what nobody sent
+    cfg = RunConfig(strategy="fedavg", filters=(8, 16, 32), dp_noise_multiplier=1.0, dp_clipping_norm=clip)
+    outer, _ = build_strategy(cfg, roles, state)
+    list(outer.configure_train(1, ArrayRecord(state), ConfigRecord({}), nodes))
+    outer.num_sampled_clients = 2
+    same = [reply({k: state[k] + 1e-6 for k in sent}, 3, node=n) for n in range(2)]  # well inside the clip
+    noisy = outer.aggregate_train(1, same)[0].to_torch_state_dict()
+    spread = torch.cat([(noisy[k] - state[k]).flatten() for k in sent]).std()
+    assert float(spread) == pytest.approx(1.0 * clip / 2, rel=0.1) and all(
+        torch.equal(noisy[k], state[k]) for k in kept
+    )
+
+
+def test_phase_p_and_plans_are_accepted_under_differential_privacy():
+    p = RunConfig.from_flwr({"strategy": "fedavg", "dp-noise-multiplier": 1.0, "phase": "pretrain"})
+    f = RunConfig.from_flwr(
+        {"strategy": "fedavg", "dp-noise-multiplier": 1.0, "finetune": "independent", "tasks": "presence"}
+    )
+    assert p.dp_noise_multiplier == f.dp_noise_multiplier == 1.0 and p.uses_plan and f.uses_plan
+    with pytest.raises(ValueError, match="pooled"):
+        RunConfig.from_flwr({"strategy": "centralized", "phase": "pretrain"})

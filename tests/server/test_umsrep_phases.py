@@ -102,8 +102,21 @@ def test_phase_p_refuses_what_it_cannot_do():
         RunConfig.from_flwr({"phase": "pretrain", "strategy": "centralized"})
     with pytest.raises(ValueError, match="finetune"):
         RunConfig.from_flwr({"finetune": "sideways"})
-    with pytest.raises(ValueError, match="differential privacy needs every entry"):
-        RunConfig.from_flwr({"strategy": "fedavg", "dp-noise-multiplier": 1.0, "finetune": "independent"})
+
+
+def test_phase_p_under_differential_privacy_reports_its_epsilon(tiny_federation, tmp_path):
+    """Issue 34, item 7: phase P sends the trunk and its reconstruction head only; the server clips and noises
+    those entries (server/aggregation.py's KeyedFixedClipping) and reports epsilon as for segmentation."""
+    from server.privacy import PrivacyLedger
+
+    over = tiny_overrides(tiny_federation, tmp_path / "p", num_server_rounds=2, phase="pretrain", local_steps=2,
+                          strategy="fedavg", dp_noise_multiplier=1.0, dp_clipping_norm=5.0)  # fmt: skip
+    run(over)
+    records = read_jsonl(tmp_path / "p" / "metrics.jsonl")
+    eps = [r["privacy"]["epsilon"] for r in records if r.get("event") == "train"]
+    ledger = PrivacyLedger(1.0, 1e-5)
+    assert eps == [ledger.spend(4)["epsilon"], ledger.spend(4)["epsilon"]]
+    assert (tmp_path / "p" / ARTIFACT).exists()
 
 
 def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):

@@ -201,14 +201,10 @@ class RunConfig:
                 "run config: 'plateau-patience', 'stop-patience', 'alternate-batches' and 'calibration-batches' "
                 "must be >= 1"
             )
-        if self.dp_noise_multiplier > 0 and (self.tasks or self.finetune != "full"):
+        if self.phase == "pretrain" and (self.strategy_spec.pooled or self.umsrep):
             raise ValueError(
-                "run config: differential privacy needs every entry in every update ('finetune' = 'full', no 'tasks')"
-            )
-        if self.phase == "pretrain" and (self.strategy_spec.pooled or self.dp_noise_multiplier > 0 or self.umsrep):
-            raise ValueError(
-                "run config: phase 'pretrain' runs at the sites (not a pooled strategy), without differential "
-                "privacy, and from scratch ('umsrep' empty)"
+                "run config: phase 'pretrain' runs at the sites (not a pooled strategy) and from scratch "
+                "('umsrep' empty)"
             )
 
     def join_rounds(self) -> dict[str, int]:
