@@ -103,7 +103,9 @@ def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2) -> dict:
     }
 
 
-def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
+def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool = False):
+    """(run config, the sites' data, model, mean loss) after ``steps`` central phase-P steps with ``pretext``
+    (None: the initial weights) on the bench's federation of ``seed``; batches from the sites in turn."""
     import torch
 
     from uharmony.data import SiteData, load_federation
@@ -113,20 +115,25 @@ def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
     from ..embedded import ensure_federation
     from .jobs import DEFAULT
 
-    t0 = time.time()
-    cfg = RunConfig.from_flwr({**DEFAULT.base(seed), "phase": "pretrain"})
+    cfg = RunConfig.from_flwr({**DEFAULT.base(seed), "phase": "pretrain", "synth-reference": reference})
     fed = load_federation(ensure_federation(cfg, progress=False))
     sites = [SiteData(s, cfg.spacing, cfg.patch_size) for s in fed.sites]
     model = cfg.build_model(len(sites))
     loss = None
-    if arm != "random":
+    if pretext is not None:
         streams = [s.scan_batches(cfg.batch_size, steps, seed + i) for i, s in enumerate(sites)]
         batches = (next(streams[i % len(streams)]) for i in range(steps))
         torch.manual_seed(seed)
-        loss = pretrain_steps(model, batches, cfg.noise, cfg.noise_levels, DEFAULT.lr, seed, pretext=arm)["loss"]
-    x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
+        loss = pretrain_steps(model, batches, cfg.noise, cfg.noise_levels, DEFAULT.lr, seed, pretext=pretext)["loss"]
+    return cfg, sites, model, loss
+
+
+def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
     from ..kit.machine import machine
 
+    t0 = time.time()
+    cfg, sites, model, loss = central_phase_p(seed, None if arm == "random" else arm, steps)
+    x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
     return {"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
             **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine()}  # fmt: skip
 
