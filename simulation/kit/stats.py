@@ -6,6 +6,7 @@ differences with its Student's t interval.
 - ``tost``: equivalence within +-margin: the 90 % interval inside the margins (two one-sided tests at 5 %);
 - ``noninferior``: the lower 95 % bound at or above -margin;
 - ``holm``: Holm's step-down adjustment of a family of p-values;
+- ``signed_rank``: Wilcoxon's signed-rank test and the median difference, beside the t interval;
 - ``eval_share``: what share of a contrast's seed-to-seed variance evaluation adds (the pooled within-seed
   estimator: per site the per-case differences' variance pooled over seeds, over the site's case count).
 """
@@ -119,3 +120,14 @@ def eval_share(per_case: dict[int, dict[str, list[float]]]) -> dict[str, float]:
         "eval_variance": evaluation,
         "eval_share": evaluation / total if total else math.nan,
     }
+
+
+def signed_rank(a: dict, b: dict) -> dict | None:
+    """Wilcoxon's signed-rank test of the paired differences ``a - b`` over the keys both have (scipy, exact for
+    small n; two-sided p), with the median difference: beside the t interval when one seed may dominate a
+    mean (a rescued collapse). None with fewer than 2 pairs or no non-zero difference."""
+    keys = sorted(set(a) & set(b))
+    diffs = [a[k] - b[k] for k in keys]
+    if len(diffs) < 2 or not any(diffs):
+        return None
+    return {"n": len(diffs), "median": statistics.median(diffs), "p": float(stats.wilcoxon(diffs).pvalue)}

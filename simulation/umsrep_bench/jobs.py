@@ -10,7 +10,7 @@ P), U-Harmony, labelled sites drawn per seed (``simulation.label_fraction``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from simulation.kit.runs import fresh_dir
@@ -23,6 +23,7 @@ from ..label_fraction import label_free_view, pick_labelled
 from ..runner import run
 
 ARMS = ("scratch", "all", "labelled")  # no phase P | phase P on every site | phase P on the labelled sites only
+MATCHED = "scratch-matched"  # no phase P, but phase P's planned site-steps added as fine-tuning rounds
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Size:
     scenario: str = "S1"
     unseen_seeds: tuple[int, ...] = (0,)  # leave-one-site-out, every site in turn
     lr: float = 2e-3  # the regime docs/umsrep.md was measured at (the product default moved to 5e-3 after it)
+    compute_matched: bool = False  # + scratch given phase P's site-steps as extra fine-tuning rounds
+    reference: bool = False  # the federation with its noise-free references (denoising scored against them)
+    scratch_controls: bool = False  # the strategies table: a scratch run of every plan, not only joint
 
     def base(self, seed: int) -> dict:
         return {
@@ -60,6 +64,7 @@ class Size:
             "lr": self.lr,
             "device": "cpu",
             "channels-last": False,  # the layout its recorded runs used (UMS-Rep's own steps ignore it anyway)
+            **({"synth-reference": True} if self.reference else {}),
         }
 
 
@@ -101,7 +106,23 @@ QUICK = Size(
     workers=1,
     unseen_seeds=(),
 )
-SIZES = {"default": DEFAULT, "quick": QUICK}
+# design v2 (issue 34, registered in docs/method.md before it runs): 10 seeds, the product's learning rate,
+# phase P to its plateau (the stop rule within 60 rounds), a compute-matched scratch arm, a scratch control of
+# every plan on 3 seeds, leave-one-site-out on 3 seeds, denoising against the noise-free references
+V2 = replace(
+    DEFAULT,
+    name="v2",
+    seeds=tuple(range(10)),
+    curve_fractions=(),
+    strategy_seeds=(0, 1, 2),
+    pretrain_rounds=60,
+    unseen_seeds=(0, 1, 2),
+    lr=5e-3,
+    compute_matched=True,
+    reference=True,
+    scratch_controls=True,
+)
+SIZES = {"default": DEFAULT, "quick": QUICK, "v2": V2}
 STRATEGIES = ("full", "joint", "alternating", "independent", "independent-head")
 # 2: every task trains on every batch (before: independent and alternating gave segmentation half the steps;
 # "independent" trained the heads only and "independent-decoder" the decoder too: report.LEGACY_PLANS)
@@ -177,34 +198,46 @@ def pretrain_job(size: Size, seed: int, sites: str, out: Path) -> dict:
     }
 
 
+def matched_rounds(size: Size, seed: int, labelled: int) -> int:
+    """Extra fine-tuning rounds that give the labelled sites phase P's planned site-steps (every site, every
+    planned round): ceil(pretrain_rounds x pretrain_steps x sites / (labelled x local_steps))."""
+    import math
+
+    sites = len(_site_names(size, seed))
+    return math.ceil(size.pretrain_rounds * size.pretrain_steps * sites / (labelled * size.local_steps))
+
+
 def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, plan="full", tasks="") -> dict:
     """Phase F at ``seed`` with ``fraction`` of the sites labelled, from ``arm``'s starting point."""
     labelled = labelled_sites(size, seed, fraction)
     view = _view(size, seed, labelled, out)
     tag = f"finetune-f{fraction:g}-{arm}-{plan}{'-' + tasks if tasks else ''}-seed{seed}"
     run_dir = out / "runs" / tag
+    rounds = size.rounds + (matched_rounds(size, seed, len(labelled)) if arm == MATCHED else 0)
     over = {
         **size.base(seed),
         "data-root": str(view),
-        "num-server-rounds": size.rounds,
+        "num-server-rounds": rounds,
         "local-steps": size.local_steps,
         "eval-every": size.eval_every,
         "finetune": plan,
         "tasks": tasks,
         "run-dir": fresh_dir(run_dir),
     }
-    if arm != "scratch":
+    if arm not in ("scratch", MATCHED):
         source = "all" if arm == "all" or fraction >= 1 else f"labelled-{fraction:g}"
         over["umsrep"] = str(out / "runs" / f"pretrain-{source}-seed{seed}" / "umsrep.pt")
     run(over)
     records = read_jsonl(run_dir / "metrics.jsonl")
     seconds, trains = _train_cost(records)
     curve: dict[int, list[float]] = {}
+    per_site: dict[int, dict[str, list[float]]] = {}
     presence: dict[int, list[float]] = {}
     auroc: dict[int, list[float]] = {}
     for r in records:
         if "dice" in r and r.get("mode") == "gated" and "phase" not in r:
             curve.setdefault(r["round"], []).append(float(r["dice"]))
+            per_site.setdefault(r["round"], {}).setdefault(r["site"], []).append(float(r["dice"]))
             if "presence-accuracy" in r:
                 presence.setdefault(r["round"], []).append(float(r["presence-accuracy"]))
             if "presence-auroc" in r:
@@ -219,6 +252,8 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
         "plans": PLANS_VERSION,
         "tasks": tasks,
         "curve": {str(k): sum(v) / len(v) for k, v in sorted(curve.items())},
+        # each scored site's mean Dice at the last round (a fixed population can be chosen afterwards)
+        "finals": {s: sum(v) / len(v) for s, v in per_site[max(per_site)].items()} if per_site else {},
         "presence": {str(k): sum(v) / len(v) for k, v in sorted(presence.items())},
         "presence_auroc": {str(k): sum(v) / len(v) for k, v in sorted(auroc.items())},
         "site_seconds": round(seconds, 1),
@@ -238,6 +273,8 @@ def plan(size: Size) -> tuple[list[tuple], list[tuple]]:
                 pre.append(("pretrain", seed, f"labelled-{f:g}"))
             for arm in ARMS if f < 1 else ARMS[:2]:
                 fine.append(("finetune", seed, f, arm, "full", ""))
+            if size.compute_matched and f < 1:
+                fine.append(("finetune", seed, f, MATCHED, "full", ""))
     first = size.seeds[0]
     for f in size.curve_fractions:
         pre.append(("pretrain", first, f"labelled-{f:g}"))
@@ -247,7 +284,8 @@ def plan(size: Size) -> tuple[list[tuple], list[tuple]]:
         fine += [("unseen", seed, held, arm, "full", "") for held in held_out for arm in ("scratch", "all")]
     for seed in size.strategy_seeds:
         f = size.strategy_fraction
-        fine.append(("finetune", seed, f, "scratch", "joint", "presence"))
+        controls = STRATEGIES if size.scratch_controls else ("joint",)
+        fine += [("finetune", seed, f, "scratch", p, "presence") for p in controls]
         fine += [("finetune", seed, f, "all", p, "presence") for p in STRATEGIES]
     return list(dict.fromkeys(pre)), list(dict.fromkeys(fine))
 

@@ -7,9 +7,13 @@ import statistics
 from pathlib import Path
 
 from simulation.kit.page import ms
-from simulation.kit.stats import paired
+from simulation.kit.stats import paired, signed_rank
+
+from .jobs import MATCHED
+from .report_denoising import denoising_section
 
 TARGET_SHARE = 0.9  # "the target Dice": 90 % of scratch's final Dice at the same seed and label fraction
+COLLAPSE = 0.5  # a run whose final Dice is below this failed (design v2: its rate is reported beside the mean)
 
 
 def _final(rec: dict) -> float | None:
@@ -28,63 +32,6 @@ def _finetunes(results, plan="full", tasks=""):
     return [r for r in results if r.get("kind") == "finetune" and r["plan"] == plan and r["tasks"] == tasks]
 
 
-def denoising_section(results: list[dict], meta: dict) -> list[str]:
-    pre = [r for r in results if r.get("kind") == "pretrain" and r["sites"] == "all"]
-    levels = meta.get("size", {}).get("noise_levels") or [0.1, 0.2, 0.3]
-    lines = ["## Denoising at every site (phase P on all sites; held-out validation scans)", ""]
-    if not pre:
-        return lines + ["No phase-P run yet.", ""]
-    per: dict[tuple[str, int], list[tuple]] = {}
-    for r in pre:
-        for d in r["denoise"]:
-            for i in range(len(levels)):
-                if f"psnr-noisy-{i}" in d:
-                    per.setdefault((d["site"], i), []).append(
-                        (
-                            d[f"psnr-noisy-{i}"],
-                            d[f"psnr-denoised-{i}"],
-                            d.get(f"ssim-noisy-{i}"),
-                            d.get(f"ssim-denoised-{i}"),
-                        )
-                    )
-    lines += [
-        f"Rician noise at sigma {', '.join(map(str, levels))} (brain intensity SD units); mean over "
-        f"{len(pre)} seed(s). Gain = denoised − noisy.",
-        "",
-        "| site | noise already in its scans | sigma | PSNR noisy (dB) | PSNR denoised | gain (dB) | SSIM noisy | "
-        "SSIM denoised |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    middle_gains = {}
-    own = meta.get("scan-noise") or {}
-    for (site, i), rows in sorted(per.items(), key=lambda kv: (kv[0][0].zfill(4), kv[0][1])):
-        noisy, den = [x[0] for x in rows], [x[1] for x in rows]
-        gain = statistics.fmean(d - n for n, d in zip(noisy, den))
-        ssim_n = [x[2] for x in rows if x[2] is not None]
-        ssim_d = [x[3] for x in rows if x[3] is not None]
-        if i == len(levels) // 2:
-            middle_gains[site] = gain
-        lines.append(
-            f"| {site} | {own.get(site, '-')} | {levels[i]} | {statistics.fmean(noisy):.2f} | "
-            f"{statistics.fmean(den):.2f} | {gain:+.2f} | "
-            f"{statistics.fmean(ssim_n) if ssim_n else float('nan'):.3f} | "
-            f"{statistics.fmean(ssim_d) if ssim_d else float('nan'):.3f} |"
-        )
-    worst = min(middle_gains.values()) if middle_gains else float("nan")
-    verdict = "met" if worst >= 3 else "**missed**"
-    lines += [
-        "",
-        f"Target PSNR gain ≥ 3 dB at the middle level at every site: {verdict} (lowest site: {worst:+.2f} dB).",
-        "",
-        '"Noise already in its scans": a robust estimate from neighbouring voxels of the preprocessed validation '
-        "scans (the first seed; edges count too, so an upper bound), in the units of sigma. Where it is as large "
-        'as the added noise, the "clean" target is itself noisy and a denoiser can remove only part of what was '
-        "added.",
-        "",
-    ]
-    return lines
-
-
 def label_efficiency_section(results: list[dict]) -> tuple[list[str], dict]:
     fine = _finetunes(results)
     table: dict[float, dict[str, dict[int, float]]] = {}
@@ -92,21 +39,27 @@ def label_efficiency_section(results: list[dict]) -> tuple[list[str], dict]:
         value = _final(r)
         if value is not None:
             table.setdefault(r["fraction"], {}).setdefault(r["arm"], {})[r["seed"]] = value
+    matched = any(MATCHED in arms for arms in table.values())
     lines = [
         "## Label efficiency (phase F: full fine-tuning, U-Harmony; mean gated Dice over the labelled sites' "
         "validation scans, ×100)",
         "",
-        "| labelled sites | scratch | pretrained on all sites | pretrained on labelled sites only | seeds |",
-        "|---|---|---|---|---|",
+        "| labelled sites | scratch | pretrained on all sites | pretrained on labelled sites only | "
+        + ("scratch, compute-matched | " if matched else "")
+        + f"seeds | runs below {COLLAPSE:.0%} Dice (scratch / all) |",
+        "|---|---|---|---|" + ("---|" if matched else "") + "---|---|",
     ]
     for f in sorted(table):
         arms = table[f]
         n = max(len(v) for v in arms.values())
         labelled = next((len(r["labelled"]) for r in fine if r["fraction"] == f), "?")
         lab = arms.get("labelled") if f < 1 else arms.get("all")
+        collapsed = " / ".join(str(sum(v < COLLAPSE for v in arms.get(a, {}).values())) for a in ("scratch", "all"))
         lines.append(
             f"| {f:.1%} ({labelled} of 5) | {ms(list(arms.get('scratch', {}).values()))} | "
-            f"{ms(list(arms.get('all', {}).values()))} | {ms(list((lab or {}).values()))} | {n} |"
+            f"{ms(list(arms.get('all', {}).values()))} | {ms(list((lab or {}).values()))} | "
+            + (f"{ms(list(arms.get(MATCHED, {}).values()))} | " if matched else "")
+            + f"{n} | {collapsed} |"
         )
     lines.append("")
     verdicts = {}
@@ -115,11 +68,14 @@ def label_efficiency_section(results: list[dict]) -> tuple[list[str], dict]:
         for a, b, what in (
             ("all", "scratch", "pretrained on all − scratch"),
             ("all", "labelled", "all − labelled only"),
+            ("all", MATCHED, "all − compute-matched scratch"),
         ):
             if a in arms and b in arms:
                 d = paired(arms[a], arms[b])
                 if d is not None:
-                    lines.append(f"- {f:.1%} labelled, {what}: {d.text(unit='DSC')} ({d.n} seeds)")
+                    rank = signed_rank(arms[a], arms[b])
+                    extra = f"; median {rank['median'] * 100:+.1f}, signed-rank p = {rank['p']:.3f}" if rank else ""
+                    lines.append(f"- {f:.1%} labelled, {what}: {d.text(unit='DSC')} ({d.n} seeds{extra})")
                     verdicts[(f, a, b)] = d
     lines.append("")
     return lines, verdicts
@@ -140,6 +96,8 @@ def targets_section(verdicts: dict, cost_lines: list[str]) -> list[str]:
     )
     lines.append(state((0.25, "all", "labelled"), 1, "25 % labelled: label-free sites' participation adds ≥ 1 DSC"))
     lines.append(state((1.0, "all", "scratch"), -1, "100 % labelled: no harm (≥ scratch − 1 DSC)"))
+    if (0.25, "all", MATCHED) in verdicts:
+        lines.append(state((0.25, "all", MATCHED), 0, "25 % labelled: pretrained on all ≥ compute-matched scratch"))
     return lines + cost_lines + [""]
 
 

@@ -4,6 +4,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from simulation.kit.page import ms
 from simulation.kit.pool import recorder, run_jobs
 from simulation.kit.stats import paired
@@ -43,3 +45,18 @@ def test_a_new_study_runs_on_the_kit_and_resumes_from_its_ledger(tmp_path, capsy
     d = paired(by["b"], by["a"])
     assert d.n == 3 and abs(d.mean - 0.05) < 1e-12
     assert ms(list(by["a"].values())) == "60.0 ± 10.0"
+
+
+def test_signed_rank_beside_the_t_interval():
+    from scipy.stats import wilcoxon
+
+    from simulation.kit.stats import signed_rank
+
+    a = {s: 0.5 + 0.03 * s for s in range(5)}
+    b = dict.fromkeys(range(5), 0.5)
+    b[3] = 0.9  # one seed against the others
+    got = signed_rank(a, b)
+    diffs = [a[s] - b[s] for s in range(5)]
+    assert got["n"] == 5 and got["p"] == pytest.approx(wilcoxon(diffs).pvalue)
+    assert got["median"] == pytest.approx(sorted(diffs)[2])
+    assert signed_rank(b, b) is None and signed_rank({0: 1.0}, {0: 0.0}) is None

@@ -78,7 +78,36 @@ def test_the_report_states_each_target_with_its_number(tmp_path):
     assert "pretrained on all ≥ scratch + 3 DSC, interval above 0: met (+8.0 DSC" in text
     assert "adds ≥ 1 DSC: **missed** (+1.5 DSC [-2.2, +5.2], not significant)" in text
     assert "no harm (≥ scratch − 1 DSC): met (-0.5 DSC" in text
-    assert "at every site: **missed** (lowest site: +2.00 dB)" in text
+    assert "at every site (against its own scans): **missed** (lowest site: +2.00 dB)" in text
     assert "≤ 2 % of the model's bytes per round and site: met (0.50 %)" in text
     assert (tmp_path / "umsrep" / "label_efficiency.png").stat().st_size > 1000
     json.dumps(results)  # the records are what results.jsonl holds
+
+
+def test_design_v2_plans_ten_seeds_a_compute_matched_arm_and_a_scratch_control_per_plan(monkeypatch):
+    from simulation.umsrep_bench import jobs
+
+    pre, fine = plan(jobs.V2)
+    paired = {c[1] for c in fine if c[2] == 0.25 and c[3] == "all" and c[4] == "full"}
+    assert paired == set(range(10)) and jobs.V2.lr == 5e-3 and jobs.V2.reference
+    assert {c[1] for c in fine if c[3] == jobs.MATCHED} == set(range(10))
+    assert not any(c[3] == jobs.MATCHED and c[2] >= 1 for c in fine)  # with every site labelled there is none
+    controls = {c[4] for c in fine if c[3] == "scratch" and c[5] == "presence" and c[1] == 0}
+    assert controls == set(jobs.STRATEGIES)
+    assert {c[1] for c in fine if c[0] == "unseen"} == {0, 1, 2}
+    monkeypatch.setattr(jobs, "_site_names", lambda size, seed: ["1", "2", "3", "4", "5"])
+    # phase P: 60 rounds x 25 steps x 5 sites; two labelled sites at 25 steps a round: 150 more rounds
+    assert jobs.matched_rounds(jobs.V2, 0, 2) == 150 and jobs.matched_rounds(DEFAULT, 0, 5) == 20
+    assert DEFAULT.base(0).get("synth-reference") is None and jobs.V2.base(0)["synth-reference"] is True
+
+
+def test_the_denoising_section_reads_gains_against_the_reference():
+    from simulation.umsrep_bench.report_denoising import denoising_section
+
+    site = {"site": "1", "intrinsic-noise": 0.2, "psnr-clean-noisy-s": 20.0, "psnr-clean-denoised-s": 21.0}
+    for i, (noisy, den) in enumerate(((19.0, 18.5), (17.0, 20.5), (15.0, 19.0))):
+        site.update({f"psnr-clean-noisy-{i}": noisy, f"psnr-clean-denoised-{i}": den,
+                     f"psnr-noisy-{i}": noisy + 1, f"psnr-denoised-{i}": den})  # fmt: skip
+    text = "\n".join(denoising_section([{"kind": "pretrain", "sites": "all", "denoise": [site]}], {}))
+    assert "| 1 | 0.20 | -0.50 | +3.50 | +4.00 | +1.00 | 3.01 |" in text
+    assert "against the reference: met (lowest: site 1, +3.50 dB); no loss at σ 0.1: **missed**" in text
