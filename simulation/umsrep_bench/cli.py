@@ -45,7 +45,12 @@ def _earlier_seconds(out: Path) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="uharmony-umsrep", description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="default")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="default",
+        help="default: the recorded study; quick: minutes (tests); v2: design v2 (docs/method.md), hours",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/umsrep"))
     p.add_argument("--doc", type=Path, default=Path("docs/umsrep.md"))
     p.add_argument("--workers", type=int, default=None)
