@@ -6,6 +6,8 @@ a pending evaluation of the last round's model is done first, on the model as it
 
 from __future__ import annotations
 
+import time
+
 from server.admission import BadProfile, check_regions
 from uharmony.federation.federated import extend_global_model, model_needs
 from uharmony.model.adaptation import declare_expert_regions
@@ -14,9 +16,12 @@ from uharmony.model.adaptation import declare_expert_regions
 def admit(engine, rnd: int) -> list[str]:
     """Admit the SuperNodes that joined since the last round; returns the sites that grew the model."""
     cfg, admission, runlog = engine.cfg, engine.admission, engine.runlog
-    if not admission.members:
+    starting = not admission.members
+    if starting:
         admission.wait_for_nodes(engine.grid, cfg.min_sites, cfg.round_timeout)
     ready, events = admission.candidates(engine.grid, rnd)
+    if starting:
+        ready, events = enough_trainers(engine, rnd, ready, events)
     for event in events:
         runlog.write({"round": rnd, **event})
     first = engine.model is None
@@ -71,6 +76,26 @@ def admit(engine, rnd: int) -> list[str]:
     if first and engine.model.gated:  # each starting expert knows what its domain's sites annotate
         declare_expert_regions(engine.model, [admission.members[n] for n in admission.members])
     return grew
+
+
+def enough_trainers(engine, rnd: int, ready: list, events: list, poll: float = 1.0) -> tuple[list, list]:
+    """Before round 1, when ``min-sites`` was reached with sites that do not train in this phase (a label-free
+    site does not segment; every site denoises in phase P): ask newly connected nodes again until ``min-sites``
+    of the ready ones train, or ``round-timeout`` has passed.
+    Returns (ready profiles sorted by domain and site, each node's last event)."""
+    cfg = engine.cfg
+    deadline = time.time() + cfg.round_timeout
+
+    def short(ready) -> bool:  # only when sites that do not train filled min-sites' count in wait_for_nodes
+        trains = [engine.phase.would_train(p) for _, p in ready]
+        return sum(trains) < cfg.min_sites and not all(trains)
+
+    while short(ready) and time.time() < deadline:
+        time.sleep(poll)
+        more, later = engine.admission.candidates(engine.grid, rnd)
+        ready = sorted(ready + more, key=lambda item: (item[1]["domain"], item[1]["site"]))
+        events = list({e["node"]: e for e in events + later}.values())
+    return ready, events
 
 
 def refuse(engine, rnd: int, node: int, prof: dict, reason: str, loud: bool = False) -> None:

@@ -127,6 +127,10 @@ class Phase:
         """The members that train this round (a label-free site has nothing to segment)."""
         return labelled(engine, members)
 
+    def would_train(self, profile: dict) -> bool:
+        """Whether a site of this profile trains in this phase (``min-sites`` counts those before round 1)."""
+        return bool(profile.get("labelled", True))
+
     def evaluated(self, engine: Engine, members: list[int]) -> list[int]:
         """The members whose Dice is asked for."""
         return labelled(engine, members)

@@ -70,6 +70,9 @@ class Pretraining(Phase):
     def trainers(self, engine: Engine, members: list[int]) -> list[int]:
         return list(members)
 
+    def would_train(self, profile: dict) -> bool:
+        return True  # every site denoises its own scans
+
     def learning_rate(self, engine: Engine, rnd: int, scheduled: float) -> float:
         return self.lr  # plateau-managed, not the run's schedule
 

@@ -15,6 +15,7 @@ from server.rounds import run_server
 from simulation.inprocess import InProcessGrid
 from tests.conftest import tiny_overrides
 from uharmony import protocol as P
+from uharmony.federation.config import RunConfig
 from uharmony.records.runlog import RunLog
 
 GOOD = {
@@ -188,3 +189,36 @@ def test_a_declared_case_count_above_the_registered_cap_is_refused(tiny_federati
     assert [r["site"] for r in recs if r.get("event") == "join"] == ["1"]
     refused = [r["reason"] for r in recs if r.get("event") == "join-error"]
     assert "declares 2 training cases, but the key of site '2' is registered for at most 1" in refused[0]
+
+
+def test_min_sites_counts_the_sites_that_train_in_the_phase():
+    """CI saw a TLS run start segmenting with two labelled sites because a label-free one had connected first:
+    before round 1 the engine asks again until min-sites of the ready sites train in this phase."""
+    from types import SimpleNamespace
+
+    from server.joins import enough_trainers
+    from server.phase import Phase
+    from server.pretraining import Pretraining
+
+    free = (3, {"site": "s5", "domain": 0, "labelled": False})
+    later = [[], [(2, {"site": "s2", "domain": 1, "labelled": True})], []]
+    asked = []
+
+    def candidates(grid, rnd):
+        asked.append(rnd)
+        return later.pop(0), [{"event": "join-pending", "node": 2, "site": "s2"}] if not asked[1:] else []
+
+    cfg = RunConfig(min_sites=2, round_timeout=30.0)
+    engine = SimpleNamespace(cfg=cfg, grid=None, phase=Phase(cfg), admission=SimpleNamespace(candidates=candidates))
+    first = (1, {"site": "s1", "domain": 0, "labelled": True})
+    ready, events = enough_trainers(engine, 1, [free, first], [{"event": "join-pending", "node": 2}], poll=0.01)
+    assert [n for n, _ in ready] == [1, 3, 2] and len(asked) == 2  # s5 did not count; s2 was waited for (sorted)
+    assert events == [{"event": "join-pending", "node": 2, "site": "s2"}]
+    engine.phase = Pretraining(RunConfig(min_sites=2, phase="pretrain", round_timeout=30.0))
+    engine.cfg = engine.phase.cfg
+    ready, _ = enough_trainers(engine, 1, [free, first], [], poll=0.01)
+    assert len(ready) == 2 and len(asked) == 2  # in phase P the label-free site trains: no wait
+    engine.cfg = RunConfig(min_sites=5, round_timeout=0.05)
+    engine.phase, later[:] = Phase(engine.cfg), [[]] * 100
+    ready, _ = enough_trainers(engine, 1, [free, first], [], poll=0.01)  # never enough: it goes on at the timeout
+    assert len(ready) == 2
