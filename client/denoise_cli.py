@@ -32,7 +32,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Invertd
 from tqdm import tqdm
 
-from uharmony import UHarmonyNorm, model_from_spec
+from uharmony import LOCAL, UHarmonyNorm, model_from_spec
 from uharmony.data import Case, DataError, preprocess_transform, read_case
 from uharmony.data.cases import case_from_folder
 from uharmony.federation.federated import ModelRoles
@@ -62,7 +62,8 @@ def load_denoiser(path: Path, state_dir: Path | None, trusted, allow_checkpoint:
         raise DataError(path, "has no reconstruction head: give a phase-P artifact (umsrep.pt)")
     state, own = blob["state"], model.state_dict()
     try:  # the site's own entries (U-Harmony's statistics) never leave a site: not in the artifact
-        shared = set(ModelRoles(model, str(blob["extra"].get("strategy"))).global_keys())
+        roles = ModelRoles(model, str(blob["extra"].get("strategy")))
+        shared, local = set(roles.global_keys()), set(roles.keys(LOCAL))
     except ValueError as exc:
         raise DataError(path, f"does not name a known strategy that trained it ({exc})") from None
     needed = get_plan("pretrain").trained_keys(model) & shared
@@ -71,8 +72,13 @@ def load_denoiser(path: Path, state_dir: Path | None, trusted, allow_checkpoint:
         raise DataError(path, f"lacks or misshapes {len(bad)} entries of the denoiser (e.g. {bad[:3]})")
     model.load_state_dict({**own, **{k: state[k].to(own[k].dtype) for k in needed}})
     on_disk = load_local_state(state_dir) if state_dir else None
-    saved = {k: v for k, v in (on_disk[0] if on_disk else {}).items() if k in own and v.shape == own[k].shape}
-    if state_dir and not saved:
+    found = on_disk[0] if on_disk else {}
+    saved = {k: v for k, v in found.items() if k in local and v.shape == own[k].shape}
+    if saved and set(saved) != local & set(own):  # all of the site's statistics, or none (each scan's own then)
+        _warn(f"{state_dir}: holds {len(saved)} of the model's {len(local)} site entries; each scan's own are used",
+              "uharmony-denoise")  # fmt: skip
+        saved = {}
+    elif state_dir and not saved:
         _warn(f"{state_dir}: no site statistics for this model; each scan's own are used", "uharmony-denoise")
     model.load_state_dict({**model.state_dict(), **saved})
     settings = blob["settings"]
@@ -117,7 +123,10 @@ def denoise_case(model, spacing: float, roi: int, calibrated: bool, folder: Path
         den = np.where(brain, raw + sd * back[c], raw).astype(np.float32)
         name = Path(case.images[modality]).name
         path = out / (name if name.endswith((".nii.gz", ".nii")) else f"{case.case_id}_{modality}.nii.gz")
-        nib.save(nib.Nifti1Image(den, src.affine, src.header), path)
+        header = src.header.copy()
+        header.set_data_dtype(np.float32)  # an integer scan's header would round away what was removed
+        header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+        nib.save(nib.Nifti1Image(den, src.affine, header), path)
         written[modality] = str(path)
         change[modality] = round(float(np.sqrt(np.mean((den[brain] - raw[brain]) ** 2)) / max(sd, 1e-12)), 4)
     if not written:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
+from server.privacy import PrivacyLedger
 from uharmony import protocol as P
 from uharmony.federation.config import RunConfig, accept_phase, forget_phase
 from uharmony.records.checkpoint import CheckpointError, load_checkpoint
@@ -40,6 +41,7 @@ class Engine(Protocol):
     model: Any
     outer: Any  # the Flower strategy that configures messages
     runlog: Any
+    ledger: Any  # differential privacy's PrivacyLedger (None without DP)
     run_dir: Path
     run_id: str
     stop_reason: str
@@ -165,8 +167,21 @@ class Phase:
         if missing:
             raise CheckpointError(f"{path}: its trunk does not fit this run's model (e.g. {missing[:3]})")
         run = art["extra"].get("run-id")
+        if engine.ledger is not None:  # the trunk's privacy is phase P's: its releases count in this run's epsilon
+            prior = art["extra"].get("privacy")
+            if not prior:
+                raise CheckpointError(
+                    f"{path}: phase P ran without differential privacy, so a run under it cannot start from this "
+                    "artifact (its trunk would not be private); run phase P with dp-noise-multiplier too"
+                )
+            engine.ledger = PrivacyLedger(
+                self.cfg.dp_noise_multiplier, self.cfg.dp_delta, self.cfg.dp_max_epsilon, prior
+            )
         engine.say(f"phase F starts from {path} (pretrained in run {run}, {len(loaded)} entries)")
-        engine.runlog.write({"event": "umsrep-start", "artifact": str(path), "entries": len(loaded), "round": 0})
+        before = {"privacy-before": engine.ledger.spent()} if engine.ledger is not None else {}
+        engine.runlog.write(
+            {"event": "umsrep-start", "artifact": str(path), "entries": len(loaded), "round": 0, **before}
+        )
         return {**state, **{k: v.to(state[k].dtype) for k, v in loaded.items()}}
 
     def at_evaluation(self, engine: Engine, rnd: int, last: bool) -> str:

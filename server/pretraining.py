@@ -44,16 +44,15 @@ def evaluate_denoising(engine: Engine, rnd: int, final: bool = False) -> dict:
     for r in rejected:
         engine.runlog.write({"round": rnd, "event": "denoise-rejected", **r})
     totals: dict[str, float] = {}
-    weight = 0.0
+    weights: dict[str, float] = {}  # per key: a score only some sites report (a reference's) is their mean
     for site, metrics in sorted(per_site.items()):
         n = float(metrics.get(P.NUM_EXAMPLES, 0))
         scores = {k: v for k, v in metrics.items() if k == P.VAL_LOSS or k.startswith(P.DENOISE_PREFIXES)}
         engine.runlog.write({"round": rnd, "event": "denoise", "site": site, "val_cases": n, **scores})
         if P.VAL_LOSS in scores and n > 0:
-            weight += n
             for k, v in scores.items():
-                totals[k] = totals.get(k, 0.0) + v * n
-    return {k: v / weight for k, v in totals.items()} if weight else {}
+                totals[k], weights[k] = totals.get(k, 0.0) + v * n, weights.get(k, 0.0) + n
+    return {k: v / weights[k] for k, v in totals.items()}
 
 
 @register_phase
@@ -121,6 +120,7 @@ class Pretraining(Phase):
             ],
             "calibrated-sites": calibrated,
             "entries": len(state),
+            "privacy": engine.ledger.spent() if engine.ledger is not None else None,
             "use": f"flwr run . --run-config \"umsrep='{path}'\"  (phase F starts its trunk from it)",
         }
         atomic_write(Path(engine.run_dir) / MANIFEST, json.dumps(manifest, indent=1))

@@ -130,4 +130,6 @@ def signed_rank(a: dict, b: dict) -> dict | None:
     diffs = [a[k] - b[k] for k in keys]
     if len(diffs) < 2 or not any(diffs):
         return None
-    return {"n": len(diffs), "median": statistics.median(diffs), "p": float(stats.wilcoxon(diffs).pvalue)}
+    # n: the non-zero differences, the pairs Wilcoxon ranks (its default drops the zeros)
+    n = sum(d != 0 for d in diffs)
+    return {"n": n, "median": statistics.median(diffs), "p": float(stats.wilcoxon(diffs).pvalue)}

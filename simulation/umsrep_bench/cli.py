@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     results = a.out / "results.jsonl"
     if a.fresh and results.exists():
         results.unlink()
+    was = json.loads((a.out / "meta.json").read_text()).get("size", {}) if (a.out / "meta.json").exists() else {}
+    if results.exists() and was and was.get("name") != size.name and not a.report_only:  # a job's key has no size
+        p.error(f"{a.out} holds jobs of size {was.get('name')!r}, not {size.name!r}: use another --out (or --fresh)")
     redone = json.loads((a.out / "meta.json").read_text()).get("redone", []) if (a.out / "meta.json").exists() else []
     if a.redo:  # the old records move to results.superseded.jsonl; the report lists what was redone and why
         old = read_jsonl(results)

@@ -116,7 +116,23 @@ def test_phase_p_under_differential_privacy_reports_its_epsilon(tiny_federation,
     eps = [r["privacy"]["epsilon"] for r in records if r.get("event") == "train"]
     ledger = PrivacyLedger(1.0, 1e-5)
     assert eps == [ledger.spend(4)["epsilon"], ledger.spend(4)["epsilon"]]
-    assert (tmp_path / "p" / ARTIFACT).exists()
+    assert json.loads((tmp_path / "p" / MANIFEST).read_text())["privacy"]["epsilon"] == eps[-1]
+    # phase F under DP from it: phase P's releases count in its epsilon (they compose); from a phase P without
+    # DP it is refused (the trunk would not be private)
+    dp = dict(strategy="fedavg", dp_noise_multiplier=1.0, dp_clipping_norm=5.0)
+    fine = tiny_overrides(
+        tiny_federation, tmp_path / "f", num_server_rounds=1, umsrep=str(tmp_path / "p" / ARTIFACT), **dp
+    )
+    run(fine)
+    records = read_jsonl(tmp_path / "f" / "metrics.jsonl")
+    start = next(r for r in records if r.get("event") == "umsrep-start")
+    assert start["privacy-before"]["epsilon"] == eps[-1]
+    assert next(r for r in records if r.get("event") == "train")["privacy"]["epsilon"] == ledger.spend(4)["epsilon"]
+    plain = tiny_overrides(tiny_federation, tmp_path / "p0", num_server_rounds=1, phase="pretrain", local_steps=1,
+                           strategy="fedavg")  # fmt: skip
+    run(plain)
+    with pytest.raises(CheckpointError, match="phase P ran without differential privacy"):
+        run({**fine, "run-dir": str(tmp_path / "f0"), "umsrep": str(tmp_path / "p0" / ARTIFACT)})
 
 
 def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):

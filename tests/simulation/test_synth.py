@@ -181,3 +181,23 @@ def test_reference_copies_are_the_scans_without_their_noise_and_change_nothing_e
     assert float((x[0][inside] - ref[0][inside]).std()) < 0.7  # the same units: the scan's z-score
     assert (item["floor"] < 0).all()  # raw 0 lies below every brain voxel's z-score
     assert float(x[0][inside].min()) >= float(item["floor"][0]) - 1e-4
+
+
+def test_a_bad_reference_costs_its_scores_not_the_case(tmp_path):
+    from uharmony.data import SiteData, load_federation
+    from uharmony.data.cases import DataError
+    from uharmony.data.manifest import load_federation as load
+
+    generate_federation(tmp_path / "f", sites=1, cases_per_site=2, seed=6, spacing=6.0, progress=False,
+                        workers=1, reference=True)  # fmt: skip
+    (tmp_path / "f" / "SYN_001_000" / "reference" / "SYN_001_000_t1.nii.gz").write_bytes(b"not a NIfTI file")
+    site = load_federation(tmp_path / "f").sites[0]
+    data = SiteData(site, 6.0, 16)
+    assert len(data.train) + len(data.val) == 2 and not data.skipped  # both cases kept
+    item = next(it for it in data.train + data.val if it["case_id"] == "SYN_001_000")
+    assert item["has-reference"].tolist() == [m != "t1" for m in data.modalities]
+    doc = json.loads((tmp_path / "f" / "federation.json").read_text())
+    doc["sites"][0]["cases"][0]["image4d"] = "x.nii.gz"
+    (tmp_path / "f" / "federation.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"cases\[0\].reference: not for a 4-D case"):
+        load(tmp_path / "f")

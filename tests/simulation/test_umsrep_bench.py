@@ -77,7 +77,7 @@ def test_the_report_states_each_target_with_its_number(tmp_path):
     text = doc.read_text()
     assert "pretrained on all ≥ scratch + 3 DSC, interval above 0: met (+8.0 DSC" in text
     assert "adds ≥ 1 DSC: **missed** (+1.5 DSC [-2.2, +5.2], not significant)" in text
-    assert "no harm (≥ scratch − 1 DSC): met (-0.5 DSC" in text
+    assert "no harm (lower bound ≥ scratch − 1 DSC): met (-0.5 DSC" in text
     assert "at every site (against its own scans): **missed** (lowest site: +2.00 dB)" in text
     assert "≤ 2 % of the model's bytes per round and site: met (0.50 %)" in text
     assert (tmp_path / "umsrep" / "label_efficiency.png").stat().st_size > 1000

@@ -71,6 +71,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
     split = entry.get("split")
     _need(split is None or split in SPLITS, where, f"{key}.split", f"must be one of {list(SPLITS)} or absent")
     label = str(base / label) if label else None
+    _need(not ("image4d" in entry and "reference" in entry), where, f"{key}.reference", "not for a 4-D case")
     if "image4d" in entry:
         channels = check_modality_names(entry.get("channels", MSD_CHANNELS), f"{where} ({key}.channels)")
         return Case(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -186,10 +187,14 @@ def read_case(case: Case, modalities: Sequence[str] = MODALITIES, spacing: float
         for m, path in case.reference.items():
             if m not in channels:
                 continue
-            if not os.path.exists(path):
-                raise DataError(path, f"missing reference file ({m}) of case {case.case_id}")
-            img = _load(path, spacing=spacing)
-            _same_grid(ref, ref_path, img, path)
+            try:  # a scoring aid only: a bad reference costs its scores, never the case
+                if not os.path.exists(path):
+                    raise DataError(path, f"missing reference file ({m}) of case {case.case_id}")
+                img = _load(path, spacing=spacing)
+                _same_grid(ref, ref_path, img, path)
+            except DataError as exc:
+                logging.getLogger(__name__).warning("case %s: reference %s not used: %s", case.case_id, m, exc)
+                continue
             refs[m] = img.as_tensor()
         stack = [refs.get(m, image[i]) for i, m in enumerate(modalities)]
         out["reference"] = MetaTensor(torch.stack(stack), affine=ref.affine)

@@ -187,12 +187,13 @@ def _set_base_rate(model, targets: torch.Tensor, regions: torch.Tensor) -> None:
     bias at logit(rate), clamped to [0.1, 0.9]; a zero bias against a 65 % rate pushes every hidden unit the
     same way at once (review 2026-12-06: 17 of 20 units died within 20 steps)."""
     last = model.tasks["presence"].net[-1]
-    if bool(last.weight.any()) or bool(last.bias.any()):
+    fresh = ~last.weight.any(1) & (last.bias == 0)  # per output row (a region added later has its own start)
+    if not bool(fresh.any()):
         return
     mask = regions.bool()
     counts = mask.float().sum(0)
     rate = ((targets * mask).sum(0) / counts.clamp_min(1)).clamp(0.1, 0.9)
-    last.bias.copy_(torch.where(counts > 0, torch.logit(rate), torch.zeros_like(rate)))
+    last.bias.copy_(torch.where(fresh & (counts > 0), torch.logit(rate), last.bias))
 
 
 def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.5, alternate=5, **opt) -> dict:

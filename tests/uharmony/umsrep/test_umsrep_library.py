@@ -181,7 +181,24 @@ def test_presence_scores_report_auroc_beside_accuracy():
     assert set(scores) == {f"presence-{r}" for r in ("et", "tc", "wt")} | {
         f"presence-auroc-{r}" for r in ("et", "tc", "wt")
     }
-    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    import uharmony.umsrep.training as training
+
+    def oracle(net, x, present, domain=None, gate_weights=None, want=()):  # the patch's own answer, as a logit
+        inside = (x[:, 0].flatten(1) > 0).any(1).float()  # the image is the lesion mask here
+        return {"presence": (inside * 2 - 1).view(-1, 1).expand(-1, 3) * 5}
+
+    item["image"] = torch.zeros(4, 32, 32, 32)
+    item["image"][:, 4:10, 4:10, 4:10] = 1.0  # image content where the lesion is
+    original = training.forward_tasks
+    training.forward_tasks = oracle
+    try:
+        right = presence_accuracy(model, [item], 16, seed=0, per_case=8)
+        training.forward_tasks = lambda *a, **k: {"presence": -oracle(*a, **k)["presence"]}
+        wrong = presence_accuracy(model, [item], 16, seed=0, per_case=8)
+    finally:
+        training.forward_tasks = original
+    assert right["presence-auroc-wt"] == 1.0 and right["presence-wt"] == 1.0
+    assert wrong["presence-auroc-wt"] == 0.0 and wrong["presence-wt"] == 0.0
 
 
 def test_presence_targets_read_the_patch():
