@@ -182,6 +182,9 @@ def harmonize(module: nn.Module, layers=None, **norm_options) -> int:
     return len(chosen)
 
 
+PRESENCE_HEAD = 2  # uharmony.model.task_heads.PresenceHead's version (2: normalized input, leaky units)
+
+
 def build_model(
     arch: str,
     in_channels: int,
@@ -266,6 +269,8 @@ def build_model(
         )
     if tasks:  # UMS-Rep: a reconstruction head (phase P) and/or an image-level head (phase F)
         spec["tasks"] = sorted(set(tasks))
+        if "presence" in tasks:
+            spec["presence_head"] = PRESENCE_HEAD
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -310,6 +315,11 @@ def build_model(
 
 def model_from_spec(spec: dict) -> UHarmonyNet:
     spec = dict(spec)
+    if "presence" in spec.get("tasks", ()) and spec.pop("presence_head", 1) != PRESENCE_HEAD:
+        raise ValueError(
+            "the model's presence head is of an earlier version (before 2026-12-07: no normalization, ReLU units); "
+            "its weights would compute something else in this version: fine-tune it again (UMS-Rep phase F)"
+        )
     if spec.get("head") == "gated":  # a model saved before the acquisition fingerprint: features only
         spec.setdefault("gate_descriptor", "features")
     return build_model(

@@ -267,3 +267,15 @@ def test_rician_noise_sits_on_the_given_magnitude_floor():
     floor = torch.tensor([[0.5]])  # every voxel at the floor: magnitude 0, so the noise only raises it
     noisy = corrupt(x, mask, "rician", 0.3, torch.Generator().manual_seed(0), floor)
     assert float(noisy.min()) >= 0.5 and float(noisy.mean()) > 0.5 + 0.2  # the Rician bias at zero signal
+
+
+def test_a_model_with_an_earlier_presence_head_is_refused_by_name():
+    model = tiny(("presence",))
+    assert model.spec["presence_head"] == 2
+    rebuilt = model_from_spec(model.spec)
+    assert rebuilt.spec == model.spec
+    old = {k: v for k, v in model.spec.items() if k != "presence_head"}  # saved before the head changed
+    with pytest.raises(ValueError, match="presence head is of an earlier version"):
+        model_from_spec(old)
+    plain = dict(tiny(("recon",)).spec)
+    assert "presence_head" not in plain and model_from_spec(plain).spec == plain
