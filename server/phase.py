@@ -28,6 +28,7 @@ from uharmony import protocol as P
 from uharmony.federation.config import RunConfig, accept_phase, forget_phase
 from uharmony.records.checkpoint import CheckpointError, load_checkpoint
 from uharmony.umsrep.plans import get_plan, sendable_keys
+from uharmony.vocabulary import PLANS_VERSION
 
 log = logging.getLogger("uharmony.server")
 
@@ -111,6 +112,20 @@ def ask_to_recalibrate(engine: Engine, rnd: int, nodes: list[int]) -> int:
             log.warning("round %d: calibration at node %s failed: %s", rnd, m.metadata.src_node_id, m.error.reason)
     engine.runlog.write({"round": rnd, "event": "calibrated", "sites": len(done), "asked": len(nodes)})
     return len(done)
+
+
+def plans_record(cfg: RunConfig) -> dict:
+    """What a checkpoint records of the UMS-Rep plans its run trains under (nothing without a plan)."""
+    return {"plans-version": PLANS_VERSION} if cfg.uses_plan else {}
+
+
+def check_plans(cfg: RunConfig, extra: dict, where) -> None:
+    """A resume under a UMS-Rep plan: the checkpoint's plans version (uharmony.vocabulary) must be this code's."""
+    if cfg.uses_plan and extra.get("plans-version", 1) != PLANS_VERSION:
+        raise CheckpointError(
+            f"{where}: trained under UMS-Rep plans version {extra.get('plans-version', 1)}, this code has version "
+            f"{PLANS_VERSION} (what 'independent' and 'alternating' train changed): start a new run"
+        )
 
 
 class Phase:

@@ -1,10 +1,10 @@
 """The round engine: the one loop every run goes through, whatever carries its messages.
 
 Before each round it admits the SuperNodes that joined (``server/admission.py``), growing the model for
-a new site's modality, label class or domain and evaluating every site on the grown model before
-anyone trains on it. Then it trains (the strategy table's Flower strategy configures the round, every
-reply is screened, the role-aware strategy aggregates), evaluates on its schedule, logs and
-checkpoints. It can resume from a checkpoint, continuing the round count.
+a new site's modality, label class or domain and evaluating every site on the grown model before anyone
+trains on it. Then it trains (the strategy table's Flower strategy configures the round, every reply is
+screened, the role-aware strategy aggregates), evaluates on its schedule, logs and checkpoints. It can
+resume from a checkpoint, continuing the round count.
 
 The transport is a Flower ``Grid``: the SuperLink's in a deployment or ``flwr run``, Flower's simulation
 engine, or ``simulation.inprocess.InProcessGrid`` (the benchmark's): the same rounds in every case.
@@ -26,7 +26,7 @@ from server.admission import Admission, check_binding
 from server.aggregation import build_strategy
 from server.evaluation import dice_line
 from server.grids import MembersGrid, PackingGrid, gather, quorum
-from server.phase import make_phase
+from server.phase import check_plans, make_phase, plans_record
 from server.privacy import PrivacyLedger
 from server.prototypes import refresh_prototypes
 from server.registry import SiteRegistry
@@ -111,6 +111,7 @@ class RoundEngine:
                 f"{self.run_dir / 'checkpoints'}: model spec or strategy differs from this run's "
                 "configuration; refusing to resume"
             )
+        check_plans(self.cfg, ckpt["extra"], self.run_dir / "checkpoints")
         run_id = str(ckpt["extra"].get("run-id", self.run_id))
         if self.cfg.run_id and self.cfg.run_id != run_id:
             raise CheckpointError(f"{self.run_dir / 'checkpoints'} belongs to run {run_id}, not {self.cfg.run_id}")
@@ -150,8 +151,7 @@ class RoundEngine:
 
     # -- one round ------------------------------------------------------------------------------
     def train(self, rnd: int) -> dict:
-        cfg, members = self.cfg, self.members()
-        # pooled: one node trains on every site's data; label-free sites train in phase P only
+        cfg, members = self.cfg, self.members()  # pooled: one node trains on every site's data
         trainers = members[:1] if self.spec.pooled else self.phase.trainers(self, members)
         steps = cfg.local_steps * (len(members) if self.spec.pooled else 1)
         info = {"sites": [], "rejected": [], P.TRAIN_LOSS: None}
@@ -314,6 +314,7 @@ class RoundEngine:
             "updated-rounds": self.updated_rounds,
             "records": self.runlog.count(),  # a resume drops what the interrupted attempt wrote after this
             "phase-state": self.phase.state_dict(),
+            **plans_record(self.cfg),
             "inference": inference_settings(self.model.spec, self.cfg.spacing, self.cfg.patch_size),  # self-contained
             **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }

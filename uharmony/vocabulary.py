@@ -34,3 +34,6 @@ ROLES = (SHARED, LOCAL, DOMAIN)
 PHASES = ("segment", "pretrain")
 PRETEXTS = ("denoise", "denoise+inpaint")  # phase P's task (uharmony.umsrep.training)
 FINETUNE = ("full", "joint", "alternating", "independent", "independent-head")
+# 2 (2026-12-07): every task trains on every batch; "independent" = the encoder frozen (it was the heads only,
+# now "independent-head"). A run's checkpoints record it; a resume across a change is refused.
+PLANS_VERSION = 2

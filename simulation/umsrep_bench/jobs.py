@@ -16,6 +16,7 @@ from pathlib import Path
 from simulation.kit.runs import fresh_dir
 from uharmony.federation.config import RunConfig
 from uharmony.files import read_jsonl
+from uharmony.vocabulary import PLANS_VERSION
 
 from ..bench.sizes import SCENARIO_SITES
 from ..embedded import ensure_federation
@@ -124,9 +125,8 @@ V2 = replace(
 )
 SIZES = {"default": DEFAULT, "quick": QUICK, "v2": V2}
 STRATEGIES = ("full", "joint", "alternating", "independent", "independent-head")
-# 2: every task trains on every batch (before: independent and alternating gave segmentation half the steps;
-# "independent" trained the heads only and "independent-decoder" the decoder too: report.LEGACY_PLANS)
-PLANS_VERSION = 2
+# plans version 2 (uharmony.umsrep.plans): before it independent and alternating gave segmentation half the
+# steps; "independent" trained the heads only and "independent-decoder" the decoder too (report.LEGACY_PLANS)
 
 
 def federation(size: Size, seed: int) -> Path:

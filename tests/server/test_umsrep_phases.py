@@ -169,3 +169,16 @@ def test_phase_p_halves_the_rate_on_a_plateau_and_stops_early(monkeypatch):
     again = pretraining.Pretraining(RunConfig.from_flwr({"phase": "pretrain"}))
     again.load_state_dict(phase.state_dict())  # what a checkpoint keeps, a resumed run continues from
     assert (again.lr, again.best, again.stale) == (phase.lr, phase.best, phase.stale)
+
+
+def test_a_resume_across_a_change_of_the_plans_is_refused(tiny_federation, tmp_path):
+    """What 'independent' and 'alternating' train changed (plans version 2): a run checkpointed under another
+    version is not continued under this one."""
+    over = tiny_overrides(tiny_federation, tmp_path / "p", num_server_rounds=1, phase="pretrain", local_steps=1)
+    run(over)
+    ckpt = load_checkpoint(tmp_path / "p" / "checkpoints")
+    assert ckpt["extra"]["plans-version"] == 2
+    older = {**ckpt["extra"], "plans-version": 1}
+    save_checkpoint(tmp_path / "p" / "checkpoints", ckpt["round"] + 1, ckpt["spec"], ckpt["state"], older)
+    with pytest.raises(CheckpointError, match="plans version 1, this code has version 2"):
+        run({**over, "num_server_rounds": 3, "resume": True})

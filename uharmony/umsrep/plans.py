@@ -19,6 +19,7 @@ from uharmony.checks import one_of
 from uharmony.model.head import DomainGatedHead, PlainHead
 from uharmony.model.roles import module_state_keys
 from uharmony.model.task_heads import PresenceHead, ReconstructionHead
+from uharmony.vocabulary import PLANS_VERSION  # noqa: F401 - this table's version (a run's checkpoints record it)
 
 DECODER_TYPES = (UnetUpBlock, UnetrUpBlock)
 GROUPS = ("encoder", "decoder", "seg", "recon", "presence")
