@@ -15,12 +15,13 @@ the reference, and no loss at sigma 0.1. One JSONL record per (seed, pretext, st
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from uharmony.files import append_jsonl, read_jsonl
 
 from .probe import central_phase_p
 
@@ -97,14 +98,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "denoise.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    records = read_jsonl(path)
     done = {(r["seed"], r["pretext"], r["steps"]) for r in records}
     for seed in a.seeds:
         if (seed, a.pretext, a.steps) in done:
             continue
         for rec in measure(seed, a.pretext, a.steps):
-            with path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_jsonl(path, rec)
             records.append(rec)
         print(f"[denoise-probe] seed {seed} {a.pretext} {a.steps} steps: done", flush=True)
     text = page(records)

@@ -24,11 +24,12 @@ Each (seed, arm) is a JSONL record in ``--out``/probe.jsonl, written as it is ma
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from uharmony.files import append_jsonl, read_jsonl
 
 ARMS = ("random", "denoise", "denoise+inpaint")
 PILOT = (0, 1, 2)
@@ -184,15 +185,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "probe.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    records = read_jsonl(path)
     done = {(r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0) for r in records}
     for seed in a.seeds:
         for arm in ARMS:
             if (seed, arm, 0 if arm == "random" else a.steps) in done:
                 continue
             rec = run_arm(seed, arm, a.steps, a.patches)
-            with path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_jsonl(path, rec)
             records.append(rec)
             print(f"[probe] seed {seed} {arm}: AUROC {rec['auroc']:.3f}, accuracy {rec['accuracy']:.3f} "
                   f"(majority {rec['majority']:.3f}), {rec['seconds']} s", flush=True)  # fmt: skip
