@@ -14,6 +14,11 @@ local-account guard, and an exit when its connection to the SuperLink has ended.
    that ran out of connections), its connection loop ends but the process stays up with its Runtime API
    serving, offline for good. Here the process then exits with ``CONNECTION_LOST`` so that
    ``uharmony-site`` starts it again.
+3. Flower's SuperNode sleeps 3 s after every pull that found no message (hard-coded in its connection loop,
+   ``flwr.supernode.start_client_internal``), so each wave of a round's messages reaches a site up to 3 s
+   late, and a run of tiny rounds spends most of its time waiting. ``--idle-poll`` shortens that module's
+   waits to at most the given seconds (its other wait, 0.5 s for the ClientApp's reply, too). If a Flower
+   upgrade moved the loop, the SuperNode runs with Flower's own waits and says so: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -30,14 +35,52 @@ import traceback
 from uharmony.loopback_peers import LoopbackAccountGuard
 
 CONNECTION_LOST = 75  # EX_TEMPFAIL: the SuperNode was connected and its connection loop ended
+IDLE_POLL_SECONDS = 0.5  # site.toml ``idle-poll``: at most this long between pulls that find nothing
+FLOWER_IDLE_SLEEP = "time.sleep(3)"  # what Flower's connection loop does after an empty pull (1.41, 1.42)
+
+
+class PollClock:
+    """``time`` as Flower's SuperNode connection loop sees it: every ``sleep`` at most ``idle`` seconds."""
+
+    def __init__(self, idle: float):
+        self.idle = float(idle)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(float(seconds), self.idle))
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def shorten_idle_poll(idle: float) -> bool:
+    """Install ``PollClock(idle)`` in Flower's connection-loop module; False (and nothing changed) when the
+    loop is not the one this was written for."""
+    import inspect
+
+    loop = importlib.import_module("flwr.supernode.start_client_internal")
+    try:
+        known = loop.time is time and FLOWER_IDLE_SLEEP in inspect.getsource(loop.start_client_internal)
+    except (AttributeError, OSError, TypeError):
+        known = False
+    if known:
+        loop.time = PollClock(idle)
+    return known
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m client.guarded_supernode", description=__doc__.splitlines()[0])
     p.add_argument("--account", type=int, action="append", required=True, help="a uid that may use the Runtime API")
+    p.add_argument(
+        "--idle-poll",
+        type=float,
+        default=IDLE_POLL_SECONDS,
+        help="seconds between pulls that find no message (Flower's own: 3)",
+    )
     p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
     a = p.parse_args(argv)
     flower_args = a.flower_args[1:] if a.flower_args[:1] == ["--"] else a.flower_args
+    if not a.idle_poll > 0:
+        p.error(f"--idle-poll must be above 0 seconds, not {a.idle_poll}")
 
     import uvicorn
     from flwr.supercore import log
@@ -73,6 +116,8 @@ def main(argv=None) -> None:
         return server, thread
 
     cli._start_supernode_http_api = start_guarded_http_api
+    if a.idle_poll < 3 and not shorten_idle_poll(a.idle_poll):
+        log(logging.WARNING, "this Flower version's connection loop moved: its own 3 s idle poll applies")
     sys.argv = ["flower-supernode", *flower_args]
     try:
         cli.flower_supernode()  # returns only when the connection loop has ended (Flower gave up on the SuperLink)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from uharmony.files import private_dir, private_tree
 
-from .guarded_supernode import CONNECTION_LOST
+from .guarded_supernode import CONNECTION_LOST, IDLE_POLL_SECONDS
 from .keys import generate_node_key
 from .site_config import free_port, load_site_config
 from .worker import SOCKET_ENV
@@ -109,6 +109,8 @@ def supernode_command(cfg: dict) -> list[str]:
         "-m",
         "client.guarded_supernode",
         *accounts,
+        "--idle-poll",
+        str(float(cfg.get("idle-poll", IDLE_POLL_SECONDS))),
         "--",
         "--superlink",
         cfg["superlink"],
@@ -125,6 +127,17 @@ def supernode_command(cfg: dict) -> list[str]:
         "--max-retries",
         str(int(cfg.get("max-retries", 10))),
     ] + (["--max-wait-time", str(float(cfg["max-wait-time"]))] if "max-wait-time" in cfg else [])
+
+
+def site_env(cfg: dict) -> dict:
+    """The environment of the site's processes (SuperNode, its SuperExec and ClientApps, the worker)."""
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    # the SuperNode's executor looks for new messages every second by default: each message waits for that
+    # poll before its ClientApp process starts
+    env.setdefault(POLL_ENV, POLL_SECONDS)
+    if "threads" in cfg:  # read by torch at import, in the worker and in every ClientApp process
+        env["OMP_NUM_THREADS"] = str(int(cfg["threads"]))
+    return env
 
 
 def make_private(folder: Path) -> None:
@@ -150,10 +163,7 @@ def run_site(cfg: dict) -> int:
     trained before: the SuperLink may still hold its previous connection (until it misses two 30-s
     heartbeats) and refuses the new one meanwhile."""
     cmd = supernode_command(cfg)
-    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    # the SuperNode's executor looks for new messages every second by default: each message waits for that
-    # poll before its ClientApp process starts
-    env.setdefault(POLL_ENV, POLL_SECONDS)
+    env = site_env(cfg)
     sock = state_dir(cfg) / "worker.sock"
     make_private(sock.parent)
     worker = None

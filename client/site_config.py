@@ -86,11 +86,30 @@ KEYS = (
     Key("max-retries", "integer", "10", "Connection attempts to the SuperLink before the SuperNode gives up.", 0),
     Key("max-wait-time", "number", "no limit", "Seconds of retrying the connection before giving up.", 0),
     Key(
+        "idle-poll",
+        "number",
+        "0.5",
+        "Seconds the SuperNode waits before asking the SuperLink again after finding no message (Flower's own "
+        "wait is 3 s); every round's messages reach the site this much later at most. 3 restores Flower's.",
+        0.05,
+        3,
+    ),  # fmt: skip
+    Key(
         "worker",
         "boolean",
         "true",
         "Run the long-lived site worker (`client/worker.py`) that keeps torch, MONAI "
         "and the site's code loaded between messages; false: each message's ClientApp does the work itself.",
+    ),  # fmt: skip
+    Key(
+        "threads",
+        "integer",
+        "all cores",
+        "CPU threads for the site's training and inference (torch's intra-op threads, `OMP_NUM_THREADS`). Set it "
+        "when the machine is shared, e.g. by several sites or other work: threads beyond the free cores slow "
+        "every step.",
+        1,
+        1024,
     ),  # fmt: skip
     Key(
         "rejoin-seconds",

@@ -56,8 +56,12 @@ class LocalConsortium:
     """Everything lives under ``root``: ``pki/``, ``state/`` (the coordinator's), ``keys/<site>/``,
     ``data/<site>/``, ``state-<site>/`` and one ``<name>.log`` per process."""
 
-    def __init__(self, root: Path, app: Path = REPO) -> None:
+    def __init__(self, root: Path, app: Path = REPO, site_keys: str = "", site_threads: int | None = None) -> None:
         self.root, self.app = Path(root), Path(app)
+        # every hospital shares this machine: a site with all its cores (torch's default) would oversubscribe them
+        # (3 sites on 2 cores: each message's work 3-5x slower); ``site_keys``: more site.toml lines for every site
+        self.site_threads = site_threads or max(1, (os.cpu_count() or 1) // 4)
+        self.site_keys = f"threads = {self.site_threads}\n" + site_keys
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port, self.link = free_port(), free_port()
@@ -225,7 +229,7 @@ class LocalConsortium:
             f'state-dir = "{self.root / ("state-" + (file or name))}"\nsuperlink = "127.0.0.1:{self.port}"\n'
             f'ca = "{self.root / "pki" / "ca.crt"}"\n'
             f'trusted-entities = "{self.root / "pki" / "trusted-entities.yaml"}"\n'
-            f'key = "{key}"\nport = {free_port()}\nmax-retries = {retries}\nmax-wait-time = {wait}\n'
+            f'key = "{key}"\nport = {free_port()}\nmax-retries = {retries}\nmax-wait-time = {wait}\n' + self.site_keys
         )
         return path
 
@@ -287,13 +291,18 @@ def final_status(consortium: LocalConsortium, run: subprocess.Popen, name: str =
     return json.loads(out[-1]) if out and out[-1].startswith("{") else {"status": f"no status: {out[-3:]}"}
 
 
-def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
+def measure(
+    root: Path, rounds: int = 2, sites: int = 3, idle_poll: float | None = None, threads: int | None = None
+) -> dict:
     """The same ``rounds`` tiny rounds deployed (real processes, TLS) and in Flower's simulation engine: wall
-    seconds from submission to the final status, and their ratio."""
+    seconds from submission to the final status, and their ratio. ``idle_poll``: the sites' ``idle-poll``
+    (None: site.toml's default), ``threads`` theirs (None: ``LocalConsortium``'s default)."""
+    from client.guarded_supernode import IDLE_POLL_SECONDS
     from simulation.runner import run as simulate
 
     run_cfg = f"num-server-rounds={rounds} {TINY_RUN} eval-every=1 num-domains={sites} min-sites={sites}"
-    with LocalConsortium(root / "deployed") as c:
+    keys = "" if idle_poll is None else f"idle-poll = {float(idle_poll)}\n"
+    with LocalConsortium(root / "deployed", site_keys=keys, site_threads=threads) as c:
         c.consortium(sites)
         t0 = time.time()
         status = final_status(c, c.submit(f"{run_cfg} run-dir='{root / 'deployed' / 'run'}'"))
@@ -310,6 +319,8 @@ def measure(root: Path, rounds: int = 2, sites: int = 3) -> dict:
     return {
         "rounds": rounds,
         "sites": sites,
+        "idle-poll": IDLE_POLL_SECONDS if idle_poll is None else float(idle_poll),
+        "site-threads": c.site_threads,
         "deployed-seconds": round(deployed, 1),
         "deployed-flower-elapsed": status.get("elapsed"),
         "simulated-seconds": sim["seconds"],
@@ -339,14 +350,16 @@ def main(argv=None) -> int:
     m.add_argument("--root", type=Path, default=Path("runs/deployment"))
     m.add_argument("--rounds", type=int, default=2)
     m.add_argument("--out", type=Path, default=None, help="append the figures (JSON lines) to this file")
+    m.add_argument("--idle-poll", type=float, default=None, help="the sites' idle-poll (default: site.toml's)")
+    m.add_argument("--threads", type=int, default=None, help="the sites' threads (default: cores // 4, at least 1)")
     a = p.parse_args(argv)
     import shutil
 
     shutil.rmtree(a.root, ignore_errors=True)
-    result = measure(a.root.resolve(), a.rounds)
-    import platform
+    result = measure(a.root.resolve(), a.rounds, idle_poll=a.idle_poll, threads=a.threads)
+    from simulation.kit.machine import machine
 
-    result.update(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), time=time.ctime())
+    result.update(machine=machine(), cores=os.cpu_count(), time=time.ctime())
     print(json.dumps(result), flush=True)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -201,3 +201,16 @@ def test_server_side_clipping_internals_the_keyed_wrapper_reuses():
     arrays = [np.zeros(1000)]
     add_gaussian_noise_inplace(arrays, 0.5)
     assert 0.4 < arrays[0].std() < 0.6
+
+
+def test_supernode_connection_loop_waits_can_be_shortened():
+    """client/guarded_supernode.py replaces the ``time`` of Flower's connection loop (``sleep(3)`` after an
+    empty pull); the loop must still call ``time.sleep`` through its module's ``time``."""
+    import time
+
+    from client.guarded_supernode import FLOWER_IDLE_SLEEP
+
+    loop = importlib.import_module("flwr.supernode.start_client_internal")
+    assert loop.time is time
+    assert FLOWER_IDLE_SLEEP in inspect.getsource(loop.start_client_internal)
+    assert "time.sleep(0.5)" in inspect.getsource(loop._push_messages)

@@ -3,13 +3,14 @@ every error names the file and the key, the SuperNode's port never clashes unles
 and the site's own ``min-report-cases`` reaches the SuperNode's node config, where the ClientApp reads it."""
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from flwr.common.config import parse_config_args
 
-from client.site_cli import supernode_command
+from client.site_cli import site_env, supernode_command
 from client.site_config import KEYS, load_site_config
 from uharmony.federation.config import RunConfig
 from uharmony.federation.site_round import report_floor
@@ -96,3 +97,32 @@ def test_the_reference_lists_every_key_the_daemon_reads():
 
     read = set(re.findall(r"cfg(?:\.get\(|\[)\"([a-z-]+)\"", Path(client.site_cli.__file__).read_text()))
     assert read and read <= {k.name for k in KEYS}
+
+
+def test_idle_poll_reaches_the_supernode_and_is_checked(tmp_path, monkeypatch):
+    """Issue 33 item 4: the SuperNode's idle poll (Flower: 3 s) is the site's ``idle-poll``, default 0.5 s."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}")
+
+    def idle(extra=""):
+        cmd = supernode_command(load_site_config(_site(tmp_path, extra)))
+        assert cmd.index("--idle-poll") < cmd.index("--")  # the wrapper's option, not Flower's
+        return float(cmd[cmd.index("--idle-poll") + 1])
+
+    assert idle() == 0.5 and idle("idle-poll = 3\n") == 3.0 and idle("idle-poll = 0.2\n") == 0.2
+    for bad in ("idle-poll = 0\n", "idle-poll = 10\n", 'idle-poll = "fast"\n'):
+        with pytest.raises(ValueError, match="idle-poll"):
+            load_site_config(_site(tmp_path, bad))
+
+
+def test_threads_reach_torch_in_the_sites_processes(tmp_path, monkeypatch):
+    """Sites sharing a machine: ``threads`` is each site's torch threads (3 sites at all cores of a 2-core
+    machine made each message 3-5x slower, docs/operations.md)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "OMP_NUM_THREADS" not in site_env(load_site_config(_site(tmp_path)))  # torch's default: all cores
+    env = site_env(load_site_config(_site(tmp_path, "threads = 1\n")))
+    assert env["OMP_NUM_THREADS"] == "1"
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "1"
+    with pytest.raises(ValueError, match="threads"):
+        load_site_config(_site(tmp_path, "threads = 0\n"))
