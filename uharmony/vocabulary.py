@@ -32,7 +32,7 @@ ROLES = (SHARED, LOCAL, DOMAIN)
 # UMS-Rep: the run's phases, and the phase-F plans of uharmony.umsrep.plans (every plan but "pretrain";
 # tests/test_light_imports.py checks that they match)
 PHASES = ("segment", "pretrain")
-PRETEXTS = ("denoise", "denoise+inpaint")  # phase P's task (uharmony.umsrep.training)
+PRETEXTS = ("denoise", "denoise+inpaint", "denoise+skipdrop")  # phase P's task (uharmony.umsrep.training)
 FINETUNE = ("full", "joint", "alternating", "independent", "independent-head")
 # 2 (2026-12-07): every task trains on every batch; "independent" = the encoder frozen (it was the heads only,
 # now "independent-head"). A run's checkpoints record it; a resume across a change is refused.

@@ -17,6 +17,11 @@ Design (registered 2026-12-07 in this module and docs/method.md before it first 
 - rule: ``denoise+inpaint`` becomes the documented recommendation if its mean AUROC over the pilot seeds
   0-2 is at least 0.05 above ``denoise``'s; it then must hold on fresh seeds (10-19) before any default
   changes. A pretext "needs the deep layers" when its AUROC is above the ``random`` arm's.
+- second pilot (registered 2026-12-07 before it ran, the review's "phase P without the top skip connections,
+  or with them dropped at random"): arm ``denoise+skipdrop`` (the top 2 skip connections each zeroed for half
+  the samples), run with a fresh ``denoise`` arm on the same code into a new ``--out`` (the first pilot's records
+  name no commit and predate the magnitude floor); the same rule against that ``denoise``: at least 0.05 mean
+  AUROC above it on pilot seeds 0-2 makes it the recommendation, fresh seeds 10-19 before any default.
 
 Each (seed, arm) is a JSONL record in ``--out``/probe.jsonl, written as it is made; ``--page`` writes the table.
 """
@@ -31,7 +36,8 @@ from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
-ARMS = ("random", "denoise", "denoise+inpaint")
+ARMS = ("random", "denoise", "denoise+inpaint", "denoise+skipdrop")
+CHALLENGERS = ("denoise+inpaint", "denoise+skipdrop")  # each judged against ``denoise`` by the rule above
 PILOT = (0, 1, 2)
 
 
@@ -130,13 +136,14 @@ def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool 
 
 
 def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
-    from ..kit.machine import machine
+    from ..kit.machine import commit, machine
 
     t0 = time.time()
     cfg, sites, model, loss = central_phase_p(seed, None if arm == "random" else arm, steps)
     x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
     return {"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
-            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine()}  # fmt: skip
+            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine(),
+            "commit": commit()}  # fmt: skip
 
 
 def page(records: list[dict]) -> str:
@@ -163,14 +170,14 @@ def page(records: list[dict]) -> str:
     machines = sorted({r.get("machine", unrecorded) for r in records})
     lines += ["", f"Machine: {'; '.join(machines)}."]
     pilot = {arm: {r["seed"]: r["auroc"] for r in records if r["arm"] == arm and r["seed"] in PILOT} for arm in ARMS}
-    if all(len(pilot[a]) == len(PILOT) for a in ("denoise", "denoise+inpaint")):
-        gain = statistics.fmean(pilot["denoise+inpaint"].values()) - statistics.fmean(pilot["denoise"].values())
-        verdict = "met: in-painting is the recommendation" if gain >= 0.05 else "not met: no change"
+    for arm in CHALLENGERS:
+        if not all(len(pilot[a]) == len(PILOT) for a in ("denoise", arm)):
+            continue
+        gain = statistics.fmean(pilot[arm].values()) - statistics.fmean(pilot["denoise"].values())
+        verdict = f"met: {arm} is the recommendation" if gain >= 0.05 else "not met: no change"
         lines.append(
-            f"Rule on the pilot seeds {list(PILOT)} (in-painting ≥ 0.05 AUROC above denoising): {verdict} "
-            f"({gain:+.3f}; per seed "
-            + ", ".join(f"{pilot['denoise+inpaint'][k] - pilot['denoise'][k]:+.3f}" for k in PILOT)
-            + ")."
+            f"Rule on the pilot seeds {list(PILOT)} ({arm} ≥ 0.05 AUROC above denoising): {verdict} "
+            f"({gain:+.3f}; per seed " + ", ".join(f"{pilot[arm][k] - pilot['denoise'][k]:+.3f}" for k in PILOT) + ")."
         )
     return "\n".join(lines) + "\n"
 
@@ -180,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=320, help="central phase-P steps per pretext")
     p.add_argument("--patches", type=int, default=24, help="probe patches per validation case")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms to run (default: all)")
     p.add_argument("--out", type=Path, default=Path("runs/umsrep-probe"))
     p.add_argument("--page", type=Path, default=None, help="also write the table here (e.g. docs/umsrep-probe.md)")
     a = p.parse_args(argv)
@@ -188,7 +196,7 @@ def main(argv=None) -> int:
     records = read_jsonl(path)
     done = {(r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0) for r in records}
     for seed in a.seeds:
-        for arm in ARMS:
+        for arm in a.arms:
             if (seed, arm, 0 if arm == "random" else a.steps) in done:
                 continue
             rec = run_arm(seed, arm, a.steps, a.patches)

@@ -23,6 +23,12 @@ def test_the_page_applies_the_registered_rule():
         for s in (0, 1, 2)
         for a, v in (("random", 0.6), ("denoise", 0.7), ("denoise+inpaint", 0.76))
     ]
-    assert "met: in-painting is the recommendation (+0.060" in page(rec)
+    assert "met: denoise+inpaint is the recommendation (+0.060" in page(rec)
+    assert "denoise+skipdrop ≥" not in page(rec)  # an arm not run is not judged
     rec[-1]["auroc"] = 0.70
     assert "not met: no change (+0.040" in page(rec)
+    rec += [{"seed": s, "arm": "denoise+skipdrop", "steps": 320, "auroc": 0.8, "accuracy": 0.7, "majority": 0.7}
+            for s in (0, 1, 2)]  # fmt: skip
+    assert "(denoise+skipdrop ≥ 0.05 AUROC above denoising): met: denoise+skipdrop is the recommendation (+0.100" in (
+        page(rec)
+    )

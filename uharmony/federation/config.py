@@ -104,7 +104,9 @@ class RunConfig:
     alternate_batches: int = 5  # alternating plan: batches per task before switching
     noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)
     noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # sigma in units of the brain's intensity SD
-    pretext: str = "denoise"  # phase P task: denoise | denoise+inpaint (cubes blanked in half the batches)
+    # phase P task: denoise | denoise+inpaint (cubes blanked in half the batches) | denoise+skipdrop (top skips
+    # zeroed at random)
+    pretext: str = "denoise"
     plateau_patience: int = 2  # phase P: evaluations without a 1 % gain before the rate is halved
     stop_patience: int = 4  # phase P: evaluations without a 1 % gain before the phase stops early
     calibration_batches: int = 8  # batches of clean scans that re-estimate a site's harmonization statistics

@@ -17,6 +17,8 @@ SwinUNETR: ``encoder10``), never by searching names.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import DynUNet, SwinUNETR
@@ -89,6 +91,37 @@ def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
     if isinstance(backbone, SwinUNETR):
         return backbone.encoder10, int(backbone.encoder10.layer.conv1.conv.out_channels)
     raise ValueError(f"UMS-Rep heads: no known bottleneck for a {type(backbone).__name__} backbone")
+
+
+def top_skip_blocks(backbone: nn.Module, levels: int) -> list[nn.Module]:
+    """The decoder blocks that take the ``levels`` highest-resolution skip connections (called as
+    ``block(upsampled, skip)``), top first, by backbone type."""
+    if isinstance(backbone, DynUNet):
+        blocks = list(backbone.upsamples)[::-1]  # MONAI builds the top skip layer with the last upsample
+    elif isinstance(backbone, SwinUNETR):
+        blocks = [backbone.decoder1, backbone.decoder2, backbone.decoder3, backbone.decoder4, backbone.decoder5]
+    else:
+        raise ValueError(f"UMS-Rep: no known skip connections for a {type(backbone).__name__} backbone")
+    return blocks[:levels]
+
+
+@contextmanager
+def top_skips_dropped(backbone: nn.Module, levels: int, p: float, generator: torch.Generator | None = None):
+    """Within the block, each of the ``levels`` top skip connections is zeroed for each sample with
+    probability ``p`` (drawn from ``generator`` at every forward pass): what the decoder restores must then come
+    through the deeper, coarser path (phase P's ``denoise+skipdrop`` pretext)."""
+
+    def drop(_module, args):
+        upsampled, skip = args[0], args[1]
+        keep = (torch.rand(skip.shape[0], generator=generator) >= p).to(skip.dtype).to(skip.device)
+        return (upsampled, skip * keep.view(-1, *([1] * (skip.dim() - 1))), *args[2:])
+
+    handles = [b.register_forward_pre_hook(drop) for b in top_skip_blocks(backbone, levels)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def make_task_heads(tasks, spatial_dims: int, features: int, modalities: int, regions: int, backbone) -> nn.ModuleDict:

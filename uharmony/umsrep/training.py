@@ -10,6 +10,7 @@ paper's option) adds ``s n``. Only brain voxels of present modalities are corrup
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -19,7 +20,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import SSIMMetric
 
 from uharmony.model.norm import UHarmonyNorm
-from uharmony.model.task_heads import forward_tasks
+from uharmony.model.task_heads import forward_tasks, top_skips_dropped
 from uharmony.model.training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
 from uharmony.protocol import INTRINSIC_NOISE
 from uharmony.umsrep.plans import Plan, module_groups
@@ -58,6 +59,7 @@ def corrupt(
 
 
 INPAINT_CUBES, INPAINT_SIDE = 4, 0.25  # per blanked patch: cubes of a quarter of its side (ours)
+SKIP_DROP_LEVELS, SKIP_DROP_P = 2, 0.5  # ``denoise+skipdrop``: the top 2 skips, each zeroed for half the samples
 
 
 def blank_cubes(x: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
@@ -108,14 +110,20 @@ def pretrain_steps(
 ) -> dict:
     """Denoising steps: each batch corrupted at a level drawn from ``levels``; masked MSE to the clean scan.
     ``pretext`` ``denoise+inpaint``: half the batches (drawn from ``seed``) also get cubes blanked
-    (:func:`blank_cubes`) that the model restores. ``opt``: weight_decay, optimizer, state (as
-    ``uharmony.model.training.train_steps``)."""
+    (:func:`blank_cubes`) that the model restores; ``denoise+skipdrop``: the top :data:`SKIP_DROP_LEVELS` skip
+    connections are each zeroed for a share :data:`SKIP_DROP_P` of the samples. ``opt``: weight_decay,
+    optimizer, state (as ``uharmony.model.training.train_steps``)."""
     model.to(device).train()
     keys = module_groups(model)
     trained = keys["encoder"] | keys["decoder"] | keys["recon"]
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    with _Frozen(model, trained):
+    skips = (
+        top_skips_dropped(model.backbone, SKIP_DROP_LEVELS, SKIP_DROP_P, gen)
+        if pretext == "denoise+skipdrop"
+        else contextlib.nullcontext()
+    )
+    with _Frozen(model, trained), skips:
         named = _params(model, trained)
         kind, decay = opt.get("optimizer", "adamw"), opt.get("weight_decay", 1e-2)
         optim = make_optimizer(named, kind, lr, decay, opt.get("state"))

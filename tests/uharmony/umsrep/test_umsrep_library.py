@@ -241,6 +241,44 @@ def test_inpainting_blanks_brain_cubes_and_phase_p_learns_to_fill_them():
     assert out["steps"] == 3 and out["loss"] > 0
 
 
+def test_skip_dropping_zeroes_the_top_skips_per_sample_and_leaves_no_hook():
+    """Issue 34 item 1: phase P's ``denoise+skipdrop`` makes the decoder restore some samples without the top
+    skip connections, so what it restores must come through the deeper layers."""
+    from uharmony.model.task_heads import top_skip_blocks, top_skips_dropped
+
+    model = tiny(("recon",)).eval()
+    x = scan()["image"]
+    top = top_skip_blocks(model.backbone, 2)
+    assert top[0] is model.backbone.upsamples[-1] and top[1] is model.backbone.upsamples[-2]
+    seen = []
+    handle = top[0].register_forward_hook(lambda m, a, o: seen.append(a[1].detach().clone()))  # the args as used
+    with torch.no_grad():
+        plain = model.features(x)
+        with top_skips_dropped(model.backbone, 2, 1.0):  # every sample loses both
+            gone = model.features(x)
+        with top_skips_dropped(model.backbone, 2, 0.5, torch.Generator().manual_seed(0)):
+            model.features(torch.cat([x, x, x, x]))
+        again = model.features(x)
+    handle.remove()
+    assert seen[0].abs().sum() > 0 and seen[1].abs().sum() == 0
+    half = seen[2].flatten(1).abs().sum(1) == 0
+    assert 0 < int(half.sum()) < len(half)  # some samples lost the skip, some kept it
+    assert not torch.allclose(plain, gone) and torch.equal(plain, again)  # the hooks are gone after the block
+    model = tiny(("recon",))
+    out = pretrain_steps(model, [scan()] * 3, "gaussian", (0.2,), 0.01, seed=3, pretext="denoise+skipdrop")
+    assert out["steps"] == 3 and out["loss"] > 0
+    assert not any(b._forward_pre_hooks for b in top_skip_blocks(model.backbone, 2))
+
+
+def test_swinunetr_top_skips_are_its_first_decoders():
+    from monai.networks.nets import SwinUNETR
+
+    from uharmony.model.task_heads import top_skip_blocks
+
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=3)
+    assert top_skip_blocks(net, 2) == [net.decoder1, net.decoder2]
+
+
 def test_denoising_is_scored_against_a_noise_free_reference_when_there_is_one():
     from uharmony.umsrep.training import denoise_scores
 
