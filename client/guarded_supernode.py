@@ -57,11 +57,11 @@ def shorten_idle_poll(idle: float) -> bool:
     loop is not the one this was written for."""
     import inspect
 
-    loop = importlib.import_module("flwr.supernode.start_client_internal")
     try:
+        loop = importlib.import_module("flwr.supernode.start_client_internal")
         known = loop.time is time and FLOWER_IDLE_SLEEP in inspect.getsource(loop.start_client_internal)
-    except (AttributeError, OSError, TypeError):
-        known = False
+    except (ImportError, AttributeError, OSError, TypeError):
+        return False
     if known:
         loop.time = PollClock(idle)
     return known

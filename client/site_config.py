@@ -7,6 +7,7 @@ holds ``site.toml``.
 
 from __future__ import annotations
 
+import math
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ def _checked(path: Path, key: Key, value):
         kinds = (int,) if key.type == "integer" else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise ValueError(f"{where}: must be {'an integer' if key.type == 'integer' else 'a number'}")
+        if not math.isfinite(value):  # TOML allows nan and inf
+            raise ValueError(f"{where}: must be a finite number")
         if (key.low is not None and value < key.low) or (key.high is not None and value > key.high):
             bounds = f">= {key.low:g}" if key.high is None else f"in [{key.low:g}, {key.high:g}]"
             raise ValueError(f"{where}: must be {bounds}")

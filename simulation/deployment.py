@@ -60,8 +60,9 @@ class LocalConsortium:
         self.root, self.app = Path(root), Path(app)
         # every hospital shares this machine: a site with all its cores (torch's default) would oversubscribe them
         # (3 sites on 2 cores: each message's work 3-5x slower); ``site_keys``: more site.toml lines for every site
-        self.site_threads = site_threads or max(1, (os.cpu_count() or 1) // 4)
-        self.site_keys = f"threads = {self.site_threads}\n" + site_keys
+        # (0: leave ``threads`` unset, torch's default of every core in each site)
+        self.site_threads = max(1, (os.cpu_count() or 1) // 4) if site_threads is None else int(site_threads)
+        self.site_keys = (f"threads = {self.site_threads}\n" if self.site_threads else "") + site_keys
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port, self.link = free_port(), free_port()
@@ -351,20 +352,24 @@ def main(argv=None) -> int:
     m.add_argument("--rounds", type=int, default=2)
     m.add_argument("--out", type=Path, default=None, help="append the figures (JSON lines) to this file")
     m.add_argument("--idle-poll", type=float, default=None, help="the sites' idle-poll (default: site.toml's)")
-    m.add_argument("--threads", type=int, default=None, help="the sites' threads (default: cores // 4, at least 1)")
+    m.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="the sites' threads (default: cores // 4, at least 1; 0: all cores each)",
+    )
     a = p.parse_args(argv)
     import shutil
 
     shutil.rmtree(a.root, ignore_errors=True)
     result = measure(a.root.resolve(), a.rounds, idle_poll=a.idle_poll, threads=a.threads)
-    from simulation.kit.machine import machine
+    from simulation.kit.machine import commit, machine
+    from uharmony.files import append_jsonl
 
-    result.update(machine=machine(), cores=os.cpu_count(), time=time.ctime())
+    result.update(machine=machine(), cores=os.cpu_count(), time=time.ctime(), commit=commit())
     print(json.dumps(result), flush=True)
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(a.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_jsonl(a.out, result)
     return 0
 
 

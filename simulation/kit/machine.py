@@ -46,14 +46,14 @@ def software() -> str:
 
 
 def commit() -> str:
-    """The checkout's commit (with ``+changes`` when the working tree differs from it); "" outside git."""
+    """The checkout's commit (with ``+changes`` when the working tree differs from it, new files that git does
+    not ignore included); "" outside git."""
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True)  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
     except OSError:
         return ""
     if head.returncode != 0:

@@ -39,3 +39,14 @@ def test_idle_poll_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["--account", "0", "--idle-poll", "0", "--", "--insecure"])
     assert "--idle-poll must be above 0" in capsys.readouterr().err
+
+
+def test_a_loop_without_the_known_sleep_or_module_is_left_alone(monkeypatch):
+    import sys
+
+    loop = importlib.import_module("flwr.supernode.start_client_internal")
+    monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr("client.guarded_supernode.FLOWER_IDLE_SLEEP", "time.sleep(30)")  # not in the loop
+    assert not shorten_idle_poll(0.02) and loop.time is time
+    monkeypatch.setitem(sys.modules, "flwr.supernode.start_client_internal", None)  # the module is gone
+    assert not shorten_idle_poll(0.02)

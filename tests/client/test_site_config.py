@@ -109,8 +109,9 @@ def test_idle_poll_reaches_the_supernode_and_is_checked(tmp_path, monkeypatch):
         return float(cmd[cmd.index("--idle-poll") + 1])
 
     assert idle() == 0.5 and idle("idle-poll = 3\n") == 3.0 and idle("idle-poll = 0.2\n") == 0.2
-    for bad in ("idle-poll = 0\n", "idle-poll = 10\n", 'idle-poll = "fast"\n'):
-        with pytest.raises(ValueError, match="idle-poll"):
+    for bad in ("idle-poll = 0\n", "idle-poll = 10\n", 'idle-poll = "fast"\n', "idle-poll = nan\n",
+                "rejoin-seconds = inf\n"):  # fmt: skip
+        with pytest.raises(ValueError, match=bad.split(" =")[0]):
             load_site_config(_site(tmp_path, bad))
 
 

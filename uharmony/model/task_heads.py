@@ -109,7 +109,9 @@ def top_skip_blocks(backbone: nn.Module, levels: int) -> list[nn.Module]:
 def top_skips_dropped(backbone: nn.Module, levels: int, p: float, generator: torch.Generator | None = None):
     """Within the block, each of the ``levels`` top skip connections is zeroed for each sample with
     probability ``p`` (drawn from ``generator`` at every forward pass): what the decoder restores must then come
-    through the deeper, coarser path (phase P's ``denoise+skipdrop`` pretext)."""
+    through the deeper, coarser path (phase P's ``denoise+skipdrop`` pretext). With the residual
+    :class:`ReconstructionHead`, a sample that lost both top skips can hardly predict its full-resolution noise
+    from coarse features: for it the cheapest answer is little correction, not a restoration from depth."""
 
     def drop(_module, args):
         upsampled, skip = args[0], args[1]

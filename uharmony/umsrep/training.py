@@ -59,7 +59,7 @@ def corrupt(
 
 
 INPAINT_CUBES, INPAINT_SIDE = 4, 0.25  # per blanked patch: cubes of a quarter of its side (ours)
-SKIP_DROP_LEVELS, SKIP_DROP_P = 2, 0.5  # ``denoise+skipdrop``: the top 2 skips, each zeroed for half the samples
+SKIP_DROP_LEVELS, SKIP_DROP_P = 2, 0.5  # ``denoise+skipdrop``: each of the top 2 skips zeroed for half the samples
 
 
 def blank_cubes(x: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
@@ -111,7 +111,8 @@ def pretrain_steps(
     """Denoising steps: each batch corrupted at a level drawn from ``levels``; masked MSE to the clean scan.
     ``pretext`` ``denoise+inpaint``: half the batches (drawn from ``seed``) also get cubes blanked
     (:func:`blank_cubes`) that the model restores; ``denoise+skipdrop``: the top :data:`SKIP_DROP_LEVELS` skip
-    connections are each zeroed for a share :data:`SKIP_DROP_P` of the samples. ``opt``: weight_decay,
+    connections are each zeroed for a share :data:`SKIP_DROP_P` of the samples (own draws: the noise is that of
+    ``denoise`` at the same seed). ``opt``: weight_decay,
     optimizer, state (as ``uharmony.model.training.train_steps``)."""
     model.to(device).train()
     keys = module_groups(model)
@@ -119,7 +120,7 @@ def pretrain_steps(
     gen = torch.Generator().manual_seed(seed)
     losses = []
     skips = (
-        top_skips_dropped(model.backbone, SKIP_DROP_LEVELS, SKIP_DROP_P, gen)
+        top_skips_dropped(model.backbone, SKIP_DROP_LEVELS, SKIP_DROP_P, torch.Generator().manual_seed(seed + 1))
         if pretext == "denoise+skipdrop"
         else contextlib.nullcontext()
     )
