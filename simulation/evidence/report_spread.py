@@ -136,12 +136,13 @@ def mechanism_section(records) -> list[str]:
                     rows.setdefault((r["method"], check, kind), {})[r["seed"]] = statistics.fmean(
                         own[c] - got[c] for c in keep
                     )
+    seeds = ", ".join(str(s) for s in sorted({s for v in rows.values() for s in v}))
     out = [
         "## Mechanism: what U-Harmony's site-specific parts carry (S3, inference only)",
         "",
         "Dice lost (DSC) against the site's own expert with its own site-local entries, mean over the site's cells, "
-        "then over the seeds (confirmatory 100–104 and the method pilot's), with a t interval; positive: the "
-        "check hurts.",
+        f"then over the seeds (those with models on the machine that ran the checks: {seeds}), with a t interval; "
+        "positive: the check hurts.",
         "",
         "| method | check | conflict cells | conflict-free cells | seeds |",
         "|---|---|---|---|---|",
