@@ -93,3 +93,31 @@ def mean_local_state(run_dir: Path) -> dict | None:
     saved = [load_local_state(d) for d in sorted(run_dir.glob("site-state/*"))]
     states = [state for state, info in filter(None, saved) if info.get("run") == run_id and state]
     return {k: torch.stack([x[k].float() for x in states]).mean(0) for k in states[0]} if states else None
+
+
+def score_every_site(run_dir: Path, cfg: RunConfig) -> dict[str, dict]:
+    """Each site of ``cfg``'s federation scores its validation scans with the run's final model, dataset-free
+    (the scan gate decides, as in the run's ``gated`` mode), with the site-local entries the run saved for it:
+    the sites that took part without labels included (a label-free site's entries are its recalibrated
+    statistics). ``cfg`` names the federation whose labels score the scans; the run may have seen a view of
+    it with some sites' labels withheld. Returns per site ``{"cells": {region: Dice}, "cases": n, "entries":
+    "saved" | "none"}`` ("none": the site kept no entries of this run; its scans are scored with the model's)."""
+    from uharmony.data import federation_root, load_federation
+    from uharmony.model.gating import gate_decisions, uses_scan_gate
+    from uharmony.model.training import evaluate_cases
+
+    out = {}
+    for pid in range(len(load_federation(federation_root(cfg), seed=cfg.federation_seed).sites)):
+        job = site_view(run_dir, pid, cfg)
+        if not job.data.val:
+            continue
+        gate = None
+        if uses_scan_gate(job.model):
+            gate, _ = gate_decisions(job.model, job.data.val, job.site.domain, cfg.patch_size, job.device)
+        scores = evaluate_cases(job.model, job.data.val, None, cfg.patch_size, job.device, gate_weights=gate)
+        out[job.site.name] = {
+            "cells": region_dice(scores),
+            "cases": len(job.data.val),
+            "entries": "saved" if job.saved is not None else "none",
+        }
+    return out

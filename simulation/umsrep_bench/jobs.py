@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from simulation.kit.runs import fresh_dir
+from simulation.kit.runs import fresh_dir, score_every_site
 from uharmony.federation.config import RunConfig
 from uharmony.files import read_jsonl
 from uharmony.vocabulary import PLANS_VERSION
@@ -52,6 +52,7 @@ class Size:
     compute_matched: bool = False  # + scratch given phase P's site-steps as extra fine-tuning rounds
     reference: bool = False  # the federation with its noise-free references (denoising scored against them)
     scratch_controls: bool = False  # the strategies table: a scratch run of every plan, not only joint
+    fixed_population: bool = False  # + every site's validation scans scored after phase F (label-free sites too)
 
     def base(self, seed: int) -> dict:
         return {
@@ -106,6 +107,7 @@ QUICK = Size(
     pretrain_eval_every=1,
     workers=1,
     unseen_seeds=(),
+    fixed_population=True,  # the scorer's path once (tests)
 )
 # design v2 (issue 34, registered in docs/method.md before it runs): 10 seeds, the product's learning rate,
 # phase P to its plateau (the stop rule within 60 rounds), a compute-matched scratch arm, a scratch control of
@@ -122,6 +124,7 @@ V2 = replace(
     compute_matched=True,
     reference=True,
     scratch_controls=True,
+    fixed_population=True,
 )
 SIZES = {"default": DEFAULT, "quick": QUICK, "v2": V2}
 STRATEGIES = ("full", "joint", "alternating", "independent", "independent-head")
@@ -242,6 +245,9 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
                 presence.setdefault(r["round"], []).append(float(r["presence-accuracy"]))
             if "presence-auroc" in r:
                 auroc.setdefault(r["round"], []).append(float(r["presence-auroc"]))
+    fixed = {}
+    if size.fixed_population:  # the same five sites for every arm and fraction: scored, never trained on
+        fixed = score_every_site(run_dir, RunConfig.from_flwr({**over, "data-root": str(federation(size, seed))}))
     return {
         "kind": "finetune",
         "seed": seed,
@@ -254,6 +260,7 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
         "curve": {str(k): sum(v) / len(v) for k, v in sorted(curve.items())},
         # each scored site's mean Dice at the last round (a fixed population can be chosen afterwards)
         "finals": {s: sum(v) / len(v) for s, v in per_site[max(per_site)].items()} if per_site else {},
+        **({"fixed": fixed} if fixed else {}),
         "presence": {str(k): sum(v) / len(v) for k, v in sorted(presence.items())},
         "presence_auroc": {str(k): sum(v) / len(v) for k, v in sorted(auroc.items())},
         "site_seconds": round(seconds, 1),

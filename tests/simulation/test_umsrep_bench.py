@@ -111,3 +111,46 @@ def test_the_denoising_section_reads_gains_against_the_reference():
     text = "\n".join(denoising_section([{"kind": "pretrain", "sites": "all", "denoise": [site]}], {}))
     assert "| 1 | 0.20 | -0.50 | +3.50 | +4.00 | +1.00 | 3.01 |" in text
     assert "against the reference: met (lowest: site 1, +3.50 dB); no loss at σ 0.1: **missed**" in text
+
+
+def test_after_phase_f_every_site_is_scored_the_label_free_ones_with_their_own_entries(umsrep_runs, tiny_federation):
+    """Design v2's fixed population: the run saw a view with three sites' labels withheld; the scorer reads
+    the labelled federation and scores all four sites dataset-free. For the labelled site it must give what the
+    run itself recorded at its last evaluation (same model, entries, scans and gate)."""
+    from simulation.kit.runs import score_every_site
+    from tests.conftest import tiny_overrides
+    from uharmony.federation.config import RunConfig
+    from uharmony.files import read_jsonl
+
+    run_dir = umsrep_runs["finetune"]
+    over = tiny_overrides(tiny_federation, run_dir, num_server_rounds=2, finetune="independent-head", tasks="presence")
+    scored = score_every_site(run_dir, RunConfig.from_flwr({k.replace("_", "-"): v for k, v in over.items()}))
+    assert sorted(scored) == ["1", "2", "3", "4"]
+    assert all(s["entries"] == "saved" and s["cases"] >= 1 for s in scored.values())  # label-free: recalibrated
+    assert all(v is None or 0.0 <= v <= 1.0 for s in scored.values() for v in s["cells"].values())
+    assert all(any(v is not None for v in s["cells"].values()) for s in scored.values())
+    recs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "dice" in r and r.get("mode") == "gated"]
+    last = max(r["round"] for r in recs)
+    own = {r["region"]: r["dice"] for r in recs if r["round"] == last and r["site"] == "1" and "phase" not in r}
+    assert own and all(scored["1"]["cells"][k] == pytest.approx(v, abs=1e-4) for k, v in own.items() if v == v)
+    assert not any(r["site"] != "1" for r in recs)  # the run scored its labelled site only
+
+
+def test_with_fixed_population_records_the_targets_are_read_on_every_sites_scans(tmp_path):
+    def fixed(values):  # five sites; site 4 annotates the whole tumour only
+        cells = [{"ET": v, "TC": v, "WT": v} for v in values]
+        cells[3] = {"ET": None, "TC": None, "WT": values[3]}
+        return {str(i + 1): {"cells": c, "cases": 2, "entries": "saved"} for i, c in enumerate(cells)}
+
+    results = []
+    for seed in range(4):
+        for arm, base in (("scratch", 0.60), ("all", 0.78), ("labelled", 0.70)):
+            rec = _fine(seed, 0.25, arm, 0.95)  # the labelled sites' own figure: the same for every arm
+            rec["fixed"] = fixed([base + 0.01 * seed] * 4 + [base - 0.05])
+            results.append(rec)
+    text = write_report(results, {"size": {"name": "made-up"}}, tmp_path / "u.md", tmp_path).read_text()
+    # fixed: all - scratch = +18 DSC on every seed; on the labelled sites the arms tie (+0.0)
+    assert "25 % labelled (fixed population): pretrained on all ≥ scratch + 3 DSC, interval above 0: met (+18.0" in text
+    assert "## Label efficiency, fixed population" in text and "## Label efficiency (phase F" in text
+    # all: 0.78 + 0.01 x seed at sites 1-4, 0.73 at site 5: 77.0, 77.8, 78.6, 79.4 over the seeds, mean 78.2 < 80
+    assert "≥ 80% Dice, lower bound ≥ 75%: **missed** (78.2 [76.6, 79.8], 4 seeds)" in text
