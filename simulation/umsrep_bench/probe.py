@@ -22,8 +22,14 @@ Design (registered 2026-12-07 in this module and docs/method.md before it first 
   the samples), run with a fresh ``denoise`` arm on the same code into a new ``--out`` (the first pilot's records
   name no commit and predate the magnitude floor); the same rule against that ``denoise``: at least 0.05 mean
   AUROC above it on pilot seeds 0-2 makes it the recommendation, fresh seeds 10-19 before any default.
+- pooling pilot (registered 2026-12-07 before it ran; issue 34 item 3, "several scales pooled"): ``--pool
+  multiscale`` reads the encoder at every scale (DynUNet's input block, each downsampling block and the
+  bottleneck, each pooled by mean and max, concatenated) instead of the bottleneck alone; arms ``random`` and
+  ``denoise``, pilot seeds 0-2, both poolings in one ``--out``. Rule: ``denoise`` at every scale ≥ 0.05 mean
+  AUROC above ``denoise`` at the bottleneck gives the presence head a multi-scale option (fresh seeds 10-19
+  before it becomes the default).
 
-Each (seed, arm) is a JSONL record in ``--out``/probe.jsonl, written as it is made; ``--page`` writes the table.
+Each (seed, arm, pool) is a JSONL record in ``--out``/probe.jsonl, written as it is made; ``--page`` writes the table.
 """
 
 from __future__ import annotations
@@ -37,16 +43,18 @@ from pathlib import Path
 from uharmony.files import append_jsonl, read_jsonl
 
 ARMS = ("random", "denoise", "denoise+inpaint", "denoise+skipdrop")
+POOLS = ("bottleneck", "multiscale")  # what the probe reads (records without "pool": the bottleneck)
 CHALLENGERS = ("denoise+inpaint", "denoise+skipdrop")  # each judged against ``denoise`` by the rule above
 PILOT = (0, 1, 2)
 
 
-def _features(model, items: list[dict], roi: int, seed: int, per_case: int):
-    """(pooled bottleneck features (N, 2C), WT presence (N,)) on fixed patches of ``items``."""
+def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool: str = "bottleneck"):
+    """(pooled encoder features (N, 2C), WT presence (N,)) on fixed patches of ``items``: the bottleneck's
+    (``pool="bottleneck"``, what the presence head reads) or every encoder scale's, concatenated (``multiscale``)."""
     import torch
     from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
 
-    from uharmony.model.task_heads import bottleneck_of
+    from uharmony.model.task_heads import bottleneck_of, encoder_levels
     from uharmony.umsrep.training import presence_targets
 
     pad = SpatialPadd(keys=["image", "label"], spatial_size=(roi,) * 3)
@@ -55,8 +63,8 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int):
     )
     crop.set_random_state(seed=seed)
     feats, targets, caught = [], [], {}
-    module, _ = bottleneck_of(model.backbone)
-    handle = module.register_forward_hook(lambda m, i, o: caught.__setitem__("b", o))
+    modules = [bottleneck_of(model.backbone)[0]] if pool == "bottleneck" else encoder_levels(model.backbone)
+    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: caught.__setitem__(k, o)) for k, m in enumerate(modules)]
     model.eval()
     try:
         with torch.no_grad():
@@ -66,12 +74,13 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int):
                 y = torch.stack([torch.as_tensor(p["label"]) for p in patches])
                 present = torch.as_tensor(item["present"]).view(1, -1).expand(len(patches), -1)
                 model.features(x, present)
-                flat = caught["b"].flatten(2)
-                feats.append(torch.cat([flat.mean(2), flat.amax(2)], 1))
+                flat = [caught[k].flatten(2) for k in range(len(modules))]
+                feats.append(torch.cat([f.mean(2) for f in flat] + [f.amax(2) for f in flat], 1))
                 wt = list(model.regions).index("WT")
                 targets.append(presence_targets(y)[:, wt])
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return torch.cat(feats), torch.cat(targets)
 
 
@@ -135,15 +144,19 @@ def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool 
     return cfg, sites, model, loss
 
 
-def run_arm(seed: int, arm: str, steps: int, per_case: int) -> dict:
+def run_arm(seed: int, arm: str, steps: int, per_case: int, pools=("bottleneck",)) -> list[dict]:
+    """One record per pooling, every one read from the same trained trunk and the same patches."""
     from ..kit.machine import commit, machine
 
     t0 = time.time()
     cfg, sites, model, loss = central_phase_p(seed, None if arm == "random" else arm, steps)
-    x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case)
-    return {"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
-            **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine(),
-            "commit": commit()}  # fmt: skip
+    out = []
+    for pool in pools:
+        x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case, pool)
+        out.append({"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
+                    **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine(),
+                    "commit": commit(), **({} if pool == "bottleneck" else {"pool": pool})})  # fmt: skip
+    return out
 
 
 def page(records: list[dict]) -> str:
@@ -156,20 +169,26 @@ def page(records: list[dict]) -> str:
         "| arm | seeds | phase-P steps | AUROC ×100 (mean, per seed) | accuracy ×100 | majority rate ×100 |",
         "|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
-        rs = sorted((r for r in records if r["arm"] == arm), key=lambda r: r["seed"])
-        if not rs:
-            continue
-        au = [r["auroc"] * 100 for r in rs]
-        lines.append(
-            f"| {arm} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | {statistics.fmean(au):.1f} "
-            f"({', '.join(f'{a:.1f}' for a in au)}) | {statistics.fmean(r['accuracy'] * 100 for r in rs):.1f} | "
-            f"{statistics.fmean(r['majority'] * 100 for r in rs):.1f} |"
-        )
+    for pool in POOLS:
+        for arm in ARMS:
+            rs = sorted((r for r in records if r["arm"] == arm and r.get("pool", "bottleneck") == pool),
+                        key=lambda r: r["seed"])  # fmt: skip
+            if not rs:
+                continue
+            au = [r["auroc"] * 100 for r in rs]
+            name = arm if pool == "bottleneck" else f"{arm}, every scale"
+            lines.append(
+                f"| {name} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | {statistics.fmean(au):.1f} "
+                f"({', '.join(f'{a:.1f}' for a in au)}) | {statistics.fmean(r['accuracy'] * 100 for r in rs):.1f} | "
+                f"{statistics.fmean(r['majority'] * 100 for r in rs):.1f} |"
+            )
     unrecorded = "not recorded (the pilot of 2026-12-07: Intel Xeon, 2 cores)"
     machines = sorted({r.get("machine", unrecorded) for r in records})
     lines += ["", f"Machine: {'; '.join(machines)}."]
-    pilot = {arm: {r["seed"]: r["auroc"] for r in records if r["arm"] == arm and r["seed"] in PILOT} for arm in ARMS}
+    pilot = {
+        arm: {r["seed"]: r["auroc"] for r in records if r["arm"] == arm and r["seed"] in PILOT and "pool" not in r}
+        for arm in ARMS
+    }
     for arm in CHALLENGERS:
         if not all(len(pilot[a]) == len(PILOT) for a in ("denoise", arm)):
             continue
@@ -178,6 +197,16 @@ def page(records: list[dict]) -> str:
         lines.append(
             f"Rule on the pilot seeds {list(PILOT)} ({arm} ≥ 0.05 AUROC above denoising): {verdict} "
             f"({gain:+.3f}; per seed " + ", ".join(f"{pilot[arm][k] - pilot['denoise'][k]:+.3f}" for k in PILOT) + ")."
+        )
+    multi = {r["seed"]: r["auroc"] for r in records if r["arm"] == "denoise" and r.get("pool") == "multiscale"}
+    if all(k in multi and k in pilot["denoise"] for k in PILOT):
+        gain = statistics.fmean(multi[k] for k in PILOT) - statistics.fmean(pilot["denoise"][k] for k in PILOT)
+        verdict = "met: the presence head gets a multi-scale option" if gain >= 0.05 else "not met: no change"
+        lines.append(
+            f"Pooling rule on the pilot seeds {list(PILOT)} (denoise read at every scale ≥ 0.05 AUROC above it read at "
+            f"the bottleneck): {verdict} ({gain:+.3f}; per seed "
+            + ", ".join(f"{multi[k] - pilot['denoise'][k]:+.3f}" for k in PILOT)
+            + ")."
         )
     return "\n".join(lines) + "\n"
 
@@ -188,22 +217,33 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=320, help="central phase-P steps per pretext")
     p.add_argument("--patches", type=int, default=24, help="probe patches per validation case")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms to run (default: all)")
+    p.add_argument(
+        "--pool",
+        choices=("bottleneck", "multiscale", "both"),
+        default="bottleneck",
+        help="what the probe reads: the pooled bottleneck (the presence head's input), every encoder scale, or both",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/umsrep-probe"))
     p.add_argument("--page", type=Path, default=None, help="also write the table here (e.g. docs/umsrep-probe.md)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "probe.jsonl"
     records = read_jsonl(path)
-    done = {(r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0) for r in records}
+    pools = ("bottleneck", "multiscale") if a.pool == "both" else (a.pool,)
+    done = {
+        (r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0, r.get("pool", "bottleneck")) for r in records
+    }
     for seed in a.seeds:
         for arm in a.arms:
-            if (seed, arm, 0 if arm == "random" else a.steps) in done:
+            steps = 0 if arm == "random" else a.steps
+            if all((seed, arm, steps, pool) in done for pool in pools):
                 continue
-            rec = run_arm(seed, arm, a.steps, a.patches)
-            append_jsonl(path, rec)
-            records.append(rec)
-            print(f"[probe] seed {seed} {arm}: AUROC {rec['auroc']:.3f}, accuracy {rec['accuracy']:.3f} "
-                  f"(majority {rec['majority']:.3f}), {rec['seconds']} s", flush=True)  # fmt: skip
+            for rec in run_arm(seed, arm, a.steps, a.patches, pools):
+                append_jsonl(path, rec)
+                records.append(rec)
+                print(f"[probe] seed {seed} {arm} ({rec.get('pool', 'bottleneck')}): AUROC {rec['auroc']:.3f}, "
+                      f"accuracy {rec['accuracy']:.3f} (majority {rec['majority']:.3f}), {rec['seconds']} s",
+                      flush=True)  # fmt: skip
     text = page([r for r in records if r["seed"] in a.seeds])
     print(text)
     if a.page:

@@ -32,3 +32,36 @@ def test_the_page_applies_the_registered_rule():
     assert "(denoise+skipdrop ≥ 0.05 AUROC above denoising): met: denoise+skipdrop is the recommendation (+0.100" in (
         page(rec)
     )
+
+
+def test_the_pooling_rule_compares_the_same_arm_read_two_ways():
+    rec = [
+        {"seed": s, "arm": "denoise", "steps": 320, "auroc": v, "accuracy": 0.7, "majority": 0.7, **extra}
+        for s in (0, 1, 2)
+        for v, extra in ((0.70, {}), (0.80, {"pool": "multiscale"}))
+    ]
+    text = page(rec)
+    assert "| denoise, every scale | 0, 1, 2 | 320 | 80.0" in text and "| denoise | 0, 1, 2 | 320 | 70.0" in text
+    assert "met: the presence head gets a multi-scale option (+0.100; per seed +0.100, +0.100, +0.100)" in text
+    rec[1]["auroc"] = rec[3]["auroc"] = rec[5]["auroc"] = 0.72
+    assert "(denoise read at every scale ≥ 0.05 AUROC above it read at the bottleneck): not met: no change (+0.020" in (
+        page(rec)
+    )
+
+
+def test_every_scale_is_read_from_one_forward_pass():
+    from simulation.umsrep_bench.probe import _features
+    from uharmony.federation.config import RunConfig
+
+    cfg = RunConfig.from_flwr({"patch-size": 16, "filters": "8,16,32", "phase": "pretrain"})
+    model = cfg.build_model(2)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(4, 20, 20, 20, generator=gen)
+    label = torch.zeros(3, 20, 20, 20)
+    label[:, 6:12, 6:12, 6:12] = 1
+    item = {"image": image, "label": label, "present": torch.ones(4)}
+    one, y1 = _features(model, [item], 16, 0, 4)
+    every, y2 = _features(model, [item], 16, 0, 4, pool="multiscale")
+    assert one.shape == (4, 2 * 32) and every.shape == (4, 2 * (8 + 16 + 32))
+    assert torch.equal(y1, y2)  # the same patches
+    assert torch.allclose(every[:, 8 + 16 : 8 + 16 + 32], one[:, :32])  # the bottleneck's means are among them

@@ -93,6 +93,16 @@ def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
     raise ValueError(f"UMS-Rep heads: no known bottleneck for a {type(backbone).__name__} backbone")
 
 
+def encoder_levels(backbone: nn.Module) -> list[nn.Module]:
+    """The modules whose outputs are the encoder's feature maps at every scale, finest first, the bottleneck
+    last, by backbone type."""
+    if isinstance(backbone, DynUNet):
+        return [backbone.input_block, *backbone.downsamples, backbone.bottleneck]
+    if isinstance(backbone, SwinUNETR):
+        return [backbone.encoder1, backbone.encoder2, backbone.encoder3, backbone.encoder4, backbone.encoder10]
+    raise ValueError(f"UMS-Rep heads: no known encoder levels for a {type(backbone).__name__} backbone")
+
+
 def top_skip_blocks(backbone: nn.Module, levels: int) -> list[nn.Module]:
     """The decoder blocks that take the ``levels`` highest-resolution skip connections (called as
     ``block(upsampled, skip)``), top first, by backbone type."""
