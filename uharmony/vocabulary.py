@@ -33,6 +33,8 @@ ROLES = (SHARED, LOCAL, DOMAIN)
 # tests/test_light_imports.py checks that they match)
 PHASES = ("segment", "pretrain")
 PRETEXTS = ("denoise", "denoise+inpaint", "denoise+skipdrop")  # phase P's task (uharmony.umsrep.training)
+# what the presence head reads (uharmony.model.task_heads): the pooled bottleneck, or every encoder scale pooled
+PRESENCE_POOLS = ("bottleneck", "multiscale")
 FINETUNE = ("full", "joint", "alternating", "independent", "independent-head")
 # 2 (2026-12-07): every task trains on every batch; "independent" = the encoder frozen (it was the heads only,
 # now "independent-head"). A run's checkpoints record it; a resume across a change is refused.

@@ -65,3 +65,22 @@ def test_every_scale_is_read_from_one_forward_pass():
     assert one.shape == (4, 2 * 32) and every.shape == (4, 2 * (8 + 16 + 32))
     assert torch.equal(y1, y2)  # the same patches
     assert torch.allclose(every[:, 8 + 16 : 8 + 16 + 32], one[:, :32])  # the bottleneck's means are among them
+
+
+def test_the_pooling_confirmation_is_decided_by_its_interval_on_the_fresh_seeds():
+    rec = []
+    for s in range(10, 20):
+        gain = 0.10 if s % 2 else 0.02
+        rec += [{"seed": s, "arm": "denoise", "steps": 320, "auroc": 0.7, "accuracy": 0.7, "majority": 0.7},
+                {"seed": s, "arm": "denoise", "steps": 320, "auroc": 0.7 + gain, "accuracy": 0.7, "majority": 0.7,
+                 "pool": "multiscale"}]  # fmt: skip
+    text = page(rec)
+    assert (
+        "mean ≥ +0.05 AUROC with the 95 % interval above 0): met: multiscale is the default (+0.060 [+0.030, +0.090]"
+        in (text)
+    )
+    for r in rec:
+        if r.get("pool") and r["seed"] % 2:
+            r["auroc"] = 0.7 + 0.06
+    assert "not met (+0.040 [" in page(rec)
+    assert "Confirmation" not in page(rec[:-2])  # a seed missing: not decided

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from uharmony.checks import one_of
 from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy
-from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES, PRETEXTS
+from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES, PRESENCE_POOLS, PRETEXTS
 
 _PHASES = list(PHASES)  # the vocabulary's, and any a server registers (server.phase.register_phase)
 
@@ -100,6 +100,7 @@ class RunConfig:
     umsrep: str = ""  # phase F: start the trunk from this phase-P artifact (umsrep.pt); "": from scratch
     finetune: str = "full"  # phase F plan (uharmony.umsrep.plans): full | joint | alternating | independent | ...
     tasks: str = ""  # extra task heads beside segmentation: "" | "presence" (WT/TC/ET present in the patch)
+    presence_pool: str = "bottleneck"  # what the presence head reads: bottleneck | multiscale (every encoder scale)
     task_weight: float = 0.5  # joint plan: weight of the presence loss beside segmentation's
     alternate_batches: int = 5  # alternating plan: batches per task before switching
     noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)
@@ -194,6 +195,7 @@ class RunConfig:
         one_of("run config: 'phase'", self.phase, tuple(_PHASES))
         one_of("run config: 'finetune'", self.finetune, FINETUNE)
         one_of("run config: 'tasks'", self.tasks, ("", "presence"))
+        one_of("run config: 'presence-pool'", self.presence_pool, PRESENCE_POOLS)
         one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))
         one_of("run config: 'pretext'", self.pretext, PRETEXTS)
         if not self.noise_levels or any(not 0 < s <= 2 for s in self.noise_levels):
@@ -283,6 +285,8 @@ class RunConfig:
         tasks = ("recon",) if self.phase == "pretrain" else (("presence",) if self.tasks else ())
         if tasks:
             kw["tasks"] = tasks
+        if "presence" in tasks and self.presence_pool != "bottleneck":
+            kw["presence_pool"] = self.presence_pool
         if self.model_norm == "uharmony":
             kw.update(
                 order=self.poly_order,

@@ -209,6 +209,7 @@ def build_model(
     gate_descriptor: str = "features+acquisition",
     gate_unseen: str = "nearest",
     tasks: Sequence[str] = (),
+    presence_pool: str = "bottleneck",
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
@@ -271,6 +272,8 @@ def build_model(
         spec["tasks"] = sorted(set(tasks))
         if "presence" in tasks:
             spec["presence_head"] = PRESENCE_HEAD
+            if presence_pool != "bottleneck":  # (a spec without the key: the bottleneck, as before it existed)
+                spec["presence_pool"] = presence_pool
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -309,7 +312,9 @@ def build_model(
     if tasks:
         from uharmony.model.task_heads import make_task_heads
 
-        task_heads = make_task_heads(spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone)
+        task_heads = make_task_heads(
+            spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone, presence_pool
+        )
     return UHarmonyNet(stems, backbone, head_module, spec, task_heads)
 
 

@@ -17,12 +17,15 @@ SwinUNETR: ``encoder10``), never by searching names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.nets import DynUNet, SwinUNETR
 from torch import nn
+
+from uharmony.vocabulary import PRESENCE_POOLS
 
 TASKS = ("recon", "presence")  # extra heads a UHarmonyNet can carry beside segmentation
 PRESENCE_HIDDEN = 32  # ours: the paper's FC width is not recoverable
@@ -52,15 +55,19 @@ class ReconstructionHead(nn.Module):
 
 
 class PresenceHead(nn.Module):
-    def __init__(self, in_channels: int, regions: int) -> None:
+    def __init__(self, in_channels: int | Sequence[int], regions: int, multiscale: bool = False) -> None:
+        """``in_channels``: the bottleneck's channels, or (``multiscale``: ``presence-pool = "multiscale"``)
+        those of every encoder scale it reads, finest first (:func:`encoder_levels`)."""
         super().__init__()
+        self.multiscale = multiscale
+        channels = [in_channels] if isinstance(in_channels, int) else [int(c) for c in in_channels]
         self.tap = nn.Identity()  # the bottleneck as this head sees it: where Grad-CAM hooks (uharmony.umsrep.derive)
         # the pooled vector standardized (no learnt affine: no state entry), leaky units that cannot all die
         # at once, and an output layer at zero: the first steps move the output bias (set to the patches' base
         # rate by the first fine-tuning step, uharmony.umsrep.training) before they reach the hidden units
-        self.pool_norm = nn.LayerNorm(2 * in_channels, elementwise_affine=False)
+        self.pool_norm = nn.LayerNorm(2 * sum(channels), elementwise_affine=False)
         self.net = nn.Sequential(
-            nn.Linear(2 * in_channels, PRESENCE_HIDDEN),
+            nn.Linear(2 * sum(channels), PRESENCE_HIDDEN),
             nn.LeakyReLU(0.1),
             nn.Dropout(PRESENCE_DROPOUT),
             nn.Linear(PRESENCE_HIDDEN, regions),
@@ -68,9 +75,12 @@ class PresenceHead(nn.Module):
         nn.init.zeros_(self.net[3].weight)
         nn.init.zeros_(self.net[3].bias)
 
-    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
-        flat = self.tap(bottleneck).flatten(2)
-        return self.net(self.pool_norm(torch.cat([flat.mean(2), flat.amax(2)], 1)))
+    def forward(self, maps: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """``maps``: the bottleneck, or every scale's feature map with the bottleneck last."""
+        maps = [maps] if isinstance(maps, torch.Tensor) else list(maps)
+        maps[-1] = self.tap(maps[-1])
+        flat = [m.flatten(2) for m in maps]
+        return self.net(self.pool_norm(torch.cat([f.mean(2) for f in flat] + [f.amax(2) for f in flat], 1)))
 
     @torch.no_grad()
     def add_output_channels(self, n: int) -> None:
@@ -91,6 +101,16 @@ def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
     if isinstance(backbone, SwinUNETR):
         return backbone.encoder10, int(backbone.encoder10.layer.conv1.conv.out_channels)
     raise ValueError(f"UMS-Rep heads: no known bottleneck for a {type(backbone).__name__} backbone")
+
+
+def encoder_channels(backbone: nn.Module) -> list[int]:
+    """The channels of :func:`encoder_levels`' outputs, by backbone type."""
+    if isinstance(backbone, DynUNet):
+        return [int(f) for f in backbone.filters]
+    if isinstance(backbone, SwinUNETR):
+        size = int(backbone.encoder1.layer.conv1.conv.out_channels)
+        return [size, size, 2 * size, 4 * size, 16 * size]
+    raise ValueError(f"UMS-Rep heads: no known encoder levels for a {type(backbone).__name__} backbone")
 
 
 def encoder_levels(backbone: nn.Module) -> list[nn.Module]:
@@ -136,16 +156,23 @@ def top_skips_dropped(backbone: nn.Module, levels: int, p: float, generator: tor
             h.remove()
 
 
-def make_task_heads(tasks, spatial_dims: int, features: int, modalities: int, regions: int, backbone) -> nn.ModuleDict:
-    """The extra heads named in ``tasks`` (a subset of :data:`TASKS`)."""
+def make_task_heads(
+    tasks, spatial_dims: int, features: int, modalities: int, regions: int, backbone, presence_pool: str = "bottleneck"
+) -> nn.ModuleDict:
+    """The extra heads named in ``tasks`` (a subset of :data:`TASKS`); ``presence_pool``: what the presence
+    head reads (:data:`PRESENCE_POOLS`)."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"build_model: unknown tasks {unknown} (known: {list(TASKS)})")
+    if presence_pool not in PRESENCE_POOLS:
+        raise ValueError(f"build_model: presence_pool must be one of {list(PRESENCE_POOLS)}, got {presence_pool!r}")
     heads = nn.ModuleDict()
     if "recon" in tasks:
         heads["recon"] = ReconstructionHead(spatial_dims, features, modalities)
     if "presence" in tasks:
-        heads["presence"] = PresenceHead(bottleneck_of(backbone)[1], regions)
+        multi = presence_pool == "multiscale"
+        channels = encoder_channels(backbone) if multi else bottleneck_of(backbone)[1]
+        heads["presence"] = PresenceHead(channels, regions, multiscale=multi)
     return heads
 
 
@@ -153,18 +180,22 @@ def forward_tasks(net, x: torch.Tensor, present=None, domain=None, gate_weights=
     """One trunk pass, every wanted output: ``seg`` (logits), ``recon`` (denoised input), ``presence``
     (region logits per sample)."""
     out, caught = {}, {}
-    handle = None
+    handles = []
     if "presence" in want:
-        handle = bottleneck_of(net.backbone)[0].register_forward_hook(lambda m, i, o: caught.setdefault("b", o))
+        multi = net.tasks["presence"].multiscale
+        levels = encoder_levels(net.backbone) if multi else [bottleneck_of(net.backbone)[0]]
+        handles = [
+            m.register_forward_hook(lambda _m, _i, o, k=k: caught.setdefault(k, o)) for k, m in enumerate(levels)
+        ]
     try:
         features = net.features(x, present)
     finally:
-        if handle is not None:
-            handle.remove()
+        for h in handles:
+            h.remove()
     if "seg" in want:
         out["seg"] = net.head(features, domain, gate_weights) if net.gated else net.head(features)
     if "recon" in want:
         out["recon"] = net.tasks["recon"](features, x)
     if "presence" in want:
-        out["presence"] = net.tasks["presence"](caught["b"])
+        out["presence"] = net.tasks["presence"]([caught[k] for k in range(len(caught))])
     return out

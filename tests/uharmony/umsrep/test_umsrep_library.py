@@ -70,6 +70,37 @@ def test_heads_share_one_trunk_pass_and_grow_with_the_model():
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
+def test_a_multiscale_presence_head_reads_every_encoder_scale_and_survives_a_checkpoint():
+    from uharmony.federation.config import RunConfig
+
+    model = tiny(("presence",), presence_pool="multiscale")
+    head = model.tasks["presence"]
+    assert head.multiscale and head.net[0].in_features == 2 * (8 + 16 + 32)
+    assert tiny().tasks["presence"].net[0].in_features == 2 * 32 and "presence_pool" not in tiny().spec
+    b = scan()
+    out = forward_tasks(model, b["image"], b["present"], domain=0, want=("seg", "presence"))
+    assert out["presence"].shape == (2, 3)
+    seen = []
+    hook = head.register_forward_pre_hook(lambda _m, args: seen.append([tuple(t.shape) for t in args[0]]))
+    forward_tasks(model, b["image"], b["present"], want=("presence",))
+    hook.remove()
+    assert seen == [[(2, 8, 16, 16, 16), (2, 16, 8, 8, 8), (2, 32, 4, 4, 4)]]  # every scale, the bottleneck last
+    with torch.no_grad():
+        head.net[3].weight.normal_()  # (it starts at zero: the comparison below needs a live output)
+    rebuilt = model_from_spec(model.spec)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval(), model.eval()
+    assert rebuilt.tasks["presence"].multiscale
+    assert torch.allclose(
+        forward_tasks(rebuilt, b["image"], b["present"], want=("presence",))["presence"],
+        forward_tasks(model, b["image"], b["present"], want=("presence",))["presence"],
+    )
+    cfg = RunConfig.from_flwr({"tasks": "presence", "presence-pool": "multiscale", "filters": "8,16,32"})
+    assert cfg.build_model(2).tasks["presence"].multiscale
+    with pytest.raises(ValueError, match="presence-pool"):
+        RunConfig.from_flwr({"tasks": "presence", "presence-pool": "everything"})
+
+
 def test_module_groups_partition_the_state_by_type():
     model = tiny(("recon", "presence"))
     groups = module_groups(model)
