@@ -100,7 +100,7 @@ class RunConfig:
     umsrep: str = ""  # phase F: start the trunk from this phase-P artifact (umsrep.pt); "": from scratch
     finetune: str = "full"  # phase F plan (uharmony.umsrep.plans): full | joint | alternating | independent | ...
     tasks: str = ""  # extra task heads beside segmentation: "" | "presence" (WT/TC/ET present in the patch)
-    presence_pool: str = "bottleneck"  # what the presence head reads: bottleneck | multiscale (every encoder scale)
+    presence_pool: str = "multiscale"  # what the presence head reads: multiscale (every encoder scale) | bottleneck
     task_weight: float = 0.5  # joint plan: weight of the presence loss beside segmentation's
     alternate_batches: int = 5  # alternating plan: batches per task before switching
     noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)

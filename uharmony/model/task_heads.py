@@ -3,16 +3,20 @@
 - :class:`ReconstructionHead` (phase P, label-free): the trunk's full-resolution features -> one channel per
   modality, read as the residual ``clean - noisy`` and added to the noisy input (residual learning as in
   DnCNN; ours: the paper's CDAE reconstructs the image directly).
-- :class:`PresenceHead` (phase F, image-level): the backbone's bottleneck -> global average and max pooling ->
-  layer normalization (ours) -> FC -> leaky ReLU -> dropout -> FC, one logit per output region: "does this
-  patch contain the region?". The output layer starts at zero and its bias at the patches' base rate (ours,
+- :class:`PresenceHead` (phase F, image-level): the encoder's feature maps at every scale (the run config's
+  ``presence-pool = "multiscale"``, the default; ``"bottleneck"``: the deepest map only, as before 2026-12-07)
+  -> global average and max pooling of each, concatenated -> layer normalization (ours) -> FC -> leaky ReLU ->
+  dropout -> FC, one logit per output region: "does this patch contain the region?". Every scale is ours: a
+  linear probe of whole-tumour presence reads 0.91 AUROC from every scale against 0.71 from the bottleneck
+  (docs/umsrep-probe-pooling-confirm.md, fresh seeds 10-19). The output layer starts at zero and its bias at the patches' base rate (ours,
   against the collapse the 2026-12-06 review measured: 17 of 20 units dead within 20 steps). The paper's
   classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive.
   Max pooling is ours: the bottleneck ends with instance normalization, which fixes each channel's spatial
   mean, so average pooling alone carries almost nothing (our first evidence run: accuracy at the base rate).
 
-Which module is the bottleneck is decided by the backbone's type (MONAI's DynUNet: ``bottleneck``;
-SwinUNETR: ``encoder10``), never by searching names.
+Which module is the bottleneck, and which are the encoder's scales, is decided by the backbone's type (MONAI's
+DynUNet: ``input_block``, ``downsamples``, ``bottleneck``; SwinUNETR: ``encoder1``-``encoder4``, ``encoder10``),
+never by searching names. Grad-CAM (``uharmony.umsrep.derive``) hooks the bottleneck's path only.
 """
 
 from __future__ import annotations
