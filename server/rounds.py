@@ -34,7 +34,7 @@ from server.replies import ReplyChecker
 from uharmony import protocol as P
 from uharmony.federation.config import RunConfig
 from uharmony.federation.federated import ModelRoles, global_state_of
-from uharmony.model.adaptation import spec_extends
+from uharmony.model.adaptation import spec_differences, spec_extends
 from uharmony.model.gating import uses_scan_gate
 from uharmony.model.networks import model_from_spec
 from uharmony.model.training import scheduled_lr
@@ -107,9 +107,9 @@ class RoundEngine:
         ckpt = load_checkpoint(self.run_dir / "checkpoints")
         base = self.cfg.build_model(max(1, self.cfg.num_domains)).spec
         if not spec_extends(base, ckpt["spec"]) or ckpt["extra"].get("strategy") != self.cfg.strategy:
+            why = spec_differences(base, ckpt["spec"]) or f"strategy: checkpoint {ckpt['extra'].get('strategy')!r}"
             raise CheckpointError(
-                f"{self.run_dir / 'checkpoints'}: model spec or strategy differs from this run's "
-                "configuration; refusing to resume"
+                f"{self.run_dir / 'checkpoints'}: differs from this run's config ({why}); not resumed"
             )
         check_plans(self.cfg, ckpt["extra"], self.run_dir / "checkpoints")
         run_id = str(ckpt["extra"].get("run-id", self.run_id))

@@ -101,7 +101,8 @@ def score_every_site(run_dir: Path, cfg: RunConfig) -> dict[str, dict]:
     the sites that took part without labels included (a label-free site's entries are its recalibrated
     statistics). ``cfg`` names the federation whose labels score the scans; the run may have seen a view of
     it with some sites' labels withheld. Returns per site ``{"cells": {region: Dice}, "cases": n, "entries":
-    "saved" | "none"}`` ("none": the site kept no entries of this run; its scans are scored with the model's)."""
+    "saved" | "none"}`` ("none": the site kept no entries of this run; its scans are scored with the model's
+    initial ones, which no estimate ever set: a reader leaves such a site out, as the UMS-Rep report does)."""
     from uharmony.data import federation_root, load_federation
     from uharmony.model.gating import gate_decisions, uses_scan_gate
     from uharmony.model.training import evaluate_cases
@@ -114,7 +115,16 @@ def score_every_site(run_dir: Path, cfg: RunConfig) -> dict[str, dict]:
         gate = None
         if uses_scan_gate(job.model):
             gate, _ = gate_decisions(job.model, job.data.val, job.site.domain, cfg.patch_size, job.device)
-        scores = evaluate_cases(job.model, job.data.val, None, cfg.patch_size, job.device, gate_weights=gate)
+        scores = evaluate_cases(
+            job.model,
+            job.data.val,
+            None,
+            cfg.patch_size,
+            job.device,
+            gate_weights=gate,
+            autocast_dtype=cfg.autocast_dtype,
+            channels_last=cfg.channels_last,
+        )
         out[job.site.name] = {
             "cells": region_dice(scores),
             "cases": len(job.data.val),

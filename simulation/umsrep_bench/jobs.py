@@ -257,6 +257,7 @@ def finetune_job(size: Size, seed: int, fraction: float, arm: str, out: Path, pl
         "plan": plan,
         "plans": PLANS_VERSION,
         "tasks": tasks,
+        **({"presence_pool": RunConfig.from_flwr(over).presence_pool} if tasks else {}),
         "curve": {str(k): sum(v) / len(v) for k, v in sorted(curve.items())},
         # each scored site's mean Dice at the last round (a fixed population can be chosen afterwards)
         "finals": {s: sum(v) / len(v) for s, v in per_site[max(per_site)].items()} if per_site else {},

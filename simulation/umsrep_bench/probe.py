@@ -31,6 +31,9 @@ Design (registered 2026-12-07 in this module and docs/method.md before it first 
   ran): seeds 10-19, the same arms and poolings, one thread; multiscale becomes the default if the paired
   difference (denoise at every scale - denoise at the bottleneck) has a mean >= +0.05 and its 95 % interval
   above 0.
+- robustness of that decision (registered 2026-12-07 before it ran): seeds 10-19 again with whole cases held
+  out (``--folds case``) and every readout on 128 principal components (``--dims 128``, the bottleneck's
+  width); the default stands if the same difference keeps its 95 % interval above 0.
 
 Each (seed, arm, pool) is a JSONL record in ``--out``/probe.jsonl, written as it is made; ``--page`` writes the table.
 """
@@ -53,7 +56,8 @@ CONFIRM = tuple(range(10, 20))  # the pooling rule's fresh seeds
 
 
 def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool: str = "bottleneck"):
-    """(pooled encoder features (N, 2C), WT presence (N,)) on fixed patches of ``items``: the bottleneck's
+    """(pooled encoder features (N, 2C), WT presence (N,), each patch's case (N,)) on fixed patches of
+    ``items``: the bottleneck's
     (``pool="bottleneck"``, what the presence head reads) or every encoder scale's, concatenated (``multiscale``)."""
     import torch
     from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
@@ -66,7 +70,7 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool
         keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=1, num_samples=per_case
     )
     crop.set_random_state(seed=seed)
-    feats, targets, caught = [], [], {}
+    feats, targets, groups, caught = [], [], [], {}
     modules = [bottleneck_of(model.backbone)[0]] if pool == "bottleneck" else encoder_levels(model.backbone)
     handles = [m.register_forward_hook(lambda _m, _i, o, k=k: caught.__setitem__(k, o)) for k, m in enumerate(modules)]
     model.eval()
@@ -82,26 +86,44 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool
                 feats.append(torch.cat([f.mean(2) for f in flat] + [f.amax(2) for f in flat], 1))
                 wt = list(model.regions).index("WT")
                 targets.append(presence_targets(y)[:, wt])
+                groups.append(torch.full((len(patches),), len(groups)))
     finally:
         for h in handles:
             h.remove()
-    return torch.cat(feats), torch.cat(targets)
+    return torch.cat(feats), torch.cat(targets), torch.cat(groups)
 
 
-def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2) -> dict:
-    """Cross-validated logistic regression: accuracy and AUROC of the held-out folds' predictions."""
+def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2, groups=None, dims: int = 0) -> dict:
+    """Cross-validated logistic regression: accuracy and AUROC of the held-out folds' predictions.
+    ``groups`` (one id per row, e.g. its case): whole groups are held out together (no patch of a held-out
+    case in training). ``dims`` > 0: the standardized features are projected on their first ``dims``
+    principal components, fitted on the training fold only (readouts of different widths compared alike)."""
     import torch
     from monai.metrics import compute_roc_auc
 
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=gen)
+    splits = []
+    if groups is None:
+        order = torch.randperm(len(y), generator=gen)
+        for k in range(folds):
+            test = order[k::folds]
+            splits.append((test, order[torch.isin(order, test, invert=True)]))
+    else:
+        ids = torch.unique(groups)
+        ids = ids[torch.randperm(len(ids), generator=gen)]
+        for k in range(folds):
+            held = torch.isin(groups, ids[k::folds])
+            splits.append((torch.nonzero(held).flatten(), torch.nonzero(~held).flatten()))
     scores = torch.zeros(len(y))
-    for k in range(folds):
-        test = order[k::folds]
-        train = order[torch.isin(order, test, invert=True)]
+    for test, train in splits:
+        if not len(test):
+            continue
         mean, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
         xt, xs = (x[train] - mean) / sd, (x[test] - mean) / sd
-        w = torch.zeros(x.shape[1], requires_grad=True)
+        if 0 < dims < x.shape[1]:
+            _, _, v = torch.linalg.svd(xt, full_matrices=False)
+            xt, xs = xt @ v[:dims].T, xs @ v[:dims].T
+        w = torch.zeros(xt.shape[1], requires_grad=True)
         b = torch.zeros(1, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -148,21 +170,31 @@ def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool 
     return cfg, sites, model, loss
 
 
-def run_arm(seed: int, arm: str, steps: int, per_case: int, pools=("bottleneck",)) -> list[dict]:
-    """One record per pooling, every one read from the same trained trunk and the same patches."""
+def _readout(r: dict) -> tuple[str, str, int]:
+    """How a record read its trunk: (pool, folds, dims); records without the keys: the registered readout."""
+    return r.get("pool", "bottleneck"), r.get("folds", "patch"), int(r.get("dims", 0))
+
+
+def run_arm(seed: int, arm: str, steps: int, per_case: int, pools=("bottleneck",), folds="patch", dims=0) -> list[dict]:
+    """One record per pooling, every one read from the same trained trunk and the same patches. ``folds``
+    "case": the probe's folds hold out whole cases; ``dims``: every readout projected on that many principal
+    components (fitted in the training fold) where it is wider."""
     import torch
 
     from ..kit.machine import commit, machine
 
     t0 = time.time()
     cfg, sites, model, loss = central_phase_p(seed, None if arm == "random" else arm, steps)
+    trained = time.time() - t0
     out = []
     for pool in pools:
-        x, y = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case, pool)
+        t0 = time.time() - trained  # each record: the training's seconds plus its own reading's
+        x, y, cases = _features(model, [it for s in sites for it in s.val], cfg.patch_size, seed, per_case, pool)
+        probe = linear_probe(x, y, seed=seed, groups=cases if folds == "case" else None, dims=dims)
         out.append({"seed": seed, "arm": arm, "steps": 0 if arm == "random" else steps, "train_loss": loss,
-                    **linear_probe(x, y, seed=seed), "seconds": round(time.time() - t0, 1), "machine": machine(),
-                    "commit": commit(), "threads": torch.get_num_threads(),
-                    **({} if pool == "bottleneck" else {"pool": pool})})  # fmt: skip
+                    **probe, "seconds": round(time.time() - t0, 1), "machine": machine(), "commit": commit(),
+                    "threads": torch.get_num_threads(), **({} if pool == "bottleneck" else {"pool": pool}),
+                    **({} if folds == "patch" else {"folds": folds}), **({"dims": dims} if dims else {})})  # fmt: skip
     return out
 
 
@@ -177,19 +209,27 @@ def page(records: list[dict]) -> str:
         "| arm | seeds | phase-P steps | AUROC ×100 (mean, per seed) | accuracy ×100 | majority rate ×100 |",
         "|---|---|---|---|---|---|",
     ]
-    for pool in POOLS:
+    readouts = sorted({_readout(r) for r in records}, key=lambda k: (k[1] != "patch", k[2], POOLS.index(k[0])))
+    for readout in readouts:
+        pool, folds, dims = readout
         for arm in ARMS:
-            rs = sorted((r for r in records if r["arm"] == arm and r.get("pool", "bottleneck") == pool),
-                        key=lambda r: r["seed"])  # fmt: skip
+            rs = sorted((r for r in records if r["arm"] == arm and _readout(r) == readout), key=lambda r: r["seed"])
             if not rs:
                 continue
             au = [r["auroc"] * 100 for r in rs]
-            name = arm if pool == "bottleneck" else f"{arm}, every scale"
+            name = (
+                arm
+                + (", every scale" if pool == "multiscale" else "")
+                + (", cases held out" if folds == "case" else "")
+            )
+            name += f", {dims} components" if dims else ""
             lines.append(
                 f"| {name} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['steps']} | {statistics.fmean(au):.1f} "
                 f"({', '.join(f'{a:.1f}' for a in au)}) | {statistics.fmean(r['accuracy'] * 100 for r in rs):.1f} | "
                 f"{statistics.fmean(r['majority'] * 100 for r in rs):.1f} |"
             )
+    sensitivity = [r for r in records if _readout(r)[1:] != ("patch", 0)]
+    records = [r for r in records if _readout(r)[1:] == ("patch", 0)]  # the registered readout: the rules below
     unrecorded = "not recorded (the pilot of 2026-12-07: Intel Xeon, 2 cores)"
     machines = sorted({r.get("machine", unrecorded) for r in records})
     lines += ["", f"Machine: {'; '.join(machines)}."]
@@ -231,7 +271,34 @@ def page(records: list[dict]) -> str:
             f"mean ≥ +0.05 AUROC with the 95 % interval above 0): {verdict}"
             f" ({d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], {d.n} seeds)."
         )
+    lines += _sensitivity_lines(sensitivity)
     return "\n".join(lines) + "\n"
+
+
+def _sensitivity_lines(records: list[dict]) -> list[str]:
+    """The pooling decision's robustness check (registered 2026-12-07 before it ran): on the fresh seeds, cases
+    held out whole and every readout at the bottleneck's width; it holds if the difference's interval is above 0."""
+    from simulation.kit.stats import paired
+
+    out = []
+    for folds, dims in sorted({_readout(r)[1:] for r in records}):
+        got = {
+            pool: {
+                r["seed"]: r["auroc"] for r in records if r["arm"] == "denoise" and _readout(r) == (pool, folds, dims)
+            }
+            for pool in POOLS
+        }
+        if all(k in got[p] for k in CONFIRM for p in POOLS):
+            d = paired({k: got["multiscale"][k] for k in CONFIRM}, {k: got["bottleneck"][k] for k in CONFIRM})
+            how = ("cases held out" if folds == "case" else "patches held out") + (
+                f", {dims} components" if dims else ""
+            )
+            out.append(
+                f"Robustness of the pooling decision ({how}; denoise at every scale − at the bottleneck, seeds "
+                f"{CONFIRM[0]}-{CONFIRM[-1]}): {'holds' if d.low > 0 else 'does not hold'} "
+                f"({d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], {d.n} seeds)."
+            )
+    return out
 
 
 def main(argv=None) -> int:
@@ -246,6 +313,8 @@ def main(argv=None) -> int:
         default="bottleneck",
         help="what the probe reads: the pooled bottleneck (the presence head's input), every encoder scale, or both",
     )
+    p.add_argument("--folds", choices=("patch", "case"), default="patch", help="case: hold out whole cases")
+    p.add_argument("--dims", type=int, default=0, help="> 0: project wider readouts on this many principal components")
     p.add_argument("--out", type=Path, default=Path("runs/umsrep-probe"))
     p.add_argument("--page", type=Path, default=None, help="also write the table here (e.g. docs/umsrep-probe.md)")
     a = p.parse_args(argv)
@@ -253,18 +322,17 @@ def main(argv=None) -> int:
     path = a.out / "probe.jsonl"
     records = read_jsonl(path)
     pools = ("bottleneck", "multiscale") if a.pool == "both" else (a.pool,)
-    done = {
-        (r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0, r.get("pool", "bottleneck")) for r in records
-    }
+    done = {(r["seed"], r["arm"], r["steps"] if r["arm"] != "random" else 0, *_readout(r)) for r in records}
     for seed in a.seeds:
         for arm in a.arms:
             steps = 0 if arm == "random" else a.steps
-            if all((seed, arm, steps, pool) in done for pool in pools):
+            missing = tuple(pool for pool in pools if (seed, arm, steps, pool, a.folds, a.dims) not in done)
+            if not missing:
                 continue
-            for rec in run_arm(seed, arm, a.steps, a.patches, pools):
+            for rec in run_arm(seed, arm, a.steps, a.patches, missing, a.folds, a.dims):
                 append_jsonl(path, rec)
                 records.append(rec)
-                print(f"[probe] seed {seed} {arm} ({rec.get('pool', 'bottleneck')}): AUROC {rec['auroc']:.3f}, "
+                print(f"[probe] seed {seed} {arm} {_readout(rec)}: AUROC {rec['auroc']:.3f}, "
                       f"accuracy {rec['accuracy']:.3f} (majority {rec['majority']:.3f}), {rec['seconds']} s",
                       flush=True)  # fmt: skip
     text = page([r for r in records if r["seed"] in a.seeds])

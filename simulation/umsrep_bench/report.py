@@ -25,7 +25,8 @@ def _final(rec: dict) -> float | None:
 def _fixed(rec: dict) -> float | None:
     """The fixed population (design v2): every site's validation scans, the label-free sites' included, scored
     dataset-free after phase F; each site's mean over the regions it annotates, then the mean over sites."""
-    per_site = [[v for v in s["cells"].values() if v is not None] for s in (rec.get("fixed") or {}).values()]
+    sites = [s for s in (rec.get("fixed") or {}).values() if s.get("entries") == "saved"]  # (else: left out)
+    per_site = [[v for v in s["cells"].values() if v is not None] for s in sites]
     means = [sum(v) / len(v) for v in per_site if v]
     return sum(means) / len(means) if means else None
 
@@ -86,6 +87,9 @@ def label_efficiency_section(results: list[dict], population: str = "labelled") 
             + f"{n} | {collapsed} |"
         )
     lines.append("")
+    if population == "fixed":
+        out = sum(s.get("entries") != "saved" for r in fine for s in (r.get("fixed") or {}).values())
+        lines += [f"Site scorings left out (the site kept no entries of its run): {out}.", ""]
     verdicts = {}
     for f in sorted(table):
         arms = table[f]
@@ -126,7 +130,7 @@ def targets_section(verdicts: dict, cost_lines: list[str], fixed: dict | None = 
     lines.append(
         state((0.25, "all", "labelled"), 1, f"25 % labelled{on}: label-free sites' participation adds ≥ 1 DSC")
     )
-    lines.append(state((1.0, "all", "scratch"), -1, "100 % labelled: no harm (lower bound ≥ scratch − 1 DSC)"))
+    lines.append(state((1.0, "all", "scratch"), -1, f"100 % labelled{on}: no harm (lower bound ≥ scratch − 1 DSC)"))
     if (0.25, "all", MATCHED) in verdicts:
         lines.append(
             state(
@@ -257,6 +261,10 @@ def strategies_section(results: list[dict]) -> tuple[list[str], list[str]]:
             f"{'—' if untrained or not auroc else ms(auroc)} | "
             f"{statistics.fmean(share) * 100 if share else float('nan'):.2f} | {len(group)} |"
         )
+    if rows:  # the presence head read the bottleneck before 2026-12-07 (records without the key); every scale since
+        said = {"bottleneck": "the pooled bottleneck", "multiscale": "every encoder scale, pooled"}
+        pools = sorted({r.get("presence_pool", "bottleneck") for r in rows})
+        lines += ["", f"The presence head of these {len(rows)} runs reads {' or '.join(said[p] for p in pools)}."]
     verdicts = []
     head = share_of.get(("independent-head", "all"))
     if head:

@@ -60,8 +60,10 @@ def test_every_scale_is_read_from_one_forward_pass():
     label = torch.zeros(3, 20, 20, 20)
     label[:, 6:12, 6:12, 6:12] = 1
     item = {"image": image, "label": label, "present": torch.ones(4)}
-    one, y1 = _features(model, [item], 16, 0, 4)
-    every, y2 = _features(model, [item], 16, 0, 4, pool="multiscale")
+    one, y1, cases = _features(model, [item, item], 16, 0, 4)
+    every, y2, _ = _features(model, [item, item], 16, 0, 4, pool="multiscale")
+    assert cases.tolist() == [0] * 4 + [1] * 4  # each patch's case
+    one, every, y1, y2 = one[:4], every[:4], y1[:4], y2[:4]
     assert one.shape == (4, 2 * 32) and every.shape == (4, 2 * (8 + 16 + 32))
     assert torch.equal(y1, y2)  # the same patches
     assert torch.allclose(every[:, 8 + 16 : 8 + 16 + 32], one[:, :32])  # the bottleneck's means are among them
@@ -84,3 +86,39 @@ def test_the_pooling_confirmation_is_decided_by_its_interval_on_the_fresh_seeds(
             r["auroc"] = 0.7 + 0.06
     assert "not met (+0.040 [" in page(rec)
     assert "Confirmation" not in page(rec[:-2])  # a seed missing: not decided
+
+
+def test_held_out_cases_leave_no_patch_of_theirs_in_training_and_a_narrower_readout_is_compared_alike(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    groups = torch.arange(30).repeat_interleave(8)  # 30 cases x 8 patches
+    y = (groups % 3 == 0).float()  # presence is a property of the case
+    x = 0.5 * torch.randn(240, 60, generator=gen)
+    x += 3 * torch.randn(30, 60, generator=gen)[groups]  # each case's own (uninformative) signature
+    # patch folds let the probe memorize the cases' signatures; case folds cannot
+    leaky, honest = linear_probe(x, y, l2=1e-4), linear_probe(x, y, l2=1e-4, groups=groups)
+    assert leaky["auroc"] > 0.95 and honest["auroc"] < 0.7
+    seen = []
+    real_lbfgs = torch.optim.LBFGS
+
+    def spy(params, **kw):
+        seen.append(params[0].shape[0])
+        return real_lbfgs(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", spy)
+    linear_probe(x, y, groups=groups, dims=5)
+    assert seen == [5] * 5  # every fold's readout on 5 components
+
+
+def test_the_robustness_line_reads_the_case_folds_at_equal_width():
+    rec = []
+    for s in range(10, 20):
+        for pool, v in (("bottleneck", 0.70), ("multiscale", 0.78 + 0.01 * (s % 2))):
+            r = {"seed": s, "arm": "denoise", "steps": 320, "auroc": v, "accuracy": 0.7, "majority": 0.7}
+            r |= {"folds": "case", "dims": 128} | ({"pool": pool} if pool == "multiscale" else {})
+            rec.append(r)
+    text = page(rec)
+    assert "| denoise, every scale, cases held out, 128 components | 10, 11" in text
+    assert (
+        "Robustness of the pooling decision (cases held out, 128 components; " in text and ": holds (+0.085 [" in text
+    )
+    assert "Confirmation on the fresh seeds" not in text  # the registered readout's rules read only its records

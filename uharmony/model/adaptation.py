@@ -137,6 +137,21 @@ def extend_model(
 EXTENDABLE = ("modalities", "in_channels", "regions", "out_channels", "num_domains", "expert_regions")
 
 
+def spec_differences(base: dict, spec: dict) -> str:
+    """What makes ``spec`` (a checkpoint's) another model than ``base`` (the run config's), beside what joins
+    extend: ``key: run ..., checkpoint ...`` for each such key (a key a spec lacks is ``absent``: an older
+    model, built as that key's default was then, e.g. ``presence_pool`` absent = the bottleneck head)."""
+    import json
+
+    base, spec = json.loads(json.dumps(base)), json.loads(json.dumps(spec))
+    keys = sorted((set(base) | set(spec)) - set(EXTENDABLE))
+    return "; ".join(
+        f"{k}: run {base.get(k, 'absent')!r}, checkpoint {spec.get(k, 'absent')!r}"
+        for k in keys
+        if base.get(k, "absent") != spec.get(k, "absent")
+    )
+
+
 def spec_extends(base: dict, spec: dict) -> bool:
     """Is ``spec`` the model of ``base`` grown by joins (more modalities, regions or domains, in order)?
 
