@@ -11,7 +11,7 @@ from uharmony.federation.federated import (
     load_global_and_local,
     model_needs,
 )
-from uharmony.model.adaptation import spec_extends
+from uharmony.model.adaptation import spec_differences, spec_extends
 from uharmony.model.fingerprint import acquisition_fingerprint
 
 TOL = 1e-5  # the stated tolerance for old outputs right after an extension (float rounding only)
@@ -136,3 +136,10 @@ def test_a_class_only_the_new_domain_knows_survives_the_gated_mix():
     assert torch.equal(rebuilt.head.knows, model.head.knows)
     rebuilt.load_state_dict(model.state_dict())  # the mask is structure (spec), not state
     assert "knows" not in str(list(model.state_dict()))
+
+
+def test_a_refused_resume_can_name_what_differs():
+    base = {"arch": "dynunet", "tasks": ["presence"], "presence_pool": "multiscale", "modalities": ["t1"]}
+    old = {"arch": "dynunet", "tasks": ["presence"], "modalities": ["t1", "adc"]}  # before the key; grown by a join
+    assert spec_differences(base, old) == "presence_pool: run 'multiscale', checkpoint 'absent'"
+    assert spec_differences(base, dict(base, modalities=["t1", "flair"])) == ""  # what joins extend is not named

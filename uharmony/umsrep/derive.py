@@ -5,6 +5,8 @@
   (mean Dice of each member to their consensus).
 - :func:`grad_cam`: a Grad-CAM map of the presence head's logit for a region (MONAI's ``GradCAM`` on the
   backbone's bottleneck activations as the head receives them), upsampled to the scan and scaled to [0, 1].
+  A head that reads every encoder scale (``presence-pool = "multiscale"``, the default) also reads the finer
+  scales, which this map leaves out: it shows where the bottleneck's share of the logit comes from.
 - :func:`review`: "review recommended" when the flips disagree, the probabilities are unsure inside the
   lesion, or the presence head and the segmentation contradict each other. The thresholds are ours
   (documented in docs/umsrep.md), not the paper's: it shows its derivable outputs as figures only.
