@@ -8,10 +8,10 @@
   -> global average and max pooling of each, concatenated -> layer normalization (ours) -> FC -> leaky ReLU ->
   dropout -> FC, one logit per output region: "does this patch contain the region?". Every scale is ours: a
   linear probe of whole-tumour presence reads 0.91 AUROC from every scale against 0.71 from the bottleneck
-  (docs/umsrep-probe-pooling-confirm.md, fresh seeds 10-19). The output layer starts at zero and its bias
-  at the patches' base rate (ours, against the collapse the 2026-12-06 review measured: 17 of 20 units dead
-  within 20 steps). The paper's
-  classification head: GAP, FC, dropout, output layer; sigmoid per region since regions are not exclusive.
+  (0.87 against 0.65 with whole cases held out; docs/umsrep-probe-pooling-confirm.md, fresh seeds 10-19).
+  The output layer starts at zero and its bias at the patches' base rate (ours, against the collapse the
+  2026-12-06 review measured: 17 of 20 units dead within 20 steps). The paper's classification head: GAP, FC,
+  dropout, output layer; sigmoid per region since regions are not exclusive.
   Max pooling is ours: the bottleneck ends with instance normalization, which fixes each channel's spatial
   mean, so average pooling alone carries almost nothing (our first evidence run: accuracy at the base rate).
 
