@@ -90,12 +90,12 @@ def test_a_slow_site_is_late_after_the_grace_and_the_round_goes_on(tiny_federati
     assert seconds < 300 and RunLog(run_dir).done() is not None  # nowhere near round-timeout (600 s)
 
 
-def test_gather_closes_after_the_grace_or_waits_until_the_timeout(tiny_federation):
+def test_gather_closes_after_the_grace_or_waits_until_the_timeout(tiny_federation, tmp_path):
     """``gather`` on its own: with ``straggler-seconds`` the slow node is late after the grace; with -1 (the
     behaviour before) the call waits for it until the timeout."""
     from server.grids import gather
 
-    over = tiny_overrides(tiny_federation, "unused")
+    over = tiny_overrides(tiny_federation, tmp_path / "run")  # (the sites' state folders go there)
     grid = ThreadedGrid(make_app(), [{"partition-id": i} for i in range(2)], over, slow={1001}, held={"query.profile"})
 
     def queries():
