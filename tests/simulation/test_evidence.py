@@ -191,3 +191,26 @@ def test_every_protocol_is_scored_end_to_end_at_toy_size(tmp_path, monkeypatch):
         assert set(recs[m]["router_accuracy"]) == set("12345")
     page = (out / "results.md").read_text()
     assert "Learning rate" in page and "Not run yet (`uharmony-evidence --stage confirm`)" in page
+
+
+def test_the_sites_section_reads_each_sites_own_cells_in_each_methods_dataset_free_mode():
+    from simulation.evidence.report_sites import sites_section
+
+    records = []
+    for seed in range(3):
+        for method, mode, d3, d4 in (("uharmony", "routed", 0.80, 0.90), ("local", "routed", 0.85, 0.88),
+                                     ("fedavg", "shared", 0.70 + 0.01 * seed, 0.60)):  # fmt: skip
+            cases = [
+                _case("3", mode, et=(d3, 5), tc=(d3, 5), wt=(d3 + 0.1, 9)),
+                _case("3", "oracle", et=(0.0, 5), tc=(0.0, 5), wt=(0.0, 9)),  # another mode: not read
+                _case("4", mode, wt=(d4, 9), et=(None, None), tc=(None, None)),  # whole tumour only
+                _case("1", mode, wt=(0.1, 9)),
+            ]
+            records.append({"kind": "train", "stage": "confirm", "scenario": "S3", "method": method, "seed": seed,
+                            "cases": cases})  # fmt: skip
+    text = "\n".join(sites_section(records))
+    # site 3: (0.80 + 0.80 + 0.90) / 3 = 83.3; site 4: its WT only
+    assert "| U-Harmony | 83.3 ± 0.0 | 90.0 ± 0.0 |" in text and "| local | 88.3 ± 0.0 | 88.0 ± 0.0 |" in text
+    assert "site 3 (metastasis, no T2): U-Harmony − local -5.0 DSC" in text
+    assert "site 4 (meningioma, no T1, whole tumour only): U-Harmony − FedAvg +30.0 DSC" in text
+    assert sites_section([]) == []
