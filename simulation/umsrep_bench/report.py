@@ -284,6 +284,17 @@ def strategies_section(results: list[dict]) -> tuple[list[str], list[str]]:
         )
     if not verdicts:
         verdicts.append("- Independent plans' bytes: not measured")
+    # issue 34: presence from the pretrained trunk, the joint plan (the paper's for cooperating tasks), every seed
+    auroc = [v for r in rows if plan_label(r) == "joint" and r["arm"] == "all"
+             if (v := _final({"curve": r.get("presence_auroc")})) is not None]  # fmt: skip
+    verdicts.append(
+        "- Presence from the pretrained trunk (joint plan): AUROC ≥ 0.9: "
+        + (
+            f"{'met' if statistics.fmean(auroc) >= 0.9 else '**missed**'} ({ms(auroc)}, {len(auroc)} seed(s))"
+            if auroc
+            else "not measured"
+        )  # fmt: skip
+    )
     return lines + [""], verdicts
 
 

@@ -154,3 +154,17 @@ def test_with_fixed_population_records_the_targets_are_read_on_every_sites_scans
     assert "## Label efficiency, fixed population" in text and "## Label efficiency (phase F" in text
     # all: 0.78 + 0.01 x seed at sites 1-4, 0.73 at site 5: 77.0, 77.8, 78.6, 79.4 over the seeds, mean 78.2 < 80
     assert "≥ 80% Dice, lower bound ≥ 75%: **missed** (78.2 [76.6, 79.8], 4 seeds)" in text
+
+
+def test_the_presence_target_reads_the_joint_plan_from_the_pretrained_trunk(tmp_path):
+    results = []
+    for seed, (joint, scratch) in enumerate(((0.93, 0.99), (0.89, 0.99))):
+        for arm, auroc in (("all", joint), ("scratch", scratch)):
+            rec = _fine(seed, 0.25, arm, 0.8, plan="joint", tasks="presence")
+            rec["presence_auroc"] = {"4": 0.5, "8": auroc}
+            results.append(rec)
+    text = write_report(results, {"size": {"name": "made-up"}}, tmp_path / "u.md", tmp_path).read_text()
+    assert "- Presence from the pretrained trunk (joint plan): AUROC ≥ 0.9: met (91.0 ± 2.8, 2 seed(s))" in text
+    results[0]["presence_auroc"]["8"] = 0.85
+    text = write_report(results, {"size": {"name": "made-up"}}, tmp_path / "u.md", tmp_path).read_text()
+    assert "AUROC ≥ 0.9: **missed** (87.0 ± 2.8, 2 seed(s))" in text
