@@ -41,7 +41,9 @@ def _with(run_dir, site, after):
 
 
 def test_a_killed_site_a_lost_data_folder_and_a_killed_superlink_are_survived(tmp_path):
-    run_dir, rounds = tmp_path / "run", 9  # a restarted site may need several rounds to be back (slow CPUs)
+    # a restarted site may need several rounds to be back: a process start, Flower's reconnection and its worker's
+    # imports, on a machine whose other cores run the rest of the suite (with 9 rounds it once came back at the last)
+    run_dir, rounds = tmp_path / "run", 12
     figures = {}
     with LocalConsortium(tmp_path) as c:
         c.consortium(3, retries=1000, wait=600)  # SuperNodes keep trying while the SuperLink is down
@@ -61,7 +63,7 @@ def test_a_killed_site_a_lost_data_folder_and_a_killed_superlink_are_survived(tm
         shutil.move(tmp_path / "data" / "s2", tmp_path / "s2-gone")  # 2. s2's data folder disappears
         back = wait_for(lambda: _with(run_dir, "s3", 2), 400, "s3 training again", run)
         figures["s3 trains again (s after its restart)"] = round(time.time() - restarted, 1)
-        assert back["round"] < rounds
+        assert back["round"] < rounds, figures
         assert any("client error" in r["reason"] and "s2" in r["reason"] for r in back["rejected"]), back
         ckpt = run_dir / "checkpoints" / f"round-{back['round']:03d}.pt"
         wait_for(ckpt.exists, 120, "the checkpoint", run)
