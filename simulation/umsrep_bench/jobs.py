@@ -107,7 +107,7 @@ QUICK = Size(
     pretrain_eval_every=1,
     workers=1,
     unseen_seeds=(),
-    fixed_population=True,  # the scorer's path once (tests)
+    fixed_population=True,  # the scorer's path in a quick run
 )
 # design v2 (issue 34, registered in docs/method.md before it runs): 10 seeds, the product's learning rate,
 # phase P to its plateau (the stop rule within 60 rounds), a compute-matched scratch arm, a scratch control of

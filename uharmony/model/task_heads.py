@@ -100,12 +100,9 @@ class PresenceHead(nn.Module):
 
 
 def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
-    """(the module whose output is the backbone's deepest feature map, its channels), by backbone type."""
-    if isinstance(backbone, DynUNet):
-        return backbone.bottleneck, int(backbone.filters[-1])
-    if isinstance(backbone, SwinUNETR):
-        return backbone.encoder10, int(backbone.encoder10.layer.conv1.conv.out_channels)
-    raise ValueError(f"UMS-Rep heads: no known bottleneck for a {type(backbone).__name__} backbone")
+    """(the module whose output is the backbone's deepest feature map, its channels), by backbone type: the last
+    of :func:`encoder_levels`."""
+    return encoder_levels(backbone)[-1], encoder_channels(backbone)[-1]
 
 
 def encoder_channels(backbone: nn.Module) -> list[int]:
