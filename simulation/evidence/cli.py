@@ -4,6 +4,7 @@
     uharmony-evidence --stage pilot-plateau pilot-parity   # 96 rounds at the chosen rates; fp32 vs bf16
     uharmony-evidence --stage confirm           # S3 and S0, every method, confirmatory seeds 100-109
     uharmony-evidence --stage side floor        # init-seed side study; the voxel-classifier floor
+    uharmony-evidence --stage ablate-site       # S3 without the whole-tumour-only site (issue 30 item 4)
     uharmony-evidence --report                  # only rewrite the page from the records
     uharmony-evidence --quick --stage ...       # the same pipeline at toy size (tests)
 
@@ -28,6 +29,8 @@ from pathlib import Path
 from uharmony.files import append_jsonl, read_jsonl
 
 from .design import (
+    ABLATED_METHODS,
+    ABLATED_SITE,
     CONFIRM_SEEDS,
     DATASET_FREE,
     DEFAULT,
@@ -53,6 +56,7 @@ STAGES = (
     "pilot-method",
     "confirm-variant",
     "mechanism",
+    "ablate-site",
 )
 LR_SEED, PARITY_SEEDS, PARITY_METHODS = PILOT_SEEDS[0], (PILOT_SEEDS[0], PILOT_SEEDS[2]), ("fedavg", "uharmony")
 FLOOR_SEEDS = CONFIRM_SEEDS[:3]
@@ -146,6 +150,15 @@ def plan(stage: str, size: Size, seeds=None, records=()) -> list[tuple[str, tupl
             for i in SIDE_INIT_SEEDS
             for m in ("fedavg", "uharmony")
         ]
+    elif stage == "ablate-site":  # S3 with one site's SuperNode absent for the whole run, paired with confirm
+        jobs = [
+            (
+                f"ablate-site/S3/{m}/seed{s}/without{ABLATED_SITE}",
+                ("train", stage, "S3", m, s, {}, (ABLATED_SITE,)),
+            )
+            for s in seeds or CONFIRM_SEEDS
+            for m in ABLATED_METHODS
+        ]
     elif stage == "floor":
         jobs = [(f"floor/S3/seed{s}", ("floor", stage, "S3", s)) for s in seeds or FLOOR_SEEDS]
     elif stage == "confirm-variant":  # the kept variant on the confirmatory seeds (none kept: nothing to run)
@@ -188,8 +201,9 @@ def run_call(size: Size, call: tuple, out: Path) -> dict:
     if kind == "train":
         from .jobs import train_job
 
-        scenario, method, seed, extra = call[2:]
-        return {"stage": stage, **train_job(size, scenario, method, seed, out, tag=stage, **extra)}
+        scenario, method, seed, extra = call[2:6]
+        without = call[6] if len(call) > 6 else ()  # sites absent for the whole run (stage ablate-site)
+        return {"stage": stage, **train_job(size, scenario, method, seed, out, tag=stage, without=without, **extra)}
     if kind == "floor":
         from .floor import floor_job
 
@@ -248,7 +262,7 @@ def main(argv=None) -> int:
     for stage in a.stage if not a.report else ():
         stage_size = size
         if stage != "pilot-lr":
-            stage_size = replace(size, lrs=choose_lr(records))
+            stage_size = replace(size, lrs=choose_lr(records, METHODS["S3"]))
             print(f"[evidence] learning rates (pilot seed {LR_SEED}): {stage_size.lrs}", flush=True)
         done = {r["job"] for r in records}
         planned = (

@@ -16,6 +16,8 @@ PILOT_SEEDS = (5, 6, 7, 8, 9)  # settings are chosen here
 CONFIRM_SEEDS = tuple(range(100, 110))  # never used for a decision
 SIDE_DATA_SEED = 100  # the init-seed side study: this federation, ...
 SIDE_INIT_SEEDS = (300, 301, 302, 303, 304)  # ... these initial weights and patch draws
+# issue 30 item 4 (docs/preregistration.md, "a whole-tumour-only site's contribution"): S3 without this site
+ABLATED_SITE, ABLATED_METHODS = "4", ("fedavg", "uharmony")
 LRS = (2e-3, 5e-3, 1e-2)  # the learning-rate pilot's grid, the same for every method
 
 # method -> the protocol that is its dataset-free number (docs/preregistration.md)

@@ -12,8 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
+from simulation.embedded import ensure_federation
 from simulation.kit.runs import per_case_records, run_curve, run_gate_accuracy
 from simulation.runner import run
+from uharmony.data import load_federation
 from uharmony.federation.config import RunConfig
 from uharmony.federation.strategies import STRATEGIES
 
@@ -29,14 +31,29 @@ def protocol_modes(cfg: RunConfig) -> dict[str, str]:
     return {"oracle": "oracle", "gated": "own-gated" if local else "shared"}
 
 
-def train_job(size: Size, scenario: str, method: str, seed: int, out: Path, tag: str = "", **extra) -> dict:
-    """One method on one scenario and seed; ``extra``: run-config changes (a pilot's lr, an init seed, ...)."""
+def present_sites(cfg: RunConfig, without: tuple[str, ...]) -> list[dict] | None:
+    """The simulated SuperNodes of a run without the sites named ``without`` (None: every site)."""
+    if not without:
+        return None
+    sites = load_federation(ensure_federation(cfg), seed=cfg.federation_seed).sites
+    unknown = sorted(set(without) - {s.name for s in sites})
+    if unknown:
+        raise ValueError(f"no site {', '.join(unknown)} in the federation (sites: {[s.name for s in sites]})")
+    return [{"partition-id": i} for i, s in enumerate(sites) if s.name not in without]
+
+
+def train_job(
+    size: Size, scenario: str, method: str, seed: int, out: Path, tag: str = "", without: tuple = (), **extra
+) -> dict:
+    """One method on one scenario and seed; ``extra``: run-config changes (a pilot's lr, an init seed, ...);
+    ``without``: sites whose SuperNode is absent for the whole run (their scans are still scored)."""
     name = f"{tag or 'job'}-{scenario}-{method}-seed{seed}" + "".join(f"-{k}{v}" for k, v in sorted(extra.items()))
+    name += "".join(f"-without{s}" for s in without)
     run_dir = out / "runs" / name.replace("/", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
     over = size.overrides(scenario, method, seed, **extra, **{"run-dir": str(run_dir)})
     t0 = time.time()
-    run(over)
+    run(over, node_configs=present_sites(RunConfig.from_flwr(over), without))
     trained = time.time() - t0
     cfg = RunConfig.from_flwr(over)
     rename = protocol_modes(cfg)
@@ -56,6 +73,7 @@ def train_job(size: Size, scenario: str, method: str, seed: int, out: Path, tag:
         "data_seed": cfg.federation_seed,
         "init_seed": cfg.weights_seed,
         "extra": extra,
+        "without": list(without),
         "cases": cases + extra_cases,
         "router_accuracy": summary.get("router_accuracy"),
         "gate_accuracy": run_gate_accuracy(run_dir),
