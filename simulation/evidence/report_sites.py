@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 import statistics
 
-from simulation.kit.stats import paired
+from simulation.kit.stats import noninferior, paired
 
-from .design import DATASET_FREE, METHODS
+from .design import ABLATED_METHODS, ABLATED_SITE, CONFIRM_SEEDS, DATASET_FREE, METHODS
 from .estimands import cell_values
-from .report_common import NAMES, msd, trains
+from .report_common import NAMES, msd, trains, verdict
 
 SITES = {"3": "site 3 (metastasis, no T2)", "4": "site 4 (meningioma, no T1, whole tumour only)"}
 AGAINST = ("local", "fedavg", "fedbn")  # U-Harmony − each, paired over the seeds
@@ -39,8 +39,7 @@ def sites_section(records) -> list[str]:
         "### Sites with their own modality sets and label spaces (S3; descriptive, not a registered estimand)",
         "",
         "Each site's mean Dice over the regions it annotates (NET left out), dataset-free, mean ± SD over the seeds. "
-        "Whether the whole-tumour-only site helps or harms ET and TC at the other sites needs a federation without "
-        "it, which has not run.",
+        "Whether the whole-tumour-only site helps or harms ET and TC at the other sites: the next section.",
         "",
         "| method | " + " | ".join(SITES.values()) + " |",
         "|---|" + "---|" * len(SITES),
@@ -55,3 +54,52 @@ def sites_section(records) -> list[str]:
             if d is not None and not math.isnan(d.low):
                 lines.append(f"- {label}: U-Harmony − {NAMES[other]} {d.text(unit='DSC')} ({d.n} seeds)")
     return [*lines, ""]
+
+
+NONINFERIORITY = 0.01  # the registered margin: 1 DSC
+
+
+def _other_sites(records, stage: str, regions: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """method -> seed -> the mean Dice over ``regions``' cells of every site but the ablated one, dataset-free."""
+    out: dict[str, dict[int, float]] = {}
+    for r in trains(records, stage):
+        if r["scenario"] != "S3" or r["method"] not in ABLATED_METHODS:
+            continue
+        cells = cell_values(r["cases"], DATASET_FREE[r["method"]])
+        got = [v for (s, region), v in cells.items() if s != ABLATED_SITE and region in regions and v == v]
+        if got:
+            out.setdefault(r["method"], {})[r["seed"]] = statistics.fmean(got)
+    return out
+
+
+def ablation_section(records) -> list[str]:
+    """Issue 30 item 4's registered contrast: S3 with the whole-tumour-only site − S3 without it, per method,
+    on the ET and TC cells of the other sites (secondary: their WT cells), paired over the seeds."""
+    if not trains(records, "ablate-site"):
+        return []
+    lines = [
+        f"### What the whole-tumour-only site adds at the other sites (S3 with site {ABLATED_SITE} − without it)",
+        "",
+        f"Registered in [preregistration.md](preregistration.md) before it ran: the same seeds, data and settings as "
+        f"the confirmatory runs, with site {ABLATED_SITE}'s SuperNode absent for the whole run (`uharmony-evidence "
+        f"--stage ablate-site`). Mean Dice over the other sites' cells, dataset-free; the contrast is *with − "
+        f"without*, paired over the seeds. Target: U-Harmony's ET/TC contrast non-inferior, the lower 95 % bound "
+        f"≥ −{100 * NONINFERIORITY:.0f} DSC.",
+        "",
+        "| method | cells | with the site | without it | with − without | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for label, regions in (("ET, TC", ("ET", "TC")), ("WT", ("WT",))):
+        with_, without = _other_sites(records, "confirm", regions), _other_sites(records, "ablate-site", regions)
+        for m in ABLATED_METHODS:
+            a, b = with_.get(m, {}), without.get(m, {})
+            common = sorted(set(a) & set(b))
+            d, ok = noninferior(a, b, NONINFERIORITY)
+            pair = {s: a[s] for s in common}, {s: b[s] for s in common}
+            text = d.text(unit="DSC") if d else "–"
+            lines.append(f"| {NAMES[m]} | {label} | {msd(pair[0])} | {msd(pair[1])} | {text} | {len(common)} |")
+            if m == "uharmony" and regions == ("ET", "TC") and d:
+                part = "" if len(common) >= len(CONFIRM_SEEDS) else f" ({len(common)} of {len(CONFIRM_SEEDS)} seeds)"
+                notes.append(f"- Target (U-Harmony, ET and TC, lower bound ≥ −1): {verdict(ok)}{part}")
+    return [*lines, "", *notes, ""]
