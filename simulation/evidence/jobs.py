@@ -31,15 +31,14 @@ def protocol_modes(cfg: RunConfig) -> dict[str, str]:
     return {"oracle": "oracle", "gated": "own-gated" if local else "shared"}
 
 
-def present_sites(cfg: RunConfig, without: tuple[str, ...]) -> list[dict] | None:
-    """The simulated SuperNodes of a run without the sites named ``without`` (None: every site)."""
-    if not without:
-        return None
-    sites = load_federation(ensure_federation(cfg), seed=cfg.federation_seed).sites
-    unknown = sorted(set(without) - {s.name for s in sites})
+def split_sites(cfg: RunConfig, without: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    """(present, absent) partition ids of the federation when the sites named ``without`` stay away."""
+    names = [s.name for s in load_federation(ensure_federation(cfg), seed=cfg.federation_seed).sites]
+    unknown = sorted(set(without) - set(names))
     if unknown:
-        raise ValueError(f"no site {', '.join(unknown)} in the federation (sites: {[s.name for s in sites]})")
-    return [{"partition-id": i} for i, s in enumerate(sites) if s.name not in without]
+        raise ValueError(f"no site {', '.join(unknown)} in the federation (sites: {names})")
+    away = [name in without for name in names]
+    return [i for i, a in enumerate(away) if not a], [i for i, a in enumerate(away) if a]
 
 
 def train_job(
@@ -53,13 +52,18 @@ def train_job(
     shutil.rmtree(run_dir, ignore_errors=True)
     over = size.overrides(scenario, method, seed, **extra, **{"run-dir": str(run_dir)})
     t0 = time.time()
-    run(over, node_configs=present_sites(RunConfig.from_flwr(over), without))
+    present, absent = split_sites(RunConfig.from_flwr(over), without) if without else (None, [])
+    run(over, node_configs=None if present is None else [{"partition-id": i} for i in present])
     trained = time.time() - t0
     cfg = RunConfig.from_flwr(over)
     rename = protocol_modes(cfg)
     cases = [{**r, "mode": rename[r["mode"]]} for r in per_case_records(run_dir) if r["mode"] in rename]
     t1 = time.time()
     extra_cases, summary = protocol_cases(run_dir, cfg)
+    if absent:  # the absent sites' scans as an unseen site's (issue 30 item 5)
+        from .unseen import unseen_cases
+
+        extra_cases += unseen_cases(run_dir, cfg, absent)
     curve, seconds = run_curve(run_dir, ("gated",))
     return {
         "kind": "train",
