@@ -17,7 +17,7 @@ from .design import (
 )
 from .report_comparison import confirm_section
 from .report_pilots import method_pilot_section, pilot_section
-from .report_sites import ablation_section, sites_section
+from .report_sites import ablation_section, sites_section, unseen_section
 from .report_spread import mechanism_section, side_section
 
 
@@ -49,6 +49,7 @@ def write_page(records: list[dict], size: Size, md: Path, art: Path) -> Path:
     lines += confirm_section(records, art, md)
     lines += sites_section(records)
     lines += ablation_section(records)
+    lines += unseen_section(records)
     lines += side_section(records)
     lines += method_pilot_section(records)
     lines += mechanism_section(records)

@@ -103,3 +103,53 @@ def ablation_section(records) -> list[str]:
                 part = "" if len(common) >= len(CONFIRM_SEEDS) else f" ({len(common)} of {len(CONFIRM_SEEDS)} seeds)"
                 notes.append(f"- Target (U-Harmony, ET and TC, lower bound ≥ −1): {verdict(ok)}{part}")
     return [*lines, "", *notes, ""]
+
+
+UNSEEN_ARMS = (  # (label, method, mode) of the absent site's scans; the first two are the registered contrasts' ends
+    ("U-Harmony, calibrated", "uharmony", "unseen-calibrated"),
+    ("U-Harmony, as shipped", "uharmony", "unseen"),
+    ("FedAvg", "fedavg", "unseen"),
+    ("U-Harmony, nearest site's statistics", "uharmony", "routed"),
+    ("U-Harmony, the sites' mean statistics", "uharmony", "mean"),
+)
+
+
+def _unseen(records, method: str, mode: str) -> dict[int, float]:
+    """seed -> the absent site's mean Dice over the regions it annotates, under one method and mode."""
+    out = {}
+    for r in trains(records, "ablate-site"):
+        if r["scenario"] == "S3" and r["method"] == method:
+            got = [v for (s, _), v in cell_values(r["cases"], mode).items() if s == ABLATED_SITE and v == v]
+            if got:
+                out[r["seed"]] = statistics.fmean(got)
+    return out
+
+
+def unseen_section(records) -> list[str]:
+    """Issue 30 item 5's registered contrasts on the site the ablation runs left out (one rotation)."""
+    arms = {label: _unseen(records, m, mode) for label, m, mode in UNSEEN_ARMS}
+    if not any(arms.values()):
+        return []
+    calibrated = arms[UNSEEN_ARMS[0][0]]
+    lines = [
+        f"### Site {ABLATED_SITE} as an unseen site (one rotation; issue 30 item 5)",
+        "",
+        f"The same runs without site {ABLATED_SITE}: its validation scans segmented dataset-free by a model that never "
+        "saw the site, scored on the regions it annotates. Registered in [preregistration.md](preregistration.md) "
+        '("an unseen site") before it ran; the other sites\' rotations have not run.',
+        "",
+        "| model and statistics | Dice | calibrated U-Harmony − this | seeds |",
+        "|---|---|---|---|",
+    ]
+    for label, _, _ in UNSEEN_ARMS:
+        d = paired(calibrated, arms[label]) if label != UNSEEN_ARMS[0][0] else None
+        lines.append(f"| {label} | {msd(arms[label])} | {d.text(unit='DSC') if d else '–'} | {len(arms[label])} |")
+    vs_fedavg, ok_fedavg = noninferior(calibrated, arms["FedAvg"], NONINFERIORITY)
+    vs_shipped = paired(calibrated, arms[UNSEEN_ARMS[1][0]])
+    lines.append("")
+    if vs_fedavg:
+        lines.append(f"- Target, calibrated U-Harmony − FedAvg, lower bound ≥ −1: {verdict(ok_fedavg)}")
+    if vs_shipped:
+        ok = vs_shipped.n >= 2 and vs_shipped.low > 0
+        lines.append(f"- Target, calibration − no calibration, interval above 0: {verdict(ok)}")
+    return [*lines, ""]
