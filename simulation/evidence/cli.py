@@ -5,6 +5,7 @@
     uharmony-evidence --stage confirm           # S3 and S0, every method, confirmatory seeds 100-109
     uharmony-evidence --stage side floor        # init-seed side study; the voxel-classifier floor
     uharmony-evidence --stage ablate-site       # S3 without the whole-tumour-only site (issue 30 item 4)
+    uharmony-evidence --stage rotate-unseen     # each other site left out in turn, scored as unseen (item 5)
     uharmony-evidence --report                  # only rewrite the page from the records
     uharmony-evidence --quick --stage ...       # the same pipeline at toy size (tests)
 
@@ -40,6 +41,8 @@ from .design import (
     NAME,
     PILOT_SEEDS,
     QUICK,
+    ROTATED_SITES,
+    ROTATION_SEEDS,
     SIDE_DATA_SEED,
     SIDE_INIT_SEEDS,
     VARIANTS,
@@ -57,6 +60,7 @@ STAGES = (
     "confirm-variant",
     "mechanism",
     "ablate-site",
+    "rotate-unseen",
 )
 LR_SEED, PARITY_SEEDS, PARITY_METHODS = PILOT_SEEDS[0], (PILOT_SEEDS[0], PILOT_SEEDS[2]), ("fedavg", "uharmony")
 FLOOR_SEEDS = CONFIRM_SEEDS[:3]
@@ -157,6 +161,13 @@ def plan(stage: str, size: Size, seeds=None, records=()) -> list[tuple[str, tupl
                 ("train", stage, "S3", m, s, {}, (ABLATED_SITE,)),
             )
             for s in seeds or CONFIRM_SEEDS
+            for m in ABLATED_METHODS
+        ]
+    elif stage == "rotate-unseen":  # every other site left out in turn (site 4's rotation: ablate-site's runs)
+        jobs = [
+            (f"rotate-unseen/S3/{m}/seed{s}/without{site}", ("train", stage, "S3", m, s, {}, (site,)))
+            for s in seeds or ROTATION_SEEDS
+            for site in ROTATED_SITES
             for m in ABLATED_METHODS
         ]
     elif stage == "floor":

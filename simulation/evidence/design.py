@@ -18,6 +18,8 @@ SIDE_DATA_SEED = 100  # the init-seed side study: this federation, ...
 SIDE_INIT_SEEDS = (300, 301, 302, 303, 304)  # ... these initial weights and patch draws
 # issue 30 item 4 (docs/preregistration.md, "a whole-tumour-only site's contribution"): S3 without this site
 ABLATED_SITE, ABLATED_METHODS = "4", ("fedavg", "uharmony")
+# issue 30 item 5 ("an unseen site, rotated"): each other S3 site left out in turn, on the first confirmatory seeds
+ROTATED_SITES, ROTATION_SEEDS = ("1", "2", "3", "5"), (100, 101, 102)
 LRS = (2e-3, 5e-3, 1e-2)  # the learning-rate pilot's grid, the same for every method
 
 # method -> the protocol that is its dataset-free number (docs/preregistration.md)
