@@ -17,8 +17,9 @@ from .design import (
 )
 from .report_comparison import confirm_section
 from .report_pilots import method_pilot_section, pilot_section
-from .report_sites import ablation_section, sites_section, unseen_section
+from .report_sites import ablation_section, sites_section
 from .report_spread import mechanism_section, side_section
+from .report_unseen import rotation_section, unseen_section
 
 
 def write_page(records: list[dict], size: Size, md: Path, art: Path) -> Path:
@@ -50,6 +51,7 @@ def write_page(records: list[dict], size: Size, md: Path, art: Path) -> Path:
     lines += sites_section(records)
     lines += ablation_section(records)
     lines += unseen_section(records)
+    lines += rotation_section(records)
     lines += side_section(records)
     lines += method_pilot_section(records)
     lines += mechanism_section(records)

@@ -76,6 +76,11 @@ def msd(values: dict) -> str:
     return f"{100 * statistics.fmean(v):.1f}{sd}"
 
 
+def interim(n: int, seeds) -> str:
+    """`` (interim: n of N seeds)`` while fewer than the registered seeds are in, else nothing."""
+    return "" if n >= len(seeds) else f" (interim: {n} of {len(seeds)} seeds)"
+
+
 def verdict(met: bool) -> str:
     return "**met**" if met else "**missed**"
 

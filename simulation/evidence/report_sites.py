@@ -11,7 +11,7 @@ from simulation.kit.stats import noninferior, paired
 
 from .design import ABLATED_METHODS, ABLATED_SITE, CONFIRM_SEEDS, DATASET_FREE, METHODS
 from .estimands import cell_values
-from .report_common import NAMES, msd, trains, verdict
+from .report_common import NAMES, interim, msd, trains, verdict
 
 SITES = {"3": "site 3 (metastasis, no T2)", "4": "site 4 (meningioma, no T1, whole tumour only)"}
 AGAINST = ("local", "fedavg", "fedbn")  # U-Harmony − each, paired over the seeds
@@ -59,6 +59,11 @@ def sites_section(records) -> list[str]:
 NONINFERIORITY = 0.01  # the registered margin: 1 DSC
 
 
+def _ablations(records) -> list[dict]:
+    """The ablate-site training jobs that ran without exactly the registered site."""
+    return [r for r in trains(records, "ablate-site") if r.get("without") == [ABLATED_SITE]]
+
+
 def _other_sites(records, stage: str, regions: tuple[str, ...]) -> dict[str, dict[int, float]]:
     """method -> seed -> the mean Dice over ``regions``' cells of every site but the ablated one, dataset-free."""
     out: dict[str, dict[int, float]] = {}
@@ -100,68 +105,8 @@ def ablation_section(records) -> list[str]:
             text = d.text(unit="DSC") if d else "–"
             lines.append(f"| {NAMES[m]} | {label} | {msd(pair[0])} | {msd(pair[1])} | {text} | {len(common)} |")
             if m == "uharmony" and regions == ("ET", "TC") and d:
-                notes.append(f"- Target (U-Harmony, ET and TC, lower bound ≥ −1): {verdict(ok)}{_interim(len(common))}")
+                n = len(common)
+                notes.append(
+                    f"- Target (U-Harmony, ET and TC, lower bound ≥ −1): {verdict(ok)}{interim(n, CONFIRM_SEEDS)}"
+                )
     return [*lines, "", *notes, ""]
-
-
-UNSEEN_ARMS = (  # (label, method, mode) of the absent site's scans; the first three are the registered contrasts' ends
-    ("U-Harmony, calibrated on the site's scans", "uharmony", "unseen-calibrated"),
-    ("U-Harmony, each scan's own statistics (no calibration)", "uharmony", "unseen-per-scan"),
-    ("FedAvg", "fedavg", "unseen"),
-    ("U-Harmony, initial statistics", "uharmony", "unseen"),
-    ("U-Harmony, nearest site's statistics", "uharmony", "routed"),
-    ("U-Harmony, the sites' mean statistics", "uharmony", "mean"),
-)
-
-
-def _ablations(records) -> list[dict]:
-    """The ablate-site training jobs that ran without exactly the registered site."""
-    return [r for r in trains(records, "ablate-site") if r.get("without") == [ABLATED_SITE]]
-
-
-def _interim(n: int) -> str:
-    return "" if n >= len(CONFIRM_SEEDS) else f" (interim: {n} of {len(CONFIRM_SEEDS)} seeds)"
-
-
-def _unseen(records, method: str, mode: str) -> dict[int, float]:
-    """seed -> the absent site's mean Dice over the regions it annotates, under one method and mode."""
-    out = {}
-    for r in _ablations(records):
-        if r["scenario"] == "S3" and r["method"] == method:
-            got = [v for (s, _), v in cell_values(r["cases"], mode).items() if s == ABLATED_SITE and v == v]
-            if got:
-                out[r["seed"]] = statistics.fmean(got)
-    return out
-
-
-def unseen_section(records) -> list[str]:
-    """Issue 30 item 5's registered contrasts on the site the ablation runs left out (one rotation)."""
-    arms = {label: _unseen(records, m, mode) for label, m, mode in UNSEEN_ARMS}
-    if not any(arms.values()):
-        return []
-    calibrated = arms[UNSEEN_ARMS[0][0]]
-    lines = [
-        f"### Site {ABLATED_SITE} as an unseen site (one rotation; issue 30 item 5)",
-        "",
-        f"The same runs without site {ABLATED_SITE}: its validation scans segmented dataset-free by a model that never "
-        "saw the site, scored on the regions it annotates. Registered in [preregistration.md](preregistration.md) "
-        '("an unseen site") before it ran; the other sites\' rotations have not run.',
-        "",
-        "| model and statistics | Dice | calibrated U-Harmony − this | seeds |",
-        "|---|---|---|---|",
-    ]
-    for label, _, _ in UNSEEN_ARMS:
-        d = paired(calibrated, arms[label]) if label != UNSEEN_ARMS[0][0] else None
-        lines.append(f"| {label} | {msd(arms[label])} | {d.text(unit='DSC') if d else '–'} | {len(arms[label])} |")
-    vs_fedavg, ok_fedavg = noninferior(calibrated, arms["FedAvg"], NONINFERIORITY)
-    vs_none = paired(calibrated, arms[UNSEEN_ARMS[1][0]])
-    lines.append("")
-    if vs_fedavg:
-        n = vs_fedavg.n
-        lines.append(f"- Target, calibrated U-Harmony − FedAvg, lower bound ≥ −1: {verdict(ok_fedavg)}{_interim(n)}")
-    if vs_none:
-        ok = vs_none.n >= 2 and vs_none.low > 0
-        lines.append(
-            f"- Target, calibration − each scan's own statistics, interval above 0: {verdict(ok)}{_interim(vs_none.n)}"
-        )
-    return [*lines, ""]

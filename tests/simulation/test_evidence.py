@@ -271,7 +271,7 @@ def test_the_ablation_section_contrasts_the_other_sites_cells_with_and_without_t
 
 
 def test_the_unseen_section_reads_the_absent_sites_cells_per_arm_and_decides_by_the_bounds():
-    from simulation.evidence.report_sites import unseen_section
+    from simulation.evidence.report_unseen import unseen_section
 
     assert unseen_section([]) == []
     records = []
@@ -297,8 +297,8 @@ def test_the_unseen_section_reads_the_absent_sites_cells_per_arm_and_decides_by_
     assert "| U-Harmony, initial statistics | 60.0 ± 0.0 | +11.0 DSC [+10.4, +11.6] | 10 |" in text
     assert "| U-Harmony, each scan's own statistics (no calibration) | 69.0 ± 0.0 | +2.0 DSC [" in text
     assert "| U-Harmony, the sites' mean statistics | 66.0 ± 0.0 | +5.0 DSC [" in text
-    assert "calibrated U-Harmony − FedAvg, lower bound ≥ −1: **missed**\n" in text
-    assert "calibration − each scan's own statistics, interval above 0: **met**\n" in text
+    assert "calibrated U-Harmony − FedAvg -2.0 DSC [-2.0, -2.0], lower bound ≥ −1: **missed**\n" in text
+    assert "calibration − each scan's own statistics +2.0 DSC [+1.4, +2.6], interval above 0: **met**\n" in text
 
 
 def test_an_unseen_site_is_scored_as_shipped_then_each_scan_alone_then_calibrated_on_its_own_scans(monkeypatch):
@@ -334,3 +334,35 @@ def test_an_unseen_site_is_scored_as_shipped_then_each_scan_alone_then_calibrate
         ("unseen-calibrated", "v1"), ("unseen-calibrated", "v2"),
     ]  # fmt: skip
     assert all(r["site"] == "4" and "run" not in r and "round" not in r for r in got)
+
+
+def test_the_rotation_leaves_each_other_site_out_on_its_seeds_and_pools_only_complete_seeds():
+    from simulation.evidence.design import ROTATED_SITES, ROTATION_SEEDS
+    from simulation.evidence.report_unseen import rotation_section
+
+    jobs = plan("rotate-unseen", DEFAULT)
+    assert len(jobs) == len(ROTATION_SEEDS) * len(ROTATED_SITES) * 2 and len({k for k, _ in jobs}) == len(jobs)
+    assert {c[6] for _, c in jobs} == {("1",), ("2",), ("3",), ("5",)} and {c[4] for _, c in jobs} == {100, 101, 102}
+    assert rotation_section([]) == []
+    records = []
+    for seed in (100, 101, 102):
+        for site in "12345":
+            if seed == 102 and site == "3":
+                continue  # seed 102 misses a rotation: not pooled
+            stage = "ablate-site" if site == "4" else "rotate-unseen"
+            for method, modes in (("fedavg", {"unseen": 0.70}), ("uharmony", {"unseen-calibrated": 0.75,
+                                  "unseen-per-scan": 0.73 + 0.01 * (seed - 100), "unseen": 0.5})):  # fmt: skip
+                bump = 0.05 * int(site)  # sites differ; every arm alike
+                cases = [_case(site, mode, et=(d + bump, 5), tc=(d + bump, 5), wt=(d + bump, 9), net=(0.0, 3))
+                         for mode, d in modes.items()]  # fmt: skip
+                cases.append(_case("1" if site != "1" else "2", "unseen", wt=(0.0, 9)))  # a training site: not read
+                records.append({"kind": "train", "stage": stage, "scenario": "S3", "method": method, "seed": seed,
+                                "without": [site], "cases": cases})  # fmt: skip
+    text = "\n".join(rotation_section(records))
+    # columns: calibrated, each scan's own, FedAvg, initial; site 3: + 0.15 (NET left out), seeds 100-101;
+    # pooled over sites 1-5 (mean bump 0.15), seeds 100-101 only
+    assert "| 3 | 90.0 ± 0.0 | 88.5 ± 0.7 | 85.0 ± 0.0 | 65.0 ± 0.0 |" in text
+    assert "| 4 | 95.0 ± 0.0 | 94.0 ± 1.0 | 90.0 ± 0.0 | 70.0 ± 0.0 |" in text  # three seeds
+    assert "| **pooled** | 90.0 ± 0.0 | 88.5 ± 0.7 | 85.0 ± 0.0 | 65.0 ± 0.0 |" in text
+    assert "FedAvg +5.0 DSC [+5.0, +5.0], lower bound ≥ −1: **met** (interim: 2 of 3 seeds)" in text
+    assert "each scan's own statistics +1.5 DSC [-4.9, +7.9], not significant, interval above 0: **missed**" in text
