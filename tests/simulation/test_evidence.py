@@ -366,3 +366,27 @@ def test_the_rotation_leaves_each_other_site_out_on_its_seeds_and_pools_only_com
     assert "| **pooled** | 90.0 ± 0.0 | 88.5 ± 0.7 | 85.0 ± 0.0 | 65.0 ± 0.0 |" in text
     assert "FedAvg +5.0 DSC [+5.0, +5.0], lower bound ≥ −1: **met** (interim: 2 of 3 seeds)" in text
     assert "each scan's own statistics +1.5 DSC [-4.9, +7.9], not significant, interval above 0: **missed**" in text
+
+
+def test_the_side_study_sets_the_spread_over_initial_weights_beside_the_confirmatory_spread():
+    from simulation.evidence.report_spread import side_section
+
+    def record(stage, method, seed, value, init=None):
+        cases = [_case(site, DATASET_FREE[method], **{region.lower(): (value, 9)}) for site, region in conflict_cells()]
+        extra = {"init-seed": init} if init is not None else {}
+        return {"kind": "train", "stage": stage, "scenario": "S3", "method": method, "seed": seed, "extra": extra,
+                "cases": cases}  # fmt: skip
+
+    inits = {300: (0.76, 0.81), 301: (0.77, 0.86), 302: (0.78, 0.87)}
+    records = [
+        record("side", m, 100, v[i], init) for init, v in inits.items() for i, m in enumerate(("fedavg", "uharmony"))
+    ]
+    confirm = {100: (0.78, 0.87), 101: (0.72, 0.74), 102: (0.78, 0.85), 103: (0.75, 0.87)}
+    records += [record("confirm", m, s, v[i]) for s, v in confirm.items() for i, m in enumerate(("fedavg", "uharmony"))]
+    text = "\n".join(side_section(records))
+    assert "| 301 | 77.0 | 86.0 | +9.0 |" in text
+    sa, sb = statistics.stdev([0.81, 0.86, 0.87]), statistics.stdev([0.87, 0.74, 0.85, 0.87])
+    ratio = (sa / sb) ** 2
+    low, high = ratio / sps.f.ppf(0.975, 2, 3), ratio / sps.f.ppf(0.025, 2, 3)
+    assert f"| U-Harmony | {100 * sa:.1f} (3) | {100 * sb:.1f} (4) | {ratio:.2f} [{low:.2f}, {high:.2f}] |" in text
+    assert side_section([r for r in records if r["stage"] == "confirm"]) == []
