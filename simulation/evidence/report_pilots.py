@@ -52,7 +52,9 @@ def pilot_section(records, size) -> list[str]:
             long = seed_values(records, "pilot-plateau", "S3", m, DATASET_FREE[m], "all")
             if 5 in base and 5 in long:
                 d = long[5] - base[5]
-                out.append(f"| {NAMES[m]} | {pct(base[5])} | {pct(long[5])} | {100 * d:+.1f} | {abs(d) <= 0.02} |")
+                out.append(
+                    f"| {NAMES[m]} | {pct(base[5])} | {pct(long[5])} | {100 * d:+.1f} | {_yes(abs(d) <= 0.02)} |"
+                )
         out.append("")
     parity = trains(records, "pilot-parity")
     if parity:
@@ -79,6 +81,10 @@ def pilot_section(records, size) -> list[str]:
             "",
         ]
     return out
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
 
 
 def method_pilot_section(records) -> list[str]:

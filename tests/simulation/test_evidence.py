@@ -390,3 +390,21 @@ def test_the_side_study_sets_the_spread_over_initial_weights_beside_the_confirma
     low, high = ratio / sps.f.ppf(0.975, 2, 3), ratio / sps.f.ppf(0.025, 2, 3)
     assert f"| U-Harmony | {100 * sa:.1f} (3) | {100 * sb:.1f} (4) | {ratio:.2f} [{low:.2f}, {high:.2f}] |" in text
     assert side_section([r for r in records if r["stage"] == "confirm"]) == []
+
+
+def test_the_plateau_table_names_a_method_that_doubling_moves_by_more_than_two_dsc():
+    from simulation.evidence.report_pilots import pilot_section
+
+    def record(stage, method, value, **extra):
+        cases = [_case(site, DATASET_FREE[method], et=(value, 5), tc=(value, 5), wt=(value, 9)) for site in "12345"]
+        return {"kind": "train", "stage": stage, "scenario": "S3", "method": method, "seed": 5, "lr": 5e-3,
+                "extra": extra, "cases": cases}  # fmt: skip
+
+    records = [
+        record("pilot-lr", "fedavg", 0.787, lr=5e-3),
+        record("pilot-plateau", "fedavg", 0.799),
+        record("pilot-lr", "fedbn", 0.833, lr=5e-3),
+        record("pilot-plateau", "fedbn", 0.921),
+    ]
+    text = "\n".join(pilot_section(records, DEFAULT))
+    assert "| FedAvg | 78.7 | 79.9 | +1.2 | yes |" in text and "| FedBN | 83.3 | 92.1 | +8.8 | **no** |" in text
