@@ -12,8 +12,8 @@ from simulation.kit.stats import noninferior, paired
 from .design import ABLATED_SITE, CONFIRM_SEEDS, ROTATED_SITES, ROTATION_SEEDS
 from .estimands import REGIONS, cell_values
 from .report_common import interim, msd, trains, verdict
+from .report_sites import NONINFERIORITY
 
-NONINFERIORITY = 0.01  # the registered margin: 1 DSC
 ARMS = (  # (label, method, mode); the first three are the registered contrasts' ends
     ("U-Harmony, calibrated on the site's scans", "uharmony", "unseen-calibrated"),
     ("U-Harmony, each scan's own statistics (no calibration)", "uharmony", "unseen-per-scan"),
