@@ -13,6 +13,11 @@ from __future__ import annotations
 # whole tumour) a model outputs by default
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 REGIONS = ("ET", "TC", "WT")
+# the simulated federations' scenarios (docs/scenarios.md; simulation.synth.scenarios makes them)
+SCENARIOS = ("S0", "S1", "S2", "S3", "S4")
+# a case's tumour type, the scan-level label of UMS-Rep's second task (docs/umsrep.md): lower-case words
+# joined by hyphens; the simulated federations use these four (simulation.synth.lesions.TUMOUR_TYPE)
+TUMOUR_TYPES = ("glioma", "metastasis", "meningioma", "pediatric")
 
 # the model (uharmony.model.networks.build_model)
 ARCHS = ("dynunet", "swinunetr")

@@ -24,7 +24,7 @@ from uharmony.data.cases import protocol_label_map
 from uharmony.data.manifest import write_manifest
 
 from .anatomy import deform, smooth_field, tissue_maps
-from .lesions import ED, ET, FE, NCR, NET, RC, insert_lesions
+from .lesions import ED, ET, FE, NCR, NET, RC, TUMOUR_TYPE, insert_lesions
 from .profiles import TISSUE_INTENSITY, SiteProfile, make_site_profile
 from .scenarios import write_labels
 
@@ -171,11 +171,31 @@ def _spawnable() -> bool:
     return main is None or Path(main).is_file()
 
 
+GOLDEN = 0.6180339887498949  # the golden ratio's fractional part: a Weyl sequence spreads any run of cases evenly
+
+
+def case_lesion(profile: SiteProfile, key: list[int]) -> str:
+    """The archetype of case ``key[2]`` of site ``key[1]`` (``key``: the case's random stream): the site's
+    ``lesion``, or (a site with a ``lesion_mix``) the mix's archetype at the point ``frac(c * GOLDEN + offset)``
+    of its cumulative shares, the offset drawn per site from the seed. Every run of a site's cases then has
+    each archetype's share to within about one case, a case's archetype depends on nothing but its index (adding
+    held-out cases changes no other), and a site without a mix is generated as it always was."""
+    if not profile.lesion_mix:
+        return profile.lesion
+    kinds = sorted(profile.lesion_mix)
+    weights = np.array([float(profile.lesion_mix[k]) for k in kinds])
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"site {profile.name}: lesion_mix weights must be >= 0, not all 0: {profile.lesion_mix}")
+    offset = np.random.default_rng([key[0], key[1], 31]).random()
+    point = (key[2] * GOLDEN + offset) % 1.0
+    return kinds[min(int(np.searchsorted(np.cumsum(weights) / weights.sum(), point, side="right")), len(kinds) - 1)]
+
+
 def _case(out: Path, base, affine, profile: SiteProfile, spacing: float, key: list[int], case: str, reference=False):
     """One case, from its own random stream (so cases can be made in any order, in any process)."""
     rng = np.random.default_rng(key)
     tissue = deform(base, rng, brain_scale=profile.brain_scale)
-    seg = insert_lesions(tissue, profile.lesion, spacing, rng, affine)
+    seg = insert_lesions(tissue, case_lesion(profile, key), spacing, rng, affine)
     write_case(out, case, tissue, seg, affine, profile, rng, reference)
 
 
@@ -217,10 +237,12 @@ def generate_federation(
         own = profile.cases or cases_per_site
         for c in range(own + val_cases):  # each case from its own stream: the held-out ones change no other
             case = f"SYN_{first_site + p_idx + 1:03d}_{c:03d}"
-            jobs.append((profile, [seed, first_site + p_idx, c, 104729], case))
+            key = [seed, first_site + p_idx, c, 104729]
+            jobs.append((profile, key, case))
             cases.append(
                 {
                     "id": case,
+                    "type": TUMOUR_TYPE[case_lesion(profile, key)],
                     "images": {m: f"{case}/{case}_{m}.nii.gz" for m in profile.modalities},
                     "label": f"{case}/{case}_seg.nii.gz",
                     **({"split": "val"} if c >= own else {}),

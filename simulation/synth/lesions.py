@@ -48,6 +48,17 @@ LESION_TYPES = {
         count=(1, 1), radius=(16.0, 24.0), oedema=(1.4, 1.9), necrosis=(0.0, 0.25), et=1.0, faint=0, cavity=(0.65, 0.85)
     ),
 }
+# the diagnosis each archetype's cases carry (a case's "type" in the manifest, UMS-Rep's scan-level second task):
+# SSA's are adult gliomas on poorer scanners, post-operative cases are operated gliomas
+TUMOUR_TYPE = {
+    "glioma": "glioma",
+    "metastasis": "metastasis",
+    "meningioma": "meningioma",
+    "pediatric": "pediatric",
+    "pediatric-cystic": "pediatric",
+    "ssa": "glioma",
+    "postop": "glioma",
+}
 PONS_MNI = np.array([0.0, -28.0, -32.0])  # mm, where paediatric diffuse midline gliomas mostly arise
 
 

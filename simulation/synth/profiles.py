@@ -47,6 +47,9 @@ class SiteProfile:
     modalities: tuple[str, ...] = MODALITIES
     labels: str = "full"
     lesion: str = "glioma"
+    # archetype -> weight: each case draws its archetype from this mix (S4: sites with a case mix of several
+    # tumour types); empty: every case is ``lesion``
+    lesion_mix: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     thick_contrasts: tuple[str, ...] = ()  # contrasts acquired as 2-D stacks of thick slices
     slice_thickness: float = 0.0  # their slice thickness in mm (through-plane blur to it)

@@ -8,6 +8,9 @@
   first generated (its records stay valid); what it does not contain is in docs/scenarios.md.
 - **S3**, the paper's setting: sites whose modality sets and label spaces differ, conventions in millimetres
   (``conventions.py``), two adult-glioma sites on similar scanners with different conventions, a harder image.
+- **S4**, mixed case mix: S1's five scanners, each site with cases of several tumour types in its own
+  proportions (a cancer centre mostly metastases, a children's hospital mostly paediatric tumours), one
+  convention: the tumour type is a scan-level task that is not the site (UMS-Rep's second task).
 
 Every parameter was fixed from the documented ranges before any method was run on these scenarios and
 is not tuned to a method.
@@ -18,12 +21,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from uharmony.vocabulary import SCENARIOS  # noqa: F401 - the names live with the light vocabulary
+
 from .anatomy import smooth_field
 from .conventions import write_labels_mm
 from .lesions import ED, ET, FE, NCR, NET
 from .profiles import MODALITIES, SiteProfile
 
-SCENARIOS = ("S0", "S1", "S2", "S3")
 SITE_ARCHETYPES = ("glioma", "metastasis", "meningioma", "pediatric", "ssa")  # S1/S2, one site each
 SIZE_RATIOS = (2.0, 1.4, 1.0, 0.75, 0.6)  # S1/S2: skewed site sizes (FeTS partitions are strongly imbalanced)
 # acquisition ranges per archetype: noise (Rician sigma relative to white matter), bias-field amplitude,
@@ -98,6 +102,8 @@ def scenario_profiles(scenario: str, seed: int, cases_per_site: int = 8, kappa: 
         raise ValueError(f"kappa must be in [0, 2], got {kappa}")
     if scenario == "S3":
         return s3_profiles(seed, cases_per_site, kappa)
+    if scenario == "S4":
+        return s4_profiles(seed, cases_per_site)
     profiles = []
     for i in range(len(SITE_ARCHETYPES)):
         archetype = "glioma" if scenario == "S0" else SITE_ARCHETYPES[i]
@@ -234,3 +240,31 @@ def write_labels(
     if convention.get("faint_is_et"):
         out[(seg == FE) & chosen] = ET
     return out
+
+
+# S4 (docs/scenarios.md): per site the archetype whose scanner it has (S1's, drawn as S1's from the seed) and its
+# case mix (archetype -> share of its cases); sizes as S1's. Every site labels the BraTS 2021 way (one convention).
+S4_SITES = (
+    dict(archetype="glioma", mix={"glioma": 0.6, "metastasis": 0.25, "meningioma": 0.15}),  # university hospital
+    dict(archetype="metastasis", mix={"metastasis": 0.6, "glioma": 0.25, "meningioma": 0.15}),  # cancer centre
+    dict(archetype="meningioma", mix={"meningioma": 0.5, "glioma": 0.3, "metastasis": 0.2}),  # neurosurgery
+    dict(archetype="pediatric", mix={"pediatric": 0.8, "glioma": 0.2}),  # children's hospital (adolescents too)
+    dict(archetype="ssa", mix={"ssa": 0.5, "metastasis": 0.3, "meningioma": 0.2}),  # low-resource hospital
+)
+
+
+def s4_profiles(seed: int, cases_per_site: int = 8) -> list[SiteProfile]:
+    """S4's five sites (``S4_SITES``): S1's scanners, each site's cases drawn from its mix of archetypes."""
+    profiles = []
+    for i, site in enumerate(S4_SITES):
+        mix = site["mix"]
+        profiles.append(
+            SiteProfile(
+                **_acquisition(site["archetype"], seed, i, f"site-{i + 1}"),
+                lesion=max(mix, key=mix.get),
+                lesion_mix=dict(mix),
+                labels="full",
+                cases=max(3, round(SIZE_RATIOS[i] * cases_per_site)),
+            )
+        )
+    return profiles

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uharmony.data.case_types import attach_types
+from uharmony.data.errors import DataError
 from uharmony.data.redaction import redact_paths  # noqa: F401 - where callers have always found it
 from uharmony.data.regions import LABEL_MAPS, annotated_regions, protocol_regions
 from uharmony.vocabulary import MODALITIES
@@ -23,15 +25,6 @@ MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
 BRATS23_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")  # order of the 4-D MSD images (FLAIR, T1w, t1gd, T2w)
 SPLITS = ("train", "val")  # what a manifest may fix a case to (a held-out validation set, say)
-
-
-class DataError(ValueError):
-    """A problem with one input file or table; the message names the file."""
-
-    def __init__(self, path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass
@@ -47,6 +40,7 @@ class Case:
     split: str | None = None  # "train" / "val": fixed by the manifest (a held-out set); None: the seeded split
     # modality -> a noise-free (simulated) or high-SNR reference of the same scan: denoising is scored against it
     reference: dict[str, str] | None = None
+    tumour_type: str | None = None  # the scan-level label of UMS-Rep's second task (uharmony.data.case_types)
 
 
 @dataclass
@@ -155,6 +149,7 @@ def load_site_folder(
     """One hospital's data folder (deployment): case folders in BraTS 2021 naming
     (``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``) or BraTS 2023 naming (``-t1n`` ... ``-seg``).
 
+    An optional ``types.csv`` gives cases their tumour types (``uharmony.data.case_types``).
     An optional ``site.json`` declares ``{"modalities": [...], "labels": "full" | "wt" | "none" | PROTOCOL}``
     for sites that do not acquire every modality, acquire others (e.g. ``"adc"``, read from
     ``<case>_adc.nii.gz``), annotate whole tumour only, annotate nothing (``"none"``: scans only; the site
@@ -191,7 +186,7 @@ def load_site_folder(
             )
     if not site.cases:
         raise DataError(root, "no case folders with BraTS-named files found")
-    return site.split(val_fraction, seed)
+    return attach_types(site, root).split(val_fraction, seed)
 
 
 def case_from_folder(folder: Path, modalities=MODALITIES) -> Case:

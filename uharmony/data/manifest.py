@@ -12,9 +12,10 @@ institution); every simulated site reads its own part from it here, as a hospita
 A case may carry ``"reference": {modality: path}`` (a noise-free copy the generator writes with
 ``synth-reference``, or a high-SNR acquisition): denoising is then scored against it. A case may carry
 ``"split": "val"`` (or ``"train"``): it is then always in that part (a held-out validation set); the
-other cases are split by seed as if it were absent. Relative paths are relative to ``root`` (default: the
-manifest's folder). A relative folder given to this module is made absolute once, against the current
-folder, where it enters (``absolute``). A 4-D case gives ``image4d`` and ``channels`` instead of
+other cases are split by seed as if it were absent. A case may carry ``"type"``, its tumour type
+(``uharmony.data.case_types``: the scan-level label of UMS-Rep's second task). Relative paths are relative to
+``root`` (default: the manifest's folder). A relative folder given to this module is made absolute once, against
+the current folder, where it enters (``absolute``). A 4-D case gives ``image4d`` and ``channels`` instead of
 ``images``.
 Every malformed entry is an error naming the file and the key.
 """
@@ -25,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+from uharmony.data.case_types import check_type
 from uharmony.data.cases import (
     MSD_CHANNELS,
     SPLITS,
@@ -70,6 +72,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
     _need(label is None or isinstance(label, str), where, f"{key}.label", "must be a path or null")
     split = entry.get("split")
     _need(split is None or split in SPLITS, where, f"{key}.split", f"must be one of {list(SPLITS)} or absent")
+    tumour_type = None if entry.get("type") is None else check_type(entry["type"], where, f"{key}.type")
     label = str(base / label) if label else None
     _need(not ("image4d" in entry and "reference" in entry), where, f"{key}.reference", "not for a 4-D case")
     if "image4d" in entry:
@@ -84,6 +87,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
             channels,
             domain=site.domain,
             split=split,
+            tumour_type=tumour_type,
         )
     images = entry.get("images")
     _need(
@@ -115,6 +119,7 @@ def _case(entry, base: Path, site: Site, where: str, key: str) -> Case:
         domain=site.domain,
         split=split,
         reference={m: str(base / p) for m, p in reference.items()} if reference else None,
+        tumour_type=tumour_type,
     )
 
 

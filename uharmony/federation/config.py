@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 from uharmony.checks import one_of
 from uharmony.federation.strategies import STRATEGIES, Strategy, get_strategy
-from uharmony.vocabulary import FINETUNE, GATE_DESCRIPTORS, GATE_UNSEEN, NORMS, PHASES, PRESENCE_POOLS, PRETEXTS
+from uharmony.vocabulary import (
+    FINETUNE,
+    GATE_DESCRIPTORS,
+    GATE_UNSEEN,
+    NORMS,
+    PHASES,
+    PRESENCE_POOLS,
+    PRETEXTS,
+    SCENARIOS,
+)
 
 _PHASES = list(PHASES)  # the vocabulary's, and any a server registers (server.phase.register_phase)
 
@@ -62,7 +71,7 @@ class RunConfig:
     synth_val_cases: int = 0  # held-out validation cases per site beyond those (the split of the others unchanged)
     synth_spacing: float = 3.0
     synth_join_sites: int = 0  # the last N synthetic sites are post-operative (+ADC, +resection cavity)
-    synth_scenario: str = "S2"  # S0 | S1 | S2 | S3 (docs/scenarios.md); "": the development federation (synth-sites)
+    synth_scenario: str = "S2"  # S0 ... S4 (docs/scenarios.md); "": the development federation (synth-sites)
     synth_kappa: float = 1.0  # S2: strength of the label-convention conflicts (0: none)
     synth_reference: bool = False  # also write every scan without its noise (UMS-Rep: denoising scored against it)
     spacing: float = 3.0
@@ -174,12 +183,12 @@ class RunConfig:
         if self.synth_join_sites < 0 or self.synth_join_sites >= self.synth_sites:
             raise ValueError("run config: 'synth-join-sites' must be in [0, synth-sites)")
         if self.synth_scenario:
-            one_of("run config: 'synth-scenario'", self.synth_scenario, ("S0", "S1", "S2", "S3"))
+            one_of("run config: 'synth-scenario'", self.synth_scenario, SCENARIOS)
             if self.synth_join_sites:
                 raise ValueError(
                     "run config: 'synth-join-sites' makes the development federation: set synth-scenario='' with it"
                 )
-        one_of("run config: 'synth-scenario'", self.synth_scenario, ("", "S0", "S1", "S2", "S3"))
+        one_of("run config: 'synth-scenario'", self.synth_scenario, ("", *SCENARIOS))
         if not 0.0 <= self.synth_kappa <= 2.0:
             raise ValueError("run config: 'synth-kappa' must be in [0, 2]")
         if not 0.0 <= self.expert_dropout < 1.0:

@@ -1,0 +1,91 @@
+"""A case's tumour type: the scan-level label of UMS-Rep's second task (docs/umsrep.md, "A second task").
+
+A simulated federation's manifest gives it per case (``"type": "metastasis"``); a hospital lists it in
+``types.csv`` in its data folder, one row per case, with a header::
+
+    case,type
+    BraTS2021_00000,glioma
+    BraTS2021_00001,metastasis
+
+A type is lower-case words of letters and digits joined by hyphens (the simulated federations use
+``uharmony.vocabulary.TUMOUR_TYPES``). A row naming a case the folder does not have is skipped and counted
+(``Site.skipped``, category ``type-unknown-case``); a case the table does not list has no type (it takes part
+in every other task). The table is read only if it is at most ``MAX_TABLE_BYTES``; a malformed row is an
+error naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from uharmony.data.errors import DataError
+
+if TYPE_CHECKING:
+    from uharmony.data.cases import Site
+
+TYPES_TABLE = "types.csv"
+TYPE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+MAX_TYPE_LENGTH = 64
+MAX_TABLE_BYTES = 1 << 20  # 1 MiB: tens of thousands of rows
+
+
+def check_type(value, where, key: str = "type") -> str:
+    """``value`` as a tumour-type name, or a :class:`DataError` naming ``where`` and ``key``."""
+    if not (isinstance(value, str) and len(value) <= MAX_TYPE_LENGTH and TYPE_NAME.fullmatch(value)):
+        raise DataError(
+            where,
+            f"{key}: a tumour type is lower-case letters and digits, words joined by hyphens, at most "
+            f"{MAX_TYPE_LENGTH} characters (e.g. 'glioma', 'metastasis'), got {str(value)[:80]!r}",
+        )
+    return value
+
+
+def read_types_table(path: str | Path) -> dict[str, str]:
+    """case id -> tumour type, from a ``case,type`` CSV table (its size checked before it is read)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_TABLE_BYTES:
+        raise DataError(path, f"{size} bytes: a types table is read only up to {MAX_TABLE_BYTES} bytes")
+    with path.open("rb") as fh:
+        raw = fh.read(MAX_TABLE_BYTES + 1)  # the file may have grown since it was measured
+    if len(raw) > MAX_TABLE_BYTES:
+        raise DataError(path, f"more than {MAX_TABLE_BYTES} bytes: a types table is read only up to that size")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    rows = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(rows, [])]
+    if header != ["case", "type"]:
+        raise DataError(path, f"line 1: the header must be 'case,type', got {','.join(header)[:80]!r}")
+    types: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 2 or not row[0].strip():
+            raise DataError(path, f"line {line}: expected 'case,type', got {','.join(row)[:80]!r}")
+        case = row[0].strip()
+        if case in types:
+            raise DataError(path, f"line {line}: case {case[:80]!r} is listed twice")
+        types[case] = check_type(row[1].strip(), path, f"line {line}")
+    return types
+
+
+def attach_types(site: Site, folder: str | Path) -> Site:
+    """Give ``site``'s cases their types from ``folder/types.csv`` (if it is there); rows for cases the site
+    does not have are skipped and counted in ``site.skipped``."""
+    table = Path(folder) / TYPES_TABLE
+    if not table.is_file():
+        return site
+    types = read_types_table(table)
+    for case in site.cases:
+        case.tumour_type = types.pop(case.case_id, None)
+    for case_id in sorted(types):
+        site.skipped.append(
+            {"case": case_id, "reason": f"{table}: no case folder {case_id!r}", "category": "type-unknown-case"}
+        )
+    return site
