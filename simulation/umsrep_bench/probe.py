@@ -55,9 +55,9 @@ PILOT = (0, 1, 2)
 CONFIRM = tuple(range(10, 20))  # the pooling rule's fresh seeds
 
 
-def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool: str = "bottleneck"):
+def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool: str = "bottleneck", neg: int = 1):
     """(pooled encoder features (N, 2C), WT presence (N,), each patch's case (N,)) on fixed patches of
-    ``items``: the bottleneck's
+    ``items`` (half centred on tumour, half on background; ``neg=0``: all on tumour): the bottleneck's
     (``pool="bottleneck"``, what the presence head reads) or every encoder scale's, concatenated (``multiscale``)."""
     import torch
     from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
@@ -67,7 +67,7 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool
 
     pad = SpatialPadd(keys=["image", "label"], spatial_size=(roi,) * 3)
     crop = RandCropByPosNegLabeld(
-        keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=1, num_samples=per_case
+        keys=["image", "label"], label_key="label", spatial_size=(roi,) * 3, pos=1, neg=neg, num_samples=per_case
     )
     crop.set_random_state(seed=seed)
     feats, targets, groups, caught = [], [], [], {}
@@ -93,28 +93,39 @@ def _features(model, items: list[dict], roi: int, seed: int, per_case: int, pool
     return torch.cat(feats), torch.cat(targets), torch.cat(groups)
 
 
-def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2, groups=None, dims: int = 0) -> dict:
-    """Cross-validated logistic regression: accuracy and AUROC of the held-out folds' predictions.
-    ``groups`` (one id per row, e.g. its case): whole groups are held out together (no patch of a held-out
-    case in training). ``dims`` > 0: the standardized features are projected on their first ``dims``
-    principal components, fitted on the training fold only (readouts of different widths compared alike)."""
+def fold_splits(n: int, folds: int, seed: int, groups=None) -> list:
+    """(held-out rows, training rows) per fold: rows at random, or (``groups``: one id per row) whole groups."""
     import torch
-    from monai.metrics import compute_roc_auc
 
     gen = torch.Generator().manual_seed(seed)
     splits = []
     if groups is None:
-        order = torch.randperm(len(y), generator=gen)
+        order = torch.randperm(n, generator=gen)
         for k in range(folds):
             test = order[k::folds]
             splits.append((test, order[torch.isin(order, test, invert=True)]))
-    else:
-        ids = torch.unique(groups)
-        ids = ids[torch.randperm(len(ids), generator=gen)]
-        for k in range(folds):
-            held = torch.isin(groups, ids[k::folds])
-            splits.append((torch.nonzero(held).flatten(), torch.nonzero(~held).flatten()))
-    scores = torch.zeros(len(y))
+        return splits
+    ids = torch.unique(groups)
+    ids = ids[torch.randperm(len(ids), generator=gen)]
+    for k in range(folds):
+        held = torch.isin(groups, ids[k::folds])
+        splits.append((torch.nonzero(held).flatten(), torch.nonzero(~held).flatten()))
+    return splits
+
+
+def linear_probe(
+    x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2, groups=None, dims: int = 0, scores: bool = False
+) -> dict:
+    """Cross-validated logistic regression: accuracy and AUROC of the held-out folds' predictions.
+    ``groups`` (one id per row, e.g. its case): whole groups are held out together (no patch of a held-out
+    case in training). ``dims`` > 0: the standardized features are projected on their first ``dims``
+    principal components, fitted on the training fold only (readouts of different widths compared alike).
+    ``scores``: the held-out logit of every row too (``"scores"``)."""
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    splits = fold_splits(len(y), folds, seed, groups)
+    held_out = torch.zeros(len(y))
     for test, train in splits:
         if not len(test):
             continue
@@ -134,20 +145,22 @@ def linear_probe(x, y, folds: int = 5, seed: int = 0, l2: float = 1e-2, groups=N
             return loss
 
         opt.step(closure)
-        scores[test] = (xs @ w + b).detach()
+        held_out[test] = (xs @ w + b).detach()
     majority = float(max(y.mean(), 1 - y.mean()))
     both = 0 < float(y.sum()) < len(y)
     return {
-        "accuracy": float(((scores > 0).float() == y).float().mean()),
-        "auroc": float(compute_roc_auc(scores, y)) if both else float("nan"),
+        "accuracy": float(((held_out > 0).float() == y).float().mean()),
+        "auroc": float(compute_roc_auc(held_out, y)) if both else float("nan"),
         "majority": majority,
         "patches": len(y),
+        **({"scores": held_out} if scores else {}),
     }
 
 
-def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool = False):
+def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool = False, overrides=None):
     """(run config, the sites' data, model, mean loss) after ``steps`` central phase-P steps with ``pretext``
-    (None: the initial weights) on the bench's federation of ``seed``; batches from the sites in turn."""
+    (None: the initial weights) on the bench's federation of ``seed`` (``overrides``: run-config keys on top of
+    the bench's, e.g. another scenario); batches from the sites in turn."""
     import torch
 
     from uharmony.data import SiteData, load_federation
@@ -157,7 +170,9 @@ def central_phase_p(seed: int, pretext: str | None, steps: int, reference: bool 
     from ..embedded import ensure_federation
     from .jobs import DEFAULT
 
-    cfg = RunConfig.from_flwr({**DEFAULT.base(seed), "phase": "pretrain", "synth-reference": reference})
+    cfg = RunConfig.from_flwr(
+        {**DEFAULT.base(seed), "phase": "pretrain", "synth-reference": reference, **(overrides or {})}
+    )
     fed = load_federation(ensure_federation(cfg, progress=False))
     sites = [SiteData(s, cfg.spacing, cfg.patch_size) for s in fed.sites]
     model = cfg.build_model(len(sites))
