@@ -18,6 +18,15 @@ from uharmony.data import MODALITIES, load_federation  # noqa: E402
 from uharmony.data.manifest import MANIFEST, absolute  # noqa: E402
 from uharmony.records.plots import draw_labels, legend_handles  # noqa: E402
 
+from .lesions import TUMOUR_TYPE  # noqa: E402
+
+
+def _row_label(case, lesion: str) -> str:
+    """What the row shows: the case's own tumour type where the site has a mix of them (S4), else its archetype."""
+    if case.tumour_type and case.tumour_type != TUMOUR_TYPE.get(lesion, lesion):
+        return f"{case.tumour_type}\n({case.case_id})"
+    return lesion
+
 
 def site_montage(root: str | Path, out_png: str | Path) -> Path:
     root = absolute(root)
@@ -54,7 +63,7 @@ def site_montage(root: str | Path, out_png: str | Path) -> Path:
         axes[r, 0].text(
             -0.1,
             0.5,
-            f"site {site.name}\n{lesion.get(site.name, '')}",
+            f"site {site.name}\n{_row_label(case, lesion.get(site.name, ''))}",
             transform=axes[r, 0].transAxes,
             ha="right",
             va="center",
