@@ -106,7 +106,7 @@ def run_seed(seed: int, arm: str, steps: int, per_case: int, overrides=None) -> 
     kept = [(s.site.name, it) for s in sites for it in s.train + s.val if typed.get((s.site.name, it["case_id"]))]
     items = [it for _, it in kept]
     types = {i: typed[(name, it["case_id"])] for i, (name, it) in enumerate(kept)}
-    record = {"seed": seed, "arm": arm, "steps": steps if pretext else 0, "cases": len(items)}
+    record = {"seed": seed, "arm": arm, "steps": steps if pretext else 0, "cases": len(items), "per_case": per_case}
     record["type_counts"] = {t: list(types.values()).count(t) for t in sorted(set(types.values()))}
     if arm == "site":
         record.update(site_control(types, {i: name for i, (name, _) in enumerate(kept)}, seed))
@@ -173,10 +173,41 @@ def page(records: list[dict]) -> str:
     if done:
         m = interval([by_arm["denoise"][k]["macro_auroc"] for k in done])
         verdict = "met" if m.mean >= 0.9 else "missed"
-        lines.append(f"- Target (issue 34), AUROC ≥ 0.9 from the pretrained trunk: **{verdict}** ({m.mean:.3f})")
+        bound = (
+            f"; its 95 % lower bound {m.low:.3f} {'also clears' if m.low >= 0.9 else 'does not clear'} 0.9"
+            if m.n > 1
+            else ""
+        )
+        lines.append(
+            f"- Target (issue 34), AUROC ≥ 0.9 from the pretrained trunk, on the mean over seeds: **{verdict}** "
+            f"({m.mean:.3f}{bound})"
+        )
+    lines += _per_type_lines(by_arm)
     machines = sorted({r["machine"] for r in records})
     lines += ["", f"Machine: {'; '.join(machines)}."]
     return "\n".join(lines) + "\n"
+
+
+def _per_type_lines(by_arm: dict) -> list[str]:
+    """Each type's one-vs-rest AUROC per arm (mean over seeds), and what the site control is and is not."""
+    types = sorted({t for rs in by_arm.values() for r in rs.values() for t in r.get("per_type", {})})
+    if not types:
+        return []
+    out = ["", "| arm | " + " | ".join(f"{t} ×100" for t in types) + " |", "|---|" + "---|" * len(types)]
+    for arm in ARMS:
+        rs = list(by_arm[arm].values())
+        if rs:
+            cells = [[r["per_type"][t] * 100 for r in rs if t in r.get("per_type", {})] for t in types]
+            out.append(f"| {arm} | " + " | ".join(f"{statistics.fmean(c):.1f}" if c else "—" for c in cells) + " |")
+    out += [
+        "",
+        "Read with care: `site` is what a classifier that knows only the site reaches *cross-validated* on these "
+        "few cases (the site's own mix known exactly would score higher), so denoise − site above 0 does not "
+        "show the trunk reads the tumour rather than the scanner. In S4 every paediatric case is at site 4, so "
+        "that type's AUROC is largely site recognition; the other types occur at three or more sites. Patches are "
+        "centred on the true tumour: an optimistic readout beside a deployed head.",
+    ]
+    return out
 
 
 def main(argv=None) -> int:
@@ -191,17 +222,25 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "type_probe.jsonl"
     records = read_jsonl(path)
-    done = {(r["seed"], r["arm"]) for r in records}
+    # a record is reused only for the settings it was made with (per_case absent: the registered 8)
+    done = {(r["seed"], r["arm"], r["steps"], r.get("per_case", 8)) for r in records}
     for seed in a.seeds:
         for arm in a.arms:
-            if (seed, arm) in done:
+            if (seed, arm, a.steps if arm == "denoise" else 0, a.patches) in done:
                 continue
             rec = run_seed(seed, arm, a.steps, a.patches)
             append_jsonl(path, rec)
             records.append(rec)
             print(f"[type-probe] seed {seed} {arm}: macro AUROC {rec['macro_auroc']:.3f}, "
                   f"balanced accuracy {rec['balanced_accuracy']:.3f}, {rec['seconds']} s", flush=True)  # fmt: skip
-    text = page([r for r in records if r["seed"] in a.seeds])
+    steps = {"denoise": a.steps}
+    text = page(
+        [
+            r
+            for r in records
+            if r["seed"] in a.seeds and r["steps"] == steps.get(r["arm"], 0) and r.get("per_case", 8) == a.patches
+        ]
+    )
     print(text)
     if a.page:
         a.page.write_text(text)

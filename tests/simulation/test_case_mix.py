@@ -26,11 +26,11 @@ def test_each_s4_site_draws_its_cases_from_its_own_mix():
         assert set(drawn) == set(site["mix"])
         for kind, share in site["mix"].items():
             assert drawn[kind] / 2000 == pytest.approx(share, abs=0.04), (profile.name, kind, drawn)
-    for seed in range(5):  # and every site's own cases, as few as they are, follow its shares to within a case
+    for seed in range(50):  # and every site's own cases, as few as they are, follow its shares to within 2 cases
         for i, profile in enumerate(scenario_profiles("S4", seed=seed, cases_per_site=8)):
             drawn = Counter(case_lesion(profile, [seed, i, c, 104729]) for c in range(profile.cases))
             for kind, share in profile.lesion_mix.items():
-                assert abs(drawn[kind] - share * profile.cases) <= 1.5, (seed, profile.name, drawn)
+                assert abs(drawn[kind] - share * profile.cases) <= 2, (seed, profile.name, drawn)
     # S1's scanners: the same acquisition drawn from the same seed, site by site
     s1 = scenario_profiles("S1", seed=0, cases_per_site=8)
     assert [(p.scale, p.noise, p.contrast) for p in profiles] == [(p.scale, p.noise, p.contrast) for p in s1]

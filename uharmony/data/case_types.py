@@ -9,8 +9,9 @@ A simulated federation's manifest gives it per case (``"type": "metastasis"``); 
 
 A type is lower-case words of letters and digits joined by hyphens (the simulated federations use
 ``uharmony.vocabulary.TUMOUR_TYPES``). A row naming a case the folder does not have is skipped and counted
-(``Site.skipped``, category ``type-unknown-case``); a case the table does not list has no type (it takes part
-in every other task). The table is read only if it is at most ``MAX_TABLE_BYTES``; a malformed row is an
+(``Site.unmatched_types``: a count kept at the site and logged, never sent: a registry export may list
+thousands of cases, and their ids may identify patients); a case the table does not list has no type (it takes
+part in every other task). The table is read only if it is at most ``MAX_TABLE_BYTES``; a malformed row is an
 error naming the file and the line.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,7 @@ TYPES_TABLE = "types.csv"
 TYPE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 MAX_TYPE_LENGTH = 64
 MAX_TABLE_BYTES = 1 << 20  # 1 MiB: tens of thousands of rows
+log = logging.getLogger(__name__)
 
 
 def check_type(value, where, key: str = "type") -> str:
@@ -58,34 +61,37 @@ def read_types_table(path: str | Path) -> dict[str, str]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    rows = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(rows, [])]
-    if header != ["case", "type"]:
-        raise DataError(path, f"line 1: the header must be 'case,type', got {','.join(header)[:80]!r}")
+    rows = csv.reader(io.StringIO(text, newline=""))
     types: dict[str, str] = {}
-    for line, row in enumerate(rows, start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != 2 or not row[0].strip():
-            raise DataError(path, f"line {line}: expected 'case,type', got {','.join(row)[:80]!r}")
-        case = row[0].strip()
-        if case in types:
-            raise DataError(path, f"line {line}: case {case[:80]!r} is listed twice")
-        types[case] = check_type(row[1].strip(), path, f"line {line}")
+    try:
+        header = [h.strip() for h in next(rows, [])]
+        if header != ["case", "type"]:
+            raise DataError(path, f"line 1: the header must be 'case,type', got {','.join(header)[:80]!r}")
+        for row in rows:
+            line = rows.line_num  # the physical line the row ends on (a quoted field may hold line breaks)
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != 2 or not row[0].strip():
+                raise DataError(path, f"line {line}: expected 'case,type', got {','.join(row)[:80]!r}")
+            case = row[0].strip()
+            if case in types:
+                raise DataError(path, f"line {line}: case {case[:80]!r} is listed twice")
+            types[case] = check_type(row[1].strip(), path, f"line {line}")
+    except csv.Error as exc:  # a field over csv's limit, a stray line break inside a field
+        raise DataError(path, f"line {rows.line_num}: not a CSV table ({exc})") from exc
     return types
 
 
 def attach_types(site: Site, folder: str | Path) -> Site:
     """Give ``site``'s cases their types from ``folder/types.csv`` (if it is there); rows for cases the site
-    does not have are skipped and counted in ``site.skipped``."""
+    does not have (or whose folder was skipped) are counted in ``site.unmatched_types`` and logged as a count."""
     table = Path(folder) / TYPES_TABLE
     if not table.is_file():
         return site
     types = read_types_table(table)
     for case in site.cases:
         case.tumour_type = types.pop(case.case_id, None)
-    for case_id in sorted(types):
-        site.skipped.append(
-            {"case": case_id, "reason": f"{table}: no case folder {case_id!r}", "category": "type-unknown-case"}
-        )
+    site.unmatched_types = len(types)
+    if types:
+        log.info("site %s: %d rows of %s name no usable case folder (ignored)", site.name, len(types), table.name)
     return site

@@ -53,6 +53,7 @@ class Site:
     train: list[Case] = field(default_factory=list)
     val: list[Case] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {"case"/"file", "reason", "category"}
+    unmatched_types: int = 0  # rows of types.csv naming no usable case (uharmony.data.case_types), kept here
 
     @property
     def labelled(self) -> bool:
