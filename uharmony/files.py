@@ -1,4 +1,5 @@
-"""Small file helpers every package shares: atomic writes, JSONL records, SHA-256 digests, private folders.
+"""Small file helpers every package shares: atomic writes, JSONL records, SHA-256 digests, private folders, and
+size-checked reads of small files from elsewhere.
 
 Whatever these write is private to the user who runs them unless the caller asks otherwise: files 0600,
 folders 0700, whatever the umask (a site's state folder holds scans, labels and per-case scores).
@@ -93,6 +94,27 @@ def _narrow(path: Path, mode: int) -> None:
     if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) == mode:
         return
     os.chmod(path, mode)
+
+
+SMALL_FILE = 1 << 20  # 1 MiB: the most a manifest, signature, config or site.json from elsewhere may have
+
+
+def read_small(path: str | Path, limit: int = SMALL_FILE) -> bytes:
+    """The bytes of a small file that may come from elsewhere (a bundle's manifest, signature or configs, a
+    site's ``site.json``): ``ValueError`` naming it, before anything is read, if it is not a plain file or is
+    larger than ``limit`` (or grows past it while it is read). Opened without blocking, so a FIFO in its place
+    cannot hang the reader; a missing file raises ``FileNotFoundError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path}: not a plain file")
+        if info.st_size > limit:
+            raise ValueError(f"{path}: {info.st_size} bytes, more than the {limit} such a file may have")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: more than the {limit} bytes such a file may have")
+    return data
 
 
 def sha256_file(path: str | Path) -> str:

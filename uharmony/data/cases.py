@@ -19,6 +19,7 @@ from uharmony.data.case_types import attach_types
 from uharmony.data.errors import DataError
 from uharmony.data.redaction import redact_paths  # noqa: F401 - where callers have always found it
 from uharmony.data.regions import LABEL_MAPS, annotated_regions, protocol_regions
+from uharmony.files import read_small
 from uharmony.vocabulary import MODALITIES
 
 MODALITY_NAME = re.compile(r"[a-z][a-z0-9]*")
@@ -163,11 +164,11 @@ def load_site_folder(
     if not site_id:
         raise ValueError("site-id must be a non-empty string")
     meta = {}
-    if (root / "site.json").is_file():
+    if (root / "site.json").exists():  # a FIFO or folder in its place is an error, not "no site.json"
         try:
-            meta = json.loads((root / "site.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(root / "site.json", f"invalid JSON ({exc})") from exc
+            meta = json.loads(read_small(root / "site.json", 64 << 10))
+        except ValueError as exc:  # too large, not a plain file, not UTF-8, not JSON
+            raise DataError(root / "site.json", f"invalid ({str(exc)[:300]})") from exc
         if not isinstance(meta, dict):
             raise DataError(root / "site.json", "expected a JSON object")
     modalities = check_modality_names(meta.get("modalities", MODALITIES), root / "site.json")

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from uharmony.files import sha256_file
+from uharmony.files import read_small, sha256_file
 from uharmony.records.release import ReleaseError, Revocations, check_release
 from uharmony.records.signing import SIGNATURE, SignatureError, verify_manifest
 
@@ -130,8 +130,8 @@ def check_config(config, where: str, data_only: bool = False) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(read_small(path))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BundleError(f"{path}: not readable JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict):
         raise BundleError(f"{path}: expected a JSON object")

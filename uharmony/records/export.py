@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from uharmony.files import atomic_write
+from uharmony.files import atomic_write, read_small
 from uharmony.model.networks import UHarmonyNet, model_from_spec
 from uharmony.model.norm import UHarmonyNorm
 from uharmony.records.bundle_trust import EXPRESSIONS, MANIFEST, MODEL, BundleError, bundle_files, check_bundle
@@ -322,7 +322,7 @@ def load_bundle(folder: str | Path) -> tuple[UHarmonyNet, float, int, dict]:
     checks digests or signatures: :func:`open_bundle` does."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "configs" / "metadata.json").read_text())["uharmony"]
+        meta = json.loads(read_small(folder / "configs" / "metadata.json"))["uharmony"]
         spec = meta["spec"]
         raw = meta.get("inference") or {
             "spacing-mm": meta["spacing_mm"],
@@ -355,8 +355,8 @@ def check_config_is_generated(folder: Path, meta: dict, spacing: float, roi: int
     metadata (only then is what MONAI will run known)."""
     path = Path(folder) / "configs" / "inference.json"
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = json.loads(read_small(path))
+    except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: not readable JSON ({exc})") from None
     calibrate = meta.get("site_statistics", "initial values") == "initial values"
     expected = inference_config(meta["spec"], spacing, roi, calibrate)
@@ -377,8 +377,8 @@ def verify_bundle(folder: str | Path) -> None:
     for name, data_only in (("metadata.json", True), ("inference.json", False)):
         path = folder / "configs" / name
         try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            config = json.loads(read_small(path))
+        except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: not readable JSON ({exc})") from None
         check_config(config, f"configs/{name}", data_only=data_only)
     verify_net_in_out(

@@ -18,9 +18,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from uharmony.files import atomic_write
+from uharmony.files import atomic_write, read_small
 
 SIGNATURE = "manifest.sig"
+SIGNATURE_BYTES = 64 << 10  # a signature file is a key and a signature: far less
 _ED25519_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/=]+")
 
 
@@ -68,13 +69,16 @@ def verify_manifest(folder: str | Path, trusted: list[ed25519.Ed25519PublicKey])
     """Raises SignatureError unless ``folder``'s manifest carries a valid signature by one of ``trusted``."""
     folder = Path(folder)
     try:
-        doc = json.loads((folder / SIGNATURE).read_text())
+        doc = json.loads(read_small(folder / SIGNATURE, SIGNATURE_BYTES))
         signature = base64.b64decode(doc["signature"], validate=True)
     except FileNotFoundError:
         raise SignatureError(f"{folder / SIGNATURE}: the model is not signed") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise SignatureError(f"{folder / SIGNATURE}: not a signature file") from None
-    manifest = (folder / "manifest.json").read_bytes()
+    except (KeyError, TypeError, ValueError) as exc:  # too large, not JSON, not a signature
+        raise SignatureError(f"{folder / SIGNATURE}: not a signature file ({str(exc)[:200]})") from None
+    try:
+        manifest = read_small(folder / "manifest.json")
+    except (OSError, ValueError) as exc:
+        raise SignatureError(f"{folder / 'manifest.json'}: not readable ({str(exc)[:200]})") from None
     for key in trusted:
         try:
             key.verify(signature, manifest)
