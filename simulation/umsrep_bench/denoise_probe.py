@@ -23,6 +23,7 @@ from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
+from ..kit.page import publish
 from .probe import central_phase_p
 
 
@@ -107,11 +108,7 @@ def main(argv=None) -> int:
             append_jsonl(path, rec)
             records.append(rec)
         print(f"[denoise-probe] seed {seed} {a.pretext} {a.steps} steps: done", flush=True)
-    text = page(records)
-    print(text)
-    if a.page:
-        a.page.write_text(text)
-    return 0
+    return publish(page(records), a.page)
 
 
 if __name__ == "__main__":

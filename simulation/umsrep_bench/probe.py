@@ -48,6 +48,8 @@ from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
+from ..kit.page import publish
+
 ARMS = ("random", "denoise", "denoise+inpaint", "denoise+skipdrop")
 POOLS = ("bottleneck", "multiscale")  # what the probe reads (records without "pool": the bottleneck)
 CHALLENGERS = ("denoise+inpaint", "denoise+skipdrop")  # each judged against ``denoise`` by the rule above
@@ -350,11 +352,7 @@ def main(argv=None) -> int:
                 print(f"[probe] seed {seed} {arm} {_readout(rec)}: AUROC {rec['auroc']:.3f}, "
                       f"accuracy {rec['accuracy']:.3f} (majority {rec['majority']:.3f}), {rec['seconds']} s",
                       flush=True)  # fmt: skip
-    text = page([r for r in records if r["seed"] in a.seeds])
-    print(text)
-    if a.page:
-        a.page.write_text(text)
-    return 0
+    return publish(page([r for r in records if r["seed"] in a.seeds]), a.page)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from uharmony.files import append_jsonl, read_jsonl
 
+from ..kit.page import publish
 from .probe import _features, central_phase_p, fold_splits, linear_probe
 
 ARMS = ("site", "random", "denoise")
@@ -241,10 +242,7 @@ def main(argv=None) -> int:
             if r["seed"] in a.seeds and r["steps"] == steps.get(r["arm"], 0) and r.get("per_case", 8) == a.patches
         ]
     )
-    print(text)
-    if a.page:
-        a.page.write_text(text)
-    return 0
+    return publish(text, a.page)
 
 
 if __name__ == "__main__":
