@@ -210,6 +210,7 @@ def build_model(
     gate_unseen: str = "nearest",
     tasks: Sequence[str] = (),
     presence_pool: str = "bottleneck",
+    types: Sequence[str] = (),
     **options,
 ) -> UHarmonyNet:
     """Build a segmentation network. Arguments are checked up front; see module docstring."""
@@ -274,6 +275,8 @@ def build_model(
             spec["presence_head"] = PRESENCE_HEAD
             if presence_pool != "bottleneck":  # (a spec without the key: the bottleneck, as before it existed)
                 spec["presence_pool"] = presence_pool
+        if "tumour-type" in tasks:
+            spec["types"] = list(types)
     options = dict(options)
     stems = ModalityStems(spatial_dims, modalities, stem_channels)
     backbone, feat = _backbone(arch, spatial_dims, stem_channels, norm, options)
@@ -313,8 +316,10 @@ def build_model(
         from uharmony.model.task_heads import make_task_heads
 
         task_heads = make_task_heads(
-            spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone, presence_pool
+            spec["tasks"], spatial_dims, feat, in_channels, out_channels, backbone, presence_pool, types
         )
+    elif types:
+        raise ValueError("build_model: types are the type head's classes; give them with tasks including 'tumour-type'")
     return UHarmonyNet(stems, backbone, head_module, spec, task_heads)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from uharmony.vocabulary import PRESENCE_POOLS
 
-TASKS = ("recon", "presence")  # extra heads a UHarmonyNet can carry beside segmentation
+TASKS = ("recon", "presence", "tumour-type")  # extra heads a UHarmonyNet can carry beside segmentation
 PRESENCE_HIDDEN = 32  # ours: the paper's FC width is not recoverable
 PRESENCE_DROPOUT = 0.5  # the paper's echo network B
 
@@ -59,10 +59,12 @@ class ReconstructionHead(nn.Module):
         self.conv = new
 
 
-class PresenceHead(nn.Module):
+class PooledHead(nn.Module):
+    """An image-level head on the encoder's pooled feature maps (the presence and the type head's readout)."""
+
     def __init__(self, in_channels: int | Sequence[int], regions: int, multiscale: bool = False) -> None:
         """``in_channels``: the bottleneck's channels, or (``multiscale``: ``presence-pool = "multiscale"``)
-        those of every encoder scale it reads, finest first (:func:`encoder_levels`)."""
+        those of every encoder scale it reads, finest first (:func:`encoder_levels`); ``regions``: its outputs."""
         super().__init__()
         self.multiscale = multiscale
         channels = [in_channels] if isinstance(in_channels, int) else [int(c) for c in in_channels]
@@ -87,6 +89,10 @@ class PresenceHead(nn.Module):
         flat = [m.flatten(2) for m in maps]
         return self.net(self.pool_norm(torch.cat([f.mean(2) for f in flat] + [f.amax(2) for f in flat], 1)))
 
+
+class PresenceHead(PooledHead):
+    """One logit per output region: "does this patch contain the region?" (module docstring)."""
+
     @torch.no_grad()
     def add_output_channels(self, n: int) -> None:
         """A new region: its logit starts at zero weight and bias -4.6 (probability 0.01: absent)."""
@@ -97,6 +103,20 @@ class PresenceHead(nn.Module):
         new.weight[: old.out_features] = old.weight
         new.bias[: old.out_features] = old.bias
         self.net[3] = new
+
+
+class TypeHead(PooledHead):
+    """UMS-Rep's scan-level second task (docs/method.md, "UMS-Rep's second task"): the presence head's readout
+    (every encoder scale pooled by mean and max, normalized, FC, leaky ReLU, dropout, FC) with one logit per
+    tumour type (``types``: the run's classes, in order), trained with softmax cross-entropy on patches that
+    hold tumour; a scan's answer averages its tumour patches' probabilities. Its output layer starts at zero:
+    every type equally likely."""
+
+    def __init__(self, in_channels: int | Sequence[int], types: Sequence[str]) -> None:
+        if len(types) < 2 or len(set(types)) != len(types):
+            raise ValueError(f"build_model: a type head needs at least two distinct types, got {list(types)}")
+        super().__init__(in_channels, len(types), multiscale=not isinstance(in_channels, int))
+        self.types = tuple(types)  # fixed for the run: every site scores the same classes in the same order
 
 
 def bottleneck_of(backbone: nn.Module) -> tuple[nn.Module, int]:
@@ -159,10 +179,17 @@ def top_skips_dropped(backbone: nn.Module, levels: int, p: float, generator: tor
 
 
 def make_task_heads(
-    tasks, spatial_dims: int, features: int, modalities: int, regions: int, backbone, presence_pool: str = "bottleneck"
+    tasks,
+    spatial_dims: int,
+    features: int,
+    modalities: int,
+    regions: int,
+    backbone,
+    presence_pool: str = "bottleneck",
+    types: Sequence[str] = (),
 ) -> nn.ModuleDict:
     """The extra heads named in ``tasks`` (a subset of :data:`TASKS`); ``presence_pool``: what the presence
-    head reads (:data:`PRESENCE_POOLS`)."""
+    head reads (:data:`PRESENCE_POOLS`); ``types``: the type head's classes (it reads every encoder scale)."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"build_model: unknown tasks {unknown} (known: {list(TASKS)})")
@@ -175,16 +202,21 @@ def make_task_heads(
         multi = presence_pool == "multiscale"
         channels = encoder_channels(backbone) if multi else bottleneck_of(backbone)[1]
         heads["presence"] = PresenceHead(channels, regions, multiscale=multi)
+    if "tumour-type" in tasks:
+        heads["tumour-type"] = TypeHead(encoder_channels(backbone), types)
+    elif types:
+        raise ValueError("build_model: types are the type head's classes; give them with tasks including 'tumour-type'")
     return heads
 
 
 def forward_tasks(net, x: torch.Tensor, present=None, domain=None, gate_weights=None, want=("seg",)) -> dict:
     """One trunk pass, every wanted output: ``seg`` (logits), ``recon`` (denoised input), ``presence``
-    (region logits per sample)."""
+    (region logits per sample), ``tumour-type`` (one logit per tumour type and sample)."""
     out, caught = {}, {}
     handles = []
-    if "presence" in want:
-        multi = net.tasks["presence"].multiscale
+    pooled = [t for t in ("presence", "tumour-type") if t in want]
+    if pooled:
+        multi = any(net.tasks[t].multiscale for t in pooled)
         levels = encoder_levels(net.backbone) if multi else [bottleneck_of(net.backbone)[0]]
         handles = [
             m.register_forward_hook(lambda _m, _i, o, k=k: caught.setdefault(k, o)) for k, m in enumerate(levels)
@@ -198,6 +230,7 @@ def forward_tasks(net, x: torch.Tensor, present=None, domain=None, gate_weights=
         out["seg"] = net.head(features, domain, gate_weights) if net.gated else net.head(features)
     if "recon" in want:
         out["recon"] = net.tasks["recon"](features, x)
-    if "presence" in want:
-        out["presence"] = net.tasks["presence"]([caught[k] for k in range(len(caught))])
+    maps = [caught[k] for k in range(len(caught))]
+    for t in pooled:  # a bottleneck-only presence head beside the type head reads the deepest map of them
+        out[t] = net.tasks[t](maps if net.tasks[t].multiscale else maps[-1])
     return out

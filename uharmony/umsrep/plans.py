@@ -18,11 +18,11 @@ from torch import nn
 from uharmony.checks import one_of
 from uharmony.model.head import DomainGatedHead, PlainHead
 from uharmony.model.roles import module_state_keys
-from uharmony.model.task_heads import PresenceHead, ReconstructionHead
+from uharmony.model.task_heads import PresenceHead, ReconstructionHead, TypeHead
 from uharmony.vocabulary import PLANS_VERSION  # noqa: F401 - this table's version (a run's checkpoints record it)
 
 DECODER_TYPES = (UnetUpBlock, UnetrUpBlock)
-GROUPS = ("encoder", "decoder", "seg", "recon", "presence")
+GROUPS = ("encoder", "decoder", "seg", "recon", "presence", "tumour-type")
 
 
 def _inside(model: nn.Module, types) -> set[str]:
@@ -41,6 +41,7 @@ def module_groups(model: nn.Module) -> dict[str, set[str]]:
     for group, types in (
         ("seg", (PlainHead, DomainGatedHead)),
         ("recon", (ReconstructionHead,)),
+        ("tumour-type", (TypeHead,)),
         ("presence", (PresenceHead,)),
         ("decoder", DECODER_TYPES),
     ):
