@@ -101,20 +101,35 @@ SMALL_FILE = 1 << 20  # 1 MiB: the most a manifest, signature, config or site.js
 
 def read_small(path: str | Path, limit: int = SMALL_FILE) -> bytes:
     """The bytes of a small file that may come from elsewhere (a bundle's manifest, signature or configs, a
-    site's ``site.json``): ``ValueError`` naming it, before anything is read, if it is not a plain file or is
-    larger than ``limit`` (or grows past it while it is read). Opened without blocking, so a FIFO in its place
-    cannot hang the reader; a missing file raises ``FileNotFoundError``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
+    released model's manifest, a site's ``site.json`` or ``types.csv``): ``ValueError`` naming it, before anything
+    is read, if it is not a plain file (a folder, a FIFO, a socket, a device) or is larger than ``limit``; at most
+    ``limit`` bytes are ever read (a file that grows, or one whose size says 0 and streams). Opened without
+    blocking, so a FIFO in its place cannot hang the reader. A missing file raises ``FileNotFoundError``; a file
+    that cannot be opened (permissions, a socket) ``ValueError`` naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be opened ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path}: not a plain file")
         if info.st_size > limit:
             raise ValueError(f"{path}: {info.st_size} bytes, more than the {limit} such a file may have")
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path}: more than the {limit} bytes such a file may have")
-    return data
+        chunks, got = [], 0
+        while got <= limit:
+            chunk = os.read(fd, limit + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise ValueError(f"{path}: grew past the {limit} bytes such a file may have while it was read")
+    return b"".join(chunks)
 
 
 def sha256_file(path: str | Path) -> str:

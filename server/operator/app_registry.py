@@ -140,7 +140,10 @@ def serve(state: Path, port: int, key: ed25519.Ed25519PublicKey) -> ThreadingHTT
             if self.path.rstrip("/") != "/hub/fetch-fab":
                 return self._reply(404, b'{"detail": "not found"}')
             try:
-                ask = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length", 0)), 65536)))
+                length = int(self.headers.get("Content-Length", 0))
+                if not 0 <= length <= 65536:  # a negative length would read to the end of the stream
+                    raise ValueError(f"Content-Length {length}")
+                ask = json.loads(self.rfile.read(length))
                 match = [
                     r
                     for r in published(state, key)

@@ -250,6 +250,16 @@ def test_the_app_signing_key_is_encrypted_and_not_the_model_key(tmp_path, capsys
                 assert urllib.request.urlopen(request, timeout=10).status == status
             except urllib.error.HTTPError as exc:
                 assert exc.code == status
+        # a negative or oversized Content-Length is a bad request, answered at once (-1 read to the stream's end)
+        import http.client
+
+        for length in ("-1", "70000"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+            conn.putrequest("POST", "/hub/fetch-fab")
+            conn.putheader("Content-Length", length)
+            conn.endheaders()
+            assert conn.getresponse().status == 400
+            conn.close()
     finally:
         server.shutdown()
 

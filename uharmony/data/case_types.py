@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uharmony.data.errors import DataError
+from uharmony.files import read_small
 
 if TYPE_CHECKING:
     from uharmony.data.cases import Site
@@ -50,13 +51,10 @@ def check_type(value, where, key: str = "type") -> str:
 def read_types_table(path: str | Path) -> dict[str, str]:
     """case id -> tumour type, from a ``case,type`` CSV table (its size checked before it is read)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_TABLE_BYTES:
-        raise DataError(path, f"{size} bytes: a types table is read only up to {MAX_TABLE_BYTES} bytes")
-    with path.open("rb") as fh:
-        raw = fh.read(MAX_TABLE_BYTES + 1)  # the file may have grown since it was measured
-    if len(raw) > MAX_TABLE_BYTES:
-        raise DataError(path, f"more than {MAX_TABLE_BYTES} bytes: a types table is read only up to that size")
+    try:
+        raw = read_small(path, MAX_TABLE_BYTES)  # size and type checked before a byte is read
+    except ValueError as exc:
+        raise DataError(path, f"read only from a plain file of at most {MAX_TABLE_BYTES} bytes ({exc})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -86,9 +84,10 @@ def attach_types(site: Site, folder: str | Path) -> Site:
     """Give ``site``'s cases their types from ``folder/types.csv`` (if it is there); rows for cases the site
     does not have (or whose folder was skipped) are counted in ``site.unmatched_types`` and logged as a count."""
     table = Path(folder) / TYPES_TABLE
-    if not table.is_file():
+    try:
+        types = read_types_table(table)
+    except FileNotFoundError:
         return site
-    types = read_types_table(table)
     for case in site.cases:
         case.tumour_type = types.pop(case.case_id, None)
     site.unmatched_types = len(types)

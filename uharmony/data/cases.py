@@ -164,13 +164,14 @@ def load_site_folder(
     if not site_id:
         raise ValueError("site-id must be a non-empty string")
     meta = {}
-    if (root / "site.json").exists():  # a FIFO or folder in its place is an error, not "no site.json"
-        try:
-            meta = json.loads(read_small(root / "site.json", 64 << 10))
-        except ValueError as exc:  # too large, not a plain file, not UTF-8, not JSON
-            raise DataError(root / "site.json", f"invalid ({str(exc)[:300]})") from exc
-        if not isinstance(meta, dict):
-            raise DataError(root / "site.json", "expected a JSON object")
+    try:
+        meta = json.loads(read_small(root / "site.json", 64 << 10))
+    except FileNotFoundError:
+        pass  # no site.json: every BraTS modality, full labels
+    except ValueError as exc:  # a folder, FIFO or socket in its place, too large, not UTF-8, not JSON
+        raise DataError(root / "site.json", f"invalid ({str(exc)[:300]})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(root / "site.json", "expected a JSON object")
     modalities = check_modality_names(meta.get("modalities", MODALITIES), root / "site.json")
     labels = meta.get("labels", "full")
     if labels != "full":

@@ -143,9 +143,11 @@ def bundle_files(folder: Path) -> dict[str, str]:
     out = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():  # a linked file or folder, the manifest and signature included
+            raise BundleError(f"{path}: a symbolic link; a bundle holds plain files only")
         if rel in (MANIFEST, SIGNATURE) or path.is_dir():
             continue
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():
             raise BundleError(f"{path}: not a plain file; a bundle holds plain files only")
         out[rel] = sha256_file(path)
     return out

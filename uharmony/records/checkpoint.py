@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from uharmony.files import atomic_write, sha256_file
+from uharmony.files import atomic_write, read_small, sha256_file
 from uharmony.records.release import kind_of, release_record
-from uharmony.records.signing import SignatureError, sign_manifest, verify_manifest
+from uharmony.records.signing import MANIFEST_BYTES, SignatureError, sign_manifest, verify_manifest
 
 MANIFEST = "manifest.json"
 PREPROCESSING = "uharmony-1"  # RAS, resample (bilinear), crop to foreground (margin 2), z-score non-zero voxels
@@ -121,10 +121,10 @@ def load_checkpoint(
             "model file: they hold its digest and the coordinator's signature)"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(read_small(manifest_path, MANIFEST_BYTES))  # a released model's: from elsewhere
         files = dict(manifest["files"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{manifest_path}: not a checkpoint manifest") from None
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # too large, a FIFO or folder, not JSON, not one
+        raise CheckpointError(f"{manifest_path}: not a checkpoint manifest ({str(exc)[-200:]})") from None
     if trusted is not None:
         try:
             verify_manifest(folder, trusted)

@@ -22,6 +22,7 @@ from uharmony.files import atomic_write, read_small
 
 SIGNATURE = "manifest.sig"
 SIGNATURE_BYTES = 64 << 10  # a signature file is a key and a signature: far less
+MANIFEST_BYTES = 16 << 20  # a run's manifest grows by about 0.4 kB a round: 40,000 rounds
 _ED25519_LINE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/=]+")
 
 
@@ -73,10 +74,12 @@ def verify_manifest(folder: str | Path, trusted: list[ed25519.Ed25519PublicKey])
         signature = base64.b64decode(doc["signature"], validate=True)
     except FileNotFoundError:
         raise SignatureError(f"{folder / SIGNATURE}: the model is not signed") from None
-    except (KeyError, TypeError, ValueError) as exc:  # too large, not JSON, not a signature
+    except OSError as exc:
+        raise SignatureError(f"{folder / SIGNATURE}: not readable ({exc.strerror})") from None
+    except (KeyError, TypeError, ValueError) as exc:  # too large, not a plain file, not JSON, not a signature
         raise SignatureError(f"{folder / SIGNATURE}: not a signature file ({str(exc)[:200]})") from None
     try:
-        manifest = read_small(folder / "manifest.json")
+        manifest = read_small(folder / "manifest.json", MANIFEST_BYTES)
     except (OSError, ValueError) as exc:
         raise SignatureError(f"{folder / 'manifest.json'}: not readable ({str(exc)[:200]})") from None
     for key in trusted:
