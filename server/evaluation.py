@@ -80,4 +80,5 @@ def dice_line(summary: dict, gated: bool = True) -> str:
         for s, per in summary.get("sites", {}).items()
     )
     gate = f", gate right on {summary['gate-accuracy']:.0%} of scans" if "gate-accuracy" in summary else ""
+    gate += f", tumour type right on {summary['type-accuracy']:.0%}" if "type-accuracy" in summary else ""
     return f"mean Dice {modes}{gate}" + (f" [{sites}]" if sites else "")

@@ -262,9 +262,9 @@ def check_evaluation(
             if value != -1:  # -1: the site does not annotate this region
                 high = math.inf if match.group(1) == "hd95" else 1.0
                 _number(value, key, 0.0, high)
-        elif key in (P.NUM_EXAMPLES, P.SKIPPED):
+        elif key in (P.NUM_EXAMPLES, P.SKIPPED, P.TYPE_CASES):
             _number(value, key, 0.0)
-        elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT, P.GATE_UNSEEN):
+        elif key in (P.GATE_ACCURACY, P.GATE_WEIGHT, P.GATE_UNSEEN, P.TYPE_ACCURACY):
             _number(value, key, 0.0, 1.0)
         elif DENOISE_KEY.fullmatch(key):
             _number(value, key, -1.0, 1.0) if key.startswith("ssim") else _number(value, key, -200.0, 400.0)

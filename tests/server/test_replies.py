@@ -150,6 +150,8 @@ REGIONS = ["ET", "TC", "WT"]
         ({"psnr-denoised-1": float("inf")}, "psnr-denoised-1"),  # phase P's scores
         ({"ssim-noisy-0": 2.0}, "ssim-noisy-0"),
         ({"val-loss": -1.0}, "val-loss"),
+        ({"type-accuracy-gated": 1.5}, "type-accuracy-gated"),  # the type head's accuracy
+        ({"type-cases": -2}, "type-cases"),
     ],
 )
 def test_bad_evaluation_replies(metrics, words):
@@ -164,6 +166,8 @@ def test_an_evaluation_reply_is_filed_under_the_admitted_site():
         eval_reply({"dice-wt-gated": 0.9, "dice-et-gated": -1.0, "x": 3.0}), MEMBERS[7], REGIONS
     )
     assert site == "s7" and metrics == {"dice-wt-gated": 0.9, "dice-et-gated": -1.0}
+    _, typed = check_evaluation(eval_reply({"type-accuracy-gated": 0.75, "type-cases": 4}), MEMBERS[7], REGIONS)
+    assert typed == {"type-accuracy-gated": 0.75, "type-cases": 4}  # kept, not dropped as unknown
     assert np.isclose(metrics["dice-wt-gated"], 0.9)
 
 

@@ -42,7 +42,7 @@ from uharmony.data.regions import REGIONS, annotated_regions, labels_to_regions
 from uharmony.files import PRIVATE_FILE, private_dir
 
 log = logging.getLogger(__name__)
-BATCH_KEYS = ("image", "label", "present", "regions", "domain")
+BATCH_KEYS = ("image", "label", "present", "regions", "domain", "tumour_type")
 
 
 class LabelToRegionsd(MapTransform):
@@ -230,7 +230,8 @@ class SiteData:
     """A site's preprocessed train/val cases; bad cases are skipped, counted and reported.
 
     ``modalities`` and ``regions`` are the model's input and output channel order. ``cache_dir``: where
-    preprocessed cases are kept between processes (None: computed in memory every time).
+    preprocessed cases are kept between processes (None: computed in memory every time). ``types``: the type
+    head's classes (a case of another type, or none, has ``tumour_type`` -1).
     """
 
     def __init__(
@@ -241,8 +242,10 @@ class SiteData:
         modalities: Sequence[str] = MODALITIES,
         regions: Sequence[str] = REGIONS,
         cache_dir: str | Path | None = None,
+        types: Sequence[str] = (),
     ) -> None:
         self.site = site
+        self.types = tuple(types)  # the type head's classes: each item's "tumour_type" is its index (-1: none)
         self.spacing = spacing
         self.patch = patch
         self.modalities, self.regions = tuple(modalities), tuple(regions)
@@ -267,7 +270,8 @@ class SiteData:
         items = []
         for i, case in enumerate(cases):
             try:
-                items.append({**ds[i], "case_id": case.case_id})
+                kind = self.types.index(case.tumour_type) if case.tumour_type in self.types else -1
+                items.append({**ds[i], "case_id": case.case_id, "tumour_type": kind})
             except Exception as exc:  # noqa: BLE001 - MONAI wraps a transform's error; one case, not the site
                 err = _data_error(exc)
                 if err is not None:

@@ -17,6 +17,7 @@ from uharmony.vocabulary import (
     PRESENCE_POOLS,
     PRETEXTS,
     SCENARIOS,
+    TUMOUR_TYPES,
 )
 
 _PHASES = list(PHASES)  # the vocabulary's, and any a server registers (server.phase.register_phase)
@@ -108,7 +109,10 @@ class RunConfig:
     phase: str = "segment"  # segment | pretrain (phase P: label-free denoising on every site, writes umsrep.pt)
     umsrep: str = ""  # phase F: start the trunk from this phase-P artifact (umsrep.pt); "": from scratch
     finetune: str = "full"  # phase F plan (uharmony.umsrep.plans): full | joint | alternating | independent | ...
-    tasks: str = ""  # extra task heads beside segmentation: "" | "presence" (WT/TC/ET present in the patch)
+    # extra task heads beside segmentation, comma-separated: "" | "presence" (WT/TC/ET present in the patch) |
+    # "tumour-type" (the scan's tumour type among 'tumour-types'; cases give theirs in types.csv) | both
+    tasks: str = ""
+    tumour_types: str = ",".join(TUMOUR_TYPES)  # the type head's classes, in order (every site the same)
     presence_pool: str = "multiscale"  # what the presence head reads: multiscale (every encoder scale) | bottleneck
     task_weight: float = 0.5  # joint plan: weight of the presence loss beside segmentation's
     alternate_batches: int = 5  # alternating plan: batches per task before switching
@@ -203,7 +207,16 @@ class RunConfig:
     def _check_umsrep(self) -> None:
         one_of("run config: 'phase'", self.phase, tuple(_PHASES))
         one_of("run config: 'finetune'", self.finetune, FINETUNE)
-        one_of("run config: 'tasks'", self.tasks, ("", "presence"))
+        for task in self.task_list:
+            one_of("run config: 'tasks'", task, ("presence", "tumour-type"))
+        if "tumour-type" in self.task_list:
+            from uharmony.data.case_types import check_type
+
+            types = self.type_list
+            for t in types:
+                check_type(t, "run config", "'tumour-types'")
+            if len(types) < 2 or len(set(types)) != len(types):
+                raise ValueError(f"run config: 'tumour-types' needs at least two distinct types, got {types}")
         one_of("run config: 'presence-pool'", self.presence_pool, PRESENCE_POOLS)
         one_of("run config: 'noise'", self.noise, ("rician", "gaussian"))
         one_of("run config: 'pretext'", self.pretext, PRETEXTS)
@@ -233,6 +246,16 @@ class RunConfig:
     @property
     def strategy_spec(self) -> Strategy:
         return get_strategy(self.strategy)
+
+    @property
+    def task_list(self) -> tuple[str, ...]:
+        """The extra task heads of ``tasks``, in order."""
+        return tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+
+    @property
+    def type_list(self) -> tuple[str, ...]:
+        """The type head's classes (``tumour-types``)."""
+        return tuple(t.strip() for t in self.tumour_types.split(",") if t.strip())
 
     @property
     def uses_plan(self) -> bool:
@@ -291,9 +314,11 @@ class RunConfig:
                 gate_descriptor=self.gate_descriptor,
                 gate_unseen=self.gate_unseen,
             )
-        tasks = ("recon",) if self.phase == "pretrain" else (("presence",) if self.tasks else ())
+        tasks = ("recon",) if self.phase == "pretrain" else self.task_list
         if tasks:
             kw["tasks"] = tasks
+        if "tumour-type" in tasks:
+            kw["types"] = self.type_list
         if "presence" in tasks and self.presence_pool != "bottleneck":
             kw["presence_pool"] = self.presence_pool
         if self.model_norm == "uharmony":

@@ -70,7 +70,13 @@ class SiteRound:
         torch.manual_seed(cfg.weights_seed)  # identical initial weights at every site (matters for strategy=local)
         self.model = model_from_spec(spec)
         self.data = SiteData(
-            self.site, cfg.spacing, cfg.patch_size, self.model.modalities, self.model.regions, cache_dir=cache
+            self.site,
+            cfg.spacing,
+            cfg.patch_size,
+            self.model.modalities,
+            self.model.regions,
+            cache_dir=cache,
+            types=self.model.spec.get("types", ()),
         )
         self.roles = ModelRoles(self.model, strategy)
         self.pooled = pooled
@@ -209,6 +215,13 @@ class SiteRound:
                 self.model, self.data.val, self.cfg.patch_size, self.cfg.seed, device=self.device
             )
             metrics.update({f"{k}-gated": v for k, v in scores.items()})
+        if "tumour-type" in self.model.tasks:  # the scan-level second task: accuracy over the typed scans
+            from uharmony.umsrep.type_task import type_accuracy
+
+            scores = type_accuracy(self.model, self.data.val, self.cfg.patch_size, self.cfg.seed, device=self.device)
+            metrics[P.TYPE_CASES] = scores["type-cases"]
+            if scores["type-cases"]:  # nan is not a number a reply may carry
+                metrics[P.TYPE_ACCURACY] = scores["type-accuracy"]
         _file_cases(Path(self.state_dir) / "cases.jsonl", cases)
         if not self.model.gated:  # one head: dataset-free and oracle coincide
             metrics.update(

@@ -73,6 +73,7 @@ class RunLog:
         summary: dict[str, list[float]] = {}
         sites: dict[str, dict[str, float]] = {}
         gate_right, gate_scans = 0.0, 0
+        type_right, type_scans = 0.0, 0
         for site, m in sorted(per_site.items(), key=lambda kv: (len(kv[0]), kv[0])):
             if "gate-accuracy" in m:  # the scan gate's choice on this site's validation scans
                 n = int(m.get("num-examples") or 0)
@@ -90,6 +91,13 @@ class RunLog:
                     }
                 )
                 gate_right, gate_scans = gate_right + m["gate-accuracy"] * n, gate_scans + n
+            if m.get("type-cases"):  # UMS-Rep's second task: the type head on this site's typed scans
+                n = int(m["type-cases"])
+                accuracy = m.get("type-accuracy-gated")
+                self.write({"round": server_round, "strategy": strategy, "site": site, "event": "type",
+                            "type-accuracy": accuracy, "type_cases": n, **tags})  # fmt: skip
+                if accuracy is not None:
+                    type_right, type_scans = type_right + accuracy * n, type_scans + n
             for mode in MODES:
                 values = []
                 for region in regions_in(m):
@@ -125,6 +133,8 @@ class RunLog:
             out["sites"] = sites
         if gate_scans:
             out["gate-accuracy"] = gate_right / gate_scans  # over all validation scans of all sites
+        if type_scans:
+            out["type-accuracy"] = type_right / type_scans  # over every site's typed validation scans
         return out
 
     def records(self, run_id: str | None = None) -> list[dict]:

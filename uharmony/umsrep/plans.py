@@ -93,23 +93,27 @@ PLANS: dict[str, Plan] = {
     for p in (
         Plan("pretrain", "phase P: denoising on every site's scans", ("encoder", "decoder", "recon"), "recon"),
         Plan("full", "every weight, segmentation loss only (transfer as usual)", ("encoder", "decoder", "seg"), "seg"),
-        Plan("joint", "every weight, one weighted sum of the task losses", ("encoder", "decoder", "seg", "presence")),
+        Plan(
+            "joint",
+            "every weight, one weighted sum of the task losses",
+            ("encoder", "decoder", "seg", "presence", "tumour-type"),
+        ),
         Plan(
             "alternating",
             "every weight, blocks of batches per task",
-            ("encoder", "decoder", "seg", "presence"),
+            ("encoder", "decoder", "seg", "presence", "tumour-type"),
             schedule="alternating",
         ),
         Plan(
             "independent",
             "encoder frozen; each task its own decoder or head and optimizer, every batch",
-            ("decoder", "seg", "presence"),
+            ("decoder", "seg", "presence", "tumour-type"),
             schedule="independent",
         ),
         Plan(
             "independent-head",
             "trunk frozen; each head its own optimizer, every batch (a probe of the trunk's features)",
-            ("seg", "presence"),
+            ("seg", "presence", "tumour-type"),
             schedule="independent",
         ),
     )

@@ -24,6 +24,8 @@ from uharmony.model.task_heads import forward_tasks, top_skips_dropped
 from uharmony.model.training import make_optimizer, masked_dice_ce, optimizer_state, proximal_term, step
 from uharmony.protocol import INTRINSIC_NOISE
 from uharmony.umsrep.plans import Plan, module_groups
+from uharmony.umsrep.type_task import TASK as TYPE
+from uharmony.umsrep.type_task import type_loss
 
 NOISES = ("rician", "gaussian")
 
@@ -213,12 +215,13 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
     model.to(device).train()
     groups = module_groups(model)
     trained = plan.trained_keys(model)
-    tasks = ["seg"] + (["presence"] if plan.losses == "tasks" and "presence" in model.tasks else [])
+    heads = [t for t in ("presence", TYPE) if plan.losses == "tasks" and t in model.tasks]
+    tasks = ["seg", *heads]
     seg_loss = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     kind, decay, state = opt.get("optimizer", "adamw"), opt.get("weight_decay", 1e-2), opt.get("state")
     with _Frozen(model, trained):
         if plan.schedule == "independent":  # one optimizer per task over its own trained groups
-            own = {"seg": trained - groups["presence"], "presence": trained & groups["presence"]}
+            own = {"seg": trained - groups["presence"] - groups[TYPE], **{t: trained & groups[t] for t in heads}}
             named = {t: _params(model, own[t]) for t in tasks}
             optims = {t: make_optimizer(named[t], kind, lr, decay, state) for t in tasks}
         else:
@@ -242,10 +245,13 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
             loss = x.new_zeros(())
             if "seg" in active:
                 loss = loss + masked_dice_ce(seg_loss, out["seg"], y, regions)
+            terms = []
             if "presence" in active:
-                term = masked_bce(out["presence"], presence_targets(y), regions)
-                if term is not None:
-                    loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
+                terms.append(masked_bce(out["presence"], presence_targets(y), regions))
+            if TYPE in active:
+                terms.append(type_loss(out[TYPE], batch["tumour_type"], y))
+            for term in (t for t in terms if t is not None):
+                loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
             if anchor:
                 loss = loss + opt["proximal_mu"] * proximal_term(model, anchor)
             if not loss.requires_grad:
