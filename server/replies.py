@@ -275,4 +275,9 @@ def check_evaluation(
         else:
             continue  # unknown numbers are not used
         metrics[key] = float(value) if isinstance(value, float) else value
+    cases = metrics.get(P.TYPE_CASES)
+    if cases is not None and (cases != int(cases) or cases > metrics.get(P.NUM_EXAMPLES, math.inf)):
+        raise RejectedUpdate(f"metric {P.TYPE_CASES!r} = {cases}: a whole number of the site's validation scans")
+    if P.TYPE_ACCURACY in metrics and not cases:
+        raise RejectedUpdate(f"metric {P.TYPE_ACCURACY!r} without the {P.TYPE_CASES!r} it was measured on")
     return site, metrics

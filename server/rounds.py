@@ -381,8 +381,9 @@ class RoundEngine:
         summary = self.summary
         means = {k: v for k, v in summary.items() if k in ("oracle", "gated")}
         done = {"event": "done", "rounds": rnd, "final-mean-dice": means}
-        if "gate-accuracy" in summary:
-            done["gate-accuracy"] = summary["gate-accuracy"]
+        for key in ("gate-accuracy", "type-accuracy"):
+            if key in summary:
+                done[key] = summary[key]
         if self.ledger is not None:
             done["privacy"] = self.ledger.spent()
         if self.stop_reason:

@@ -152,6 +152,10 @@ REGIONS = ["ET", "TC", "WT"]
         ({"val-loss": -1.0}, "val-loss"),
         ({"type-accuracy-gated": 1.5}, "type-accuracy-gated"),  # the type head's accuracy
         ({"type-cases": -2}, "type-cases"),
+        ({"type-cases": 2.5}, "a whole number"),
+        ({"type-cases": 9, "num-examples": 3}, "a whole number of the site's validation scans"),
+        ({"type-accuracy-gated": 0.5}, "without the 'type-cases'"),
+        ({"type-accuracy-gated": 0.5, "type-cases": 0}, "without the 'type-cases'"),
     ],
 )
 def test_bad_evaluation_replies(metrics, words):

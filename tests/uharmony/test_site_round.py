@@ -71,3 +71,29 @@ def test_the_site_sets_its_own_privacy_floor(tiny_federation, tmp_path):
     for bad in ("five", 0, True, 2.5):
         with pytest.raises(ValueError, match="node config: 'min-report-cases'"):
             job({"partition-id": 0, "min-report-cases": bad})
+
+
+def test_a_site_trains_and_scores_the_type_head_from_its_cases_types(tiny_federation, tmp_path):
+    """UMS-Rep's second task through the site's own round: each batch carries its cases' type index (the
+    synthetic cases are typed in the manifest), the head's weights leave with the trained ones, and its accuracy
+    leaves only at or above the site's floor."""
+    from uharmony import protocol as P
+    from uharmony.data.pipeline import BATCH_KEYS
+
+    over = tiny_overrides(tiny_federation, tmp_path / "run", finetune="joint", tasks="presence,tumour-type")
+    cfg = RunConfig.from_flwr(over)
+    spec = cfg.build_model(4).spec
+    job = _job(cfg, spec, "r")
+    assert "tumour_type" in BATCH_KEYS and {it["tumour_type"] for it in job.data.train} == {0}  # site 1: glioma
+    batch = next(job.data.batches(2, 1, seed=0))
+    assert batch["tumour_type"].tolist() == [0, 0]
+    head = job.model.tasks["tumour-type"].net[3].weight.detach().clone()
+    sent, _, _ = job.train(1, 0.01, 2, 0.0, seed=0)
+    assert any(k.startswith("tasks.tumour-type.") for k in sent)
+    assert not torch.equal(job.model.tasks["tumour-type"].net[3].weight, head)  # it trained
+    metrics = job.evaluate(1)
+    assert metrics[P.TYPE_CASES] == len(job.data.val) and 0.0 <= metrics[P.TYPE_ACCURACY] <= 1.0
+    floor = SiteRound({"partition-id": 0, "min-report-cases": 5}, cfg, spec, "uharmony", run_id="r")
+    model = cfg.build_model(4)
+    floor.load(global_state_of(model, ModelRoles(model, "uharmony")))
+    assert P.TYPE_ACCURACY not in floor.evaluate(1)  # one validation scan, a floor of 5: no accuracy leaves

@@ -114,7 +114,7 @@ class RunConfig:
     tasks: str = ""
     tumour_types: str = ",".join(TUMOUR_TYPES)  # the type head's classes, in order (every site the same)
     presence_pool: str = "multiscale"  # what the presence head reads: multiscale (every encoder scale) | bottleneck
-    task_weight: float = 0.5  # joint plan: weight of the presence loss beside segmentation's
+    task_weight: float = 0.5  # joint plan: weight of each task head's loss (presence, tumour type) beside seg's
     alternate_batches: int = 5  # alternating plan: batches per task before switching
     noise: str = "rician"  # phase P corruption: rician (MRI magnitude) | gaussian (the paper's option)
     noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # sigma in units of the brain's intensity SD

@@ -220,7 +220,7 @@ class SiteRound:
 
             scores = type_accuracy(self.model, self.data.val, self.cfg.patch_size, self.cfg.seed, device=self.device)
             metrics[P.TYPE_CASES] = scores["type-cases"]
-            if scores["type-cases"]:  # nan is not a number a reply may carry
+            if scores["type-cases"] >= max(1, self.cfg.min_report_cases):  # the site's floor; never a nan
                 metrics[P.TYPE_ACCURACY] = scores["type-accuracy"]
         _file_cases(Path(self.state_dir) / "cases.jsonl", cases)
         if not self.model.gated:  # one head: dataset-free and oracle coincide

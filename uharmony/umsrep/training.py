@@ -252,10 +252,10 @@ def finetune_steps(model, batches, plan: Plan, domain, lr: float, task_weight=0.
                 terms.append(type_loss(out[TYPE], batch["tumour_type"], y))
             for term in (t for t in terms if t is not None):
                 loss = loss + (task_weight if plan.schedule == "joint" else 1.0) * term
+            if not loss.requires_grad:  # no task taught anything here (a type block without a typed patch)
+                continue
             if anchor:
                 loss = loss + opt["proximal_mu"] * proximal_term(model, anchor)
-            if not loss.requires_grad:
-                continue
             chosen = list({id(optims[t]): optims[t] for t in active}.values())
             for opt_ in chosen:
                 opt_.zero_grad(set_to_none=True)
