@@ -381,9 +381,7 @@ class RoundEngine:
         summary = self.summary
         means = {k: v for k, v in summary.items() if k in ("oracle", "gated")}
         done = {"event": "done", "rounds": rnd, "final-mean-dice": means}
-        for key in ("gate-accuracy", "type-accuracy"):
-            if key in summary:
-                done[key] = summary[key]
+        done.update({k: summary[k] for k in ("gate-accuracy", "type-accuracy") if k in summary})
         if self.ledger is not None:
             done["privacy"] = self.ledger.spent()
         if self.stop_reason:
